@@ -1,0 +1,371 @@
+"""Typed run configuration and its validation.
+
+`train.py` composes the Hydra config and hands a plain dict to `config_from_dict`, which
+returns these dataclasses or raises `UserError` with one line naming the key and what it
+accepts. The package never sees Hydra, so it can be used and tested without it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Literal, Optional, Union
+
+from minigpt.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cpu"
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128  # context length the model is built for
+    dropout: float = 0.0
+    bias: bool = False
+    norm_position: Literal["pre", "post"] = "pre"
+    qk_layernorm: bool = False
+    z_loss: float = 0.0  # coefficient of the z-loss term (1e-4 in PaLM); 0 turns it off
+
+    def validate(self):
+        for key in ("n_layer", "n_head", "n_embd", "block_size"):
+            _check(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
+        if self.n_embd % self.n_head:
+            raise UserError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
+                f"pick n_head from the divisors of n_embd, e.g. {_divisors_hint(self.n_embd, self.n_head)}"
+            )
+        _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)", self.dropout)
+        _check(self.z_loss >= 0, "model.z_loss", "must be >= 0", self.z_loss)
+
+
+@dataclass
+class DataConfig:
+    name: str = "stdlib"  # label of the corpus; names its token cache directory
+    source: Literal["stdlib", "files", "hub"] = "stdlib"
+    paths: list[str] = field(default_factory=list)  # source=files: files or folders
+    extensions: list[str] = field(
+        default_factory=lambda: [".txt", ".md", ".rst", ".py", ".jsonl", ".json", ".parquet", ".pdf"]
+    )  # source=files: which files of a folder are read
+    text_field: str = "text"  # JSONL, parquet and hub datasets: the column holding the text
+    hub_name: Optional[str] = None  # source=hub: dataset name on the Hugging Face hub
+    hub_config: Optional[str] = None
+    hub_split: str = "train"
+    hub_revision: Optional[str] = None
+    max_chars: int = 0  # keep only the first max_chars characters of the corpus; 0 keeps all
+    tokenizer: Literal["bpe", "byte"] = "bpe"
+    vocab_size: int = 4096  # BPE vocabulary, end-of-text token included (byte: always 257)
+    val_fraction: float = 0.05  # share of documents held out for validation
+    split_seed: int = 0  # which documents go to validation
+    cache_dir: str = "data"  # token caches and tokenizers, one subdirectory per content hash
+
+    def validate(self):
+        if self.source == "files" and not self.paths:
+            raise UserError("data.paths is empty: with data.source=files give files or folders, e.g. data.paths=[corpus/]")
+        if self.source == "hub" and not self.hub_name:
+            raise UserError("data.hub_name is not set: with data.source=hub name a dataset, e.g. data.hub_name=roneneldan/TinyStories")
+        _check(self.max_chars >= 0, "data.max_chars", "must be >= 0 (0 keeps the whole corpus)", self.max_chars)
+        if self.tokenizer == "bpe" and self.vocab_size < 258:
+            raise UserError(
+                f"data.vocab_size ({self.vocab_size}) is too small for a byte-level BPE tokenizer: "
+                "it needs at least 258 (256 bytes, end-of-text and one merge); or use data.tokenizer=byte"
+            )
+        _check(self.vocab_size <= 2**31 - 1, "data.vocab_size", "must fit in 31 bits", self.vocab_size)
+        _check(0 < self.val_fraction < 1, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw"] = "adamw"
+    lr: float = 2e-3  # peak learning rate: the schedule's multiplier scales it
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # applied to matrices (and embeddings) only
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    fused: Literal["auto", "on", "off"] = "auto"  # fused AdamW kernel: auto = on CUDA
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    reference_batch_tokens: Optional[int] = None  # batch (tokens) at which optim.lr was tuned
+
+    def validate(self):
+        _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "must be a positive number", self.lr)
+        for key in ("beta1", "beta2"):
+            _check(0 <= getattr(self, key) < 1, f"optim.{key}", "must be in [0, 1)", getattr(self, key))
+        _check(self.eps > 0, "optim.eps", "must be > 0", self.eps)
+        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)", self.grad_clip)
+        if self.lr_scaling != "none" and not self.reference_batch_tokens:
+            raise UserError(
+                f"optim.lr_scaling={self.lr_scaling} needs optim.reference_batch_tokens "
+                "(the global batch in tokens at which optim.lr was tuned), e.g. optim.reference_batch_tokens=65536"
+            )
+        if self.reference_batch_tokens is not None:
+            _check(self.reference_batch_tokens > 0, "optim.reference_batch_tokens", "must be > 0",
+                   self.reference_batch_tokens)
+
+
+@dataclass
+class TrainerConfig:
+    # Run length: exactly one of max_steps, max_tokens or epochs.
+    max_steps: Optional[int] = 600
+    max_tokens: Optional[str] = None  # e.g. 20M or 2e7: the run is this many training tokens
+    epochs: Optional[float] = None  # passes over the training tokens
+    micro_batch_size: int = 16  # sequences per forward/backward pass on one device
+    grad_accum: int = 1  # micro-batches per optimizer update on each device
+    batch_size: Optional[int] = None  # global sequences per update; sets grad_accum when given
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: Optional[str] = None  # torch.compile mode, e.g. max-autotune
+    eval_interval: int = 100  # evaluate every N updates (and always at the start and the end)
+    eval_iters: int = 20  # validation batches per evaluation
+    ckpt_interval: int = 0  # checkpoint every N updates; 0: only at the end
+    keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
+    resume: Optional[str] = None  # 'auto' (newest in the run directory) or a checkpoint path
+    flush_every: int = 0  # per-step records copied to the host every N updates; 0: 1 on CPU, 32 on CUDA
+    progress: bool = True  # tqdm progress bar
+    threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+
+    def validate(self):
+        lengths = [k for k in ("max_steps", "max_tokens", "epochs") if getattr(self, k) is not None]
+        if len(lengths) != 1:
+            raise UserError(
+                "give exactly one run length of trainer.max_steps, trainer.max_tokens, trainer.epochs "
+                f"(got {', '.join(lengths) or 'none'}); set the others to null"
+            )
+        if self.max_steps is not None:
+            _check(self.max_steps >= 1, "trainer.max_steps", "must be >= 1", self.max_steps)
+        if self.max_tokens is not None:
+            _check(parse_count(self.max_tokens, "trainer.max_tokens") >= 1, "trainer.max_tokens", "must be >= 1",
+                   self.max_tokens)
+        if self.epochs is not None:
+            _check(self.epochs > 0, "trainer.epochs", "must be > 0", self.epochs)
+        _check(self.micro_batch_size >= 1, "trainer.micro_batch_size", "must be >= 1", self.micro_batch_size)
+        _check(self.grad_accum >= 1, "trainer.grad_accum", "must be >= 1", self.grad_accum)
+        if self.batch_size is not None:
+            _check(self.batch_size >= 1, "trainer.batch_size", "must be >= 1", self.batch_size)
+        for key in ("eval_interval", "eval_iters", "keep_checkpoints"):
+            _check(getattr(self, key) >= 1, f"trainer.{key}", "must be >= 1", getattr(self, key))
+        for key in ("ckpt_interval", "flush_every", "threads"):
+            _check(getattr(self, key) >= 0, f"trainer.{key}", "must be >= 0", getattr(self, key))
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Micro-batches per update on each rank, so the global batch is what was asked."""
+        if self.batch_size is None:
+            return self.grad_accum
+        per_pass = self.micro_batch_size * world_size
+        if self.batch_size % per_pass:
+            raise UserError(
+                f"trainer.batch_size ({self.batch_size}) is not divisible by micro_batch_size x ranks "
+                f"({self.micro_batch_size} x {world_size} = {per_pass}); pick a multiple of {per_pass}"
+            )
+        return self.batch_size // per_pass
+
+
+@dataclass
+class MonitorConfig:
+    # Spikes: a value is a spike when it lies more than spike_k standard deviations above the
+    # mean of the previous spike_window values (once spike_min_values of them exist).
+    spike_k: float = 6.0
+    spike_window: int = 128
+    spike_min_values: int = 16
+    # Spike score after OLMo 2: percentage of steps whose value lies spike_score_k standard
+    # deviations from the rolling mean of the previous spike_score_window values.
+    spike_score_window: int = 1000
+    spike_score_k: float = 7.0
+    # Divergence: non-finite loss; or loss above loss_limit (null: the initial loss) for
+    # patience consecutive steps; or, after stuck_after of the run, loss still within
+    # stuck_margin nats of the unigram entropy of the validation tokens.
+    loss_limit: Optional[float] = None
+    patience: int = 50
+    stuck_after: float = 0.5  # fraction of the run; 0 turns the check off
+    stuck_margin: float = 0.1
+    stop_on_divergence: bool = True
+    # Mitigation, off by default: skip the update on a loss or gradient-norm spike above skip_k
+    # standard deviations (it reads the loss on the host every step: a GPU sync).
+    skip_spikes: bool = False
+    skip_k: float = 12.0
+    # Optional records that cost work, off by default.
+    update_ratio: bool = False  # ||update|| / ||weights|| per step
+    max_attn_logit: bool = False  # largest pre-softmax attention logit of the step's last micro-batch
+    logz: bool = False  # mean log-partition of the output softmax
+
+    def validate(self):
+        _check(self.spike_k > 0, "monitor.spike_k", "must be > 0", self.spike_k)
+        _check(self.spike_window >= 2, "monitor.spike_window", "must be >= 2", self.spike_window)
+        _check(2 <= self.spike_min_values <= self.spike_window, "monitor.spike_min_values",
+               "must be in [2, spike_window]", self.spike_min_values)
+        _check(self.spike_score_window >= 2, "monitor.spike_score_window", "must be >= 2", self.spike_score_window)
+        _check(self.spike_score_k > 0, "monitor.spike_score_k", "must be > 0", self.spike_score_k)
+        _check(self.patience >= 1, "monitor.patience", "must be >= 1", self.patience)
+        _check(0 <= self.stuck_after <= 1, "monitor.stuck_after", "must be in [0, 1] (0 turns it off)",
+               self.stuck_after)
+        _check(self.skip_k > 0, "monitor.skip_k", "must be > 0", self.skip_k)
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    project: str = "minigpt"
+    entity: Optional[str] = None
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    group: Optional[str] = None  # runs of one sweep share a group
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    seed: int = 1337
+    run_name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scheduler: dict = field(default_factory=lambda: {"name": "cosine_warmup"})  # checked by the registry
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def validate(self):
+        for section in (self.model, self.data, self.optim, self.trainer, self.monitor):
+            section.validate()
+        if not isinstance(self.scheduler.get("name"), str):
+            raise UserError("scheduler.name is not set: pick one with scheduler=<name>, e.g. scheduler=cosine_warmup")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a Config from plain nested dicts (e.g. a resolved Hydra config)."""
+    cfg = _build(Config, raw, "")
+    cfg.validate()
+    return cfg
+
+
+def parse_count(value, key: str) -> int:
+    """'20M', '1.5k', '2e6', 300 -> an integer count (of tokens, usually)."""
+    if isinstance(value, bool):
+        raise UserError(f"{key}: expected a count such as 2000000, 2e6 or 2M, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value != int(value):
+            raise UserError(f"{key}: expected a whole count such as 2000000, 2e6 or 2M, got {value!r}")
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMgGbB]?)\s*(?:tokens?|tok)?\s*", str(value))
+    if not match:
+        raise UserError(f"{key}: expected a count such as 2000000, 2e6 or 2M, got {value!r}")
+    scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}[match.group(2).lower()]
+    return int(round(float(match.group(1)) * scale))
+
+
+# --- the generic dict -> dataclass loader -------------------------------------------------
+
+
+def _build(cls, raw, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise UserError(_unknown_key(prefix + str(key), names, prefix))
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(raw[f.name], tp, prefix + f.name)
+    return cls(**kwargs)
+
+
+def _coerce(value, tp, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if value is None:
+        if tp is dict:
+            return {}
+        raise UserError(f"{key}: must be set ({_type_name(tp)}), got null")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if item_tp is str and isinstance(value, str):
+                return [value]  # a single path where a list is expected
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        raise UserError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key}: expected a string, got {value!r}")
+    if tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise UserError(f"{key}: expected a mapping, got {value!r}")
+    raise TypeError(f"config field {key} has an unsupported type {tp}")  # a bug, not bad input
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _unknown_key(key: str, valid: list[str], prefix: str) -> str:
+    leaf = key[len(prefix):]
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return f"unknown config key '{key}'{hint}; valid keys under {prefix.rstrip('.') or 'the top level'}: {', '.join(valid)}"
+
+
+def _check(ok: bool, key: str, rule: str, value: Any):
+    if not ok:
+        raise UserError(f"{key} {rule}; got {value!r}")
+
+
+def _divisors_hint(n_embd: int, n_head: int) -> str:
+    divisors = [d for d in range(1, min(n_embd, 64) + 1) if n_embd % d == 0]
+    best = min(divisors, key=lambda d: abs(d - n_head))
+    return f"n_head={best}"
+

@@ -1,0 +1,129 @@
+"""Per-step records to metrics.jsonl (always), wandb (when asked) and a tqdm bar.
+
+Every record is a flat dict carrying its `step`; the same keys go to every sink. After a
+resume, records from the checkpoint's step on are dropped from metrics.jsonl before training
+continues, so each step appears exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from minigpt.config import LoggerConfig
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut short by a crash: everything before it stands
+            break
+    return records
+
+
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Keep only records of steps before `step`; return how many were dropped."""
+    path = Path(run_dir) / METRICS_FILE
+    records = read_metrics(run_dir)
+    kept = [r for r in records if r.get("step", -1) < step]
+    write_atomic(path, "".join(_dumps(r) + "\n" for r in kept))
+    return len(records) - len(kept)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def _dumps(record: dict) -> str:
+    # NaN and inf are legal in Python's JSON dialect and are kept: a NaN loss is the news.
+    return json.dumps(record, default=float)
+
+
+class MetricsLogger:
+    """Writes records; `enabled=False` (non-zero ranks) makes every call a no-op."""
+
+    def __init__(self, run_dir: Path, cfg: LoggerConfig, *, config: dict, total_steps: int, start_step: int = 0,
+                 wandb_id: str | None = None, progress: bool = True, enabled: bool = True, run_name: str = "run"):
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self.wandb = None
+        self.wandb_id = wandb_id
+        self.bar = None
+        if not enabled:
+            return
+        self.file = open(self.run_dir / METRICS_FILE, "a")
+        if cfg.wandb and cfg.mode != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags), name=run_name,
+                mode=cfg.mode, dir=str(self.run_dir), config=config, id=wandb_id,
+                resume="allow" if wandb_id else None,
+            )
+            self.wandb_id = self.wandb.id
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(_dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        if self.bar is not None and "train/loss" in record:
+            self.bar.n = record["step"] + 1
+            postfix = {"loss": f"{record['train/loss']:.4f}", "lr": f"{record['train/lr']:.3g}"}
+            if "val/loss" in record:
+                postfix["val"] = f"{record['val/loss']:.4f}"
+            if record.get("train/spike"):
+                postfix["spike"] = "!"
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.refresh()
+
+    def flush(self) -> None:
+        if self.enabled:
+            self.file.flush()
+
+    def message(self, text: str) -> None:
+        """Print a line without tearing the progress bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self, summary: dict | None = None, failed: bool = False) -> None:
+        """Close every sink; called in `finally`, so a failed run still closes its wandb run."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if not self.file.closed:
+            self.file.close()
+        if self.wandb is not None:
+            if summary:
+                for k, v in summary.items():
+                    if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and math.isnan(v)):
+                        self.wandb.summary[k] = v
+            self.wandb.finish(exit_code=1 if failed else 0)
+            self.wandb = None

@@ -1,0 +1,649 @@
+"""The training loop.
+
+One optimizer update ("step") at a time:
+
+    lr = peak * schedule(step)                     # the schedule sees optimizer steps only
+    for each micro-batch: forward, backward (loss / accumulation), no DDP sync until the last
+    clip the global gradient norm, optimizer step, zero the gradients
+    record: step, lr, mean and max micro-batch loss, grad norm, tokens, throughput, spikes
+
+At the boundary before step s the model has had s updates: evaluation at s, checkpoints at s
+and a stop requested by a signal all happen there, so a checkpoint of step s resumes with
+update s and recomputes everything else from the step.
+
+On a GPU nothing in the loop waits for the device: the per-step values stay on the GPU and
+are copied to the host in batches (every `trainer.flush_every` steps) without blocking; the
+monitor and the loggers see them when the copy has landed. Evaluation, checkpoints and the
+optional spike-skipping mitigation are the only synchronisation points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from minigpt import schedules
+from minigpt.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
+                                save_checkpoint)
+from minigpt.config import Config, parse_count
+from minigpt.data import Batches, prepare_data, steps_for_tokens
+from minigpt.errors import UserError
+from minigpt.metrics import MetricsLogger, truncate_metrics, write_summary
+from minigpt.model import GPT, GPTConfig
+from minigpt.monitor import Monitor
+from minigpt.optim import build_optimizer, scaled_peak_lr
+from minigpt.perf import flops_per_token, peak_flops
+
+log = logging.getLogger("minigpt")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | diverged | interrupted
+    final_val_loss: float  # inf unless completed
+    summary: dict
+    run_dir: Path
+    checkpoint: Path | None = None
+
+
+# --- device, precision, distribution --------------------------------------------------------
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> Distributed:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Distributed(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+
+
+def resolve_device(name: str, ddp: Distributed) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                        "use trainer.device=cpu or trainer.device=auto")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(ddp.local_rank)
+        return torch.device("cuda", ddp.local_rank)
+    return torch.device("cpu")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if name == "auto":
+            return "bf16" if bf16_ok else "fp16"
+        if name == "bf16" and not bf16_ok:
+            raise UserError(f"trainer.precision=bf16 but {torch.cuda.get_device_name(device)} has no bf16 support; "
+                            "use trainer.precision=fp16 or fp32")
+        return name
+    if name == "fp16":
+        raise UserError("trainer.precision=fp16 needs a CUDA GPU (on the CPU there is no fp16 loss scaling); "
+                        "use trainer.precision=fp32 or bf16 on the CPU")
+    return "fp32" if name == "auto" else name
+
+
+# --- the trainer ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    """Host-side facts of a step whose device values have not reached the host yet."""
+
+    step: int
+    lr: float
+    beta1: float | None
+    tokens: int
+    batch_size: int
+    skipped: bool
+    seconds: float | None  # host-measured duration; None on CUDA, where the events below time it
+    events: tuple | None  # (start, end) CUDA events around the step's work
+
+
+@dataclass
+class _Inflight:
+    steps: list[_Pending]
+    values: torch.Tensor  # (n_steps, n_fields), on the host once `done` has completed
+    done: object  # a CUDA event, or None on the CPU
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        tc = cfg.trainer
+        self.say = (lambda msg: None) if quiet else log.info
+
+        self.ddp = setup_distributed(tc.device)
+        self.device = resolve_device(tc.device, self.ddp)
+        self.precision = resolve_precision(tc.precision, self.device)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # leftover fp32 matmuls on tensor cores
+            torch.backends.cudnn.allow_tf32 = True
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        # Data: the main rank builds the cache, the others wait and read it.
+        if self.ddp.is_main:
+            self.data = prepare_data(cfg.data, log=self.say, progress=tc.progress)
+        if self.ddp.enabled:
+            dist.barrier()
+        if not self.ddp.is_main:
+            self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
+        meta = self.data.meta
+
+        # Model.
+        mc = cfg.model
+        self.model_config = GPTConfig(
+            vocab_size=meta["vocab_size"], block_size=mc.block_size, n_layer=mc.n_layer, n_head=mc.n_head,
+            n_embd=mc.n_embd, dropout=mc.dropout, bias=mc.bias, norm_position=mc.norm_position,
+            qk_layernorm=mc.qk_layernorm, z_loss=mc.z_loss,
+        )
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(self.model_config).to(self.device)  # the uncompiled module: checkpoints use it
+        self.model.record_logz = cfg.monitor.logz
+        for block in self.model.transformer.h:
+            block.attn.record_max_logit = cfg.monitor.max_attn_logit
+        torch.manual_seed(cfg.seed + self.ddp.rank)  # dropout differs between ranks
+        self.step_model = self.model
+        if tc.compile:
+            self.step_model = torch.compile(self.model, backend=tc.compile_backend, mode=tc.compile_mode)
+        self.eval_model = self.step_model  # evaluation needs no DDP wrapper: it syncs nothing
+        if self.ddp.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.step_model = DistributedDataParallel(
+                self.step_model, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None
+            )
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+        # Run length, in optimizer steps.
+        self.grad_accum = tc.grad_accum_for(self.ddp.world_size)
+        self.global_batch = tc.micro_batch_size * self.grad_accum * self.ddp.world_size  # sequences
+        self.tokens_per_step = self.global_batch * mc.block_size
+        if tc.max_steps is not None:
+            self.total_steps = tc.max_steps
+        elif tc.max_tokens is not None:
+            self.total_steps = steps_for_tokens(parse_count(tc.max_tokens, "trainer.max_tokens"), self.tokens_per_step)
+        else:
+            self.total_steps = steps_for_tokens(int(tc.epochs * meta["train_tokens"]), self.tokens_per_step)
+        self.peak_lr = scaled_peak_lr(cfg.optim, self.tokens_per_step)
+
+        # Schedule: a pure function of the step, checked and drawn before any compute is spent.
+        self.schedule = schedules.schedule_from_config(dict(cfg.scheduler), self.total_steps, self.tokens_per_step)
+        schedules.check_curve(self.schedule)
+
+        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
+        self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
+                                   "validation")
+        self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        self.flops_per_token = flops_per_token(self.model.num_params(), mc.n_layer, mc.n_embd, mc.block_size)
+        self.peak_flops = peak_flops(self.device)
+        self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
+
+        # Progress through the run; resume overwrites these.
+        self.step = 0
+        self.tokens_seen = 0
+        self.val_history: list[tuple[int, float]] = []
+        self.wandb_id: str | None = None
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
+        self.resumed_from: Path | None = None
+        if tc.resume:
+            self._resume(tc.resume)
+
+        self.fields = ["loss", "loss_max", "grad_norm"]
+        if self.scaler is not None:
+            self.fields.append("scaler_skipped")
+        for name, on in (("update_ratio", cfg.monitor.update_ratio), ("max_attn_logit", cfg.monitor.max_attn_logit),
+                         ("logz", cfg.monitor.logz)):
+            if on:
+                self.fields.append(name)
+        self.pending: list[_Pending] = []
+        self.pending_values: list[torch.Tensor] = []
+        self.inflight: list[_Inflight] = []
+        self.val_at: dict[int, float] = {}
+        self.stop_signal: int | None = None
+        self.last_record: dict = {}
+
+    # --- the run ---
+
+    def run(self) -> RunResult:
+        cfg, tc = self.cfg, self.cfg.trainer
+        self._announce()
+        self.metrics = MetricsLogger(
+            self.run_dir, cfg.logger, config=cfg.to_dict(), total_steps=self.total_steps, start_step=self.step,
+            wandb_id=self.wandb_id, progress=tc.progress, enabled=self.ddp.is_main, run_name=cfg.run_name,
+        )
+        self.wandb_id = self.metrics.wandb_id
+        previous_handlers = self._install_signal_handlers()
+        status, failed, ckpt = "completed", True, None
+        t_start = time.time()
+        try:
+            while self.step < self.total_steps:
+                if self.step % tc.eval_interval == 0:
+                    self.val_at[self.step] = self.evaluate()
+                if self._stop_requested():
+                    status = "interrupted"
+                    break
+                if tc.ckpt_interval and self.step % tc.ckpt_interval == 0 and self.step > 0 and not self._resumed_here():
+                    self._drain()
+                    ckpt = self.save()
+                self.train_step()
+                if self.step % self.flush_every == 0:
+                    self._flush(wait=False)
+                if self.monitor.verdict.diverged and cfg.monitor.stop_on_divergence:
+                    status = "diverged"
+                    break
+            self._drain()
+            if status == "completed" and self.monitor.verdict.diverged and cfg.monitor.stop_on_divergence:
+                status = "diverged"  # noticed when the last records landed
+            if status == "completed":
+                final = self.evaluate()
+                self.val_history.append((self.step, final))
+                self.metrics.log({"step": self.step, "val/loss": final, "train/tokens": self.tokens_seen})
+            if status in ("completed", "interrupted"):
+                ckpt = self.resumed_from if self._resumed_here() else self.save()
+            failed = False
+        finally:
+            self._restore_signal_handlers(previous_handlers)
+            wall = time.time() - t_start
+            summary = self._summary(status, wall, ckpt) if not failed else {"status": "failed", "step": self.step}
+            if self.ddp.is_main:
+                write_summary(self.run_dir, summary)
+            self.metrics.close(summary, failed=failed)
+        final_val = summary["final_val_loss"] if status == "completed" else math.inf
+        return RunResult(status, final_val, summary, self.run_dir, ckpt)
+
+    def train_step(self) -> None:
+        cfg, step = self.cfg, self.step
+        lr = self.peak_lr * self.schedule(step)
+        beta1 = self.schedule.beta1(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            if beta1 is not None:
+                group["betas"] = (beta1, group["betas"][1])
+
+        start = time.perf_counter()
+        events = None
+        if self.device.type == "cuda":
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
+        loss_sum = torch.zeros((), device=self.device)
+        loss_max = torch.full((), -math.inf, device=self.device)
+        for micro in range(self.grad_accum):
+            x, y = self.train_batches.train_batch(step, self.ddp.rank * self.grad_accum + micro)
+            last = micro == self.grad_accum - 1
+            sync = contextlib.nullcontext() if (last or not self.ddp.enabled) else self.step_model.no_sync()
+            with sync:
+                with self._autocast():
+                    _, loss = self.step_model(x, y)
+                scaled = loss / self.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss = loss.detach().float()
+            loss_sum += loss
+            loss_max = torch.maximum(loss_max, loss)
+        loss_mean = loss_sum / self.grad_accum
+        if self.ddp.enabled:  # the record holds the global batch's loss on every rank
+            dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
+            loss_mean /= self.ddp.world_size
+            dist.all_reduce(loss_max, op=dist.ReduceOp.MAX)
+
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).float()
+
+        skipped = cfg.monitor.skip_spikes and self.monitor.should_skip(loss_mean.item(), grad_norm.item())
+        extras = {}
+        if cfg.monitor.update_ratio:
+            before = [p.detach().clone() for p in self.model.parameters()]
+        if not skipped:
+            if self.scaler is not None:
+                scale_before = self.scaler._scale.clone()  # no .item(): the comparison stays on the GPU
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                extras["scaler_skipped"] = (self.scaler._scale < scale_before).float().squeeze()
+            else:
+                self.optimizer.step()
+        elif self.scaler is not None:
+            self.scaler.update()
+            extras["scaler_skipped"] = torch.zeros((), device=self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        if cfg.monitor.update_ratio:
+            params = list(self.model.parameters())
+            delta = torch.stack([torch.linalg.vector_norm(p.detach() - b) for p, b in zip(params, before)]).norm()
+            weight = torch.stack([torch.linalg.vector_norm(p.detach()) for p in params]).norm()
+            extras["update_ratio"] = delta / weight
+        if cfg.monitor.max_attn_logit:
+            extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in self.model.transformer.h]).max()
+        if cfg.monitor.logz:
+            extras["logz"] = self.model.logz_mean.float()
+
+        values = [loss_mean, loss_max, grad_norm] + [extras[f] for f in self.fields[3:]]
+        self.pending_values.append(torch.stack([v.reshape(()) for v in values]))
+        if events is not None:
+            events[1].record()
+        seconds = None if events is not None else time.perf_counter() - start
+        self.tokens_seen += self.tokens_per_step
+        self.pending.append(_Pending(step, lr, beta1, self.tokens_seen, self.global_batch, skipped, seconds, events))
+        self.step += 1
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows (split across ranks)."""
+        self.model.eval()
+        n = self.cfg.trainer.eval_iters
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, batch count
+        for i in range(self.ddp.rank, n, self.ddp.world_size):
+            x, y = self.val_batches.eval_batch(i)
+            with self._autocast():
+                _, loss = self.eval_model(x, y)
+            total[0] += loss.double()
+            total[1] += 1
+        if self.ddp.enabled:
+            dist.all_reduce(total)
+        self.model.train()
+        return float(total[0] / total[1])
+
+    # --- records: device -> host, asynchronously ---
+
+    def _flush(self, wait: bool) -> None:
+        """Start copying the pending steps' values to the host; write records whose copy landed."""
+        if self.pending:
+            values = torch.stack(self.pending_values)
+            if self.device.type == "cuda":
+                host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+                host.copy_(values, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+                self.inflight.append(_Inflight(self.pending, host, done))
+            else:
+                self.inflight.append(_Inflight(self.pending, values, None))
+            self.pending, self.pending_values = [], []
+        while self.inflight and (wait or self.inflight[0].done is None or self.inflight[0].done.query()):
+            item = self.inflight.pop(0)
+            if item.done is not None:
+                item.done.synchronize()
+            self._write_records(item)
+        if self.ddp.enabled:
+            self._agree_on_stop()
+
+    def _drain(self) -> None:
+        self._flush(wait=True)
+
+    def _write_records(self, item: _Inflight) -> None:
+        rows = item.values.tolist()
+        for p, row in zip(item.steps, rows):
+            values = dict(zip(self.fields, row))
+            seconds = p.seconds if p.events is None else p.events[0].elapsed_time(p.events[1]) / 1000
+            tok_per_s = self.tokens_per_step / max(seconds, 1e-9)
+            record = {
+                "step": p.step,
+                "train/lr": p.lr,
+                "train/loss": values["loss"],
+                "train/loss_max": values["loss_max"],
+                "train/grad_norm": values["grad_norm"],
+                "train/clipped": bool(self.cfg.optim.grad_clip > 0 and values["grad_norm"] > self.cfg.optim.grad_clip),
+                "train/tokens": p.tokens,
+                "train/batch_size": p.batch_size,
+                "perf/step_ms": round(seconds * 1000, 3),
+                "perf/tok_per_s": round(tok_per_s, 1),
+            }
+            if self.peak_flops:
+                record["perf/mfu"] = round(self.flops_per_token * tok_per_s / (self.peak_flops * self.ddp.world_size), 4)
+            if p.beta1 is not None:
+                record["train/beta1"] = p.beta1
+            if self.cfg.monitor.skip_spikes:
+                record["train/skipped"] = p.skipped
+            if "scaler_skipped" in values:
+                record["train/scaler_skipped"] = bool(values["scaler_skipped"])
+            for name in ("update_ratio", "max_attn_logit", "logz"):
+                if name in values:
+                    record[f"train/{name}"] = values[name]
+            if p.step in self.val_at:
+                record["val/loss"] = self.val_at[p.step]
+                self.val_history.append((p.step, self.val_at.pop(p.step)))
+            self.monitor.observe(record)
+            self.metrics.log(record)
+            self.last_record = record
+        self.metrics.flush()
+
+    # --- checkpoints and resume ---
+
+    def save(self) -> Path | None:
+        if not self.ddp.is_main:
+            return None
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "rng": _rng_state(),
+            "monitor": self.monitor.state_dict(),
+            "val_history": [list(v) for v in self.val_history],
+            "config": self.cfg.to_dict(),
+            "model_config": vars(self.model_config).copy(),
+            "data_key": self.data.cache_dir.name,
+            "tokenizer": (self.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
+            "wandb_id": self.wandb_id,
+            "elapsed": self.elapsed_before + (time.time() - self._t0 if hasattr(self, "_t0") else 0.0),
+        }
+        path = save_checkpoint(state, checkpoint_path(self.run_dir, self.step))
+        prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
+        self._last_saved_step = self.step
+        self.say(f"checkpoint: step {self.step} -> {path}")
+        return path
+
+    def _resumed_here(self) -> bool:
+        return getattr(self, "_last_saved_step", None) == self.step
+
+    def _resume(self, resume: str) -> None:
+        path = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0")
+            return
+        state = load_checkpoint(path)
+        self._check_compatible(state, path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.monitor.load_state_dict(state["monitor"])
+        self.val_history = [tuple(v) for v in state["val_history"]]
+        self.wandb_id = state.get("wandb_id")
+        self.elapsed_before = state.get("elapsed", 0.0)
+        _set_rng_state(state["rng"])
+        self.resumed_from = path
+        self._last_saved_step = self.step
+        if self.ddp.is_main:
+            dropped = truncate_metrics(self.run_dir, self.step)
+            self.say(f"resume: from {path} at step {self.step}" + (f"; dropped {dropped} records after it" if dropped else ""))
+
+    def _check_compatible(self, state: dict, path: Path) -> None:
+        """Refuse a checkpoint whose model or data differ; report safe changes."""
+        saved = state.get("model_config", {})
+        mine = vars(self.model_config)
+        diff = [f"model.{k} ({saved.get(k)} -> {mine[k]})" for k in mine if saved.get(k) != mine[k] and k != "z_loss"]
+        if diff:
+            raise UserError(f"trainer.resume: {path} is a checkpoint of another model: {', '.join(diff)}; "
+                            "resume with the model config it was trained with")
+        if state.get("data_key") != self.data.cache_dir.name:
+            raise UserError(f"trainer.resume: {path} was trained on other data or another tokenizer "
+                            f"({state.get('data_key')} vs {self.data.cache_dir.name}); resume with the same data config")
+        old, new = _flatten(state.get("config", {})), _flatten(self.cfg.to_dict())
+        changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
+                   if old.get(k) != new.get(k) and k != "trainer.resume"]
+        if changed:
+            self.say("resume: config changes from the checkpoint: " + "; ".join(changed))
+
+    # --- signals ---
+
+    def _install_signal_handlers(self):
+        previous = {}
+
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+
+        for sig in STOP_SIGNALS:
+            try:
+                previous[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return previous
+
+    def _restore_signal_handlers(self, previous) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    def _stop_requested(self) -> bool:
+        return self.stop_signal is not None
+
+    def _agree_on_stop(self) -> None:
+        """Under DDP every rank must stop at the same step: share any rank's stop request."""
+        flag = torch.tensor([0 if self.stop_signal is None else self.stop_signal], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            self.stop_signal = int(flag.item())
+
+    # --- reporting ---
+
+    def _announce(self) -> None:
+        cfg, meta = self.cfg, self.data.meta
+        epochs = self.total_steps * self.tokens_per_step / max(1, meta["train_tokens"])
+        self.say(f"device: {self.device}, precision {self.precision}, "
+                 f"{self.ddp.world_size} rank(s), compile {'on' if cfg.trainer.compile else 'off'}")
+        self.say(f"model: {self.model.num_params():,} parameters (without position embeddings), "
+                 f"{cfg.model.n_layer} layers, {cfg.model.n_embd} wide, {cfg.model.n_head} heads, "
+                 f"context {cfg.model.block_size}, vocabulary {self.model_config.vocab_size} "
+                 f"(padded to {self.model_config.padded_vocab_size}), {cfg.model.norm_position}-LN"
+                 + (", QK-layernorm" if cfg.model.qk_layernorm else "") + (f", z-loss {cfg.model.z_loss}" if cfg.model.z_loss else ""))
+        self.say(f"run: {self.total_steps} steps x {self.tokens_per_step:,} tokens "
+                 f"({cfg.trainer.micro_batch_size} x {self.grad_accum} accumulation x {self.ddp.world_size} ranks "
+                 f"x {cfg.model.block_size}) = {self.total_steps * self.tokens_per_step:,} tokens, {epochs:.2f} epochs")
+        if self.peak_lr != cfg.optim.lr:
+            self.say(f"lr: configured {cfg.optim.lr:g}, effective peak {self.peak_lr:g} "
+                     f"({cfg.optim.lr_scaling} scaling to {self.tokens_per_step:,} tokens per batch)")
+        self.say("schedule: " + self.schedule.summary_line(self.peak_lr))
+        if self.ddp.is_main:
+            from minigpt.plots import plot_schedule_curve
+
+            plot_schedule_curve(self.schedule, self.peak_lr, self.run_dir / "schedule.png")
+        self._t0 = time.time()
+
+    def _summary(self, status: str, wall: float, ckpt: Path | None) -> dict:
+        verdict = self.monitor.verdict
+        vals = [v for _, v in self.val_history]
+        final = self.val_history[-1][1] if self.val_history and status == "completed" else None
+        entropy = self.data.meta.get("unigram_entropy_val")
+        train_seconds = self.elapsed_before + (time.time() - self._t0)
+        summary = {
+            "status": status,
+            "reason": verdict.reason if status == "diverged" else (
+                f"stopped by {signal.Signals(self.stop_signal).name}" if status == "interrupted" else ""),
+            "diverged_step": verdict.step if status == "diverged" else None,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "final_val_loss": final,
+            "best_val_loss": min(vals) if vals else None,
+            "initial_val_loss": self.val_history[0][1] if self.val_history and self.val_history[0][0] == 0 else None,
+            "unigram_entropy_val": entropy,
+            "val_loss_over_unigram_entropy": round(final / entropy, 4) if final and entropy else None,
+            "final_train_loss": self.last_record.get("train/loss"),
+            "tokens": self.tokens_seen,
+            "peak_lr": self.peak_lr,
+            "configured_lr": self.cfg.optim.lr,
+            "schedule": self.schedule.name,
+            "wall_time_s": round(wall, 2),
+            "train_time_s": round(train_seconds, 2),
+            "tok_per_s": round(self.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
+            "device": str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+            "precision": self.precision,
+            "world_size": self.ddp.world_size,
+            "n_params": self.model.num_params(),
+            "checkpoint": str(ckpt) if ckpt else None,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+        }
+        summary.update(self.monitor.summary())
+        return summary
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def train(cfg: Config, run_dir: Path, quiet: bool = False) -> RunResult:
+    return Trainer(cfg, run_dir, quiet=quiet).run()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": _to_plain(random.getstate())}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuple(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_plain(x):
+    return [_to_plain(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

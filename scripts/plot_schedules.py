@@ -1,0 +1,78 @@
+"""Draw registered learning-rate schedules into one PNG (one panel per schedule).
+
+    python scripts/plot_schedules.py --total-steps 1000 --out docs/images/schedules.png
+    python scripts/plot_schedules.py --names wsd cosine_warmup --total-steps 500 2000 \
+        --set wsd.decay_shape=cosine --set cosine_warmup.warmup="10%" --out /tmp/s.png
+
+Parameters not given with --set take their defaults (the values in conf/scheduler/<name>.yaml).
+Lengths accept the same forms as the configs: 300, 0.05, "5%", "300 steps", "2M tokens"
+(with --tokens-per-step).
+"""
+
+import argparse
+import ast
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from minigpt.errors import UserError  # noqa: E402
+from minigpt.plots import plot_schedules  # noqa: E402
+from minigpt.schedules import list_schedules, schedule_from_config  # noqa: E402
+
+
+def parse_value(text: str):
+    """A --set value: null/true/false, a Python literal (3, 0.1, [0.5, 0.75]) or else a string."""
+    lowered = text.strip().lower()
+    if lowered in ("null", "none", "~"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--names", nargs="+", help="schedules to draw (default: every registered one)")
+    ap.add_argument("--total-steps", nargs="+", type=int, default=[1000], help="run length(s) in steps")
+    ap.add_argument("--peak-lr", type=float, default=1.0, help="peak LR (default 1.0: draw the multiplier)")
+    ap.add_argument("--tokens-per-step", type=int, help="tokens per optimizer step, for lengths given in tokens")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME.PARAM=VALUE", help="override a parameter")
+    ap.add_argument("--module", action="append", default=[], help="import this module first (your own schedules)")
+    ap.add_argument("--out", default="schedules.png", help="PNG to write")
+    args = ap.parse_args(argv)
+
+    try:
+        for module in args.module:
+            importlib.import_module(module)
+        names = args.names or list_schedules()
+        overrides: dict[str, dict] = {}
+        for item in args.set:
+            name, _, rest = item.partition(".")
+            key, eq, value = rest.partition("=")
+            if not (name and key and eq):
+                raise UserError(f"--set {item!r}: expected NAME.PARAM=VALUE, e.g. --set wsd.decay=0.1")
+            if name not in names:
+                raise UserError(f"--set {item!r}: '{name}' is not among the drawn schedules ({', '.join(names)})")
+            overrides.setdefault(name, {})[key] = parse_value(value)
+        schedules = [
+            schedule_from_config({"name": name, **overrides.get(name, {})}, total, args.tokens_per_step)
+            for name in names
+            for total in args.total_steps
+        ]
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for s in schedules:
+        print(s.summary_line(args.peak_lr))
+    plot_schedules(schedules, args.peak_lr, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Schedule plots: minigpt/plots.py and scripts/plot_schedules.py, on a headless machine."""
+
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minigpt.plots import plot_schedule_curve, plot_schedules
+from minigpt.schedules import build_schedule
+
+pytest.importorskip("matplotlib")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "plot_schedules.py"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def test_plot_schedule_curve(tmp_path):
+    for name in ("cosine_warmup", "one_cycle", "wsd"):  # one_cycle also draws beta1
+        out = tmp_path / "sub" / f"{name}.png"
+        plot_schedule_curve(build_schedule(name, 300), 3e-3, out)
+        assert is_png(out)
+    long_run = tmp_path / "long.png"  # drawn from a subsample of the steps
+    plot_schedule_curve(build_schedule("cosine_warmup", 25_000, warmup=250), 1e-3, long_run)
+    assert is_png(long_run)
+
+
+def test_plot_schedules(tmp_path):
+    out = tmp_path / "all.png"
+    group = [build_schedule("wsd", n) for n in (100, 400)] + [build_schedule("step", 100)]
+    plot_schedules(group, 1.0, out)
+    assert is_png(out)
+    with pytest.raises(ValueError):
+        plot_schedules([], 1.0, out)
+
+
+@pytest.fixture
+def script():
+    return runpy.run_path(str(SCRIPT))["main"]
+
+
+def test_script_draws_chosen_schedules_with_overrides(tmp_path, script, capsys):
+    out = tmp_path / "s.png"
+    argv = ["--names", "wsd", "multistep", "--total-steps", "200", "1000", "--set", "wsd.decay_shape=cosine",
+            "--set", "multistep.milestones=['30%', 0.6]", "--set", "wsd.decay_start=null", "--out", str(out)]
+    assert script(argv) == 0
+    printed = capsys.readouterr().out
+    assert "multistep (1000 steps): warmup 0..49, stage 1 50..299, stage 2 300..599" in printed
+    assert is_png(out)
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["--set", "wsd.decay=2.5"], "a float length is a fraction of the run"),
+        (["--set", "wsd"], "expected NAME.PARAM=VALUE"),
+        (["--names", "wsd", "--set", "step.gamma=0.5"], "'step' is not among the drawn schedules"),
+        (["--names", "cosine_warmpu"], "closest match: 'cosine_warmup'"),
+        (["--names", "wsd", "--set", "wsd.warmup=2M tokens"], "tokens per step is unknown"),
+    ],
+)
+def test_script_reports_bad_input_in_one_line(tmp_path, script, capsys, argv, expected):
+    assert script(argv + ["--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_script_runs_headless(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
+    out = tmp_path / "all.png"
+    subprocess.run([sys.executable, str(SCRIPT), "--names", "one_cycle", "wsd", "--total-steps", "120", "--out", str(out)],
+                   cwd=tmp_path, env=env, check=True, capture_output=True)
+    assert is_png(out)

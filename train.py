@@ -1,0 +1,230 @@
+"""Train a GPT from scratch:  python train.py [group=option ...] [key=value ...]
+
+This is the only file that knows Hydra. It composes conf/ into one config, checks it (bad
+input ends here with one line and exit status 2, before any directory is created), turns it
+into typed dataclasses and calls `minigpt.trainer.train`. It returns the final validation
+loss (inf for a run that diverged or failed) so that Hydra sweepers can minimise it.
+
+Examples:
+    python train.py                                  # the CPU default on the stdlib corpus
+    python train.py scheduler=wsd optim.lr=3e-3
+    python train.py -m scheduler=constant_warmup,cosine_warmup optim.lr=1e-3,3e-3
+    python train.py experiment=warmup_divergence_cpu
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from minigpt.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+log = logging.getLogger("minigpt")
+
+# Hydra's own flags (help, --cfg, --info, ...) go straight to Hydra, unchecked.
+PASS_THROUGH = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
+                "--version", "--resolve", "--package", "-p", "--experimental-rerun")
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float:
+    from minigpt.config import config_from_dict
+    from minigpt.metrics import write_summary
+    from minigpt.trainer import train
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        if multirun and config.logger.group is None:
+            config.logger.group = Path(hc.sweep.dir).name  # wandb runs of one sweep share a group
+        result = train(config, run_dir)
+    except UserError as e:
+        if not multirun:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        log.error(f"job {hc.job.num} failed: {e}")
+        write_summary(run_dir, {"status": "failed", "reason": str(e)})
+        return math.inf
+    except Exception as e:
+        if not multirun:
+            raise
+        # One broken cell must not end the sweep: record why, move on to the next job.
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        log.error(f"job {hc.job.num} failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.txt'})")
+        write_summary(run_dir, {"status": "failed", "reason": f"{type(e).__name__}: {e}"})
+        return math.inf
+
+    s = result.summary
+    if result.status == "completed":
+        ratio = f" = {s['val_loss_over_unigram_entropy']:.3f} x the unigram entropy {s['unigram_entropy_val']:.3f}" \
+            if s.get("val_loss_over_unigram_entropy") else ""
+        log.info(f"done: final val loss {s['final_val_loss']:.4f}{ratio}; {s['tokens']:,} tokens in "
+                 f"{s['train_time_s']:.0f}s ({s['tok_per_s']:,.0f} tok/s); outputs in {run_dir}")
+    elif result.status == "diverged":
+        log.warning(f"diverged at step {s['diverged_step']}: {s['reason']}; metrics kept in {run_dir}")
+    else:
+        overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~") in ("trainer.resume", "hydra.run.dir")]
+        command = " ".join(["python train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+        log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
+        signum = signal.Signals[s["reason"].split()[-1]]
+        sys.exit(128 + signum)
+    return result.final_val_loss
+
+
+# --- checking the command line before Hydra starts a run -----------------------------------
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose and validate the config of every value a sweep would try; raise UserError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise UserError(f"cannot read the command line: {_first_line(e)}; write overrides as key=value") from None
+
+    # Each sweep value is checked once, with every other override at its first value.
+    first = []
+    variants = []
+    for i, o in enumerate(parsed):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # interval() and other searches: checked by the sweeper itself
+                continue
+            first.append(f"{key}={values[0]}")
+            variants.extend((i, f"{key}={v}") for v in values[1:])
+        else:
+            first.append(o.input_line)
+    candidates = [first] + [first[:i] + [v] + first[i + 1:] for i, v in variants if i < len(first)]
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for ovr in candidates:
+            _check_groups(ovr)
+            try:
+                cfg = compose(config_name="config", overrides=ovr, return_hydra_config=True)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise UserError(_explain_compose_error(e, ovr, compose)) from None
+            _check_config(cfg)
+
+
+def _check_groups(overrides: list[str]) -> None:
+    """An unknown option of a config group: one line with the valid ones and the closest."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        group = key.lstrip("+~")
+        folder = CONF_DIR / group
+        if group.startswith("hydra") or not folder.is_dir() or value in ("null", ""):
+            continue
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if value not in options:
+            close = difflib.get_close_matches(value, options, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown {group} '{value}'{hint}; valid: {', '.join(options)}")
+
+
+def _explain_compose_error(e, overrides, compose) -> str:
+    text = str(e)
+    for o in overrides:
+        key = o.partition("=")[0]
+        if f"'{key}'" in text or f"'{key.lstrip('+~')}'" in text:
+            parent, _, leaf = key.lstrip("+~").rpartition(".")
+            try:
+                base = compose(config_name="config", overrides=[x for x in overrides if x != o])
+                node = OmegaConf.select(base, parent) if parent else base
+                valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+            except Exception:
+                valid = []
+            if valid and leaf not in valid:
+                close = difflib.get_close_matches(leaf, valid, n=1)
+                hint = f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+                return (f"unknown config key '{key.lstrip('+~')}'{hint}; valid keys under "
+                        f"{parent or 'the top level'}: {', '.join(valid)}")
+    return f"bad config: {_first_line(e)}"
+
+
+def _check_config(cfg: DictConfig) -> None:
+    """Typed validation, the schedule, the device and the output folder: all before any run."""
+    from minigpt import schedules
+    from minigpt.config import config_from_dict, parse_count
+    from minigpt.trainer import resolve_precision
+
+    import torch
+
+    task = {k: v for k, v in cfg.items() if k != "hydra"}
+    config = config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
+    tc = config.trainer
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    accum = tc.grad_accum_for(world)
+    tokens_per_step = tc.micro_batch_size * accum * world * config.model.block_size
+    total = tc.max_steps
+    if tc.max_tokens is not None:
+        total = max(1, math.ceil(parse_count(tc.max_tokens, "trainer.max_tokens") / tokens_per_step))
+    if total is not None:  # with epochs, the length is known only once the data is
+        schedules.check_curve(schedules.schedule_from_config(dict(config.scheduler), total, tokens_per_step))
+    if tc.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                        "use trainer.device=cpu or trainer.device=auto")
+    device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
+    resolve_precision(tc.precision, device)
+    if config.data.source == "files":
+        for p in config.data.paths:
+            if not Path(p).expanduser().exists():
+                raise UserError(f"data.paths: '{p}' does not exist (looked in {Path.cwd()}); give an existing file or folder")
+    if tc.resume not in (None, "auto") and not Path(tc.resume).is_file():
+        raise UserError(f"trainer.resume: '{tc.resume}' is not a file; give a checkpoint (.pt) path or trainer.resume=auto")
+    for key in ("run.dir", "sweep.dir"):
+        try:
+            out = OmegaConf.select(cfg.hydra, key)
+        except Exception:  # ${now:...} needs Hydra's runtime; the run will resolve it
+            continue
+        _check_writable(Path(str(out)), f"hydra.{key}")
+    _check_writable(Path(config.data.cache_dir), "data.cache_dir")
+
+
+def _check_writable(path: Path, key: str) -> None:
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"{key}: cannot write to '{path}' ('{existing}' is not a writable folder); "
+                        f"point {key} at a writable folder")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if not any(a.split("=")[0] in PASS_THROUGH for a in argv):
+        try:
+            precheck(argv)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
