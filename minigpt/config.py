@@ -81,7 +81,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: Literal["adamw"] = "adamw"
-    lr: float = 2e-3  # peak learning rate: the schedule's multiplier scales it
+    lr: float = 5e-3  # peak learning rate: the schedule's multiplier scales it
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
