@@ -499,7 +499,7 @@ _SKIPS = {"skip_start": (1, 0), "skip_end": (0, 1), "keep_both": (0, 0), "skip_b
 class WarmupParams:
     """The warmup every *_warmup-style schedule shares."""
 
-    warmup: int = length_field(0.05)
+    warmup: int = length_field(0.1)
     warmup_shape: str = "linear"
     warmup_convention: str = "skip_start"
     warmup_start_ratio: float = 0.0

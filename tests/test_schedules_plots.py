@@ -52,7 +52,7 @@ def test_script_draws_chosen_schedules_with_overrides(tmp_path, script, capsys):
             "--set", "multistep.milestones=['30%', 0.6]", "--set", "wsd.decay_start=null", "--out", str(out)]
     assert script(argv) == 0
     printed = capsys.readouterr().out
-    assert "multistep (1000 steps): warmup 0..49, stage 1 50..299, stage 2 300..599" in printed
+    assert "multistep (1000 steps): warmup 0..99, stage 1 100..299, stage 2 300..599" in printed
     assert is_png(out)
 
 
