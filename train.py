@@ -10,6 +10,7 @@ Examples:
     python train.py scheduler=wsd optim.lr=3e-3
     python train.py -m scheduler=constant_warmup,cosine_warmup optim.lr=1e-3,3e-3
     python train.py experiment=warmup_divergence_cpu
+    python train.py experiment=lr_range_test          # ramp the LR, suggest a peak
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def hydra_main(cfg: DictConfig) -> float:
         config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
         if multirun and config.logger.group is None:
             config.logger.group = Path(hc.sweep.dir).name  # wandb runs of one sweep share a group
+        if config.task == "lr_range_test":
+            return _lr_range_test(config, run_dir)
         result = train(config, run_dir)
     except UserError as e:
         if not multirun:
@@ -83,6 +86,20 @@ def hydra_main(cfg: DictConfig) -> float:
         signum = signal.Signals[s["reason"].split()[-1]]
         sys.exit(128 + signum)
     return result.final_val_loss
+
+
+def _lr_range_test(config, run_dir: Path) -> float:
+    from minigpt.lr_range_test import PLOT_FILE, run_lr_range_test
+
+    r = run_lr_range_test(config, run_dir)
+    log.info(f"lr range test: {len(r.losses)} steps, LR {r.lrs[0]:.3g} .. {r.lrs[-1]:.3g}; ended: {r.stop_reason}")
+    if r.suggested_lr is None:
+        log.warning("lr range test: too few steps for a suggestion; raise trainer.max_steps or optim.lr")
+        return math.inf
+    steepest = f"{r.steepest_lr:.3g}" if r.steepest_lr is not None else "n/a"
+    log.info(f"suggested peak LR: {r.suggested_lr:.3g} (minimum / 10; loss minimum at {r.min_lr:.3g}), "
+             f"steepest descent at {steepest}; plot: {run_dir / PLOT_FILE}")
+    return min(v for v in r.smoothed if math.isfinite(v))
 
 
 # --- checking the command line before Hydra starts a run -----------------------------------

@@ -219,9 +219,24 @@ class LoggerConfig:
 
 
 @dataclass
+class LRRangeTestConfig:
+    """`task: lr_range_test` (experiment=lr_range_test): when to stop and how to smooth."""
+
+    stop_factor: float = 4.0  # stop once the smoothed loss exceeds stop_factor x its minimum so far
+    smoothing: float = 0.95  # EMA factor of the smoothed loss, bias-corrected as in fastai's lr_find
+    skip_start: int = 5  # steps ignored when suggesting an LR (the EMA is still noisy there)
+
+    def validate(self):
+        _check(self.stop_factor > 1, "lr_range_test.stop_factor", "must be > 1", self.stop_factor)
+        _check(0 <= self.smoothing < 1, "lr_range_test.smoothing", "must be in [0, 1)", self.smoothing)
+        _check(self.skip_start >= 0, "lr_range_test.skip_start", "must be >= 0", self.skip_start)
+
+
+@dataclass
 class Config:
     seed: int = 1337
     run_name: str = "run"
+    task: Literal["train", "lr_range_test"] = "train"  # lr_range_test: see minigpt/lr_range_test.py
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -229,9 +244,10 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    lr_range_test: LRRangeTestConfig = field(default_factory=LRRangeTestConfig)
 
     def validate(self):
-        for section in (self.model, self.data, self.optim, self.trainer, self.monitor):
+        for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
         if not isinstance(self.scheduler.get("name"), str):
             raise UserError("scheduler.name is not set: pick one with scheduler=<name>, e.g. scheduler=cosine_warmup")

@@ -98,3 +98,28 @@ def plot_schedules(schedules: Sequence[Schedule], peak_lr: float, path) -> None:
     fig.supxlabel("step", fontsize=9)
     fig.supylabel("learning rate" if peak_lr != 1.0 else "LR multiplier (of the peak LR)", fontsize=9)
     _save(fig, path)
+
+
+def plot_lr_range_test(result, path: Path) -> Path:
+    """Loss (raw and smoothed) against LR on a log axis, with the suggested LRs marked."""
+    fig = _figure(7, 4.2)
+    ax = fig.add_subplot()
+    ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
+    ax.plot(result.lrs, result.smoothed, color="C0", lw=1.8, label="smoothed loss")
+    for lr, label, color in ((result.steepest_lr, "steepest descent", "C2"),
+                             (result.suggested_lr, "minimum / 10", "C3"),
+                             (result.min_lr, "minimum", "0.4")):
+        if lr is not None:
+            ax.axvline(lr, color=color, ls="--", lw=1, label=f"{label}: {lr:.3g}")
+    raw = [v for v in result.losses if math.isfinite(v)]
+    if raw:  # from the lowest loss to a little above the first: the blow-up must not flatten the rest
+        low, high = min(raw), max(result.smoothed[0], result.losses[0])
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.15 * (high - low))
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"LR range test: {result.stop_reason}", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.savefig(path, dpi=120)
+    return path

@@ -20,6 +20,7 @@ optional spike-skipping mitigation are the only synchronisation points.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from minigpt.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpo
 from minigpt.config import Config, parse_count
 from minigpt.data import Batches, prepare_data, steps_for_tokens
 from minigpt.errors import UserError
-from minigpt.metrics import MetricsLogger, truncate_metrics, write_summary
+from minigpt.metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics, write_atomic, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
 from minigpt.optim import build_optimizer, scaled_peak_lr
@@ -52,7 +53,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 @dataclass
 class RunResult:
-    status: str  # completed | diverged | interrupted
+    status: str  # completed | diverged | interrupted | stopped (by a watcher)
     final_val_loss: float  # inf unless completed
     summary: dict
     run_dir: Path
@@ -138,8 +139,17 @@ class _Inflight:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False):
+    """One run. `checkpoints=False` writes none (the LR range test trains a throwaway copy).
+
+    `watchers` are called with every record once it reaches the host; one that returns a
+    reason (a string) ends the run at the next step boundary with status `stopped`.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False, checkpoints: bool = True):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.checkpoints = checkpoints
+        self.watchers: list = []
+        self.stop_reason: str | None = None
         tc = cfg.trainer
         self.say = (lambda msg: None) if quiet else log.info
 
@@ -220,6 +230,7 @@ class Trainer:
         self.wandb_id: str | None = None
         self.elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
         self.resumed_from: Path | None = None
+        self.branched_from: Path | None = None
         if tc.resume:
             self._resume(tc.resume)
 
@@ -257,7 +268,7 @@ class Trainer:
                 if self._stop_requested():
                     status = "interrupted"
                     break
-                if tc.ckpt_interval and self.step % tc.ckpt_interval == 0 and self.step > 0 and not self._resumed_here():
+                if self.checkpoints and tc.ckpt_interval and self.step % tc.ckpt_interval == 0 and self.step > 0 and not self._resumed_here():
                     self._drain()
                     ckpt = self.save()
                 self.train_step()
@@ -266,6 +277,9 @@ class Trainer:
                 if self.monitor.verdict.diverged and cfg.monitor.stop_on_divergence:
                     status = "diverged"
                     break
+                if self.stop_reason:
+                    status = "stopped"
+                    break
             self._drain()
             if status == "completed" and self.monitor.verdict.diverged and cfg.monitor.stop_on_divergence:
                 status = "diverged"  # noticed when the last records landed
@@ -273,7 +287,7 @@ class Trainer:
                 final = self.evaluate()
                 self.val_history.append((self.step, final))
                 self.metrics.log({"step": self.step, "val/loss": final, "train/tokens": self.tokens_seen})
-            if status in ("completed", "interrupted"):
+            if status in ("completed", "interrupted") and self.checkpoints:
                 ckpt = self.resumed_from if self._resumed_here() else self.save()
             failed = False
         finally:
@@ -437,6 +451,8 @@ class Trainer:
                 self.val_history.append((p.step, self.val_at.pop(p.step)))
             self.monitor.observe(record)
             self.metrics.log(record)
+            for watch in self.watchers:
+                self.stop_reason = self.stop_reason or watch(record)
             self.last_record = record
         self.metrics.flush()
 
@@ -489,7 +505,18 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.resumed_from = path
         self._last_saved_step = self.step
-        if self.ddp.is_main:
+        # A checkpoint of another run directory starts a branch (e.g. a WSD cooldown off a stable
+        # phase): a run of its own, whose records begin with the parent's up to the branch step.
+        parent_dir = path.resolve().parent.parent
+        self.branched_from = path if parent_dir != self.run_dir.resolve() else None
+        if self.branched_from:
+            self.wandb_id = None
+        if self.ddp.is_main and self.branched_from:
+            parent = [r for r in read_metrics(parent_dir) if r.get("step", -1) < self.step]
+            write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in parent))
+            self.say(f"branch: from {path} at step {self.step}, a new run in {self.run_dir} "
+                     f"({len(parent)} records of the parent copied)")
+        elif self.ddp.is_main:
             dropped = truncate_metrics(self.run_dir, self.step)
             self.say(f"resume: from {path} at step {self.step}" + (f"; dropped {dropped} records after it" if dropped else ""))
 
@@ -573,7 +600,8 @@ class Trainer:
         summary = {
             "status": status,
             "reason": verdict.reason if status == "diverged" else (
-                f"stopped by {signal.Signals(self.stop_signal).name}" if status == "interrupted" else ""),
+                f"stopped by {signal.Signals(self.stop_signal).name}" if status == "interrupted" else
+                self.stop_reason if status == "stopped" else ""),
             "diverged_step": verdict.step if status == "diverged" else None,
             "step": self.step,
             "total_steps": self.total_steps,
@@ -596,6 +624,7 @@ class Trainer:
             "n_params": self.model.num_params(),
             "checkpoint": str(ckpt) if ckpt else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "branched_from": str(self.branched_from) if self.branched_from else None,
         }
         summary.update(self.monitor.summary())
         return summary
