@@ -182,6 +182,7 @@ def _explain_compose_error(e, overrides, compose) -> str:
 def _check_config(cfg: DictConfig) -> None:
     """Typed validation, the schedule, the device and the output folder: all before any run."""
     from minigpt import schedules
+    from minigpt.batch_ramp import BatchPlan
     from minigpt.config import config_from_dict, parse_count
     from minigpt.trainer import resolve_precision
 
@@ -190,14 +191,14 @@ def _check_config(cfg: DictConfig) -> None:
     task = {k: v for k, v in cfg.items() if k != "hydra"}
     config = config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
     tc = config.trainer
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    accum = tc.grad_accum_for(world)
-    tokens_per_step = tc.micro_batch_size * accum * world * config.model.block_size
+    batches = BatchPlan.from_config(tc, int(os.environ.get("WORLD_SIZE", "1")), config.model.block_size)
     total = tc.max_steps
     if tc.max_tokens is not None:
-        total = max(1, math.ceil(parse_count(tc.max_tokens, "trainer.max_tokens") / tokens_per_step))
+        total = batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
+    if total is not None and tc.schedule_unit == "tokens":
+        total = max(1, round(batches.tokens_after(total) / batches.final_tokens))
     if total is not None:  # with epochs, the length is known only once the data is
-        schedules.check_curve(schedules.schedule_from_config(dict(config.scheduler), total, tokens_per_step))
+        schedules.check_curve(schedules.schedule_from_config(dict(config.scheduler), total, batches.final_tokens))
     if tc.device == "cuda" and not torch.cuda.is_available():
         raise UserError("trainer.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
                         "use trainer.device=cpu or trainer.device=auto")

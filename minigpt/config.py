@@ -117,6 +117,13 @@ class TrainerConfig:
     micro_batch_size: int = 16  # sequences per forward/backward pass on one device
     grad_accum: int = 1  # micro-batches per optimizer update on each device
     batch_size: Optional[int] = None  # global sequences per update; sets grad_accum when given
+    # Batch-size ramp (GPT-3): the global batch grows linearly from batch_ramp_start sequences to
+    # the full batch over batch_ramp_tokens tokens, by raising the accumulation (minigpt/batch_ramp.py).
+    batch_ramp_start: Optional[int] = None
+    batch_ramp_tokens: Optional[str] = None  # e.g. 2M
+    # What the schedule counts: updates (steps), or tokens (the LR at token t is the planned one
+    # whatever the batch was before t; use it with a batch ramp).
+    schedule_unit: Literal["steps", "tokens"] = "steps"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
@@ -149,6 +156,14 @@ class TrainerConfig:
         _check(self.grad_accum >= 1, "trainer.grad_accum", "must be >= 1", self.grad_accum)
         if self.batch_size is not None:
             _check(self.batch_size >= 1, "trainer.batch_size", "must be >= 1", self.batch_size)
+        if (self.batch_ramp_start is None) != (self.batch_ramp_tokens is None):
+            raise UserError("a batch-size ramp needs both trainer.batch_ramp_start (sequences) and "
+                            "trainer.batch_ramp_tokens (e.g. 2M); set both, or both to null")
+        if self.batch_ramp_start is not None:
+            _check(self.batch_ramp_start >= 1, "trainer.batch_ramp_start", "must be >= 1 (sequences)",
+                   self.batch_ramp_start)
+            _check(parse_count(self.batch_ramp_tokens, "trainer.batch_ramp_tokens") >= 1,
+                   "trainer.batch_ramp_tokens", "must be >= 1", self.batch_ramp_tokens)
         for key in ("eval_interval", "eval_iters", "keep_checkpoints"):
             _check(getattr(self, key) >= 1, f"trainer.{key}", "must be >= 1", getattr(self, key))
         for key in ("ckpt_interval", "flush_every", "threads"):

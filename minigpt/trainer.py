@@ -35,10 +35,11 @@ import torch
 import torch.distributed as dist
 
 from minigpt import schedules
+from minigpt.batch_ramp import BatchPlan
 from minigpt.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                 save_checkpoint)
 from minigpt.config import Config, parse_count
-from minigpt.data import Batches, prepare_data, steps_for_tokens
+from minigpt.data import Batches, prepare_data
 from minigpt.errors import UserError
 from minigpt.metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics, write_atomic, write_summary
 from minigpt.model import GPT, GPTConfig
@@ -199,20 +200,26 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
-        # Run length, in optimizer steps.
-        self.grad_accum = tc.grad_accum_for(self.ddp.world_size)
-        self.global_batch = tc.micro_batch_size * self.grad_accum * self.ddp.world_size  # sequences
-        self.tokens_per_step = self.global_batch * mc.block_size
+        # Run length, in optimizer steps. The batch of an update is a function of the tokens seen
+        # before it: the full global batch, or less during a batch-size ramp.
+        self.batches = BatchPlan.from_config(tc, self.ddp.world_size, mc.block_size)
+        self.grad_accum = self.batches.final // self.batches.quantum  # at the full batch
+        self.global_batch = self.batches.final  # sequences
+        self.tokens_per_step = self.batches.final_tokens
         if tc.max_steps is not None:
             self.total_steps = tc.max_steps
         elif tc.max_tokens is not None:
-            self.total_steps = steps_for_tokens(parse_count(tc.max_tokens, "trainer.max_tokens"), self.tokens_per_step)
+            self.total_steps = self.batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
         else:
-            self.total_steps = steps_for_tokens(int(tc.epochs * meta["train_tokens"]), self.tokens_per_step)
+            self.total_steps = self.batches.updates_for(int(tc.epochs * meta["train_tokens"]))
         self.peak_lr = scaled_peak_lr(cfg.optim, self.tokens_per_step)
 
         # Schedule: a pure function of the step, checked and drawn before any compute is spent.
-        self.schedule = schedules.schedule_from_config(dict(cfg.scheduler), self.total_steps, self.tokens_per_step)
+        # Counted in tokens, its "step" is tokens seen / tokens of a full batch.
+        self.schedule_steps = self.total_steps
+        if tc.schedule_unit == "tokens":
+            self.schedule_steps = max(1, round(self.batches.tokens_after(self.total_steps) / self.tokens_per_step))
+        self.schedule = schedules.schedule_from_config(dict(cfg.scheduler), self.schedule_steps, self.tokens_per_step)
         schedules.check_curve(self.schedule)
 
         self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
@@ -302,8 +309,10 @@ class Trainer:
 
     def train_step(self) -> None:
         cfg, step = self.cfg, self.step
-        lr = self.peak_lr * self.schedule(step)
-        beta1 = self.schedule.beta1(step)
+        position = step if cfg.trainer.schedule_unit == "steps" else self.tokens_seen / self.tokens_per_step
+        lr = self.peak_lr * self.schedule(position)
+        beta1 = self.schedule.beta1(position)
+        accum = self.batches.accum_at(self.tokens_seen)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if beta1 is not None:
@@ -316,19 +325,19 @@ class Trainer:
             events[0].record()
         loss_sum = torch.zeros((), device=self.device)
         loss_max = torch.full((), -math.inf, device=self.device)
-        for micro in range(self.grad_accum):
-            x, y = self.train_batches.train_batch(step, self.ddp.rank * self.grad_accum + micro)
-            last = micro == self.grad_accum - 1
+        for micro in range(accum):
+            x, y = self.train_batches.train_batch(step, self.ddp.rank * accum + micro)
+            last = micro == accum - 1
             sync = contextlib.nullcontext() if (last or not self.ddp.enabled) else self.step_model.no_sync()
             with sync:
                 with self._autocast():
                     _, loss = self.step_model(x, y)
-                scaled = loss / self.grad_accum
+                scaled = loss / accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss = loss.detach().float()
             loss_sum += loss
             loss_max = torch.maximum(loss_max, loss)
-        loss_mean = loss_sum / self.grad_accum
+        loss_mean = loss_sum / accum
         if self.ddp.enabled:  # the record holds the global batch's loss on every rank
             dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
             loss_mean /= self.ddp.world_size
@@ -370,8 +379,9 @@ class Trainer:
         if events is not None:
             events[1].record()
         seconds = None if events is not None else time.perf_counter() - start
-        self.tokens_seen += self.tokens_per_step
-        self.pending.append(_Pending(step, lr, beta1, self.tokens_seen, self.global_batch, skipped, seconds, events))
+        batch = accum * self.batches.quantum
+        self.tokens_seen += batch * cfg.model.block_size
+        self.pending.append(_Pending(step, lr, beta1, self.tokens_seen, batch, skipped, seconds, events))
         self.step += 1
 
     @torch.no_grad()
@@ -422,7 +432,7 @@ class Trainer:
         for p, row in zip(item.steps, rows):
             values = dict(zip(self.fields, row))
             seconds = p.seconds if p.events is None else p.events[0].elapsed_time(p.events[1]) / 1000
-            tok_per_s = self.tokens_per_step / max(seconds, 1e-9)
+            tok_per_s = p.batch_size * self.cfg.model.block_size / max(seconds, 1e-9)
             record = {
                 "step": p.step,
                 "train/lr": p.lr,
@@ -570,7 +580,8 @@ class Trainer:
 
     def _announce(self) -> None:
         cfg, meta = self.cfg, self.data.meta
-        epochs = self.total_steps * self.tokens_per_step / max(1, meta["train_tokens"])
+        total_tokens = self.batches.tokens_after(self.total_steps)
+        epochs = total_tokens / max(1, meta["train_tokens"])
         self.say(f"device: {self.device}, precision {self.precision}, "
                  f"{self.ddp.world_size} rank(s), compile {'on' if cfg.trainer.compile else 'off'}")
         self.say(f"model: {self.model.num_params():,} parameters (without position embeddings), "
@@ -580,8 +591,16 @@ class Trainer:
                  + (", QK-layernorm" if cfg.model.qk_layernorm else "") + (f", z-loss {cfg.model.z_loss}" if cfg.model.z_loss else ""))
         self.say(f"run: {self.total_steps} steps x {self.tokens_per_step:,} tokens "
                  f"({cfg.trainer.micro_batch_size} x {self.grad_accum} accumulation x {self.ddp.world_size} ranks "
-                 f"x {cfg.model.block_size}) = {self.total_steps * self.tokens_per_step:,} tokens, {epochs:.2f} epochs")
-        if self.peak_lr != cfg.optim.lr:
+                 f"x {cfg.model.block_size}) = {total_tokens:,} tokens, {epochs:.2f} epochs"
+                 + (" (with the batch ramp)" if self.batches.ramp_tokens else ""))
+        if self.batches.ramp_tokens:
+            self.say(f"batch ramp: {self.batches.start} -> {self.batches.final} sequences over the first "
+                     f"{self.batches.ramp_tokens:,} tokens, then {self.batches.final} per update; "
+                     f"schedule counted in {cfg.trainer.schedule_unit} ({self.schedule_steps} full-batch steps)"
+                     if cfg.trainer.schedule_unit == "tokens" else
+                     f"batch ramp: {self.batches.start} -> {self.batches.final} sequences over the first "
+                     f"{self.batches.ramp_tokens:,} tokens; schedule counted in updates")
+        if cfg.optim.lr_scaling != "none":
             self.say(f"lr: configured {cfg.optim.lr:g}, effective peak {self.peak_lr:g} "
                      f"({cfg.optim.lr_scaling} scaling to {self.tokens_per_step:,} tokens per batch)")
         self.say("schedule: " + self.schedule.summary_line(self.peak_lr))
