@@ -589,7 +589,7 @@ class Trainer:
                  f"context {cfg.model.block_size}, vocabulary {self.model_config.vocab_size} "
                  f"(padded to {self.model_config.padded_vocab_size}), {cfg.model.norm_position}-LN"
                  + (", QK-layernorm" if cfg.model.qk_layernorm else "") + (f", z-loss {cfg.model.z_loss}" if cfg.model.z_loss else ""))
-        self.say(f"run: {self.total_steps} steps x {self.tokens_per_step:,} tokens "
+        self.say(f"run: {self.total_steps} steps x {'up to ' if self.batches.ramp_tokens else ''}{self.tokens_per_step:,} tokens "
                  f"({cfg.trainer.micro_batch_size} x {self.grad_accum} accumulation x {self.ddp.world_size} ranks "
                  f"x {cfg.model.block_size}) = {total_tokens:,} tokens, {epochs:.2f} epochs"
                  + (" (with the batch ramp)" if self.batches.ramp_tokens else ""))
