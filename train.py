@@ -80,7 +80,8 @@ def hydra_main(cfg: DictConfig) -> float:
     else:
         overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~") in ("trainer.resume", "hydra.run.dir")]
         command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
-        log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
+        if int(os.environ.get("RANK", "0")) == 0:  # one message, from the rank that saved
+            log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
         signum = signal.Signals[s["reason"].split()[-1]]
         sys.exit(128 + signum)
     return result.final_val_loss

@@ -236,7 +236,8 @@ class Trainer:
         self.pending_values: list[torch.Tensor] = []
         self.inflight: list[_Inflight] = []
         self.val_at: dict[int, float] = {}
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # a stop all ranks agreed on
+        self.signal_received: int | None = None  # a signal this process caught
         self.last_record: dict = {}
 
     # --- the run ---
@@ -533,7 +534,9 @@ class Trainer:
         previous = {}
 
         def request_stop(signum, frame):
-            self.stop_signal = signum
+            self.signal_received = signum
+            if not self.ddp.enabled:  # under DDP the ranks first agree on it (_agree_on_stop)
+                self.stop_signal = signum
 
         for sig in STOP_SIGNALS:
             try:
@@ -550,8 +553,9 @@ class Trainer:
         return self.stop_signal is not None
 
     def _agree_on_stop(self) -> None:
-        """Under DDP every rank must stop at the same step: share any rank's stop request."""
-        flag = torch.tensor([0 if self.stop_signal is None else self.stop_signal], device=self.device)
+        """Under DDP every rank must stop at the same step: share any rank's signal. The ranks
+        flush at the same steps, so all of them stop at the boundary after the same flush."""
+        flag = torch.tensor([self.signal_received or 0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item():
             self.stop_signal = int(flag.item())

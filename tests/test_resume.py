@@ -164,6 +164,36 @@ def test_sigterm_sigint_sigusr1_save_at_the_next_step_and_say_how_to_resume(refe
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
+def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_step(cache_dir, tmp_path):
+    """Slurm may signal the ranks at different moments: they agree at a flush, then all stop."""
+    run_dir, log = tmp_path / "run", tmp_path / "log.txt"
+    args = run_args(cache_dir, run_dir, **{"trainer.max_steps": 400, "trainer.ckpt_interval": 0,
+                                           "trainer.flush_every": 4, "trainer.eval_interval": 1000})
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             str(ROOT / "train.py"), *args], cwd=ROOT, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_for_step(proc, run_dir, 10, log)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers
+        os.kill(int(workers[1]), signal.SIGUSR1)  # one rank only
+        proc.wait(timeout=120)  # a rank stopping alone would leave the other waiting in a collective
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log.read_text()
+    records = [r for r in read_metrics(run_dir) if "train/loss" in r]
+    stop_step = records[-1]["step"] + 1
+    assert [r["step"] for r in records] == list(range(stop_step))
+    assert stop_step % 4 == 0 and stop_step < 400  # at the boundary after a flush, where the ranks agreed
+    assert list_checkpoints(run_dir) == [checkpoint_path(run_dir, stop_step)]
+    assert out.count(f"stopped by SIGUSR1 at step {stop_step}; checkpoint {checkpoint_path(run_dir, stop_step)}") == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["world_size"] == 2
+
+
 # --- resume checks, in process ---------------------------------------------------------------
 
 
