@@ -34,8 +34,9 @@ import torch
 import torch.distributed as dist
 
 from minigpt import schedules
-from minigpt.checkpoint import (checkpoint_path, checkpoint_step, latest_checkpoint, list_checkpoints,
-                                load_checkpoint, prune_checkpoints, resume_config_changes, save_checkpoint)
+from minigpt.checkpoint import (FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step, latest_checkpoint,
+                                list_checkpoints, load_checkpoint, prune_checkpoints, resume_config_changes,
+                                save_checkpoint)
 from minigpt.config import Config, parse_count
 from minigpt.data import Batches, prepare_data, steps_for_tokens
 from minigpt.errors import UserError
@@ -519,7 +520,8 @@ class Trainer:
         """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
         saved = state.get("model_config", {})
         mine = vars(self.model_config)
-        diff = [f"model.{k} ({saved.get(k)} -> {mine[k]})" for k in mine if saved.get(k) != mine[k] and k != "z_loss"]
+        diff = [f"model.{k} ({saved.get(k)} -> {mine[k]})" for k in ("vocab_size", *FIXED_MODEL_KEYS)
+                if saved.get(k) != mine[k]]
         if diff:
             raise UserError(f"trainer.resume: {path} is a checkpoint of another model: {', '.join(diff)}; "
                             "resume with the model config it was trained with")

@@ -232,13 +232,14 @@ def test_resume_allows_and_reports_safe_changes(short_run, make_config, tmp_path
     shutil.copytree(short_run.parents[1], run_dir)
     short_run = checkpoint_path(run_dir, 4)
     cfg = make_config(trainer__max_steps=7, trainer__eval_interval=3, trainer__ckpt_interval=2,
-                      trainer__resume="auto")
+                      model__dropout=0.1, trainer__resume="auto")
     with caplog.at_level("INFO", logger="minigpt"):
         result = Trainer(cfg, run_dir).run()
     assert result.status == "completed"
     text = caplog.text
     assert "resume: config changes from the checkpoint:" in text
     assert "trainer.max_steps: 4 -> 7" in text and "trainer.eval_interval: 2 -> 3" in text
+    assert "model.dropout: 0.0 -> 0.1" in text  # no change of shape: the weights still fit
     assert "trainer.resume" not in text.split("config changes")[1].splitlines()[0]  # not a change worth a word
     assert f"resume: from {short_run} at step 4" in text
     records = read_metrics(run_dir)
