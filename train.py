@@ -19,6 +19,7 @@ import difflib
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -81,8 +82,9 @@ def hydra_main(cfg: DictConfig) -> float:
         log.warning(f"diverged at step {s['diverged_step']}: {s['reason']}; metrics kept in {run_dir}")
     else:
         overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~") in ("trainer.resume", "hydra.run.dir")]
-        command = " ".join(["python train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
-        log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
+        command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+        if int(os.environ.get("RANK", "0")) == 0:  # one message, from the rank that saved
+            log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
         signum = signal.Signals[s["reason"].split()[-1]]
         sys.exit(128 + signum)
     return result.final_val_loss
@@ -184,9 +186,6 @@ def _check_config(cfg: DictConfig) -> None:
     from minigpt import schedules
     from minigpt.batch_ramp import BatchPlan
     from minigpt.config import config_from_dict, parse_count
-    from minigpt.trainer import resolve_precision
-
-    import torch
 
     task = {k: v for k, v in cfg.items() if k != "hydra"}
     config = config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
@@ -199,17 +198,10 @@ def _check_config(cfg: DictConfig) -> None:
         total = max(1, round(batches.tokens_after(total) / batches.final_tokens))
     if total is not None:  # with epochs, the length is known only once the data is
         schedules.check_curve(schedules.schedule_from_config(dict(config.scheduler), total, batches.final_tokens))
-    if tc.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
-                        "use trainer.device=cpu or trainer.device=auto")
-    device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
-    resolve_precision(tc.precision, device)
     if config.data.source == "files":
         for p in config.data.paths:
             if not Path(p).expanduser().exists():
                 raise UserError(f"data.paths: '{p}' does not exist (looked in {Path.cwd()}); give an existing file or folder")
-    if tc.resume not in (None, "auto") and not Path(tc.resume).is_file():
-        raise UserError(f"trainer.resume: '{tc.resume}' is not a file; give a checkpoint (.pt) path or trainer.resume=auto")
     for key in ("run.dir", "sweep.dir"):
         try:
             out = OmegaConf.select(cfg.hydra, key)
@@ -217,6 +209,38 @@ def _check_config(cfg: DictConfig) -> None:
             continue
         _check_writable(Path(str(out)), f"hydra.{key}")
     _check_writable(Path(config.data.cache_dir), "data.cache_dir")
+
+    # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
+    import torch
+
+    from minigpt.trainer import resolve_precision
+
+    if tc.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                        "use trainer.device=cpu or trainer.device=auto")
+    device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
+    resolve_precision(tc.precision, device)
+    if tc.resume is not None:
+        _check_resume(cfg, config)
+
+
+def _check_resume(cfg: DictConfig, config) -> None:
+    """A resume from a file that is no checkpoint, or from one of another model or data, is refused
+    here, before Hydra writes into the run directory (which, for resume=auto, is the earlier run's)."""
+    from minigpt.checkpoint import latest_checkpoint, load_checkpoint, resume_config_changes
+
+    if config.trainer.resume == "auto":
+        try:
+            run_dir = Path(str(OmegaConf.select(cfg.hydra, "run.dir")))
+        except Exception:  # ${now:...}: a new folder, with nothing to resume
+            return
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            return
+    else:
+        path = Path(config.trainer.resume)
+    state = load_checkpoint(path, mmap=True)  # mapped, not read: only the config is looked at
+    resume_config_changes(state.get("config", {}), config.to_dict(), path)
 
 
 def _check_writable(path: Path, key: str) -> None:

@@ -4,6 +4,10 @@ A checkpoint is one file, `<run_dir>/checkpoints/step_XXXXXXX.pt`, holding plain
 numbers, strings, lists and dicts only: it is loaded with `weights_only=True`, so opening one
 can never run code. It is written to a temporary file and renamed, so a crash in the middle
 of a save leaves the previous checkpoint whole.
+
+A resumed run must build the same model from the same tokens as the run that wrote the
+checkpoint; `resume_config_changes` compares the two configs, refuses a change of the model's
+shape or of the data (tokenizer included) and lists the changes that are safe.
 """
 
 from __future__ import annotations
@@ -19,35 +23,74 @@ from minigpt.errors import UserError
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
+# Config keys a resume must keep: the model's shape (the saved weights would not fit another)
+# and everything under data. except where the cache lives (which tokens the run sees).
+FIXED_MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm_position", "qk_layernorm")
+MOVABLE_DATA_KEYS = ("cache_dir",)
+
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:07d}.pt"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step in a checkpoint's file name."""
+    m = _NAME.search(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
 def save_checkpoint(state: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + ".tmp")  # not named like a checkpoint: list_checkpoints skips it
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed save leaves no litter; the previous checkpoint is untouched
+        raise
     return path
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, key: str = "trainer.resume", mmap: bool = False) -> dict:
+    """Load a checkpoint safely (`weights_only`); anything else is one-line UserError naming `key`.
+
+    mmap=True maps the tensors instead of reading them, for a quick look at the config."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"trainer.resume: '{path}' is not a file; give a checkpoint (.pt) path or trainer.resume=auto")
+        raise UserError(f"{key}: '{path}' is not a file; give a checkpoint (.pt) path or trainer.resume=auto")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
-        raise UserError(f"trainer.resume: '{path}' is not a minigpt checkpoint ({type(e).__name__}); "
+        if "Weights only load failed" in str(e):  # a pickle of arbitrary objects: loading it could run code
+            found = re.search(r"GLOBAL (\S+)", str(e))
+            what = f"a Python object ({found.group(1)})" if found else "Python objects"
+            raise UserError(f"{key}: '{path}' holds {what} that a safe weights_only load refuses, so it is not "
+                            "a minigpt checkpoint and is not opened") from None
+        raise UserError(f"{key}: '{path}' is not a minigpt checkpoint ({type(e).__name__}); "
                         "give a file from a run's checkpoints/ folder") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise UserError(f"trainer.resume: '{path}' is not a minigpt checkpoint (no model or step in it)")
+        raise UserError(f"{key}: '{path}' is not a minigpt checkpoint (no model or step in it)")
     return state
+
+
+def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
+    """The safe changes between a checkpoint's config and a resumed run's, as 'key: old -> new'.
+
+    Raises UserError naming every key that changes the model's shape or the data."""
+    old, cur = _flatten(saved), _flatten(new)
+    keys = sorted(set(old) | set(cur))
+    changed = [k for k in keys if old.get(k) != cur.get(k) and k != "trainer.resume"]
+    fixed = [k for k in changed if (k.startswith("model.") and k.split(".", 1)[1] in FIXED_MODEL_KEYS)
+             or (k.startswith("data.") and k.split(".", 1)[1] not in MOVABLE_DATA_KEYS)]
+    if fixed:
+        diffs = ", ".join(f"{k} ({old.get(k)!r} -> {cur.get(k)!r})" for k in fixed)
+        raise UserError(f"trainer.resume: the model shape, data and tokenizer must stay as in {path}, but {diffs}; "
+                        "resume with the values it was trained with, or start a new run without trainer.resume")
+    return [f"{k}: {old.get(k)!r} -> {cur.get(k)!r}" for k in changed]
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -65,9 +108,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints (never the newest); return what was deleted."""
+    """Delete all but the newest `keep` checkpoints (never the newest) and the temporary files
+    of saves that a crash interrupted; return the checkpoints deleted."""
     found = list_checkpoints(run_dir)
     doomed = found[: max(0, len(found) - max(1, keep))]
     for p in doomed:
         p.unlink(missing_ok=True)
+    for leftover in (Path(run_dir) / CHECKPOINT_DIR).glob("step_*.pt.tmp"):  # called after a save completed
+        leftover.unlink(missing_ok=True)
     return doomed
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -36,7 +36,8 @@ import torch.distributed as dist
 
 from minigpt import schedules
 from minigpt.batch_ramp import BatchPlan
-from minigpt.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints,
+from minigpt.checkpoint import (FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step, latest_checkpoint,
+                                list_checkpoints, load_checkpoint, prune_checkpoints, resume_config_changes,
                                 save_checkpoint)
 from minigpt.config import Config, parse_count
 from minigpt.data import Batches, prepare_data
@@ -163,6 +164,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True  # leftover fp32 matmuls on tensor cores
             torch.backends.cudnn.allow_tf32 = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A resume is checked against the checkpoint's config before any data or model work.
+        found = self._load_resume(tc.resume) if tc.resume else None
 
         # Data: the main rank builds the cache, the others wait and read it.
         if self.ddp.is_main:
@@ -239,7 +242,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.branched_from: Path | None = None
         if tc.resume:
-            self._resume(tc.resume)
+            self._resume(found)
 
         self.fields = ["loss", "loss_max", "grad_norm"]
         if self.scaler is not None:
@@ -252,7 +255,8 @@ class Trainer:
         self.pending_values: list[torch.Tensor] = []
         self.inflight: list[_Inflight] = []
         self.val_at: dict[int, float] = {}
-        self.stop_signal: int | None = None
+        self.stop_signal: int | None = None  # a stop all ranks agreed on
+        self.signal_received: int | None = None  # a signal this process caught
         self.last_record: dict = {}
 
     # --- the run ---
@@ -496,12 +500,25 @@ class Trainer:
     def _resumed_here(self) -> bool:
         return getattr(self, "_last_saved_step", None) == self.step
 
-    def _resume(self, resume: str) -> None:
+    def _load_resume(self, resume: str) -> tuple[Path, dict] | None:
+        """The checkpoint to resume from and its state, after checking its config against ours."""
         path = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
         if path is None:
-            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0")
-            return
+            return None
         state = load_checkpoint(path)
+        changes = resume_config_changes(state.get("config", {}), self.cfg.to_dict(), path)
+        if changes:
+            self.say("resume: config changes from the checkpoint: " + "; ".join(changes))
+        return path, state
+
+    def _resume(self, found: tuple[Path, dict] | None) -> None:
+        if found is None:
+            # Records of a run killed before its first checkpoint: it starts over, so they go.
+            dropped = truncate_metrics(self.run_dir, 0) if self.ddp.is_main else 0
+            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0"
+                     + (f"; dropped {dropped} records of the earlier attempt" if dropped else ""))
+            return
+        path, state = found
         self._check_compatible(state, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -528,24 +545,27 @@ class Trainer:
                      f"({len(parent)} records of the parent copied)")
         elif self.ddp.is_main:
             dropped = truncate_metrics(self.run_dir, self.step)
-            self.say(f"resume: from {path} at step {self.step}" + (f"; dropped {dropped} records after it" if dropped else ""))
+            # Checkpoints past the resumed step belong to the history just dropped (a rewind with
+            # trainer.resume=<path>): left in place they would mix two runs under resume=auto.
+            later = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) > self.step]
+            for p in later:
+                p.unlink()
+            self.say(f"resume: from {path} at step {self.step}" + (f"; dropped {dropped} records after it" if dropped else "")
+                     + (f"; deleted {len(later)} later checkpoints" if later else ""))
 
     def _check_compatible(self, state: dict, path: Path) -> None:
-        """Refuse a checkpoint whose model or data differ; report safe changes."""
+        """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
         saved = state.get("model_config", {})
         mine = vars(self.model_config)
-        diff = [f"model.{k} ({saved.get(k)} -> {mine[k]})" for k in mine if saved.get(k) != mine[k] and k != "z_loss"]
+        diff = [f"model.{k} ({saved.get(k)} -> {mine[k]})" for k in ("vocab_size", *FIXED_MODEL_KEYS)
+                if saved.get(k) != mine[k]]
         if diff:
             raise UserError(f"trainer.resume: {path} is a checkpoint of another model: {', '.join(diff)}; "
                             "resume with the model config it was trained with")
         if state.get("data_key") != self.data.cache_dir.name:
-            raise UserError(f"trainer.resume: {path} was trained on other data or another tokenizer "
-                            f"({state.get('data_key')} vs {self.data.cache_dir.name}); resume with the same data config")
-        old, new = _flatten(state.get("config", {})), _flatten(self.cfg.to_dict())
-        changed = [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new))
-                   if old.get(k) != new.get(k) and k != "trainer.resume"]
-        if changed:
-            self.say("resume: config changes from the checkpoint: " + "; ".join(changed))
+            raise UserError(f"trainer.resume: {path} was trained on other tokens: the same data config now gives "
+                            f"token cache {self.data.cache_dir.name}, not {state.get('data_key')} (the corpus files "
+                            "changed?); resume with the corpus it was trained on")
 
     # --- signals ---
 
@@ -553,7 +573,9 @@ class Trainer:
         previous = {}
 
         def request_stop(signum, frame):
-            self.stop_signal = signum
+            self.signal_received = signum
+            if not self.ddp.enabled:  # under DDP the ranks first agree on it (_agree_on_stop)
+                self.stop_signal = signum
 
         for sig in STOP_SIGNALS:
             try:
@@ -570,8 +592,9 @@ class Trainer:
         return self.stop_signal is not None
 
     def _agree_on_stop(self) -> None:
-        """Under DDP every rank must stop at the same step: share any rank's stop request."""
-        flag = torch.tensor([0 if self.stop_signal is None else self.stop_signal], device=self.device)
+        """Under DDP every rank must stop at the same step: share any rank's signal. The ranks
+        flush at the same steps, so all of them stop at the boundary after the same flush."""
+        flag = torch.tensor([self.signal_received or 0], device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if flag.item():
             self.stop_signal = int(flag.item())
@@ -685,13 +708,3 @@ def _to_plain(x):
 
 def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, list) else x
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

@@ -35,38 +35,5 @@ def one_line_error(proc):
     return lines[0]
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("scheduler=cosin_warmup", ["unknown scheduler 'cosin_warmup'", "did you mean 'cosine_warmup'", "constant"]),
-    ("model=gpt3", ["unknown model 'gpt3'", "cpu", "gpt2_small"]),
-    ("optim.lrr=1", ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"]),
-    ("model.n_embd=130", ["model.n_embd (130) must be divisible by model.n_head (4)", "n_head=5"]),
-    ("optim.lr=fast", ["optim.lr", "expected a number", "'fast'"]),
-    ("data=files", ["data.paths is empty"]),
-])
-def test_bad_config_is_one_line_before_any_run_directory(override, expected, tmp_path):
-    run_dir = tmp_path / "run"
-    line = one_line_error(run_train([override, f"hydra.run.dir={run_dir}"]))
-    for text in expected:
-        assert text in line, line
-    assert not run_dir.exists()  # refused before Hydra created anything
-
-
-def test_missing_data_path(tmp_path):
-    line = one_line_error(run_train(["data=files", f"data.paths=[{tmp_path}/nowhere]",
-                                     f"hydra.run.dir={tmp_path}/run"]))
-    assert "nowhere" in line and "does not exist" in line
-
-
-def test_empty_corpus_and_corpus_shorter_than_a_context(cache_dir, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "a.txt").write_text("\n \n")
-    line = one_line_error(run_train(["data=files", f"data.paths=[{empty}]", f"data.cache_dir={tmp_path}/c",
-                                     f"hydra.run.dir={tmp_path}/r1"]))
-    assert "empty" in line
-    short = tmp_path / "short"
-    short.mkdir()
-    (short / "a.txt").write_text("print('hello world')\n" * 3)
-    line = one_line_error(run_train(["data=files", f"data.paths=[{short}]", "data.vocab_size=300",
-                                     f"data.cache_dir={tmp_path}/c", f"hydra.run.dir={tmp_path}/r2"]))
-    assert "fewer than one context window" in line and "block_size=128" in line
+# The table of bad inputs (unknown keys and options, bad values, missing or short corpora, bad
+# resumes, unwritable folders) lives in test_bad_input.py.

@@ -1,0 +1,174 @@
+"""Bad input through train.py: one line naming the key and what is accepted, exit status 2, no
+traceback, and nothing an earlier run wrote is touched.
+
+One completed earlier run (run directory, checkpoints, metrics, token cache) is made once and
+hashed; every bad input below then runs as a real `train.py` process (two at a time), and the
+earlier run's files must hash the same afterwards. Most inputs must be refused by the precheck,
+before Hydra creates a run directory or any data is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import hydra_args, run_train
+from test_cli import one_line_error
+
+pytestmark = pytest.mark.slow  # about 40 train.py processes, most refused in a second
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: CUDA is not bad input here")
+
+
+class Evil:
+    """Unpickling this runs code (it creates a file); a safe load must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+# (id, overrides, texts the error line must contain, refused by the precheck before any run dir)
+# {earlier} is the earlier run's directory, {ckpt} its newest checkpoint, {tmp} a scratch folder.
+CASES = [
+    ("unknown_scheduler", {"scheduler": "cosin_warmup"},
+     ["unknown scheduler 'cosin_warmup'", "did you mean 'cosine_warmup'", "wsd"], True),
+    ("unknown_model", {"model": "gpt3"}, ["unknown model 'gpt3'", "cpu", "gpt2_small"], True),
+    ("unknown_option", {"optim.lrr": 1}, ["unknown config key 'optim.lrr'", "did you mean 'optim.lr'"], True),
+    ("unknown_scheduler_option", {"scheduler.warmupp": 3},
+     ["unknown config key 'scheduler.warmupp'", "did you mean 'scheduler.warmup'"], True),
+    ("negative_lr", {"optim.lr": -1e-3}, ["optim.lr", "must be a positive number", "-0.001"], True),
+    ("zero_lr", {"optim.lr": 0}, ["optim.lr", "must be a positive number", "0.0"], True),
+    ("warmup_longer_than_run", {"scheduler.warmup": 100, "trainer.max_steps": 12},
+     ["warmup=100", "accepted: 0 <= warmup <= 12"], True),
+    ("min_lr_ratio_above_1", {"scheduler.min_lr_ratio": 1.5}, ["min_lr_ratio=1.5", "0.0 <= min_lr_ratio <= 1.0"], True),
+    ("min_lr_ratio_below_0", {"scheduler.min_lr_ratio": -0.1}, ["min_lr_ratio=-0.1", "0.0 <= min_lr_ratio <= 1.0"], True),
+    ("n_embd_not_divisible_by_n_head", {"model.n_embd": 30, "model.n_head": 4},
+     ["model.n_embd (30) must be divisible by model.n_head (4)", "n_head="], True),
+    # The config has one context length, model.block_size, for the windows and the position table;
+    # a longer context than a trained model's is a resume with a larger block_size.
+    ("context_longer_than_the_checkpoints", {"trainer.resume": "{ckpt}", "model.block_size": 64},
+     ["trainer.resume", "model.block_size (32 -> 64)", "must stay as in"], True),
+    ("context_longer_than_the_validation_split", {"model.block_size": 8192},
+     ["validation split has", "fewer than one context window", "model.block_size=8192"], False),
+    ("zero_micro_batch", {"trainer.micro_batch_size": 0}, ["trainer.micro_batch_size must be >= 1", "got 0"], True),
+    ("zero_accumulation", {"trainer.grad_accum": 0}, ["trainer.grad_accum must be >= 1", "got 0"], True),
+    ("batch_not_divisible_by_micro_batch", {"trainer.batch_size": 10},
+     ["trainer.batch_size (10) is not divisible", "pick a multiple of 4"], True),
+    ("batch_not_divisible_across_ranks", {"trainer.batch_size": 16, "_env": {"WORLD_SIZE": "3"}},
+     ["trainer.batch_size (16)", "4 x 3 = 12", "pick a multiple of 12"], True),
+    ("unknown_precision", {"trainer.precision": "fp8"},
+     ["trainer.precision: must be one of auto, fp32, bf16, fp16", "'fp8'"], True),
+    ("fp16_on_cpu", {"trainer.precision": "fp16", "trainer.device": "cpu"},
+     ["trainer.precision=fp16 needs a CUDA GPU", "use trainer.precision=fp32 or bf16"], True),
+    pytest.param("cuda_without_gpu", {"trainer.device": "cuda"},
+                 ["trainer.device=cuda but no CUDA GPU is visible", "trainer.device=cpu"], True, marks=NO_GPU),
+    ("unknown_device", {"trainer.device": "tpu"}, ["trainer.device: must be one of auto, cpu, cuda"], True),
+    ("missing_data_path", {"data": "files", "data.paths": "[{tmp}/nowhere]"},
+     ["data.paths: '", "nowhere' does not exist", "existing file or folder"], True),
+    ("data_files_without_paths", {"data": "files"}, ["data.paths is empty", "data.paths=["], True),
+    ("empty_corpus", {"data": "files", "data.paths": "[{tmp}/empty]"},
+     ["data.paths", "is empty", "text files"], False),
+    ("corpus_shorter_than_a_context", {"data": "files", "data.paths": "[{tmp}/short]", "data.tokenizer": "byte"},
+     ["train split has", "fewer than one context window", "model.block_size=32"], False),
+    ("vocab_too_small_for_bpe", {"data.vocab_size": 100}, ["data.vocab_size (100)", "at least 258"], True),
+    ("unknown_tokenizer", {"data.tokenizer": "wordpiece"}, ["data.tokenizer: must be one of bpe, byte"], True),
+    ("resume_from_a_text_file", {"trainer.resume": "{tmp}/notes.txt"},
+     ["trainer.resume", "notes.txt' is not a minigpt checkpoint", "checkpoints/ folder"], True),
+    ("resume_from_a_pickle_that_runs_code", {"trainer.resume": "{tmp}/evil.pt"},
+     ["trainer.resume", "weights_only", "not opened"], True),
+    ("resume_from_a_missing_file", {"trainer.resume": "{tmp}/gone.pt"},
+     ["trainer.resume", "gone.pt' is not a file", "trainer.resume=auto"], True),
+    ("resume_checkpoint_of_another_shape", {"trainer.resume": "{ckpt}", "model.n_layer": 3},
+     ["trainer.resume", "model.n_layer (2 -> 3)", "start a new run"], True),
+    ("resume_auto_of_another_tokenizer", {"trainer.resume": "auto", "data.vocab_size": 1024, "_run_dir": "{earlier}"},
+     ["trainer.resume", "data.vocab_size (512 -> 1024)"], True),
+    ("unwritable_output_dir", {"_run_dir": "{tmp}/a_file/run"},
+     ["hydra.run.dir: cannot write to", "a_file' is not a writable folder"], True),
+    ("unwritable_cache_dir", {"data.cache_dir": "{tmp}/a_file/data"},
+     ["data.cache_dir: cannot write to", "writable folder"], True),
+    ("non_numeric_lr", {"optim.lr": "fast"}, ["optim.lr: expected a number", "'fast'"], True),
+    ("non_numeric_steps", {"trainer.max_steps": "ten"}, ["trainer.max_steps: expected an integer", "'ten'"], True),
+    ("non_numeric_tokens", {"trainer.max_steps": None, "trainer.max_tokens": "lots"},
+     ["trainer.max_tokens: expected a count such as", "'lots'"], True),
+    ("two_run_lengths", {"trainer.epochs": 1}, ["exactly one run length", "max_steps, epochs"], True),
+]
+
+
+def _case(case):
+    return case.values if hasattr(case, "values") else case  # a pytest.param or a plain tuple
+
+
+def tree_hashes(*roots: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for root in roots for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad_input")
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "blank.txt").write_text("\n  \n")
+    (tmp / "short").mkdir()
+    (tmp / "short" / "a.txt").write_text("print('hi')\n")
+    (tmp / "short" / "b.txt").write_text("x = 1\n")
+    (tmp / "notes.txt").write_text("not a checkpoint\n")
+    (tmp / "a_file").write_text("a file where a folder is expected\n")
+    torch.save({"model": {}, "step": 1, "payload": Evil(tmp / "pwned")}, tmp / "evil.pt")
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def earlier(cache_dir, tmp_path_factory):
+    """A completed earlier run with checkpoints, metrics and a token cache, hashed."""
+    run_dir = tmp_path_factory.mktemp("earlier") / "run"
+    proc = run_train(hydra_args(cache_dir, run_dir, **{"trainer.max_steps": 4, "trainer.ckpt_interval": 2,
+                                                       "trainer.eval_interval": 2, "trainer.threads": 1}))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    assert len(ckpts) == 2 and (run_dir / "metrics.jsonl").exists() and (run_dir / "summary.json").exists()
+    return run_dir, ckpts[-1], tree_hashes(run_dir, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def results(earlier, scratch, cache_dir):
+    """Every bad input run through train.py, two processes at a time."""
+    run_dir, ckpt, _ = earlier
+    fill = lambda v: v.format(earlier=run_dir, ckpt=ckpt, tmp=scratch) if isinstance(v, str) else v
+
+    def one(case):
+        name, overrides, _, _ = _case(case)
+        overrides = {k: fill(v) for k, v in overrides.items()}
+        env = overrides.pop("_env", None)
+        target = Path(overrides.pop("_run_dir", scratch / "runs" / name))
+        args = hydra_args(cache_dir, target, **overrides)
+        return name, (run_train(args, env=env, timeout=300), target)
+
+    cases = [c for c in CASES if not (hasattr(c, "marks") and torch.cuda.is_available())]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, cases))
+
+
+@pytest.mark.parametrize("name, overrides, expected, precheck", CASES, ids=[_case(c)[0] for c in CASES])
+def test_bad_input_is_one_line_naming_the_key(name, overrides, expected, precheck, results, scratch, earlier):
+    proc, run_dir = results[name]
+    line = one_line_error(proc)  # exit status 2, one "error: " line on stderr, no traceback
+    for text in expected:
+        assert text in line, (text, line)
+    if precheck and run_dir != earlier[0]:
+        assert not run_dir.exists(), f"{name}: refused only after Hydra created {run_dir}"
+    assert not (scratch / "pwned").exists()  # the malicious pickle never ran
+
+
+def test_nothing_of_the_earlier_run_was_touched(results, earlier, cache_dir):
+    run_dir, _, before = earlier
+    assert len(results) >= 20
+    after = tree_hashes(run_dir, cache_dir)
+    assert set(tree_hashes(run_dir)) == {p for p in before if p.startswith(str(run_dir))}  # no file added there
+    assert {p: after.get(p) for p in before} == before  # every earlier file whole and unchanged
