@@ -206,6 +206,8 @@ def plot_study_lr(study, path) -> None:
                 for j in cell.jobs:
                     if j.status == "diverged" and j.initial_loss is not None:
                         ax.plot([lr], [j.initial_loss], "x", color=color, ms=8, mew=2)
+        if initial:
+            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1, label="initial loss" if arch == study.archs[0] else None)
         ax.set_xscale("log")
         ax.set_title(arch, fontsize=10)
         ax.set_xlabel("peak learning rate")
@@ -254,6 +256,10 @@ def plot_study_early(study, lr: float, path) -> None:
                 if k == 0:
                     ax_lr.plot([s for s in lsteps if s < steps_shown], [v for s, v in zip(lsteps, lrs) if s < steps_shown],
                                color=color, lw=1.2)
+        initial = [j.initial_loss for w in study.warmups for j in getattr(study.cells.get((arch, w, lr)), "jobs", [])
+                   if j.initial_loss is not None]
+        if initial:
+            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1, label="initial loss" if i == 0 else None)
         ax.set_title(f"{arch}, peak LR {lr:g}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.tick_params(labelbottom=False)

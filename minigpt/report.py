@@ -323,7 +323,7 @@ def warmup_steps(job: Job) -> int | None:
 def warmup_label(steps: int | None, total: int | None) -> str:
     if steps is None:
         return "warmup ?"
-    if steps <= 1:  # under the project's convention 1 step of warmup is no warmup
+    if steps == 0:
         return "no warmup"
     share = f" ({steps / total:.0%})" if total else ""
     return f"warmup {steps} steps{share}"
@@ -396,7 +396,7 @@ def build_study(jobs: Sequence[Job], early_steps: int | None = None) -> Study | 
     if early_steps is None:
         # The window in which the arms' LRs differ on the way up: the longest warmup.
         longest = max((w for w in warmups if w), default=0)
-        early_steps = longest if longest > 1 else (max(1, round(0.1 * total)) if total else 100)
+        early_steps = longest if longest > 0 else (max(1, round(0.1 * total)) if total else 100)
     return Study(list(jobs), cells, archs, warmups, lrs, total, early_steps)
 
 
