@@ -207,7 +207,8 @@ def plot_study_lr(study, path) -> None:
                     if j.status == "diverged" and j.initial_loss is not None:
                         ax.plot([lr], [j.initial_loss], "x", color=color, ms=8, mew=2)
         if initial:
-            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1, label="initial loss" if arch == study.archs[0] else None)
+            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1,
+                       label="initial loss" if arch == study.archs[0] else None)
         ax.set_xscale("log")
         ax.set_title(arch, fontsize=10)
         ax.set_xlabel("peak learning rate")
@@ -252,10 +253,9 @@ def plot_study_early(study, lr: float, path) -> None:
                 tops += [v for _, v in keep if math.isfinite(v)]
                 if job.diverged_step is not None and job.diverged_step < steps_shown:
                     ax.plot([keep[-1][0]], [keep[-1][1]], "x", color=color, ms=8, mew=2)
-                lsteps, lrs = job.curve("train/lr")
-                if k == 0:
-                    ax_lr.plot([s for s in lsteps if s < steps_shown], [v for s, v in zip(lsteps, lrs) if s < steps_shown],
-                               color=color, lw=1.2)
+                if k == 0:  # every seed has the same LR curve
+                    lr_rows = [(s, v) for s, v in zip(*job.curve("train/lr")) if s < steps_shown]
+                    ax_lr.plot([s for s, _ in lr_rows], [v for _, v in lr_rows], color=color, lw=1.2)
         initial = [j.initial_loss for w in study.warmups for j in getattr(study.cells.get((arch, w, lr)), "jobs", [])
                    if j.initial_loss is not None]
         if initial:
