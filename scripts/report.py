@@ -1,0 +1,47 @@
+"""Compare the jobs of a sweep: a markdown table, overlay plots and, for an LR x warmup grid,
+the warmup-divergence study's figures and LR-sensitivity tables.
+
+    python scripts/report.py multirun/2025-01-01_12-00-00
+    python scripts/report.py multirun/warmup_divergence_cpu/<date> --out docs/images/warmup_divergence_cpu
+
+Writes report.md, loss.png and lr.png into --out (default: <sweep dir>/report); when the sweep
+varies both the peak LR and the warmup also study_lr.png (final loss against peak LR) and
+study_early.png (the first steps at one high LR). Failed, diverged and unfinished jobs get a
+row like every other job.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from minigpt.errors import UserError  # noqa: E402
+from minigpt.report import write_report  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("sweep_dir", help="the folder `python train.py -m ...` wrote (its job folders inside)")
+    ap.add_argument("--out", help="folder for report.md and the figures (default: <sweep_dir>/report)")
+    ap.add_argument("--early-steps", type=int, help="the early window, in steps: the early peak loss is the highest "
+                    "training loss in it, the early-curves figure shows twice as many steps (default: the "
+                    "longest warmup of the sweep)")
+    ap.add_argument("--lr", type=float, help="peak LR of the early-curves figure (default: the highest LR at "
+                    "which the longest warmup trained on every seed)")
+    args = ap.parse_args(argv)
+    if args.early_steps is not None and args.early_steps < 1:
+        print(f"error: --early-steps must be >= 1, got {args.early_steps}", file=sys.stderr)
+        return 2
+    try:
+        paths = write_report(args.sweep_dir, args.out, early_steps=args.early_steps, high_lr=args.lr)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
