@@ -8,6 +8,7 @@ network) cannot run here: their overrides are composed and validated instead.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -26,6 +27,7 @@ GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--
 PLACEHOLDERS = {
     "outputs/cpu-cosine_warmup/<date>_<time>": lambda cwd: str(newest(cwd / "outputs" / "cpu-cosine_warmup")),
     "<corpus>": lambda cwd: "roneneldan/TinyStories",
+    "<dataset>": lambda cwd: "roneneldan/TinyStories",
 }
 
 
@@ -104,38 +106,77 @@ def test_the_docs_have_commands():
     assert len(COMMANDS) >= 10
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
-def test_documented_command_runs(doc, command, workdir, cache_dir):
-    for placeholder, value in PLACEHOLDERS.items():
-        if placeholder in command:
-            command = command.replace(placeholder, value(workdir))
-    if "..." in command or any(m in command for m in GPU_MARKERS):
-        return check_gpu_command(command)
-    argv = shlex.split(command)
-    assert argv[0] == "python", command
-    script = ROOT / argv[1]
-    assert script.is_file(), f"{doc}: {argv[1]} does not exist"
-    args = argv[2:]
-    if argv[1] == "train.py":
-        args = shorten(args, cache_dir)
-    (workdir / "docs" / "images").mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=f"{ROOT}{os.pathsep}{workdir}")
-    proc = subprocess.run([sys.executable, str(script), *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=600, env=env)
-    assert proc.returncode == 0, f"{doc}: {command}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
+def compose(args: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    args = [a for a in args if a not in ("-m", "--multirun") and "=" in a]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=args, return_hydra_config=True)
 
 
-def check_gpu_command(command: str) -> None:
-    """Compose and validate a GPU command's config (it cannot run on this machine)."""
-    from hydra import compose, initialize_config_dir
+def validate(args: list[str]) -> None:
+    """Compose and type-check a command's config: what can be checked without running it."""
     from omegaconf import OmegaConf
 
     from minigpt.config import config_from_dict
 
+    cfg = compose(args)
+    task = {k: v for k, v in cfg.items() if k != "hydra"}
+    config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
+
+
+def pin_sweep(args: list[str]) -> list[str]:
+    """A sweep of more than 4 jobs runs only along its shortest swept axis (other values: the first)."""
+    cfg = compose(args)
+    axes = {str(k): str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
+    for a in args:
+        key, _, value = a.partition("=")
+        if "," in value and not value.startswith(("[", "{")):
+            axes[key] = value.split(",")
+    if math.prod(len(v) for v in axes.values()) <= 4:
+        return args
+    keep = min((k for k in axes if len(axes[k]) > 1), key=lambda k: len(axes[k]))
+    pinned = [a for a in args if a.partition("=")[0] not in axes or a.partition("=")[0] == keep]
+    return pinned + [f"{k}={v[0]}" for k, v in axes.items() if k != keep]
+
+
+def resolve_placeholders(command: str, cwd: Path) -> str | None:
+    """Put real paths in place of <...>; None when the thing named was never made here (a GPU sweep)."""
+    for placeholder, value in PLACEHOLDERS.items():
+        if placeholder in command:
+            command = command.replace(placeholder, value(cwd))
+    for folder in re.findall(r"(\S+)/<date>", command):
+        if not (cwd / folder).is_dir():
+            return None
+        command = command.replace(f"{folder}/<date>", str(newest(cwd / folder)))
+    return command
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
+def test_documented_command_runs(doc, command, workdir, cache_dir):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=f"{ROOT}{os.pathsep}{workdir}")
+    (workdir / "docs" / "images").mkdir(parents=True, exist_ok=True)
+    resolved = resolve_placeholders(command, workdir)
     argv = shlex.split(command)
-    args = argv[argv.index("train.py") + 1:] if "train.py" in argv else []
-    args = [a for a in args if a != "..." and "=" in a]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=args)
-    config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    script_index = next(i for i, a in enumerate(argv) if a.endswith(".py"))
+    script = ROOT / argv[script_index]
+    assert script.is_file(), f"{doc}: {argv[script_index]} does not exist"
+    args = argv[script_index + 1:]
+
+    if argv[script_index] == "train.py":
+        if resolved is not None:
+            args = shlex.split(resolved)[script_index + 1:]
+        args = [a for a in args if a != "..."]
+        gpu = "..." in command or any(m in command for m in GPU_MARKERS) or compose(args).trainer.device == "cuda"
+        if gpu or resolved is None:
+            return validate(args)
+        args = shorten(pin_sweep(shlex.split(resolved)[script_index + 1:]), cache_dir)
+    elif resolved is None or " [" in command or "..." in command or any(m in command for m in GPU_MARKERS):
+        args = ["--help"]  # usage syntax, or the report of a GPU run: the script must at least start
+    else:
+        args = shlex.split(resolved)[script_index + 1:]
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, f"{doc}: {command}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
