@@ -182,7 +182,8 @@ def _sweep_file_values(cfg: DictConfig, parser, on_command_line: set[str]) -> li
 
 def _hydra_extras(argv: list[str], parsed, cfg: DictConfig, parser) -> list[str]:
     extras = []
-    multirun = "-m" in argv or "--multirun" in argv or str(OmegaConf.select(cfg, "hydra.mode")) == "MULTIRUN"
+    mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
+    multirun = "-m" in argv or "--multirun" in argv or getattr(mode, "name", None) == "MULTIRUN"
     if multirun and not any(a.startswith("hydra.job.config.override_dirname") for a in argv):
         # Name each job's directory after what varies between jobs only: the overrides every job
         # shares would make names long (past the 255-byte limit of a file name) and alike.
