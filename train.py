@@ -54,6 +54,9 @@ def hydra_main(cfg: DictConfig) -> float:
         config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
         if multirun and config.logger.group is None:
             config.logger.group = Path(hc.sweep.dir).name  # wandb runs of one sweep share a group
+        if multirun and hc.runtime.choices.get("hydra/launcher") == "stacked":
+            STACKED.append((config, run_dir, hc.sweeper.get("max_batch_size")))
+            return None  # trained after the sweep has set up every job: see train_stacked_jobs()
         result = train(config, run_dir)
     except UserError as e:
         if not multirun:
@@ -86,6 +89,43 @@ def hydra_main(cfg: DictConfig) -> float:
         signum = signal.Signals[s["reason"].split()[-1]]
         sys.exit(128 + signum)
     return result.final_val_loss
+
+
+# Jobs of a sweep run with hydra/launcher=stacked: Hydra sets up each job (directory, .hydra/,
+# config), hydra_main() collects it here, and main() trains them together (minigpt/stack.py).
+STACKED: list = []
+
+
+def train_stacked_jobs(jobs: list) -> None:
+    from minigpt.metrics import write_summary
+    from minigpt.stack import train_stacked
+
+    configs, run_dirs, max_stack = [j[0] for j in jobs], [j[1] for j in jobs], jobs[0][2]
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler):  # the last job's log file: closed with its job
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        else:  # the console: plain lines, as in a job (not Hydra's own format)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+    log_file = logging.FileHandler(run_dirs[0].parent / "stacked.log")
+    log_file.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(log_file)
+    log.info(f"training {len(jobs)} jobs stacked" + (f", at most {max_stack} at once" if max_stack else ""))
+    try:
+        results = train_stacked(configs, run_dirs, max_stack=max_stack)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        text = traceback.format_exc()
+        for d in run_dirs:
+            (d / "error.txt").write_text(text)
+            write_summary(d, {**_summary_so_far(d), "status": "failed", "reason": f"{type(e).__name__}: {e}"})
+        log.error(f"stacked training failed: {type(e).__name__}: {e} (traceback in each job's error.txt)")
+        sys.exit(1)
+    for d, r in zip(run_dirs, results):
+        final = f"final val loss {r.final_val_loss:.4f}" if r.status == "completed" else r.summary.get("reason", "")
+        log.info(f"{d.name}: {r.status}; {final}")
 
 
 def _ranks_from_submitit() -> None:
@@ -309,6 +349,8 @@ def main() -> None:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
     hydra_main()
+    if STACKED:
+        train_stacked_jobs(STACKED)
 
 
 if __name__ == "__main__":
