@@ -8,6 +8,7 @@ import json
 import os
 import struct
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from minigpt.schedules import list_schedules
 from test_cli import one_line_error
 
 CONF = ROOT / "conf"
+# Launchers that start new Python processes (joblib, submitit) must import this checkout's minigpt.
+THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
 
 
 def compose_config(overrides):
@@ -124,7 +127,7 @@ def test_submitit_local_launcher_runs_each_job_with_two_ranks(cache_dir, tmp_pat
     sweep = tmp_path / "sweep"
     args = sweep_args(cache_dir, sweep, **{"trainer.max_steps": 4, "trainer.batch_size": 8, "trainer.micro_batch_size": 2})
     proc = run_train(["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-                      "hydra.launcher.timeout_min=10", "optim.lr=1e-3,3e-3", *args])
+                      "hydra.launcher.timeout_min=10", "optim.lr=1e-3,3e-3", *args], env=THIS_CHECKOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = summaries(sweep)
     assert sorted(found) == ["0_optim.lr=0.001", "1_optim.lr=0.003"]
@@ -132,6 +135,31 @@ def test_submitit_local_launcher_runs_each_job_with_two_ranks(cache_dir, tmp_pat
         assert s["status"] == "completed" and s["world_size"] == 2 and s["configured_lr"] == float(name.split("=")[1])
         records = [json.loads(x) for x in (sweep / name / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records if "train/loss" in r] == [0, 1, 2, 3]  # rank 0 alone wrote them
+
+
+def log_span(log_file: Path) -> tuple[datetime, datetime]:
+    """Times of the first and the last line of a job's log."""
+    stamps = [datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f") for line in log_file.read_text().splitlines()
+              if line.startswith("[")]
+    return stamps[0], stamps[-1]
+
+
+@pytest.mark.slow
+def test_parallel_launcher_runs_jobs_at_the_same_time(cache_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_train(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optim.lr=1e-3,3e-3",
+                      *sweep_args(cache_dir, sweep, **{"trainer.max_steps": 6})], env=THIS_CHECKOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = summaries(sweep)
+    assert sorted(found) == ["0_optim.lr=0.001", "1_optim.lr=0.003"]
+    for name, s in found.items():
+        assert s["status"] == "completed" and s["configured_lr"] == float(name.split("=")[1])
+        assert (sweep / name / "checkpoints" / "step_0000006.pt").exists()
+        records = [json.loads(x) for x in (sweep / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "train/loss" in r] == list(range(6))
+    (start0, end0), (start1, end1) = (log_span(sweep / name / "train.log") for name in sorted(found))
+    assert start0 < end1 and start1 < end0  # the two jobs' lifetimes overlap
 
 
 # --- a sweep that goes wrong in every way -------------------------------------------------------
