@@ -126,6 +126,11 @@ def train_stacked_jobs(jobs: list) -> None:
     for d, r in zip(run_dirs, results):
         final = f"final val loss {r.final_val_loss:.4f}" if r.status == "completed" else r.summary.get("reason", "")
         log.info(f"{d.name}: {r.status}; {final}")
+    stopped = [r for r in results if r.status == "interrupted"]
+    if stopped:  # a signal stopped the stack: every run saved a checkpoint
+        log.warning(f"{stopped[0].summary['reason']}: {len(stopped)} runs saved a checkpoint; each continues "
+                    "on its own with its overrides, hydra.run.dir=<its directory> trainer.resume=auto")
+        sys.exit(128 + signal.Signals[stopped[0].summary["reason"].split()[-1]])
 
 
 def _ranks_from_submitit() -> None:
@@ -197,6 +202,8 @@ def precheck(argv: list[str]) -> list[str]:
             except (HydraException, OmegaConfBaseException) as e:
                 raise UserError(_explain_compose_error(e, ovr, compose)) from None
             _check_config(cfg)
+            if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
+                _check_stackable(cfg)
             if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
                 base = cfg
                 swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
@@ -324,6 +331,15 @@ def _check_config(cfg: DictConfig) -> None:
             continue
         _check_writable(Path(str(out)), f"hydra.{key}")
     _check_writable(Path(config.data.cache_dir), "data.cache_dir")
+
+
+def _check_stackable(cfg: DictConfig) -> None:
+    """Options that stacked runs do not support: refused before Hydra sets up any job."""
+    from minigpt.config import config_from_dict
+    from minigpt.stack import check_stackable
+
+    task = {k: v for k, v in cfg.items() if k != "hydra"}
+    check_stackable([config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))])
 
 
 def _check_writable(path: Path, key: str) -> None:

@@ -2,6 +2,8 @@
 the steps they would take alone, and leave the same records, checkpoints and summary."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from conftest import hydra_args, run_train
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics
-from minigpt.stack import stack_groups, train_stacked
+from minigpt.stack import StackedRuns, stack_groups, train_stacked
 from minigpt.trainer import Trainer, train
 from test_sweeps import summaries, wandb_records
 
@@ -132,3 +134,35 @@ def test_stacked_sweep_from_the_command_line(cache_dir, tmp_path):
         assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [0]
     assert len({s["final_val_loss"] for s in found.values()}) == 4  # four different runs
     assert "stack: 4 runs trained together" in (sweep / "stacked.log").read_text()
+
+
+def test_a_signal_stops_every_run_of_the_stack_with_a_checkpoint(make_config, tmp_path):
+    """Preemption (SIGUSR1 on Slurm) or Ctrl-C: the stack stops at the next step boundary and
+    every run saves a checkpoint that resumes it."""
+    stack = StackedRuns([make_config(trainer__max_steps=8, trainer__threads=1),
+                         make_config(trainer__max_steps=8, trainer__threads=1, optim__lr=1e-3)],
+                        [tmp_path / "a", tmp_path / "b"], quiet=True)
+    original = stack.train_step
+
+    def step_then_signal():
+        original()
+        if stack.step == 3:
+            os.kill(os.getpid(), signal.SIGUSR1)  # delivered to the handler the stack installed
+
+    stack.train_step = step_then_signal
+    results = stack.run()
+    assert [r.status for r in results] == ["interrupted", "interrupted"]
+    for r in results:
+        assert r.summary["reason"] == "stopped by SIGUSR1" and r.summary["step"] == 3
+        assert r.checkpoint.name == "step_0000003.pt" and torch.load(r.checkpoint)["step"] == 3
+        assert [x["step"] for x in train_records(r.run_dir)] == [0, 1, 2]
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handlers are put back
+
+
+def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(tmp_path):
+    from test_cli import one_line_error
+
+    line = one_line_error(run_train(["-m", "hydra/launcher=stacked", "optim.lr=1e-3,2e-3", "trainer.compile=true",
+                                     f"hydra.sweep.dir={tmp_path}/s"]))
+    assert "trainer.compile is not supported for stacked runs" in line
+    assert not (tmp_path / "s").exists()
