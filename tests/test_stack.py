@@ -136,9 +136,10 @@ def test_stacked_sweep_from_the_command_line(cache_dir, tmp_path):
     assert "stack: 4 runs trained together" in (sweep / "stacked.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_signal_stops_every_run_of_the_stack_with_a_checkpoint(make_config, tmp_path):
-    """Preemption (SIGUSR1 on Slurm) or Ctrl-C: the stack stops at the next step boundary and
-    every run saves a checkpoint that resumes it."""
+    """Preemption (SIGUSR1 on Slurm) or Ctrl-C: the stack stops at the next step boundary, every
+    run saves a checkpoint, and the stack resumes from them."""
     stack = StackedRuns([make_config(trainer__max_steps=8, trainer__threads=1),
                          make_config(trainer__max_steps=8, trainer__threads=1, optim__lr=1e-3)],
                         [tmp_path / "a", tmp_path / "b"], quiet=True)
@@ -157,6 +158,24 @@ def test_a_signal_stops_every_run_of_the_stack_with_a_checkpoint(make_config, tm
         assert r.checkpoint.name == "step_0000003.pt" and torch.load(r.checkpoint)["step"] == 3
         assert [x["step"] for x in train_records(r.run_dir)] == [0, 1, 2]
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handlers are put back
+
+    # Run again with trainer.resume=auto: the stack continues from step 3 as if never stopped.
+    again = train_stacked([make_config(trainer__max_steps=8, trainer__threads=1, trainer__resume="auto"),
+                           make_config(trainer__max_steps=8, trainer__threads=1, optim__lr=1e-3,
+                                       trainer__resume="auto")], [tmp_path / "a", tmp_path / "b"], quiet=True)
+    assert [r.status for r in again] == ["completed", "completed"]
+    whole = train_stacked([make_config(trainer__max_steps=8, trainer__threads=1),
+                           make_config(trainer__max_steps=8, trainer__threads=1, optim__lr=1e-3)],
+                          [tmp_path / "c", tmp_path / "d"], quiet=True)
+    for resumed, uninterrupted in zip(again, whole):
+        assert_same_run(uninterrupted.run_dir, resumed.run_dir, range(8))
+
+
+def test_max_stack_splits_a_sweep_into_stacks(make_config, tmp_path):
+    configs = [make_config(trainer__max_steps=2, trainer__threads=1, seed=s) for s in (1, 2, 3)]
+    results = train_stacked(configs, [tmp_path / str(s) for s in (1, 2, 3)], quiet=True, max_stack=2)
+    assert [r.summary["stacked_runs"] for r in results] == [2, 2, 1]
+    assert all(r.status == "completed" for r in results)
 
 
 def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(tmp_path):
