@@ -128,8 +128,8 @@ def train_stacked_jobs(jobs: list) -> None:
         log.info(f"{d.name}: {r.status}; {final}")
     stopped = [r for r in results if r.status == "interrupted"]
     if stopped:  # a signal stopped the stack: every run saved a checkpoint
-        log.warning(f"{stopped[0].summary['reason']}: {len(stopped)} runs saved a checkpoint; each continues "
-                    "on its own with its overrides, hydra.run.dir=<its directory> trainer.resume=auto")
+        log.warning(f"{stopped[0].summary['reason']}: {len(stopped)} runs saved a checkpoint; to continue, run the "
+                    f"same command with hydra.sweep.dir={run_dirs[0].parent} trainer.resume=auto")
         sys.exit(128 + signal.Signals[stopped[0].summary["reason"].split()[-1]])
 
 
@@ -206,8 +206,7 @@ def precheck(argv: list[str]) -> list[str]:
                 _check_stackable(cfg)
             if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
                 base = cfg
-                swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
-                candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, swept | {o.get_key_element() for o in parsed})]
+                candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
     return _hydra_extras(argv, parsed, base, parser)
 
 
@@ -338,6 +337,9 @@ def _check_stackable(cfg: DictConfig) -> None:
     from minigpt.config import config_from_dict
     from minigpt.stack import check_stackable
 
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        raise UserError("hydra/launcher=stacked trains a grid of jobs at once; a search (sweep=optuna) needs each "
+                        "result before it picks the next trial: use it with the default or the parallel launcher")
     task = {k: v for k, v in cfg.items() if k != "hydra"}
     check_stackable([config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))])
 
