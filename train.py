@@ -236,7 +236,7 @@ def _hydra_extras(argv: list[str], parsed, cfg: DictConfig, parser) -> list[str]
         swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
         swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
         shared = [o.key_or_group for o in parsed if not o.is_hydra_override() and o.get_key_element() not in swept]
-        exclude = list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared
+        exclude = dict.fromkeys(list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared)
         extras.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in exclude) + "]")
     if not multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(a.startswith("hydra.run.dir=") for a in argv):
         # Every rank composes its own config: a time-stamped run directory could differ by a
