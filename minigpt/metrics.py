@@ -59,7 +59,8 @@ class MetricsLogger:
     """Writes records; `enabled=False` (non-zero ranks) makes every call a no-op."""
 
     def __init__(self, run_dir: Path, cfg: LoggerConfig, *, config: dict, total_steps: int, start_step: int = 0,
-                 wandb_id: str | None = None, progress: bool = True, enabled: bool = True, run_name: str = "run"):
+                 wandb_id: str | None = None, progress: bool = True, enabled: bool = True, run_name: str = "run",
+                 shared_process: bool = False):
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.wandb = None
@@ -75,6 +76,8 @@ class MetricsLogger:
                 project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags), name=run_name,
                 mode=cfg.mode, dir=str(self.run_dir), config=config, id=wandb_id,
                 resume="allow" if wandb_id else None,
+                # Several runs open at once in one process (stacked runs): each its own wandb run.
+                **({"reinit": "create_new"} if shared_process else {}),
             )
             self.wandb_id = self.wandb.id
         if progress:

@@ -1,0 +1,395 @@
+"""Several runs of one model shape, trained together in one process as one batched model.
+
+Why: a tiny model leaves a GPU mostly idle. Each step is a few hundred small kernels and the
+time goes into launching them; processes that share the GPU take turns on it rather than
+overlap, so eight of them at once barely beat eight in a row. Here the weights of M runs are
+stacked along a new leading dimension and the model is called through
+`torch.func.vmap(functional_call(...))`: every layer becomes one batched kernel for all runs,
+so the same number of launches does M times the work.
+
+How: each run is an ordinary `Trainer` (its config, run directory, schedule, peak LR, monitor,
+records, checkpoints and summary); this module replaces only its step and its evaluation.
+Per run: its initialisation (seed), LR and beta1 from its own schedule, AdamW hyperparameters
+and state, gradient clipping and divergence verdict. Shared: model shape, data, batch, run
+length, precision and intervals (`check_stackable` says which key differs when they do not).
+
+All runs' weights live in one flat tensor of shape (M, P), and each parameter is a view into
+it, as are the gradients: AdamW and clipping are then a handful of kernels over (M, P) with
+per-run (M, 1) hyperparameters, with the arithmetic of torch.optim.AdamW. Before a checkpoint
+a run's slice is copied back into its Trainer's model and optimizer, so its checkpoint is an
+ordinary one (`trainer.resume`, scripts/sample.py). A run that diverges is finished (records,
+summary) and dropped from the stack; the others carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, vmap
+
+from minigpt.config import Config
+from minigpt.errors import UserError
+from minigpt.metrics import MetricsLogger, write_summary
+from minigpt.model import GPT
+from minigpt.checkpoint import _flatten
+from minigpt.trainer import STOP_SIGNALS, RunResult, Trainer, _Pending
+
+log = logging.getLogger("minigpt")
+
+# Config keys in which stacked runs may differ; all others must be equal.
+MAY_DIFFER = ("seed", "run_name", "optim.", "scheduler.", "monitor.", "logger.")
+
+
+def stack_groups(configs: list[Config]) -> list[list[int]]:
+    """Indices of the runs that can share a stack (equal in every key but MAY_DIFFER), in order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, c in enumerate(configs):
+        shape = tuple(sorted((k, repr(v)) for k, v in _flatten(c.to_dict()).items() if not k.startswith(MAY_DIFFER)))
+        groups.setdefault(shape, []).append(i)
+    return list(groups.values())
+
+
+def check_stackable(configs: list[Config]) -> None:
+    """Raise UserError unless the runs can be trained as one stack (one line, naming the key)."""
+    if not configs:
+        raise UserError("no runs to stack")
+    flat = [_flatten(c.to_dict()) for c in configs]
+    for key in sorted(set().union(*flat)):
+        if key.startswith(MAY_DIFFER):
+            continue
+        values = sorted({repr(f.get(key)) for f in flat})
+        if len(values) > 1:
+            raise UserError(f"stacked runs share everything but their seed, optim.*, scheduler.*, monitor.* and "
+                            f"logger.*; {key} differs ({', '.join(values)})")
+    cfg = configs[0]
+    unsupported = [("trainer.compile", cfg.trainer.compile), ("trainer.precision=fp16", cfg.trainer.precision == "fp16"),
+                   ("a batch-size ramp (trainer.batch_ramp_start)", cfg.trainer.batch_ramp_start is not None),
+                   ("trainer.schedule_unit=tokens", cfg.trainer.schedule_unit == "tokens"),
+                   ("task=lr_range_test", cfg.task != "train")]
+    for c in configs:
+        unsupported += [(f"monitor.{k}", getattr(c.monitor, k)) for k in ("skip_spikes", "update_ratio",
+                                                                          "max_attn_logit", "logz")]
+    for name, on in unsupported:
+        if on:
+            raise UserError(f"{name} is not supported for stacked runs; turn it off or use the default launcher")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("stacked runs train in one process: launch them without torchrun")
+
+
+class StackedRuns:
+    def __init__(self, configs: list[Config], run_dirs: list[Path], quiet: bool = False):
+        check_stackable(configs)
+        self.runs = [Trainer(cfg, Path(d), quiet=quiet) for cfg, d in zip(configs, run_dirs)]
+        first = self.runs[0]
+        if first.precision == "fp16":
+            raise UserError("trainer.precision: fp16 (this GPU has no bf16) is not supported for stacked runs; "
+                            "use trainer.precision=fp32 or the default launcher")
+        steps = sorted({r.step for r in self.runs})
+        if len(steps) > 1:
+            raise UserError(f"trainer.resume: the stacked runs resume from different steps ({steps}); "
+                            "resume them one by one with the default launcher")
+        self.say = (lambda msg: None) if quiet else log.info
+        self.device, self.step, self.total_steps = first.device, first.step, first.total_steps
+        self.grad_accum, self.tc = first.grad_accum, first.cfg.trainer
+        self.active = list(range(len(self.runs)))  # indices of the runs still in the stack, in stack order
+        self.stop_signal: int | None = None
+        self.results: list[RunResult | None] = [None] * len(self.runs)
+
+        # The parameters in a fixed order, decayed ones first (AdamW decays the leading columns).
+        named = list(first.model.named_parameters())  # tied weights appear once
+        named.sort(key=lambda item: item[1].dim() < 2)
+        self.names = [n for n, _ in named]
+        self.shapes = {n: p.shape for n, p in named}
+        self.n_decay = sum(p.numel() for _, p in named if p.dim() >= 2)
+        width = sum(p.numel() for _, p in named)
+        own = [dict(r.model.named_parameters()) for r in self.runs]
+        with torch.no_grad():
+            self.flat = torch.cat([torch.stack([o[n].detach().reshape(-1) for o in own]) for n in self.names], dim=1)
+        self.flat_grad = torch.zeros_like(self.flat)
+        # AdamW state; a resumed run brings its own.
+        states = [[r.optimizer.state.get(o[n]) for n in self.names] for r, o in zip(self.runs, own)]
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
+        self.adam_step = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
+        if all(s is not None for run in states for s in run):
+            with torch.no_grad():
+                self.exp_avg.copy_(torch.stack([torch.cat([s["exp_avg"].reshape(-1) for s in run]) for run in states]))
+                self.exp_avg_sq.copy_(torch.stack([torch.cat([s["exp_avg_sq"].reshape(-1) for s in run])
+                                                   for run in states]))
+            self.adam_step.copy_(torch.tensor([float(run[0]["step"]) for run in states]))
+        assert self.flat.shape[1] == width
+
+        # Per-run hyperparameters: constants, and the LR and beta1 of every step (schedules are
+        # pure functions of the step), computed once so that no step waits on a host->device copy.
+        def column(values):
+            return torch.tensor(values, dtype=torch.float64, device=self.device)
+
+        optims = [r.cfg.optim for r in self.runs]
+        self.beta2, self.eps = column([o.beta2 for o in optims]), column([o.eps for o in optims])
+        self.weight_decay = column([o.weight_decay for o in optims])
+        self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
+        self.lrs = [[r.peak_lr * r.schedule(t) for t in range(self.total_steps)] for r in self.runs]
+        self.beta1s = [[b if (b := r.schedule.beta1(t)) is not None else r.cfg.optim.beta1
+                        for t in range(self.total_steps)] for r in self.runs]
+        self.lr_table, self.beta1_table = column(self.lrs).T.contiguous(), column(self.beta1s).T.contiguous()
+
+        with torch.device("meta"):  # the model's code, without weights: functional_call supplies them
+            self.template = GPT(first.model_config)
+        if self.device.type == "cpu":
+            # torch has no vmap rule for the CPU attention kernel and loops over the runs there;
+            # CUDA's flash / memory-efficient / cuDNN attention kernels have one.
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented "
+                                    "the batching rule for aten::_scaled_dot_product_flash_attention_for_cpu")
+        self.shared_data = len({r.cfg.seed for r in self.runs}) == 1
+        self._build_views()
+
+    # --- the stacked model ---
+
+    def _build_views(self) -> None:
+        """Parameters (leaves) and their gradients as views of the flat tensors."""
+        m = len(self.active)
+        self.params, offset = {}, 0
+        for name in self.names:
+            n = math.prod(self.shapes[name])
+            p = torch.nn.Parameter(torch.empty(0, device=self.device))
+            p.data = self.flat[:, offset:offset + n].view(m, *self.shapes[name])
+            p.grad = self.flat_grad[:, offset:offset + n].view(m, *self.shapes[name])
+            self.params[name] = p
+            offset += n
+
+        def loss_of(params, x, y):
+            return functional_call(self.template, params, (x, y), tie_weights=True)[1]
+
+        data_dim = None if self.shared_data else 0
+        self.batched_loss = vmap(loss_of, in_dims=(0, data_dim, data_dim), randomness="different")
+
+    def _batches(self, get):
+        """(x, y) for every active run: one batch when all runs share a seed, else stacked."""
+        if self.shared_data:
+            return get(self.runs[self.active[0]])
+        pairs = [get(self.runs[i]) for i in self.active]
+        return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
+
+    def _keep(self, keep: list[int]) -> None:
+        """Drop the runs not in `keep` (positions in the stack) from every stacked tensor."""
+        index = torch.tensor(keep, device=self.device)
+        with torch.no_grad():
+            for name in ("flat", "flat_grad", "exp_avg", "exp_avg_sq", "adam_step", "beta2", "eps", "weight_decay",
+                         "max_norm"):
+                setattr(self, name, getattr(self, name).index_select(0, index).contiguous())
+            self.lr_table = self.lr_table.index_select(1, index).contiguous()
+            self.beta1_table = self.beta1_table.index_select(1, index).contiguous()
+        self.active = [self.active[k] for k in keep]
+        self._build_views()
+
+    # --- one optimizer step for every run ---
+
+    def train_step(self) -> None:
+        step, first = self.step, self.runs[self.active[0]]
+        start = time.perf_counter()
+        events = None
+        if self.device.type == "cuda":
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
+        loss_sum = torch.zeros(len(self.active), device=self.device)
+        loss_max = torch.full((len(self.active),), -math.inf, device=self.device)
+        for micro in range(self.grad_accum):
+            x, y = self._batches(lambda r: r.train_batches.train_batch(step, micro))
+            with first._autocast():
+                losses = self.batched_loss(self.params, x, y)  # (M,): each run's mean loss
+            # Runs are independent, so the gradient of the sum is each run's own gradient.
+            with warnings.catch_warnings():
+                # The gradients are strided views into flat_grad on purpose (see the module docstring).
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                (losses.sum() / self.grad_accum).backward()
+            losses = losses.detach().float()
+            loss_sum += losses
+            loss_max = torch.maximum(loss_max, losses)
+        grad_norm = self._clip_and_update(step)
+        values = torch.stack([loss_sum / self.grad_accum, loss_max, grad_norm], dim=1)  # (M, 3)
+        if events is not None:
+            events[1].record()
+        seconds = None if events is not None else time.perf_counter() - start
+        for k, i in enumerate(self.active):
+            r = self.runs[i]
+            r.tokens_seen += r.tokens_per_step
+            beta1 = r.schedule.beta1(step)
+            r.pending.append(_Pending(step, self.lrs[i][step], beta1, r.tokens_seen, r.global_batch, False, seconds,
+                                      events))
+            r.pending_values.append(values[k])
+            r.step += 1
+        self.step += 1
+
+    @torch.no_grad()
+    def _clip_and_update(self, step: int) -> torch.Tensor:
+        """Per-run gradient clipping, then AdamW on the flat (M, P) tensors; returns the norms."""
+        g = self.flat_grad
+        norm = g.float().pow(2).sum(dim=1).sqrt()  # (M,): each run's global grad norm, before clipping
+        coef = (self.max_norm / (norm.double() + 1e-6)).clamp(max=1.0)  # as clip_grad_norm_
+        g.mul_(coef.float()[:, None])
+
+        lr, beta1 = self.lr_table[step], self.beta1_table[step]
+        self.adam_step += 1
+        col = lambda v: v.float()[:, None]  # noqa: E731 - (M,) float64 -> (M, 1) float32
+        self.flat[:, :self.n_decay].mul_(col(1 - lr * self.weight_decay))  # decoupled weight decay
+        self.exp_avg.lerp_(g, col(1 - beta1))
+        self.exp_avg_sq.mul_(col(self.beta2)).addcmul_(g, g * col(1 - self.beta2))
+        bias1 = 1 - beta1 ** self.adam_step
+        bias2_sqrt = (1 - self.beta2 ** self.adam_step).sqrt()
+        denom = (self.exp_avg_sq.sqrt() / col(bias2_sqrt)).add_(col(self.eps))
+        self.flat.sub_(col(lr / bias1) * self.exp_avg / denom)
+        g.zero_()
+        return norm
+
+    @torch.no_grad()
+    def evaluate(self) -> list[float]:
+        """Each active run's mean loss over the fixed validation windows."""
+        first = self.runs[self.active[0]]
+        self.template.eval()
+        total = torch.zeros(len(self.active), device=self.device, dtype=torch.float64)
+        for i in range(self.tc.eval_iters):
+            x, y = self._batches(lambda r: r.val_batches.eval_batch(i))
+            with first._autocast():
+                total += self.batched_loss(self.params, x, y).double()
+        self.template.train()
+        return (total / self.tc.eval_iters).tolist()
+
+    # --- the run ---
+
+    def run(self) -> list[RunResult]:
+        tc = self.tc
+        for r in self.runs:
+            r._announce()
+            r.metrics = MetricsLogger(r.run_dir, r.cfg.logger, config=r.cfg.to_dict(), total_steps=r.total_steps,
+                                      start_step=r.step, wandb_id=r.wandb_id, progress=False,
+                                      run_name=r.cfg.run_name, shared_process=True)
+            r.wandb_id = r.metrics.wandb_id
+        self.say(f"stack: {len(self.runs)} runs trained together as one batched model "
+                 f"({'one batch for all' if self.shared_data else 'a batch per seed'})")
+        previous = self._install_signal_handlers()
+        t_start = time.time()
+        for r in self.runs:
+            r._t0 = t_start  # training time starts now for all, not at each run's announcement
+        try:
+            while self.step < self.total_steps and self.active:
+                if self.step % tc.eval_interval == 0:
+                    for i, v in zip(self.active, self.evaluate()):
+                        self.runs[i].val_at[self.step] = v
+                if self.stop_signal is not None:
+                    break
+                if tc.ckpt_interval and self.step % tc.ckpt_interval == 0 and self.step > 0:
+                    for i in self.active:
+                        if not self.runs[i]._resumed_here():
+                            self.runs[i]._drain()
+                            self._save(i)
+                self.train_step()
+                if self.step % self.runs[self.active[0]].flush_every == 0:
+                    self._flush_and_drop_diverged(wait=False, t_start=t_start)
+            self._flush_and_drop_diverged(wait=True, t_start=t_start)
+            if self.active:
+                if self.stop_signal is not None:
+                    for i in self.active:
+                        self.runs[i].stop_signal = self.stop_signal
+                    status = "interrupted"
+                else:
+                    status = "completed"
+                    for i, v in zip(self.active, self.evaluate()):
+                        r = self.runs[i]
+                        r.val_history.append((self.step, v))
+                        r.metrics.log({"step": self.step, "val/loss": v, "train/tokens": r.tokens_seen})
+                for i in list(self.active):
+                    self._finish(i, status, time.time() - t_start)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for i, r in enumerate(self.runs):  # a crash: close what is still open, as failed
+                if self.results[i] is None and hasattr(r, "metrics"):
+                    summary = {"status": "failed", "step": r.step}
+                    write_summary(r.run_dir, summary)
+                    r.metrics.close(summary, failed=True)
+        return self.results
+
+    def _flush_and_drop_diverged(self, wait: bool, t_start: float) -> None:
+        for i in self.active:
+            self.runs[i]._flush(wait=wait)
+        stopped = [i for i in self.active if self.runs[i].monitor.verdict.diverged
+                   and self.runs[i].cfg.monitor.stop_on_divergence]
+        for i in stopped:
+            self.runs[i]._drain()
+            self._finish(i, "diverged", time.time() - t_start)
+        if stopped and self.active:
+            self.say(f"stack: {len(stopped)} run(s) diverged; {len(self.active)} carry on")
+
+    def _finish(self, i: int, status: str, wall: float) -> None:
+        r = self.runs[i]
+        checkpoint = None
+        if status in ("completed", "interrupted"):
+            checkpoint = r.resumed_from if r._resumed_here() else self._save(i)
+        summary = r._summary(status, wall, checkpoint)
+        summary["stacked_runs"] = len(self.runs)
+        write_summary(r.run_dir, summary)
+        r.metrics.close(summary)
+        final = summary["final_val_loss"] if status == "completed" else math.inf
+        self.results[i] = RunResult(status, final, summary, r.run_dir, checkpoint)
+        keep = [k for k, j in enumerate(self.active) if j != i]
+        if keep:
+            self._keep(keep)
+        else:
+            self.active = []
+
+    def _save(self, i: int) -> Path | None:
+        """Copy run i's slice into its Trainer's model and optimizer; save an ordinary checkpoint."""
+        r, k = self.runs[i], self.active.index(i)
+        own = dict(r.model.named_parameters())
+        with torch.no_grad():
+            offset = 0
+            for name in self.names:
+                n = math.prod(self.shapes[name])
+                p = own[name]
+                p.copy_(self.flat[k, offset:offset + n].view(self.shapes[name]))
+                r.optimizer.state[p] = {
+                    "step": torch.tensor(float(self.adam_step[k])),
+                    "exp_avg": self.exp_avg[k, offset:offset + n].view(self.shapes[name]).clone(),
+                    "exp_avg_sq": self.exp_avg_sq[k, offset:offset + n].view(self.shapes[name]).clone(),
+                }
+                offset += n
+        last = max(self.step - 1, 0)
+        for group in r.optimizer.param_groups:  # the LR and beta1 of the last update, as the trainer leaves them
+            group["lr"] = self.lrs[i][last]
+            group["betas"] = (self.beta1s[i][last], group["betas"][1])
+        return r.save()
+
+    def _install_signal_handlers(self) -> dict:
+        def request_stop(signum, frame):
+            self.stop_signal = signum
+
+        previous = {}
+        for sig in STOP_SIGNALS:
+            try:
+                previous[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread
+                pass
+        return previous
+
+
+def train_stacked(configs: list[Config], run_dirs: list[Path], quiet: bool = False,
+                  max_stack: int | None = None) -> list[RunResult]:
+    """Train the runs, as few stacks as their configs allow (at most max_stack runs each), one
+    stack after another; results in the order of the configs."""
+    for cfg in configs:
+        check_stackable([cfg])  # unsupported options: refused before anything runs
+    results: list[RunResult | None] = [None] * len(configs)
+    for group in stack_groups(configs):
+        size = max_stack or len(group)
+        for start in range(0, len(group), size):
+            part = group[start:start + size]
+            done = StackedRuns([configs[i] for i in part], [run_dirs[i] for i in part], quiet=quiet).run()
+            for i, result in zip(part, done):
+                results[i] = result
+    return results

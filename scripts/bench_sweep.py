@@ -1,0 +1,138 @@
+"""Time a sweep of N small runs: one after another vs the ways of running them together.
+
+    python scripts/bench_sweep.py                       # the GPU benchmark: 8 runs of gpu_tiny, 500 steps
+    python scripts/bench_sweep.py --tiny                # a CPU-sized smoke version (seconds per run)
+    python scripts/bench_sweep.py --modes sequential,stacked --runs 4 --out bench.json
+
+The runs differ only in their peak LR. Modes:
+  sequential  each run its own `python train.py` process, one after another (the baseline)
+  sweep       `train.py -m`, Hydra's basic launcher: one process, the runs one after another
+  stacked     `train.py -m hydra/launcher=stacked`: the runs trained together as one batched model
+  parallel    `train.py -m hydra/launcher=parallel`: N processes at once (needs the sweeps extra)
+
+For each mode it reports the wall-clock time of the whole command(s) (start-up included: that is
+what a sweep costs), the speed-up over `sequential`, how far the final validation losses are from
+the sequential runs' (the runs are the same runs, so this should be ~0), and checks that every run
+finished with records, a checkpoint and a summary. Before timing, one short run prepares the
+token cache, so no mode pays for it. Everything goes to --out, the figures to <out>/bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The issue's reference workload: 4 layers, 256 wide, context 256, batch 64, 500 steps, eager.
+GPU = ["model=gpu_tiny", "trainer=gpu", "trainer.compile=false", "trainer.micro_batch_size=64", "trainer.max_steps=500",
+       "trainer.eval_interval=500", "trainer.eval_iters=10", "trainer.ckpt_interval=0"]
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "data.max_chars=400000",
+        "data.vocab_size=512", "trainer.device=cpu", "trainer.micro_batch_size=8", "trainer.max_steps=30",
+        "trainer.eval_interval=30", "trainer.eval_iters=2", "trainer.threads=1", "monitor.stuck_after=0"]
+
+
+def lrs(n: int) -> list[str]:
+    """n peak LRs spread log-evenly over [1e-3, 8e-3]."""
+    return [f"{1e-3 * 8 ** (i / max(1, n - 1)):.4g}" for i in range(n)]
+
+
+def run(cmd: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd[:6])} ... failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def job_dirs(folder: Path) -> list[Path]:
+    """Run directories in job order (named <n> or <n>_<overrides>)."""
+    found = [d for d in folder.iterdir() if (d / ".hydra").is_dir()]
+    return sorted(found, key=lambda d: int(d.name.split("_")[0]))
+
+
+def check(dirs: list[Path], n: int) -> list[dict]:
+    """Every run completed with its own records, checkpoint and summary."""
+    if len(dirs) != n:
+        sys.exit(f"error: expected {n} run directories, found {len(dirs)}")
+    summaries = []
+    for d in dirs:
+        s = json.loads((d / "summary.json").read_text())
+        if s["status"] != "completed" or not (d / "metrics.jsonl").exists() or not s.get("checkpoint"):
+            sys.exit(f"error: {d} did not complete with records, a checkpoint and a summary: {s.get('status')}")
+        summaries.append(s)
+    return summaries
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--modes", default="sequential,stacked,parallel")
+    parser.add_argument("--tiny", action="store_true", help="CPU-sized runs (a smoke test of the script)")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_sweep")
+    parser.add_argument("overrides", nargs="*", help="extra train.py overrides for every run")
+    args = parser.parse_args()
+
+    common = (TINY if args.tiny else GPU) + ["trainer.progress=false"] + args.overrides
+    values = lrs(args.runs)
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    train = [sys.executable, str(ROOT / "train.py")]
+
+    print(f"preparing the token cache ({' '.join(common)})", flush=True)
+    run(train + common + ["trainer.max_steps=1", f"hydra.run.dir={out}/warmup"], env)
+
+    results = {}
+    for mode in args.modes.split(","):
+        folder = out / mode
+        if folder.exists():
+            sys.exit(f"error: {folder} exists; pass another --out")
+        if mode == "sequential":
+            wall = sum(run(train + common + [f"optim.lr={lr}", f"hydra.run.dir={folder}/{i}"], env)
+                       for i, lr in enumerate(values))
+        elif mode in ("sweep", "stacked", "parallel"):
+            launcher = {"sweep": [], "stacked": ["hydra/launcher=stacked"],
+                        "parallel": ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={args.runs}"]}[mode]
+            wall = run(train + ["-m", *common, *launcher, f"optim.lr={','.join(values)}", f"hydra.sweep.dir={folder}"],
+                       env)
+        else:
+            sys.exit(f"error: unknown mode '{mode}'; valid: sequential, sweep, stacked, parallel")
+        summaries = check(job_dirs(folder), args.runs)
+        results[mode] = {
+            "wall_s": round(wall, 2),
+            # each run's own training time: for stacked runs it is the stack's, shared by all of them
+            "train_time_s_per_run": [s["train_time_s"] for s in summaries],
+            "tokens": sum(s["tokens"] for s in summaries),
+            "final_val_loss": [s["final_val_loss"] for s in summaries],
+            "device": summaries[0]["device"],
+        }
+        print(f"{mode:>10}: {wall:7.1f} s wall for {args.runs} runs", flush=True)
+
+    if "sequential" in results:
+        base = results["sequential"]["wall_s"]
+        for mode, r in results.items():
+            r["speedup_vs_sequential"] = round(base / r["wall_s"], 2)
+        for mode, r in results.items():
+            diff = max(abs(a - b) for a, b in zip(r["final_val_loss"], results["sequential"]["final_val_loss"]))
+            r["max_val_loss_diff_vs_sequential"] = round(diff, 5)
+
+    import torch
+
+    report = {"runs": args.runs, "overrides": common, "lrs": values, "torch": torch.__version__,
+              "device": next(iter(results.values()))["device"] if results else None, "results": results}
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{'mode':>10} {'wall s':>8} {'speed-up':>9} {'val loss diff':>14}")
+    for mode, r in results.items():
+        print(f"{mode:>10} {r['wall_s']:8.1f} {r.get('speedup_vs_sequential', float('nan')):9.2f} "
+              f"{r.get('max_val_loss_diff_vs_sequential', float('nan')):14.5f}")
+    print(f"device: {report['device']}, torch {torch.__version__}; details in {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Sweeps: `train.py -m`, the sweep files, the Optuna sweeper and the Slurm/local launchers.
+
+A sweep must survive its failed and diverged jobs, give every job its own readable directory,
+close every logger, and put the wandb runs of one sweep in one group.
+"""
+
+import json
+import os
+import struct
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT, hydra_args, run_train
+from minigpt.schedules import list_schedules
+from test_cli import one_line_error
+
+CONF = ROOT / "conf"
+# Launchers that start new Python processes (joblib, submitit) must import this checkout's minigpt.
+THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
+
+
+def compose_config(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+def sweep_args(cache_dir, sweep_dir, **extra):
+    """The tiny run's overrides for a sweep into sweep_dir."""
+    args = hydra_args(cache_dir, sweep_dir, **{"trainer.threads": 1, **extra})
+    return [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.sweep.dir={sweep_dir}"]
+
+
+def summaries(sweep_dir) -> dict:
+    return {d.name: json.loads((d / "summary.json").read_text()) for d in sorted(Path(sweep_dir).iterdir())
+            if d.is_dir() and not d.name.startswith(".")}
+
+
+# --- the sweep files --------------------------------------------------------------------------
+
+
+def test_schedules_sweep_runs_every_training_schedule():
+    params = compose_config(["sweep=schedules"]).hydra.sweeper.params
+    swept = params.scheduler.split(",")
+    assert sorted(swept) == sorted(set(list_schedules()) - {"lr_range_test"})  # a new schedule belongs here
+    assert all((CONF / "scheduler" / f"{name}.yaml").exists() for name in swept)
+
+
+@pytest.mark.parametrize("name", ["schedules", "lr_warmup"])
+def test_sweep_files_are_multiruns_of_the_basic_sweeper(name):
+    cfg = compose_config([f"sweep={name}"])
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper._target_.endswith("BasicSweeper")
+    if name == "lr_warmup":
+        assert cfg.hydra.sweeper.params["optim.lr"] == "1e-3,3e-3,1e-2,3e-2"
+        assert cfg.hydra.sweeper.params["scheduler.warmup"] == "0,0.01,0.05,0.2"
+
+
+def test_every_value_of_a_sweep_file_is_checked_before_any_job(tmp_path):
+    """constant has no warmup: all 16 jobs of the LR x warmup grid would fail, so none starts."""
+    line = one_line_error(run_train(["sweep=lr_warmup", "scheduler=constant", f"hydra.sweep.dir={tmp_path}/s"]))
+    assert "scheduler.warmup" in line
+    assert not (tmp_path / "s").exists()
+
+
+def test_optuna_sweep_file_composes():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweeper = compose_config(["sweep=optuna"]).hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert sweeper.params["optim.lr"] == "tag(log, interval(3e-4, 3e-2))"
+    assert sweeper.params["scheduler.warmup"] == "interval(0.0, 0.3)"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 1337
+
+
+def test_a_missing_plugin_is_named_in_one_line(tmp_path):
+    """Without the sweeps extra (simulated: an empty hydra_plugins package hides the installed ones)."""
+    (tmp_path / "hydra_plugins").mkdir()
+    (tmp_path / "hydra_plugins" / "__init__.py").write_text("")
+    env = {"PYTHONPATH": str(tmp_path)}
+    for override, plugin in (("sweep=optuna", "hydra-optuna-sweeper"), ("hydra/launcher=slurm", "hydra-submitit-launcher")):
+        line = one_line_error(run_train(["-m", override, f"hydra.sweep.dir={tmp_path}/s"], env=env))
+        assert plugin in line and "pip install -e '.[sweeps]'" in line, line
+
+
+# --- the Slurm launcher ---------------------------------------------------------------------------
+
+
+def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
+    """The launcher config as submitit renders it: N GPUs and N ranks per job, SIGUSR1 before the end."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    cfg = compose_config(["sweep=schedules", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
+                          "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 4  # one rank per GPU
+
+    # What SlurmLauncher.launch hands to submitit (its own mapping of the keys), rendered as sbatch does.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that srun exists
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    params = {}
+    for key in launcher:
+        if key not in ("_target_", "submitit_folder", "max_num_timeout", "name"):
+            value = launcher[key]
+            params[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "submitit")
+    executor.update_parameters(**{(k if k in base else f"slurm_{k}"): v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python -m submitit.core._submit", "0")
+    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--partition=gpu", "--time=90", "--signal=USR1@120",
+                 "--cpus-per-task=8", "--nodes=1"):
+        assert f"#SBATCH {line}\n" in script, (line, script)
+    assert script.count("--signal") == 1
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_each_job_with_two_ranks(cache_dir, tmp_path):
+    """The launcher code path of Slurm, run locally: 2 jobs of 2 tasks, each task a DDP rank."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    args = sweep_args(cache_dir, sweep, **{"trainer.max_steps": 4, "trainer.batch_size": 8, "trainer.micro_batch_size": 2})
+    proc = run_train(["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                      "hydra.launcher.timeout_min=10", "optim.lr=1e-3,3e-3", *args], env=THIS_CHECKOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = summaries(sweep)
+    assert sorted(found) == ["0_optim.lr=0.001", "1_optim.lr=0.003"]
+    for name, s in found.items():
+        assert s["status"] == "completed" and s["world_size"] == 2 and s["configured_lr"] == float(name.split("=")[1])
+        records = [json.loads(x) for x in (sweep / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "train/loss" in r] == [0, 1, 2, 3]  # rank 0 alone wrote them
+
+
+def log_span(log_file: Path) -> tuple[datetime, datetime]:
+    """Times of the first and the last line of a job's log."""
+    stamps = [datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f") for line in log_file.read_text().splitlines()
+              if line.startswith("[")]
+    return stamps[0], stamps[-1]
+
+
+@pytest.mark.slow
+def test_parallel_launcher_runs_jobs_at_the_same_time(cache_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_train(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optim.lr=1e-3,3e-3",
+                      *sweep_args(cache_dir, sweep, **{"trainer.max_steps": 6})], env=THIS_CHECKOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = summaries(sweep)
+    assert sorted(found) == ["0_optim.lr=0.001", "1_optim.lr=0.003"]
+    for name, s in found.items():
+        assert s["status"] == "completed" and s["configured_lr"] == float(name.split("=")[1])
+        assert (sweep / name / "checkpoints" / "step_0000006.pt").exists()
+        records = [json.loads(x) for x in (sweep / name / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "train/loss" in r] == list(range(6))
+    (start0, end0), (start1, end1) = (log_span(sweep / name / "train.log") for name in sorted(found))
+    assert start0 < end1 and start1 < end0  # the two jobs' lifetimes overlap
+
+
+# --- a sweep that goes wrong in every way -------------------------------------------------------
+
+BAD_SCHEDULES = '''
+    """Schedules for the sweep tests: each breaks in its own way once training has started."""
+    import sys
+    from dataclasses import dataclass
+
+    from minigpt.errors import UserError
+    from minigpt.schedules import register_schedule
+
+
+    @dataclass(frozen=True)
+    class NoParams:
+        pass
+
+
+    def training():
+        # True inside the training loop, False while train.py and the trainer check the curve.
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code.co_name == "train_step":
+                return True
+            frame = frame.f_back
+        return False
+
+
+    @register_schedule("explode", NoParams)
+    def explode(step, total_steps, p):
+        return 1e4  # 10^4 x the peak LR: the loss blows up within a few steps
+
+
+    @register_schedule("boom_bug", NoParams)
+    def boom_bug(step, total_steps, p):
+        if training():
+            raise RuntimeError("a bug in the middle of training")
+        return 1.0
+
+
+    @register_schedule("boom_user", NoParams)
+    def boom_user(step, total_steps, p):
+        if training():
+            raise UserError("scheduler.boom_user: a bad value noticed only at run time")
+        return 1.0
+'''
+
+
+def wandb_records(run_dir: Path) -> list:
+    """The records of a run's offline wandb log (its LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data, pos, block, chunks, records = path.read_bytes(), 7, 32768, b"", []  # 7: the ':W&B' header
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a record header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += block - pos % block
+            continue
+        chunks += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last piece of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunks)
+            records.append(record)
+            chunks = b""
+    return records
+
+
+@pytest.mark.slow
+def test_failed_and_diverged_jobs_never_stop_the_sweep(cache_dir, tmp_path):
+    (tmp_path / "sweep_test_schedules.py").write_text(textwrap.dedent(BAD_SCHEDULES))
+    sweep = tmp_path / "sweep"
+    args = sweep_args(cache_dir, sweep, **{"trainer.max_steps": 8, "monitor.patience": 2})
+    proc = run_train(["-m", "scheduler=custom", "scheduler.module=sweep_test_schedules",
+                      "scheduler.name=boom_bug,explode,boom_user,constant", "logger=wandb", *args],
+                     env={"PYTHONPATH": str(tmp_path), "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    # Every job ran, in its own directory named after what it changes.
+    found = summaries(sweep)
+    assert list(found) == ["0_scheduler.name=boom_bug", "1_scheduler.name=explode", "2_scheduler.name=boom_user",
+                           "3_scheduler.name=constant"]
+    bug, diverged, user, ok = found.values()
+    assert bug["status"] == "failed" and bug["reason"] == "RuntimeError: a bug in the middle of training"
+    assert bug["step"] == 0  # what the trainer knew when it failed is kept
+    assert "Traceback" in (sweep / "0_scheduler.name=boom_bug" / "error.txt").read_text()
+    assert diverged["status"] == "diverged" and diverged["diverged_step"] is not None
+    assert user["status"] == "failed" and user["reason"] == "scheduler.boom_user: a bad value noticed only at run time"
+    assert not (sweep / "2_scheduler.name=boom_user" / "error.txt").exists()  # a user error needs no traceback
+    assert ok["status"] == "completed" and ok["final_val_loss"] < ok["initial_val_loss"]
+    assert (sweep / "3_scheduler.name=constant" / "checkpoints").is_dir()
+    assert "job 0 failed: RuntimeError" in proc.stdout + proc.stderr
+
+    # One wandb group per sweep; every run closed, the failed ones with a failing exit code.
+    exit_codes = {}
+    for name in found:
+        records = wandb_records(sweep / name)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        assert run.run_group == sweep.name
+        exit_codes[name] = [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"]
+    assert list(exit_codes.values()) == [[1], [0], [1], [0]]
+
+
+@pytest.mark.slow
+def test_optuna_sweep_minimises_the_returned_val_loss(cache_dir, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    proc = run_train(["sweep=optuna", "hydra.sweeper.n_trials=3", *sweep_args(cache_dir, sweep, **{"trainer.max_steps": 6})])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = summaries(sweep)
+    assert len(found) == 3 and all(s["status"] == "completed" for s in found.values())
+    lrs = {s["configured_lr"] for s in found.values()}
+    assert len(lrs) == 3 and all(3e-4 <= lr <= 3e-2 for lr in lrs)  # three different draws from the range
+    result = OmegaConf.load(sweep / "optimization_results.yaml")
+    best = min(found.values(), key=lambda s: s["final_val_loss"])
+    assert result.best_value == pytest.approx(best["final_val_loss"])
+    assert result.best_params["optim.lr"] == pytest.approx(best["configured_lr"])
