@@ -66,7 +66,7 @@ def test_bench_runs_several_configs_and_writes_json(cache_dir, tmp_path):
     assert len(results) == 2
     for r in results:
         for key in ("tokens_per_s", "ms_per_step", "mfu", "peak_memory_mb", "compile_s", "device", "command",
-                    "logging_overhead_pct", "ms_per_step_logging_off"):
+                    "logging_overhead_pct", "ms_per_step_logging_off", "record_host_ms_per_step"):
             assert key in r, key
         assert r["mfu"] is None and r["peak_flops"] is None  # a CPU: no made-up peak
         assert r["device"].startswith("cpu") and r["memory_kind"] == "cpu_peak_rss"
