@@ -91,7 +91,7 @@ def plot_schedules(schedules: Sequence[Schedule], peak_lr: float, path) -> None:
         ax.set_title(name, fontsize=10)
         ax.set_xlim(0, max(max(s.total_steps for s in group) - 1, 1))
         ax.set_ylim(bottom=0)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7, which="both")
         ax.grid(alpha=0.3)
         if len(group) > 1:
             ax.legend(fontsize=7)
@@ -298,3 +298,86 @@ def plot_study_early(study, lr: float, path) -> None:
     fig.suptitle(f"the first {steps_shown} steps at peak LR {lr:g}, with and without warmup (one line per seed)",
                  fontsize=10)
     _save(fig, path)
+
+
+def _finite(values):
+    """None, NaN and inf become NaN: matplotlib leaves a gap instead of breaking the axis."""
+    return [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for v in values]
+
+
+def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: str | None = None):
+    """Draw one run from its metrics.jsonl records: loss (train, its largest micro-batch, val),
+    LR and gradient norm on a shared step axis, with spikes, skipped updates and the step of
+    divergence marked. Returns the figure (after saving it to `path`)."""
+    train = [r for r in records if "train/loss" in r]
+    if not train:
+        raise ValueError("plot_run needs records with train/loss")
+    val = [r for r in records if "val/loss" in r]
+    steps = [r["step"] for r in train]
+    loss = _finite(r["train/loss"] for r in train)
+
+    fig = _figure(9, 7.5)
+    ax_loss, ax_lr, ax_gn = fig.subplots(3, 1, sharex=True, height_ratios=[2.2, 1, 1.3])
+
+    if any("train/loss_max" in r for r in train):
+        ax_loss.plot(steps, _finite(r.get("train/loss_max") for r in train), color="tab:blue", alpha=0.25, lw=0.8,
+                     label="largest micro-batch loss")
+    ax_loss.plot(steps, loss, color="tab:blue", lw=1.0, label="train loss (mean of the step)")
+    if val:
+        ax_loss.plot([r["step"] for r in val], _finite(r["val/loss"] for r in val), "o-", color="tab:orange",
+                     ms=3, lw=1.2, label="val loss")
+    spikes = [(r["step"], v) for r, v in zip(train, loss) if r.get("spike/loss")]
+    if spikes:
+        ax_loss.plot(*zip(*spikes), "v", color="tab:red", ms=6, label=f"loss spike ({len(spikes)})")
+    skipped = [(r["step"], v) for r, v in zip(train, loss) if r.get("train/skipped") or r.get("train/scaler_skipped")]
+    if skipped:
+        ax_loss.plot(*zip(*skipped), "x", color="0.3", ms=5, label=f"update skipped ({len(skipped)})")
+    entropy = (summary or {}).get("unigram_entropy_val")
+    if entropy:
+        ax_loss.axhline(entropy, color="0.5", ls=":", lw=1, label=f"unigram entropy {entropy:.2f}")
+    ax_loss.set_ylabel("loss (nats)")
+    ax_loss.legend(fontsize=7, loc="upper right")
+
+    ax_lr.plot(steps, _finite(r.get("train/lr") for r in train), color="tab:green", lw=1.2)
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+    norms = _finite(r.get("train/grad_norm") for r in train)
+    ax_gn.plot(steps, norms, color="tab:purple", lw=0.9, label="gradient norm (before clipping)")
+    gn_spikes = [(r["step"], v) for r, v in zip(train, norms) if r.get("spike/grad_norm")]
+    if gn_spikes:
+        ax_gn.plot(*zip(*gn_spikes), "v", color="tab:red", ms=6, label=f"grad-norm spike ({len(gn_spikes)})")
+    if any(v > 0 for v in norms if not math.isnan(v)):
+        from matplotlib.ticker import FuncFormatter
+
+        ax_gn.set_yscale("log")
+        # 0.3, 1, 3 rather than 3 x 10^-1; minor ticks labelled at 2, 3 and 5 only
+        ax_gn.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_gn.yaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
+        ax_gn.margins(y=0.12)  # room for the spike markers above the highest value
+    ax_gn.set_ylabel("gradient norm")
+    ax_gn.set_xlabel("step (optimizer updates done)")
+    ax_gn.legend(fontsize=7, loc="best")
+
+    diverged = (summary or {}).get("diverged_step")
+    for ax in (ax_loss, ax_lr, ax_gn):
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7, which="both")
+        if diverged is not None:
+            ax.axvline(diverged, color="tab:red", ls="--", lw=1)
+    if diverged is not None:
+        ax_loss.annotate(f"diverged at step {diverged} ", (diverged, 0.03), xycoords=("data", "axes fraction"),
+                         ha="right", va="bottom", fontsize=8, color="tab:red")
+    ax_gn.set_xlim(min(steps), max(max(steps), min(steps) + 1))
+    if title is None and summary:
+        title = f"{summary.get('status', '')}"
+        if summary.get("final_val_loss") is not None:
+            title += f", final val loss {summary['final_val_loss']:.3f}"
+        title += f", {len(steps)} steps"
+        if summary.get("status") == "diverged" and summary.get("reason"):
+            title += f"\n{summary['reason']}"
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+    return fig

@@ -282,9 +282,7 @@ class Trainer:
                 if self.checkpoints and tc.ckpt_interval and self.step % tc.ckpt_interval == 0 and self.step > 0 and not self._resumed_here():
                     self._drain()
                     ckpt = self.save()
-                self.train_step()
-                if self.step % self.flush_every == 0:
-                    self._flush(wait=False)
+                self.advance()
                 if self.monitor.verdict.diverged and cfg.monitor.stop_on_divergence:
                     status = "diverged"
                     break
@@ -310,6 +308,13 @@ class Trainer:
             self.metrics.close(summary, failed=failed)
         final_val = summary["final_val_loss"] if status == "completed" else math.inf
         return RunResult(status, final_val, summary, self.run_dir, ckpt)
+
+    def advance(self) -> None:
+        """One optimizer step, then the periodic hand-off of records to the host: the body of
+        run()'s loop, also what scripts/bench.py times."""
+        self.train_step()
+        if self.step % self.flush_every == 0:
+            self._flush(wait=False)
 
     def train_step(self) -> None:
         cfg, step = self.cfg, self.step
@@ -356,17 +361,17 @@ class Trainer:
         extras = {}
         if cfg.monitor.update_ratio:
             before = [p.detach().clone() for p in self.model.parameters()]
-        if not skipped:
-            if self.scaler is not None:
-                scale_before = self.scaler._scale.clone()  # no .item(): the comparison stays on the GPU
+        if self.scaler is not None:
+            # The scaler lowers its scale exactly when it found inf/NaN gradients and skipped the
+            # update. No .item(): the comparison stays on the GPU. (With fused AdamW the skip
+            # itself happens on the GPU too; GradScaler syncs only for non-fused optimizers.)
+            scale_before = self.scaler._scale.clone()
+            if not skipped:
                 self.scaler.step(self.optimizer)
-                self.scaler.update()
-                extras["scaler_skipped"] = (self.scaler._scale < scale_before).float().squeeze()
-            else:
-                self.optimizer.step()
-        elif self.scaler is not None:
             self.scaler.update()
-            extras["scaler_skipped"] = torch.zeros((), device=self.device)
+            extras["scaler_skipped"] = (self.scaler._scale < scale_before).float().squeeze()
+        elif not skipped:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if cfg.monitor.update_ratio:
             params = list(self.model.parameters())
