@@ -22,17 +22,33 @@ from conftest import ROOT, tiny_overrides
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"python -m pytest"}  # the suite itself
-GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--device cuda", "model=gpt2_small")
+# Commands for a GPU, a cluster or the network: composed and validated, or (scripts) started with --help.
+GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--device cuda", "model=gpt2_small",
+               "hydra/launcher=slurm", "--preset gpt2_small", "-c \"model=gpu_small")
+# Scripts run shortened: later flags win over the documented ones.
+SCRIPT_SHORTEN = {"scripts/bench.py": ["--warmup", "1", "--steps", "2", "--repeats", "1"],
+                  "scripts/bench_sweep.py": ["--runs", "2"],
+                  "scripts/sample.py": ["--max-new-tokens", "20"]}
+
+
+def is_gpu_command(command: str) -> bool:
+    if "scripts/bench_sweep.py" in command and "--tiny" not in command:
+        return True  # its defaults are the GPU benchmark
+    return "..." in command or any(m in command for m in GPU_MARKERS)
 # Placeholders in the docs and what stands in for them here.
 PLACEHOLDERS = {
     "outputs/cpu-cosine_warmup/<date>_<time>": lambda cwd: str(newest(cwd / "outputs" / "cpu-cosine_warmup")),
     "<corpus>": lambda cwd: "roneneldan/TinyStories",
     "<dataset>": lambda cwd: "roneneldan/TinyStories",
+    "outputs/cpu-constant/<date>_<time>": lambda cwd: str(newest(cwd / "outputs" / "cpu-constant")),
+    "<run dir>": lambda cwd: str(cwd / "outputs" / "run-a"),
 }
 
 
 def newest(folder: Path) -> Path:
-    runs = sorted(p for p in folder.iterdir() if p.is_dir())
+    """The newest dated run or sweep directory in `folder` (named by Hydra's ${now:...})."""
+    runs = sorted((p for p in folder.iterdir() if p.is_dir() and re.match(r"\d{4}-\d\d-\d\d_", p.name)),
+                  key=lambda p: p.stat().st_mtime)
     assert runs, f"no run in {folder}: an earlier documented command should have made one"
     return runs[-1]
 
@@ -126,19 +142,35 @@ def validate(args: list[str]) -> None:
     config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
 
 
+def sweep_values(override: str) -> list[str] | None:
+    """The values a sweep override takes (None for searches such as Optuna's interval())."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([override])[0]
+    if not parsed.is_sweep_override():
+        return [parsed.get_value_element_as_str()]
+    try:
+        return list(parsed.sweep_string_iterator())
+    except Exception:
+        return None
+
+
 def pin_sweep(args: list[str]) -> list[str]:
-    """A sweep of more than 4 jobs runs only along its shortest swept axis (other values: the first)."""
+    """A grid of more than 4 jobs runs along its shortest swept axis only, at most 3 values of it
+    (the other axes at their first value); a search runs 2 trials."""
     cfg = compose(args)
-    axes = {str(k): str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
+    if "optuna" in str(cfg.hydra.sweeper.get("_target_", "")).lower():
+        return args + ["hydra.sweeper.n_trials=2"]
+    axes = {str(k): sweep_values(f"{k}={v}") for k, v in (cfg.hydra.sweeper.params or {}).items()}
     for a in args:
-        key, _, value = a.partition("=")
-        if "," in value and not value.startswith(("[", "{")):
-            axes[key] = value.split(",")
-    if math.prod(len(v) for v in axes.values()) <= 4:
+        if "=" in a and not a.startswith("-"):
+            axes[a.split("=", 1)[0]] = sweep_values(a)
+    axes = {k: v for k, v in axes.items() if v and len(v) > 1}
+    if not axes or math.prod(len(v) for v in axes.values()) <= 4:
         return args
-    keep = min((k for k in axes if len(axes[k]) > 1), key=lambda k: len(axes[k]))
-    pinned = [a for a in args if a.partition("=")[0] not in axes or a.partition("=")[0] == keep]
-    return pinned + [f"{k}={v[0]}" for k, v in axes.items() if k != keep]
+    keep = min(axes, key=lambda k: len(axes[k]))
+    pinned = [a for a in args if a.split("=", 1)[0] not in axes]
+    return pinned + [f"{k}={','.join(v[:3]) if k == keep else v[0]}" for k, v in axes.items()]
 
 
 def resolve_placeholders(command: str, cwd: Path) -> str | None:
@@ -169,14 +201,14 @@ def test_documented_command_runs(doc, command, workdir, cache_dir):
         if resolved is not None:
             args = shlex.split(resolved)[script_index + 1:]
         args = [a for a in args if a != "..."]
-        gpu = "..." in command or any(m in command for m in GPU_MARKERS) or compose(args).trainer.device == "cuda"
+        gpu = is_gpu_command(command) or compose(args).trainer.device == "cuda"
         if gpu or resolved is None:
             return validate(args)
         args = shorten(pin_sweep(shlex.split(resolved)[script_index + 1:]), cache_dir)
-    elif resolved is None or " [" in command or "..." in command or any(m in command for m in GPU_MARKERS):
-        args = ["--help"]  # usage syntax, or the report of a GPU run: the script must at least start
+    elif resolved is None or " [" in command or is_gpu_command(command):
+        args = ["--help"]  # usage syntax, or a GPU run or its report: the script must at least start
     else:
-        args = shlex.split(resolved)[script_index + 1:]
+        args = shlex.split(resolved)[script_index + 1:] + SCRIPT_SHORTEN.get(argv[script_index], [])
     proc = subprocess.run([sys.executable, str(script), *args], cwd=workdir, capture_output=True, text=True,
                           timeout=600, env=env)
     assert proc.returncode == 0, f"{doc}: {command}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"
