@@ -27,7 +27,7 @@ GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--
                "hydra/launcher=slurm", "--preset gpt2_small", "-c \"model=gpu_small")
 # Scripts run shortened: later flags win over the documented ones.
 SCRIPT_SHORTEN = {"scripts/bench.py": ["--warmup", "1", "--steps", "2", "--repeats", "1"],
-                  "scripts/bench_sweep.py": ["--runs", "2"],
+                  "scripts/bench_sweep.py": ["--runs", "2", "--modes", "sequential,stacked", "--out", "bench_sweep"],
                   "scripts/sample.py": ["--max-new-tokens", "20"]}
 
 
@@ -126,7 +126,14 @@ def compose(args: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    args = [a for a in args if a not in ("-m", "--multirun") and "=" in a]
+    first = []  # a sweep composes like its first job
+    for a in args:
+        if a in ("-m", "--multirun") or "=" not in a or a.startswith("-"):
+            continue
+        values = sweep_values(a)
+        if values:
+            first.append(f"{a.split('=', 1)[0]}={values[0]}")
+    args = first
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=args, return_hydra_config=True)
 
@@ -156,7 +163,7 @@ def sweep_values(override: str) -> list[str] | None:
 
 
 def pin_sweep(args: list[str]) -> list[str]:
-    """A grid of more than 4 jobs runs along its shortest swept axis only, at most 3 values of it
+    """A grid of more than 4 jobs runs along its shortest swept axis only, at most 2 values of it
     (the other axes at their first value); a search runs 2 trials."""
     cfg = compose(args)
     if "optuna" in str(cfg.hydra.sweeper.get("_target_", "")).lower():
@@ -170,7 +177,7 @@ def pin_sweep(args: list[str]) -> list[str]:
         return args
     keep = min(axes, key=lambda k: len(axes[k]))
     pinned = [a for a in args if a.split("=", 1)[0] not in axes]
-    return pinned + [f"{k}={','.join(v[:3]) if k == keep else v[0]}" for k, v in axes.items()]
+    return pinned + [f"{k}={','.join(v[:2]) if k == keep else v[0]}" for k, v in axes.items()]
 
 
 def resolve_placeholders(command: str, cwd: Path) -> str | None:
