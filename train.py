@@ -325,9 +325,8 @@ def _check_config(cfg: DictConfig) -> None:
     total = tc.max_steps
     if tc.max_tokens is not None:
         total = batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
-    if total is not None and tc.schedule_unit == "tokens":
-        total = max(1, round(batches.tokens_after(total) / batches.final_tokens))
     if total is not None:  # with epochs, the length is known only once the data is
+        total = batches.schedule_steps(total, tc.schedule_unit)
         schedules.check_curve(schedules.schedule_from_config(dict(config.scheduler), total, batches.final_tokens))
     if config.data.source == "files":
         for p in config.data.paths:

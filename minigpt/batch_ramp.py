@@ -67,3 +67,14 @@ class BatchPlan:
             seen += self.batch_at(seen) * self.block_size
             done += 1
         return seen + (updates - done) * self.final_tokens
+
+    def schedule_steps(self, updates: int, unit: str) -> int:
+        """The length the schedule is built for: the updates, or (unit "tokens") the run's tokens
+        in full-batch steps, so the LR at every token is the planned one whatever the batch."""
+        if unit == "steps":
+            return updates
+        return max(1, round(self.tokens_after(updates) / self.final_tokens))
+
+    def schedule_position(self, step: int, tokens_seen: int, unit: str) -> float:
+        """Where the schedule is read for the update after `step` updates and `tokens_seen` tokens."""
+        return step if unit == "steps" else tokens_seen / self.final_tokens

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sysconfig
 import time
@@ -390,7 +389,3 @@ class Batches:
             # Pinned memory lets the copy run asynchronously while the GPU works on the last batch.
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)
         return chunk[:, :-1], chunk[:, 1:]
-
-
-def steps_for_tokens(tokens: int, tokens_per_step: int) -> int:
-    return max(1, math.ceil(tokens / tokens_per_step))

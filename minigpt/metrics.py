@@ -33,11 +33,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def truncate_metrics(run_dir: Path, step: int) -> int:
     """Keep only records of steps before `step`; return how many were dropped."""
-    path = Path(run_dir) / METRICS_FILE
     records = read_metrics(run_dir)
     kept = [r for r in records if r.get("step", -1) < step]
-    write_atomic(path, "".join(_dumps(r) + "\n" for r in kept))
+    write_metrics(run_dir, kept)
     return len(records) - len(kept)
+
+
+def write_metrics(run_dir: Path, records: list[dict]) -> None:
+    """Replace metrics.jsonl with these records (atomically)."""
+    write_atomic(Path(run_dir) / METRICS_FILE, "".join(_dumps(r) + "\n" for r in records))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -20,7 +20,6 @@ optional spike-skipping mitigation are the only synchronisation points.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -42,7 +41,7 @@ from minigpt.checkpoint import (FIXED_MODEL_KEYS, checkpoint_path, checkpoint_st
 from minigpt.config import Config, parse_count
 from minigpt.data import Batches, prepare_data
 from minigpt.errors import UserError
-from minigpt.metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics, write_atomic, write_summary
+from minigpt.metrics import MetricsLogger, read_metrics, truncate_metrics, write_metrics, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
 from minigpt.optim import build_optimizer, scaled_peak_lr
@@ -219,9 +218,7 @@ class Trainer:
 
         # Schedule: a pure function of the step, checked and drawn before any compute is spent.
         # Counted in tokens, its "step" is tokens seen / tokens of a full batch.
-        self.schedule_steps = self.total_steps
-        if tc.schedule_unit == "tokens":
-            self.schedule_steps = max(1, round(self.batches.tokens_after(self.total_steps) / self.tokens_per_step))
+        self.schedule_steps = self.batches.schedule_steps(self.total_steps, tc.schedule_unit)
         self.schedule = schedules.schedule_from_config(dict(cfg.scheduler), self.schedule_steps, self.tokens_per_step)
         schedules.check_curve(self.schedule)
 
@@ -318,7 +315,7 @@ class Trainer:
 
     def train_step(self) -> None:
         cfg, step = self.cfg, self.step
-        position = step if cfg.trainer.schedule_unit == "steps" else self.tokens_seen / self.tokens_per_step
+        position = self.batches.schedule_position(step, self.tokens_seen, cfg.trainer.schedule_unit)
         lr = self.peak_lr * self.schedule(position)
         beta1 = self.schedule.beta1(position)
         accum = self.batches.accum_at(self.tokens_seen)
@@ -545,7 +542,7 @@ class Trainer:
             self.wandb_id = None
         if self.ddp.is_main and self.branched_from:
             parent = [r for r in read_metrics(parent_dir) if r.get("step", -1) < self.step]
-            write_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in parent))
+            write_metrics(self.run_dir, parent)
             self.say(f"branch: from {path} at step {self.step}, a new run in {self.run_dir} "
                      f"({len(parent)} records of the parent copied)")
         elif self.ddp.is_main:

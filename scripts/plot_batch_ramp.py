@@ -21,14 +21,12 @@ from minigpt.schedules import schedule_from_config
 
 def curve(plan: BatchPlan, total_tokens: int, scheduler: dict, unit: str):
     steps = plan.updates_for(total_tokens)
-    sched_steps = steps if unit == "steps" else max(1, round(plan.tokens_after(steps) / plan.final_tokens))
-    schedule = schedule_from_config(scheduler, sched_steps, plan.final_tokens)
+    schedule = schedule_from_config(scheduler, plan.schedule_steps(steps, unit), plan.final_tokens)
     tokens, batch, lr, seen = [], [], [], 0
     for step in range(steps):
-        position = step if unit == "steps" else seen / plan.final_tokens
         tokens.append(seen)
         batch.append(plan.batch_at(seen))
-        lr.append(schedule(position))
+        lr.append(schedule(plan.schedule_position(step, seen, unit)))
         seen += batch[-1] * plan.block_size
     return tokens, batch, lr, steps
 
