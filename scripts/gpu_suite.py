@@ -56,6 +56,7 @@ class Command:
     name: str
     argv: list[str]
     check: Callable[[], dict] | None = None
+    reserve_s: float = 0.0  # seconds of the stage's budget held back for the commands after this one
 
 
 @dataclass
@@ -192,20 +193,23 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
     sweep = [Command("bench_sweep", python(str(ROOT / "scripts" / "bench_sweep.py"), *sweep_args),
                      check_sweep(sweep_dir / "bench.json", runs))]
 
-    # 4. warmup: the headline cells of the GPU study, then its report
+    # 4. warmup: the headline cells of the GPU study (pre-LN without/with a short warmup at a
+    # high LR, post-LN without/with a long one; 3 seeds each), then the report of what finished
     warm_dir = out / "warmup" / "sweep"
     if dry_run:
-        warm_args = ["-m", "experiment=warmup_divergence", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
-                     "model.block_size=32", "data.max_chars=200000", "data.vocab_size=300", "trainer.device=cpu",
-                     "trainer.micro_batch_size=4", "trainer.max_steps=8", "trainer.eval_interval=4",
-                     "trainer.eval_iters=2", "trainer.compile=false", "optim.lr=1e-3,1e-2",
-                     "scheduler.warmup=0,0.25"]
+        cell = ["experiment=warmup_divergence", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
+                "model.block_size=32", "data.max_chars=200000", "data.vocab_size=300", "trainer.device=cpu",
+                "trainer.micro_batch_size=4", "trainer.max_steps=8", "trainer.eval_interval=4",
+                "trainer.eval_iters=2", "seed=1"]
     else:
-        warm_args = ["-m", "sweep=warmup_divergence_headline"]
-    warmup = [Command("warmup_cells", python(str(ROOT / "train.py"), *warm_args, *data, *quiet,
-                                             f"hydra.sweep.dir={warm_dir}"), check_warmup(warm_dir)),
-              Command("warmup_report", python(str(ROOT / "scripts" / "report.py"), str(warm_dir),
-                                              "--out", str(out / "warmup" / "report")))]
+        cell = ["sweep=warmup_divergence", "seed=1,2,3"]
+    cells = {"pre_ln": ["arch=pre_ln", "optim.lr=1e-2", "scheduler.warmup=0,0.1"],
+             "post_ln": ["arch=post_ln", "optim.lr=1e-3", "scheduler.warmup=0,0.5"]}
+    warmup = [Command(f"warmup_{name}", python(str(ROOT / "train.py"), "-m", *cell, *args, *data, *quiet,
+                                               f"hydra.sweep.dir={warm_dir}"), reserve_s=60)
+              for name, args in cells.items()]
+    warmup.append(Command("warmup_report", python(str(ROOT / "scripts" / "report.py"), str(warm_dir), "--out",
+                                                  str(out / "warmup" / "report")), check_warmup(warm_dir)))
 
     stages = [Stage("smoke", budgets["smoke"], smoke), Stage("bench", budgets["bench"], bench),
               Stage("sweep", budgets["sweep"], sweep),
@@ -274,7 +278,7 @@ def run_stage(stage: Stage, out: Path, deadline: float, env: dict) -> dict:
     stage_deadline = min(start + stage.budget_s, deadline)
     commands = []
     for cmd in stage.commands:
-        left = stage_deadline - time.perf_counter()
+        left = stage_deadline - time.perf_counter() - cmd.reserve_s
         print(f"[{stage.name}] {cmd.name}: {shlex.join(cmd.argv)[:160]} (at most {max(0, left):.0f} s)", flush=True)
         rec = run_command(cmd, left, folder / f"{cmd.name}.log", env)
         print(f"[{stage.name}] {cmd.name}: {rec['status']} in {rec['wall_s']:.1f} s"

@@ -69,6 +69,14 @@ def test_a_stage_past_its_budget_is_killed_and_the_next_stage_runs(tmp_path):
     assert result["stages"]["next"]["status"] == "passed"
 
 
+def test_time_reserved_for_a_later_command_is_kept_for_it(tmp_path):
+    stage = suite.Stage("s", 3.0, [suite.Command("cells", py("import time; time.sleep(30)"), reserve_s=2.0),
+                                   suite.Command("report", py("print('report')"))])
+    out = suite.run_stage(stage, tmp_path, deadline=float("inf"), env=None)
+    assert [c["status"] for c in out["commands"]] == ["timeout", "passed"]
+    assert out["commands"][0]["wall_s"] < 2.5  # cut at the budget less the reserve
+
+
 def test_the_suite_budget_caps_every_stage(tmp_path):
     stages = [suite.Stage("a", 100, [suite.Command("sleeper", py("import time; time.sleep(30)"))]),
               suite.Stage("b", 100, [suite.Command("late", py("print(1)"))])]
@@ -128,6 +136,9 @@ def test_the_real_stages_cover_every_promised_measurement(tmp_path):
     assert "--preset gpt2_small " in bench and "trainer.micro_batch_size=16" in bench
     assert "--compare-logging" in bench and "--preset gpt2_small_fp16" in bench
     assert "--runs 8" in text["sweep"][0] and "--tiny" not in text["sweep"][0]
+    cells = [c for c in text["warmup"] if "train.py" in c]
+    assert len(cells) == 2 and all("sweep=warmup_divergence " in c and "seed=1,2,3" in c for c in cells)
+    assert "scripts/report.py" in text["warmup"][-1]
     # every run's token caches go outside the results folder, which must stay small
     assert all(f"data.cache_dir={tmp_path / 'data'}" in c for cmds in text.values() for c in cmds
                if "train.py" in c or "bench" in c)
