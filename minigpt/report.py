@@ -301,23 +301,20 @@ def architecture(job: Job) -> str:
 
 
 def warmup_steps(job: Job) -> int | None:
-    """The job's warmup in steps, as the schedule converted it (0 for schedules without one)."""
-    sched = job.get("scheduler")
-    total = job.total_steps
-    if not isinstance(sched, Mapping) or total is None:
-        return None
-    from minigpt import schedules
+    """The job's warmup in steps as its trainer built it (0 for schedules without one).
 
-    tokens_per_step = None
-    micro, ctx = job.get("trainer.micro_batch_size"), job.get("model.block_size")
-    if isinstance(micro, int) and isinstance(ctx, int):
-        accum = job.get("trainer.grad_accum") if isinstance(job.get("trainer.grad_accum"), int) else 1
-        tokens_per_step = micro * accum * ctx
+    Read from the run plan in summary.json; a job that never wrote one (it failed before its
+    start) gets the plan rebuilt from its config, on one rank, by the trainer's own code."""
+    plan = (job.summary or {}).get("plan")
+    if isinstance(plan, Mapping) and "warmup_steps" in plan:
+        return int(plan["warmup_steps"])
+    from minigpt.config import config_from_dict
+    from minigpt.plan import RunPlan
+
     try:
-        built = schedules.schedule_from_config(dict(sched), total, tokens_per_step)
+        return RunPlan.build(config_from_dict(job.config)).warmup_steps
     except (UserError, TypeError, ValueError):
         return None
-    return int(getattr(built.params, "warmup", 0) or 0)
 
 
 def warmup_label(steps: int | None, total: int | None) -> str:
