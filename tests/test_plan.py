@@ -8,7 +8,8 @@ import yaml
 
 from minigpt.config import config_from_dict
 from minigpt.plan import RunPlan
-from minigpt.report import find_jobs, warmup_steps
+from minigpt.sweep.jobs import find_jobs
+from minigpt.sweep.statistics import warmup_steps
 from minigpt.trainer import Trainer
 
 # 64 sequences of 128 tokens per update = 8192 tokens; the micro-batch is 16, so 4 accumulation steps.
