@@ -47,7 +47,7 @@ def hydra_main(cfg: DictConfig) -> float:
     from minigpt.metrics import write_summary
     from minigpt.trainer import train
 
-    _ranks_from_submitit()
+    submitit_job = _ranks_from_submitit()
     if int(os.environ.get("RANK", "0")) > 0:
         log.setLevel(logging.WARNING)  # under DDP, rank 0 speaks for all
     hc = HydraConfig.get()
@@ -55,6 +55,10 @@ def hydra_main(cfg: DictConfig) -> float:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        if submitit_job and config.trainer.resume is None:
+            # A requeued job (preempted, or at its time limit) runs the same command again: it
+            # continues from its newest checkpoint; a first attempt finds none and starts at step 0.
+            config.trainer.resume = "auto"
         if multirun and config.logger.group is None and not os.environ.get("WANDB_RUN_GROUP"):
             config.logger.group = Path(hc.sweep.dir).name  # wandb runs of one sweep share a group
         if config.task == "lr_range_test":
@@ -90,11 +94,13 @@ def hydra_main(cfg: DictConfig) -> float:
         if not multirun:  # a sweep records it (summary.json, inf for the sweeper) and goes on
             sys.exit(EXIT_DIVERGED)
     else:
+        signum = signal.Signals[s["reason"].split()[-1]]
+        if submitit_job and signum == signal.SIGUSR2:
+            _requeue(signum, result)  # does not return on the rank that requeues
         overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~") in ("trainer.resume", "hydra.run.dir")]
         command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
         if int(os.environ.get("RANK", "0")) == 0:  # one message, from the rank that saved
             log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
-        signum = signal.Signals[s["reason"].split()[-1]]
         sys.exit(128 + signum)
     return result.final_val_loss
 
@@ -155,17 +161,31 @@ def train_stacked_jobs(jobs: list) -> None:
         sys.exit(128 + signal.Signals[stopped[0].summary["reason"].split()[-1]])
 
 
-def _ranks_from_submitit() -> None:
-    """A job of hydra-submitit-launcher with several tasks (hydra/launcher=slurm with
-    gpus_per_node > 1) runs one task per GPU: make each a DDP rank, with the variables torchrun
-    would set."""
-    if "WORLD_SIZE" in os.environ or not ("SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ):
-        return
+def _ranks_from_submitit() -> bool:
+    """True in a job of hydra-submitit-launcher. One with several tasks (hydra/launcher=slurm
+    with gpus_per_node > 1) runs one task per GPU: make each a DDP rank, with the variables
+    torchrun would set."""
+    if not ("SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ):
+        return False
     import submitit
 
-    if submitit.JobEnvironment().num_tasks > 1:
+    if "WORLD_SIZE" not in os.environ and submitit.JobEnvironment().num_tasks > 1:
         # Each rank picks its GPU from LOCAL_RANK among all the job's GPUs: keep them visible.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
+def _requeue(signum: signal.Signals, result) -> None:
+    """Submitit's checkpoint/requeue protocol: Slurm sends SIGUSR2 before the time limit or a
+    preemption; the trainer has stopped at a step boundary and saved a checkpoint; now submitit's
+    own handler (restored when the trainer returned) resubmits the job with the same arguments and
+    exits. The requeued job runs with trainer.resume=auto and continues from that checkpoint."""
+    handler = signal.getsignal(signum)
+    if not callable(handler):
+        return  # no submitit handler installed: stop like any interrupted run
+    log.warning(f"{result.summary['reason']} at step {result.summary['step']}; checkpoint {result.checkpoint}; "
+                "requeuing the job through submitit, it will continue from that checkpoint")
+    handler(signum, None)
 
 
 def _summary_so_far(run_dir: Path) -> dict:
@@ -185,10 +205,23 @@ def read_command_line(argv: list[str]):
     """Hydra 1.3's command line, read by Hydra's own parser: --config-dir/-cd, --config-path/-cp,
     --config-name/-cn, --cfg, --resolve, --package, --info, --multirun/-m, --shell-completion,
     --help, --hydra-help, --version and the overrides. An unknown flag ends with argparse's usage
-    line and exit status 2, as in any Hydra app."""
+    line and exit status 2, as in any Hydra app. Flags may come between overrides
+    (`a=1 -m b=2`); main() puts the overrides last before Hydra reads the command line again."""
     from hydra._internal.utils import get_args_parser  # what @hydra.main parses sys.argv with
 
-    return get_args_parser().parse_args(argv)
+    return get_args_parser().parse_intermixed_args(argv)
+
+
+def flags_then_overrides(argv: list[str], overrides: list[str]) -> list[str]:
+    """argv with the overrides moved after every flag: Hydra's own parser (argparse.parse_args)
+    reads the overrides as one run of positionals only."""
+    rest, pending = [], list(overrides)
+    for a in argv:
+        if pending and a == pending[0]:
+            pending.pop(0)
+        else:
+            rest.append(a)
+    return rest + list(overrides)
 
 
 def runs_a_job(args) -> bool:
@@ -461,16 +494,15 @@ def _first_line(e: Exception) -> str:
 
 def main() -> None:
     argv = sys.argv[1:]
-    if runs_a_job(read_command_line(argv)):
+    args = read_command_line(argv)
+    extras = []
+    if runs_a_job(args):
         try:
             extras = precheck(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        # Right after the last override: argparse reads the overrides as one run of positionals.
-        overrides = read_command_line(argv).overrides
-        at = max((i for i, a in enumerate(argv) if overrides and a == overrides[-1]), default=len(argv) - 1) + 1
-        sys.argv = [sys.argv[0], *argv[:at], *extras, *argv[at:]]
+    sys.argv = [sys.argv[0], *flags_then_overrides(argv, args.overrides), *extras]
     hydra_main()
     if STACKED:
         train_stacked_jobs(STACKED)
