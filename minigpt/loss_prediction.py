@@ -88,30 +88,18 @@ def schedule_overrides(overrides: list[str]) -> list[str]:
 
 
 def planned_lrs(config) -> np.ndarray:
-    """The LR of each update of the run a (validated) Config describes, as the trainer applies it:
-    the peak after the batch-size rule times the schedule read at each update's position."""
-    from minigpt import schedules
-    from minigpt.batch_ramp import BatchPlan
-    from minigpt.config import parse_count
-    from minigpt.optim import scaled_peak_lr
+    """The LR of each update of the run a (validated) Config describes, as the trainer applies it
+    (minigpt/plan.py: the peak after the batch-size rule times the schedule at each update)."""
+    from minigpt.plan import RunPlan
 
-    tc = config.trainer
-    batches = BatchPlan.from_config(tc, 1, config.model.block_size)
-    if tc.max_steps is not None:
-        total = tc.max_steps
-    elif tc.max_tokens is not None:
-        total = batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
-    else:
+    if config.trainer.max_steps is None and config.trainer.max_tokens is None:
         raise UserError("trainer.epochs: the run length depends on the corpus; give trainer.max_steps=... "
                         "(or trainer.max_tokens) to predict it")
-    schedule = schedules.schedule_from_config(dict(config.scheduler), batches.schedule_steps(total, tc.schedule_unit),
-                                              batches.final_tokens)
-    schedules.check_curve(schedule)
-    peak = scaled_peak_lr(config.optim, batches.final_tokens)
-    lrs, tokens = np.empty(total), 0
-    for step in range(total):
-        lrs[step] = peak * schedule(batches.schedule_position(step, tokens, tc.schedule_unit))
-        tokens += batches.batch_at(tokens) * config.model.block_size
+    plan = RunPlan.build(config)
+    lrs, tokens = np.empty(plan.total_steps), 0
+    for step in range(plan.total_steps):
+        lrs[step] = plan.lr_at(step, tokens)[0]
+        tokens += plan.batches.batch_at(tokens) * config.model.block_size
     return lrs
 
 
@@ -193,35 +181,19 @@ def curve_steps(total: int, points: int = 200) -> np.ndarray:
     return np.unique(np.linspace(1, total, min(points, total)).round().astype(np.int64))
 
 
-def new_figure(title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax_loss.set_title(title, fontsize=10)
-    ax_loss.set_ylabel("validation loss (nats)")
-    ax_lr.set_ylabel("LR")
-    ax_lr.set_xlabel("step (optimizer updates)")
-    return fig, ax_loss, ax_lr
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot_curves(path: Path, title: str, fit: loss_law.Fit, curves: list[tuple[str, np.ndarray, loss_law.Curve | None]],
                 points: int = 200, note: str = "") -> list[dict]:
     """Predicted curves (one per (label, lrs, measured or None)) on one figure, measured points
     beside them; returns per curve the label, steps, predicted final loss, measured final loss
     (nan when not measured at the last step) and the predicted curve."""
-    fig, ax_loss, ax_lr = new_figure(title)
+    from minigpt.plots import new_figure, save_figure
+
+    fig = new_figure(8, 7)
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax_loss.set_title(title, fontsize=10)
+    ax_loss.set_ylabel("validation loss (nats)")
+    ax_lr.set_ylabel("LR")
+    ax_lr.set_xlabel("step (optimizer updates)")
     results, shown = [], []
     for i, (label, lrs, measured) in enumerate(curves):
         steps = curve_steps(len(lrs), points)
@@ -244,5 +216,6 @@ def plot_curves(path: Path, title: str, fit: loss_law.Fit, curves: list[tuple[st
     low, high = float(np.min(shown)), float(np.max(shown))
     ax_loss.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
     ax_loss.legend(fontsize=8, title=note or None, title_fontsize=8)
+    ax_loss.grid(alpha=0.3)
     save_figure(fig, path)
     return results

@@ -23,11 +23,12 @@ import json
 import sys
 from pathlib import Path
 
-from minigpt import loss_law
-from minigpt import loss_prediction as lp
-from minigpt.errors import UserError
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
+
+from minigpt import loss_law  # noqa: E402
+from minigpt import loss_prediction as lp  # noqa: E402
+from minigpt.errors import UserError  # noqa: E402
 
 
 def compose(overrides: list[str]):
@@ -53,19 +54,6 @@ def plan(overrides: list[str]):
     return lp.planned_lrs(compose(overrides))
 
 
-def load_fit(path: Path) -> tuple[loss_law.Fit, dict]:
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"no fit at '{path}'; make one with: python scripts/predict_loss.py fit RUN_DIR ...") from None
-    except ValueError as e:
-        raise UserError(f"'{path}' is not a fit (not JSON: {e})") from None
-    if not isinstance(record, dict) or "law" not in record:
-        raise UserError(f"'{path}' is not a fit written by scripts/predict_loss.py fit (no 'law' key)")
-    return loss_law.Fit.from_dict(record), record
-
-
 def cmd_fit(args) -> int:
     law = loss_law.get_law(args.law)
     runs = [lp.read_run(Path(d), args.target, args.smoothing, args.every) for d in args.run_dirs]
@@ -87,7 +75,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    fitted, record = load_fit(args.fit)
+    fitted, record = loss_law.load_fit(args.fit)
     if not args.scheduler and not args.run:
         raise UserError("nothing to predict: give --scheduler NAME [key=value ...] (repeatable) or --run RUN_DIR")
     base = record.get("overrides", [])
@@ -114,7 +102,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_optimize(args) -> int:
-    fitted, record = load_fit(args.fit)
+    fitted, record = loss_law.load_fit(args.fit)
     base = lp.merge_overrides(record.get("overrides", []), args.overrides)
     reference = plan(base)  # bad overrides end here, before anything is searched or written
     if args.family == "wsd":

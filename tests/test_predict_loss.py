@@ -15,13 +15,26 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from minigpt import loss_law
+from minigpt import loss_law, schedules
 from minigpt import loss_prediction as lp
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.trainer import train
 
 SCRIPT = ROOT / "scripts" / "predict_loss.py"
+
+
+@pytest.fixture(autouse=True)
+def table_schedule_stays_here():
+    """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
+    names registered, so each test here leaves the registry and the module as it found them."""
+    saved = dict(schedules._REGISTRY)
+    loaded = "minigpt.lr_table" in sys.modules
+    yield
+    schedules._REGISTRY.clear()
+    schedules._REGISTRY.update(saved)
+    if not loaded:
+        sys.modules.pop("minigpt.lr_table", None)
 TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "gamma": 0.5}
 
 
@@ -175,3 +188,22 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_the_sweep_report_overlays_predicted_and_measured_curves(tmp_path):
+    from minigpt.sweep.report import write_report
+
+    sweep = tmp_path / "sweep"
+    truths = {}
+    for i, name in enumerate(["cosine_warmup", "wsd"]):
+        lrs = fake_run(sweep / str(i), SHORT + [f"scheduler={name}"], seed=i)
+        (sweep / str(i) / "summary.json").write_text(json.dumps({"status": "completed"}))
+        truths[str(i)] = (loss_law.multi_power_loss(lrs, [200], **TRUE)[0],
+                          lp.read_run(sweep / str(i))[0].losses[-1])
+    fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0.0, 0.0, 0, 0)
+    paths = write_report(sweep, tmp_path / "report", fit=fit)
+    assert paths["predicted"].exists()
+    text = paths["report"].read_text()
+    assert "## Measured against predicted (multi_power law)" in text
+    for job, (predicted, measured) in truths.items():
+        assert f"| {job} | {measured:.4f} | {predicted:.4f} | {predicted - measured:+.4f} |" in text
