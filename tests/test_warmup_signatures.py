@@ -85,3 +85,20 @@ def test_sensitivity_per_seed_and_the_lr_range_note():
     note = lr_range_note(study.lrs)
     assert "0.001, 0.003, 0.01" in note and "0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3" in note
     assert "lacks 0.0003, 0.03, 0.1, 0.3" in note
+
+
+def test_unfinished_runs_show_the_gap_so_far_and_count_for_no_signature():
+    jobs = []
+    for seed in (1, 2, 3):
+        bare, warm = job("pre", 0.01, 0, seed, status="interrupted"), job("pre", 0.01, 10, seed, status="interrupted")
+        bare.records += [{"step": 100, "val/loss": 5.6}, {"step": 200, "val/loss": 5.4}]
+        warm.records += [{"step": 100, "val/loss": 5.3}, {"step": 200, "val/loss": 5.0 + 0.01 * seed}]
+        bare.records += [{"step": 300, "val/loss": 5.2}]  # the warmup twin has not reached step 300
+        jobs += [bare, warm, job("pre", 0.1, 0, seed, 5.0), job("pre", 0.1, 10, seed, 5.0)]
+    study = build_study(jobs)
+    pairs = seed_pairs(study, "pre-LN", 0.01, 10)
+    assert [(p.common_step, round(p.gap_so_far, 3)) for p in pairs] == [(200, 0.39), (200, 0.38), (200, 0.37)]
+    assert all(p.gap is None and not p.lasting_gap for p in pairs)
+    assert signatures(study)[0].holds == []  # a verdict needs finished runs
+    text = "\n".join(signature_tables(study))
+    assert "| pre-LN | 0.01 | 1 | 5.200 at step 300, interrupted | 5.010 at step 200, interrupted | 10: +0.390 at step 200, not finished |" in text

@@ -152,6 +152,10 @@ class Job:
         """Stopped by the monitor's stuck rule (still at the unigram level late in the run)."""
         return self.status == "diverged" and "stuck" in self.reason
 
+    def val_loss_at(self, step: int) -> float | None:
+        values = [finitenumber(r["val/loss"]) for r in self.val_records if r["step"] == step]
+        return values[-1] if values else None
+
     def mean_train_loss(self, first: int, last: int) -> float | None:
         """Mean training loss over steps first..last-1 (inf if any was not finite); None without records."""
         values = [r["train/loss"] for r in self.train_records if first <= r["step"] < last]

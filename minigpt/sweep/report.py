@@ -13,7 +13,8 @@ from minigpt.sweep.figures import (
 )
 from minigpt.sweep.jobs import Job, best_job, find_jobs, job_label, varying_overrides
 from minigpt.sweep.statistics import (
-    AT_UNIGRAM, LASTING_GAP, TRAINS_WELL, Study, build_study, early_window, lr_sensitivity, outcome, pick_high_lr,
+    AT_UNIGRAM, LASTING_GAP, TRAINS_WELL, Study, build_study, early_window, failed_to_train, lr_sensitivity, outcome,
+    pick_high_lr,
     seed_pairs, sensitivity_per_seed, signatures, warmup_label,
 )
 
@@ -167,6 +168,9 @@ def signature_tables(study: Study) -> list[str]:
                     row.append(outcome(p.with_warmup) if p else "–")
                     if p:
                         gap = f"{p.gap:+.3f}" if p.gap is not None else "n/a"
+                        if p.gap is None and p.gap_so_far is not None and not (
+                                failed_to_train(p.no_warmup) or failed_to_train(p.with_warmup)):
+                            gap = f"{p.gap_so_far:+.3f} at step {p.common_step}, not finished"
                         tag = "lasting gap" if p.lasting_gap else ("rescue" if p.rescued else "")
                         verdicts.append(f"{w}: {gap}" + (f" ({tag})" if tag else ""))
                 rows.append(row + ["; ".join(verdicts) or "–"])

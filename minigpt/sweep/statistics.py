@@ -187,7 +187,8 @@ def failed_to_train(job: Job) -> bool:
 
 
 def outcome(job: Job | None) -> str:
-    """'4.512', 'stuck', 'diverged at 37', or the status: what one run ended with, for the tables."""
+    """'4.512', 'stuck', 'diverged at 37', or for a run that has not finished its latest
+    validation loss ('5.012 at step 300, interrupted'): what one run ended with, for the tables."""
     if job is None:
         return "–"
     if job.final_val_loss is not None:
@@ -196,6 +197,9 @@ def outcome(job: Job | None) -> str:
         return "stuck"
     if job.status == "diverged":
         return f"diverged at {job.diverged_step}" if job.diverged_step is not None else "diverged"
+    latest = [r for r in job.val_records if r["step"] > 0]
+    if latest:
+        return f"{latest[-1]['val/loss']:.3f} at step {latest[-1]['step']}, {job.status}"
     return job.status
 
 
@@ -217,6 +221,22 @@ class SeedPair:
         return a - b if a is not None and b is not None else None
 
     @property
+    def common_step(self) -> int | None:
+        """The latest evaluation step after the start that both runs reached (for unfinished runs)."""
+        a = {r["step"] for r in self.no_warmup.val_records}
+        b = {r["step"] for r in self.with_warmup.val_records}
+        return max((s for s in a & b if s > 0), default=None)
+
+    @property
+    def gap_so_far(self) -> float | None:
+        """Validation loss without warmup minus with it at the latest step both reached."""
+        step = self.common_step
+        if step is None:
+            return None
+        a, b = self.no_warmup.val_loss_at(step), self.with_warmup.val_loss_at(step)
+        return a - b if a is not None and b is not None else None
+
+    @property
     def lasting_gap(self) -> bool:
         """Warmup trains well, and no warmup ends >= LASTING_GAP nats worse, or diverges or sticks."""
         if not trains_well(self.with_warmup):
@@ -234,9 +254,9 @@ def seed_pairs(study: Study, arch: str, lr: float, warmup: int) -> list[SeedPair
     bare, warm = study.cells.get((arch, 0, lr)), study.cells.get((arch, warmup, lr))
     if bare is None or warm is None:
         return []
-    by_seed = {str(j.get("seed")): j for j in warm.jobs if j.status in ("completed", "diverged")}
+    by_seed = {str(j.get("seed")): j for j in warm.jobs if j.status != "failed"}
     pairs = [SeedPair(arch, lr, warmup, str(j.get("seed")), j, by_seed[str(j.get("seed"))])
-             for j in bare.jobs if j.status in ("completed", "diverged") and str(j.get("seed")) in by_seed]
+             for j in bare.jobs if j.status != "failed" and str(j.get("seed")) in by_seed]
     return sorted(pairs, key=lambda p: p.seed)
 
 
