@@ -86,6 +86,11 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1  # applied to matrices (and embeddings) only
+    # coupled: each step multiplies the weights by 1 - lr_t * weight_decay (torch's AdamW).
+    # independent: by 1 - s_t * weight_decay, s_t = lr_t / peak LR the schedule's multiplier, so
+    # the decay does not grow or shrink with the peak LR (Loshchilov & Hutter's decoupled form as
+    # Wortsman et al. 2023 use it; there weight_decay is a per-step rate such as 1e-4).
+    weight_decay_mode: Literal["coupled", "independent"] = "coupled"
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     fused: Literal["auto", "on", "off"] = "auto"  # fused AdamW kernel: auto = on CUDA
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
@@ -97,6 +102,10 @@ class OptimConfig:
             _check(0 <= getattr(self, key) < 1, f"optim.{key}", "must be in [0, 1)", getattr(self, key))
         _check(self.eps > 0, "optim.eps", "must be > 0", self.eps)
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        if self.weight_decay_mode == "independent":
+            _check(self.weight_decay < 1, "optim.weight_decay",
+                   "must be < 1 with optim.weight_decay_mode=independent (it is the fraction of each weight "
+                   "removed per step at the peak LR, e.g. 1e-4)", self.weight_decay)
         _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)", self.grad_clip)
         if self.lr_scaling != "none" and not self.reference_batch_tokens:
             raise UserError(
@@ -194,12 +203,15 @@ class MonitorConfig:
     spike_score_window: int = 1000
     spike_score_k: float = 7.0
     # Divergence: non-finite loss; or loss above loss_limit (null: the initial loss) for
-    # patience consecutive steps; or, after stuck_after of the run, loss still within
-    # stuck_margin nats of the unigram entropy of the validation tokens.
+    # patience consecutive steps; or stuck: the 20-step mean loss is at or above the unigram
+    # entropy of the validation tokens minus stuck_margin and has dropped less than
+    # stuck_min_drop nats over the last stuck_window steps (judged from stuck_after of the run on).
     loss_limit: Optional[float] = None
     patience: int = 50
-    stuck_after: float = 0.5  # fraction of the run; 0 turns the check off
+    stuck_after: float = 0.1  # fraction of the run before which nobody is called stuck; 0 turns the check off
     stuck_margin: float = 0.1
+    stuck_window: int = 100  # steps over which a stuck run fails to improve; 0 turns the check off
+    stuck_min_drop: float = 0.05  # nats the 20-step mean loss must fall over stuck_window steps
     stop_on_divergence: bool = True
     # Mitigation, off by default: skip the update on a loss or gradient-norm spike above skip_k
     # standard deviations (it reads the loss on the host every step: a GPU sync).
@@ -209,6 +221,12 @@ class MonitorConfig:
     update_ratio: bool = False  # ||update|| / ||weights|| per step
     max_attn_logit: bool = False  # largest pre-softmax attention logit of the step's last micro-batch
     logz: bool = False  # mean log-partition of the output softmax
+    # Top eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N steps
+    # (minigpt/sharpness.py); null: off. Each measurement costs about 2 + 2 x sharpness_iters
+    # forward/backward passes of one micro-batch.
+    sharpness_every: Optional[int] = None
+    sharpness_iters: int = 8  # power-iteration steps per measurement
+    sharpness_until: Optional[int] = None  # measure only before this step (null: the whole run)
 
     def validate(self):
         _check(self.spike_k > 0, "monitor.spike_k", "must be > 0", self.spike_k)
@@ -220,17 +238,32 @@ class MonitorConfig:
         _check(self.patience >= 1, "monitor.patience", "must be >= 1", self.patience)
         _check(0 <= self.stuck_after <= 1, "monitor.stuck_after", "must be in [0, 1] (0 turns it off)",
                self.stuck_after)
+        _check(self.stuck_window >= 0, "monitor.stuck_window", "must be >= 0 (0 turns the stuck check off)",
+               self.stuck_window)
+        _check(self.stuck_min_drop >= 0, "monitor.stuck_min_drop", "must be >= 0 (nats)", self.stuck_min_drop)
         _check(self.skip_k > 0, "monitor.skip_k", "must be > 0", self.skip_k)
+        if self.sharpness_every is not None:
+            _check(self.sharpness_every >= 1, "monitor.sharpness_every",
+                   "must be a positive number of steps (or null to turn it off)", self.sharpness_every)
+        _check(self.sharpness_iters >= 1, "monitor.sharpness_iters", "must be >= 1", self.sharpness_iters)
+        if self.sharpness_until is not None:
+            _check(self.sharpness_until >= 1, "monitor.sharpness_until", "must be >= 1 (or null: the whole run)",
+                   self.sharpness_until)
 
 
 @dataclass
 class LoggerConfig:
+    # wandb settings. Unset (null) ones come from wandb's environment variables when those are
+    # set (WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE, WANDB_RUN_GROUP, WANDB_TAGS, WANDB_DIR), else
+    # from the defaults in the comments: a value given in the config or on the command line wins
+    # over the environment, and the environment over the defaults (metrics.wandb_settings).
     wandb: bool = False
-    project: str = "minigpt"
-    entity: Optional[str] = None
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    group: Optional[str] = None  # runs of one sweep share a group
-    tags: list[str] = field(default_factory=list)
+    project: Optional[str] = None  # default: minigpt
+    entity: Optional[str] = None  # default: wandb's (your default entity)
+    mode: Optional[Literal["offline", "online", "disabled"]] = None  # default: offline
+    group: Optional[str] = None  # default: a sweep's runs share the sweep directory's name
+    tags: Optional[list[str]] = None  # default: none
+    dir: Optional[str] = None  # where wandb/ goes; default: the run directory
 
 
 @dataclass

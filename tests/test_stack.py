@@ -105,6 +105,7 @@ def test_runs_of_different_shapes_go_to_different_stacks(make_config):
     ({"trainer__compile": True}, "trainer.compile"),
     ({"monitor__skip_spikes": True}, "monitor.skip_spikes"),
     ({"monitor__max_attn_logit": True}, "monitor.max_attn_logit"),
+    ({"monitor__sharpness_every": 5}, "monitor.sharpness_every"),
 ])
 def test_unsupported_options_are_refused_before_anything_runs(make_config, tmp_path, override, name):
     with pytest.raises(UserError, match=name.replace(".", r"\.")):
@@ -186,6 +187,10 @@ def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(tmp_path)
     line = one_line_error(run_train(["-m", "hydra/launcher=stacked", "optim.lr=1e-3,2e-3", "trainer.compile=true",
                                      f"hydra.sweep.dir={tmp_path}/s"]))
     assert "trainer.compile is not supported for stacked runs" in line
+    assert not (tmp_path / "s").exists()
+    line = one_line_error(run_train(["-m", "hydra/launcher=stacked", "optim.lr=1e-3,2e-3", "monitor.sharpness_every=5",
+                                     f"hydra.sweep.dir={tmp_path}/s"]))
+    assert "monitor.sharpness_every is not supported for stacked runs" in line
     assert not (tmp_path / "s").exists()
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     line = one_line_error(run_train(["sweep=optuna", "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}/s"]))
