@@ -29,6 +29,9 @@ class ByteTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_arrays(self, texts: list[str], dtype) -> list[np.ndarray]:
+        return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(dtype) for t in texts]
+
     def decode(self, ids: Iterable[int]) -> str:
         data = bytes(i for i in ids if i < 256)
         return data.decode("utf-8", errors="replace")
@@ -72,6 +75,10 @@ class BPETokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts)]
+
+    def encode_arrays(self, texts: list[str], dtype) -> list[np.ndarray]:
+        """Ids of many texts at once, on all cores (the tokenizer's own thread pool)."""
+        return [np.array(e.ids, dtype=dtype) for e in self._tok.encode_batch_fast(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from minigpt.config import DataConfig
-from minigpt.data import (Batches, Document, cache_key, load_documents, prepare_data, split_documents,
-                          stdlib_documents, unigram_entropy)
+from minigpt.corpus import Document, load_documents, stdlib_documents
+from minigpt.data import (Batches, cache_key, prepare_data, split_documents,
+                          unigram_entropy)
 from minigpt.errors import UserError
 from minigpt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
@@ -179,13 +180,32 @@ def test_batches_are_reproducible_and_sliced_from_one_global_batch():
     assert x.dtype == torch.int64 and x.shape == (8, 8)
 
 
-def test_cache_key_depends_on_text_and_settings():
-    docs = [Document("a", "hello"), Document("b", "world")]
-    base = cache_key(docs, DataConfig())
-    assert cache_key(docs, DataConfig()) == base
-    assert cache_key([Document("a", "hellO"), docs[1]], DataConfig()) != base
-    assert cache_key(docs, DataConfig(vocab_size=5000)) != base
-    assert cache_key(docs, DataConfig(tokenizer="byte")) != base
+def test_cache_key_comes_from_file_stats_and_settings_or_from_content(tmp_path):
+    import os
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello\n")
+    (folder / "b.txt").write_text("world\n")
+    cfg = DataConfig(source="files", paths=[str(folder)])
+    content = DataConfig(source="files", paths=[str(folder)], cache_key="content")
+    base, base_content = cache_key(cfg), cache_key(content)
+    assert cache_key(cfg) == base and base_content != base
+    # Settings that decide the tokens change the key.
+    for changed in (dict(vocab_size=5000), dict(tokenizer="byte"), dict(split_seed=1), dict(max_chars=3),
+                    dict(tokenizer_train_chars=10)):
+        assert cache_key(DataConfig(source="files", paths=[str(folder)], **changed)) != base, changed
+    # The same text rewritten (a new modification time): a new stat key, the same content key.
+    os.utime(folder / "a.txt", ns=(1, 1))
+    assert cache_key(cfg) != base and cache_key(content) == base_content
+    stat_after_touch = cache_key(cfg)
+    # A changed size changes both; so does a changed text of the same size under the content key.
+    (folder / "a.txt").write_text("hellO\n")
+    os.utime(folder / "a.txt", ns=(1, 1))
+    assert cache_key(cfg) == stat_after_touch  # same name, size and time: the cheap key cannot see it
+    assert cache_key(content) != base_content
+    (folder / "b.txt").write_text("world, longer\n")
+    assert cache_key(cfg) != stat_after_touch
 
 
 def test_split_is_stratified_by_folder():
