@@ -314,20 +314,14 @@ def _explain_compose_error(e, overrides, compose) -> str:
 
 def _check_config(cfg: DictConfig) -> None:
     """Typed validation, the schedule, the device and the output folder: all before any run."""
-    from minigpt import schedules
-    from minigpt.batch_ramp import BatchPlan
-    from minigpt.config import config_from_dict, parse_count
+    from minigpt.config import config_from_dict
+    from minigpt.plan import RunPlan
 
     task = {k: v for k, v in cfg.items() if k != "hydra"}
     config = config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
     tc = config.trainer
-    batches = BatchPlan.from_config(tc, int(os.environ.get("WORLD_SIZE", "1")), config.model.block_size)
-    total = tc.max_steps
-    if tc.max_tokens is not None:
-        total = batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
-    if total is not None:  # with epochs, the length is known only once the data is
-        total = batches.schedule_steps(total, tc.schedule_unit)
-        schedules.check_curve(schedules.schedule_from_config(dict(config.scheduler), total, batches.final_tokens))
+    if tc.epochs is None:  # with epochs, the length is known only once the data is
+        RunPlan.build(config, int(os.environ.get("WORLD_SIZE", "1")))
     if config.data.source == "files":
         for p in config.data.paths:
             if not Path(p).expanduser().exists():

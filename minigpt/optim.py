@@ -1,8 +1,6 @@
-"""AdamW with weight decay on matrices only, and the global-batch LR scaling rule."""
+"""AdamW with weight decay on matrices only (the global-batch LR scaling rule is in minigpt/plan.py)."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -24,15 +22,3 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.devi
     ]
     fused = cfg.fused == "on" or (cfg.fused == "auto" and device.type == "cuda")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused)
-
-
-def scaled_peak_lr(cfg: OptimConfig, batch_tokens: int) -> float:
-    """The peak LR after the batch-size scaling rule: lr * (B / B_ref) or lr * sqrt(B / B_ref).
-
-    B is the global batch in tokens (micro-batch x accumulation x ranks x context), so changing
-    the number of ranks or the accumulation at a fixed global batch leaves the LR unchanged.
-    """
-    if cfg.lr_scaling == "none":
-        return cfg.lr
-    ratio = batch_tokens / cfg.reference_batch_tokens
-    return cfg.lr * (ratio if cfg.lr_scaling == "linear" else math.sqrt(ratio))

@@ -134,9 +134,9 @@ class StackedRuns:
         self.beta2, self.eps = column([o.beta2 for o in optims]), column([o.eps for o in optims])
         self.weight_decay = column([o.weight_decay for o in optims])
         self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
-        self.lrs = [[r.peak_lr * r.schedule(t) for t in range(self.total_steps)] for r in self.runs]
-        self.beta1s = [[b if (b := r.schedule.beta1(t)) is not None else r.cfg.optim.beta1
-                        for t in range(self.total_steps)] for r in self.runs]
+        plans = [[r.plan.lr_at(t) for t in range(self.total_steps)] for r in self.runs]  # stacks count in steps
+        self.lrs = [[lr for lr, _ in plan] for plan in plans]
+        self.beta1s = [[b if b is not None else r.cfg.optim.beta1 for _, b in plan] for r, plan in zip(self.runs, plans)]
         self.lr_table, self.beta1_table = column(self.lrs).T.contiguous(), column(self.beta1s).T.contiguous()
 
         with torch.device("meta"):  # the model's code, without weights: functional_call supplies them
@@ -219,7 +219,7 @@ class StackedRuns:
         for k, i in enumerate(self.active):
             r = self.runs[i]
             r.tokens_seen += r.tokens_per_step
-            beta1 = r.schedule.beta1(step)
+            beta1 = r.plan.lr_at(step)[1]
             r.pending.append(_Pending(step, self.lrs[i][step], beta1, r.tokens_seen, r.global_batch, False, seconds,
                                       events))
             r.pending_values.append(values[k])

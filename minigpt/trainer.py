@@ -33,19 +33,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minigpt import schedules
-from minigpt.batch_ramp import BatchPlan
 from minigpt.checkpoint import (FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step, latest_checkpoint,
                                 list_checkpoints, load_checkpoint, prune_checkpoints, resume_config_changes,
                                 save_checkpoint)
-from minigpt.config import Config, parse_count
+from minigpt.config import Config
 from minigpt.data import Batches, prepare_data
 from minigpt.errors import UserError
 from minigpt.metrics import MetricsLogger, read_metrics, truncate_metrics, write_metrics, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
-from minigpt.optim import build_optimizer, scaled_peak_lr
+from minigpt.optim import build_optimizer
 from minigpt.perf import flops_per_token, peak_flops
+from minigpt.plan import RunPlan
 
 log = logging.getLogger("minigpt")
 
@@ -202,25 +201,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
-        # Run length, in optimizer steps. The batch of an update is a function of the tokens seen
-        # before it: the full global batch, or less during a batch-size ramp.
-        self.batches = BatchPlan.from_config(tc, self.ddp.world_size, mc.block_size)
-        self.grad_accum = self.batches.final // self.batches.quantum  # at the full batch
-        self.global_batch = self.batches.final  # sequences
-        self.tokens_per_step = self.batches.final_tokens
-        if tc.max_steps is not None:
-            self.total_steps = tc.max_steps
-        elif tc.max_tokens is not None:
-            self.total_steps = self.batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
-        else:
-            self.total_steps = self.batches.updates_for(int(tc.epochs * meta["train_tokens"]))
-        self.peak_lr = scaled_peak_lr(cfg.optim, self.tokens_per_step)
-
-        # Schedule: a pure function of the step, checked and drawn before any compute is spent.
-        # Counted in tokens, its "step" is tokens seen / tokens of a full batch.
-        self.schedule_steps = self.batches.schedule_steps(self.total_steps, tc.schedule_unit)
-        self.schedule = schedules.schedule_from_config(dict(cfg.scheduler), self.schedule_steps, self.tokens_per_step)
-        schedules.check_curve(self.schedule)
+        # The run plan (batch, length, schedule, peak LR), checked before any compute is spent.
+        self.plan = RunPlan.build(cfg, self.ddp.world_size, meta["train_tokens"])
+        self.batches, self.total_steps, self.schedule = self.plan.batches, self.plan.total_steps, self.plan.schedule
+        self.grad_accum, self.global_batch = self.plan.grad_accum, self.plan.global_batch
+        self.tokens_per_step, self.peak_lr = self.plan.tokens_per_step, self.plan.peak_lr
 
         self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
         self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
@@ -315,9 +300,7 @@ class Trainer:
 
     def train_step(self) -> None:
         cfg, step = self.cfg, self.step
-        position = self.batches.schedule_position(step, self.tokens_seen, cfg.trainer.schedule_unit)
-        lr = self.peak_lr * self.schedule(position)
-        beta1 = self.schedule.beta1(position)
+        lr, beta1 = self.plan.lr_at(step, self.tokens_seen)
         accum = self.batches.accum_at(self.tokens_seen)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -605,8 +588,6 @@ class Trainer:
 
     def _announce(self) -> None:
         cfg, meta = self.cfg, self.data.meta
-        total_tokens = self.batches.tokens_after(self.total_steps)
-        epochs = total_tokens / max(1, meta["train_tokens"])
         self.say(f"device: {self.device}, precision {self.precision}, "
                  f"{self.ddp.world_size} rank(s), compile {'on' if cfg.trainer.compile else 'off'}")
         self.say(f"model: {self.model.num_params():,} parameters (without position embeddings), "
@@ -614,21 +595,8 @@ class Trainer:
                  f"context {cfg.model.block_size}, vocabulary {self.model_config.vocab_size} "
                  f"(padded to {self.model_config.padded_vocab_size}), {cfg.model.norm_position}-LN"
                  + (", QK-layernorm" if cfg.model.qk_layernorm else "") + (f", z-loss {cfg.model.z_loss}" if cfg.model.z_loss else ""))
-        self.say(f"run: {self.total_steps} steps x {'up to ' if self.batches.ramp_tokens else ''}{self.tokens_per_step:,} tokens "
-                 f"({cfg.trainer.micro_batch_size} x {self.grad_accum} accumulation x {self.ddp.world_size} ranks "
-                 f"x {cfg.model.block_size}) = {total_tokens:,} tokens, {epochs:.2f} epochs"
-                 + (" (with the batch ramp)" if self.batches.ramp_tokens else ""))
-        if self.batches.ramp_tokens:
-            self.say(f"batch ramp: {self.batches.start} -> {self.batches.final} sequences over the first "
-                     f"{self.batches.ramp_tokens:,} tokens, then {self.batches.final} per update; "
-                     f"schedule counted in {cfg.trainer.schedule_unit} ({self.schedule_steps} full-batch steps)"
-                     if cfg.trainer.schedule_unit == "tokens" else
-                     f"batch ramp: {self.batches.start} -> {self.batches.final} sequences over the first "
-                     f"{self.batches.ramp_tokens:,} tokens; schedule counted in updates")
-        if cfg.optim.lr_scaling != "none":
-            self.say(f"lr: configured {cfg.optim.lr:g}, effective peak {self.peak_lr:g} "
-                     f"({cfg.optim.lr_scaling} scaling to {self.tokens_per_step:,} tokens per batch)")
-        self.say("schedule: " + self.schedule.summary_line(self.peak_lr))
+        for line in self.plan.lines(cfg.trainer.micro_batch_size, self.ddp.world_size, meta["train_tokens"]):
+            self.say(line)
         if self.ddp.is_main:
             from minigpt.plots import plot_schedule_curve
 
@@ -659,6 +627,7 @@ class Trainer:
             "peak_lr": self.peak_lr,
             "configured_lr": self.cfg.optim.lr,
             "schedule": self.schedule.name,
+            "plan": self.plan.describe(),
             "wall_time_s": round(wall, 2),
             "train_time_s": round(train_seconds, 2),
             "tok_per_s": round(self.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
