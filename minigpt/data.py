@@ -373,8 +373,9 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
     dtype = token_dtype(tokenizer.vocab_size)
     counts = _write_tokens(plan_parts(cfg, found, val, single_cut), tokenizer, cache, dtype, found.characters, progress)
     tokenize_s = time.time() - t
+    engine = "tiktoken" if getattr(tokenizer, "uses_tiktoken", False) else tokenizer.kind == "bpe" and "tokenizers"
     log(f"data: tokenized {found.characters:,} characters in {tokenize_s:.1f}s "
-        f"({found.characters / max(tokenize_s, 1e-9) / 1e6:.2f}M characters/s)")
+        f"({found.characters / max(tokenize_s, 1e-9) / 1e6:.2f}M characters/s)" + (f" with {engine}" if engine else ""))
     val_counts = counts.pop("val_unigrams")
     meta = dict(
         format=CACHE_FORMAT,
@@ -416,9 +417,12 @@ def _write_tokens(parts: Iterator[Part], tokenizer, cache: Path, dtype, total_ch
             batch: list[tuple[str, str | None]] = []  # (split, text); None marks an end-of-text
             batch_chars = 0
 
+            first = [True]
+
             def flush():
                 texts = [text for _, text in batch if text is not None]
-                encoded = iter(tokenizer.encode_arrays(texts, dtype))
+                encoded = iter(tokenizer.encode_arrays(texts, dtype, check=first[0]))  # see encode_arrays
+                first[0] = False
                 out = {"train": [], "val": []}
                 for split, text in batch:
                     out[split].append(eot if text is None else next(encoded))

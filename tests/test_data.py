@@ -271,11 +271,11 @@ def test_interrupted_preparation_leaves_no_cache_that_is_used(tmp_path, monkeypa
     cfg = DataConfig(max_chars=100_000, vocab_size=300, cache_dir=str(tmp_path))
     calls = []
 
-    def fail_on_second_batch(self, texts, dtype):
+    def fail_on_second_batch(self, texts, dtype, check=False):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, texts, dtype)
+        return real(self, texts, dtype, check)
 
     import minigpt.data
 
