@@ -64,7 +64,7 @@ class DataConfig:
     cache_dir: str = "data"  # token caches and tokenizers, one subdirectory per key
     # BPE: characters of the training split the tokenizer learns from (the same share of every
     # training document); the whole split when it is smaller. docs/performance.md measures it.
-    tokenizer_train_chars: int = 50_000_000
+    tokenizer_train_chars: int = 20_000_000
     # What names a corpus' cache: stat = every file's name, size and modification time (cheap);
     # content = a hash of all its text (reads the whole corpus at every start)
     cache_key: Literal["stat", "content"] = "stat"

@@ -346,8 +346,8 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
     log(f"data: {n} documents ({found.characters:,} characters, read in {read_s:.1f}s): "
         f"{n_train} for training, {n_val} for validation")
 
+    t = time.time()
     if cfg.tokenizer == "bpe":
-        t = time.time()
         share = min(1.0, cfg.tokenizer_train_chars / max(train_chars, 1))
         sample_chars = [0]
 
@@ -368,6 +368,7 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
     else:
         tokenizer, sample_chars = ByteTokenizer(), [0]
     _atomic_write(cache / "tokenizer.json", lambda p: tokenizer.save(p))
+    tokenizer_s = time.time() - t
 
     t = time.time()
     dtype = token_dtype(tokenizer.vocab_size)
@@ -394,6 +395,7 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
         cache_key=cfg.cache_key,
         unigram_entropy_val=_entropy_of_counts(val_counts),
         seconds=round(time.time() - t0, 2),
+        stage_seconds=dict(read=round(read_s, 2), tokenizer=round(tokenizer_s, 2), tokenize=round(tokenize_s, 2)),
     )
     _atomic_write(cache / "meta.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     log(f"data: wrote token cache {cache}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
