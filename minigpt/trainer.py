@@ -43,6 +43,7 @@ from minigpt.metrics import MetricsLogger, read_metrics, truncate_metrics, write
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
 from minigpt.optim import build_optimizer
+from minigpt.sharpness import SharpnessProbe, stability_threshold
 from minigpt.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 
@@ -197,7 +198,6 @@ class Trainer:
             self.step_model = DistributedDataParallel(
                 self.step_model, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None
             )
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
@@ -206,11 +206,17 @@ class Trainer:
         self.batches, self.total_steps, self.schedule = self.plan.batches, self.plan.total_steps, self.plan.schedule
         self.grad_accum, self.global_batch = self.plan.grad_accum, self.plan.global_batch
         self.tokens_per_step, self.peak_lr = self.plan.tokens_per_step, self.plan.peak_lr
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.peak_lr)
 
         self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
         self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
                                    "validation")
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        self.sharpness = None
+        if cfg.monitor.sharpness_every:
+            # One fixed training batch (that of step 0) for every measurement.
+            self.sharpness = SharpnessProbe(cfg.monitor.sharpness_every, cfg.monitor.sharpness_iters,
+                                            self.train_batches.train_batch(0, 0), seed=cfg.seed)
         self.flops_per_token = flops_per_token(self.model.num_params(), mc.n_layer, mc.n_embd, mc.block_size)
         self.peak_flops = peak_flops(self.device)
         self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
@@ -230,7 +236,7 @@ class Trainer:
         if self.scaler is not None:
             self.fields.append("scaler_skipped")
         for name, on in (("update_ratio", cfg.monitor.update_ratio), ("max_attn_logit", cfg.monitor.max_attn_logit),
-                         ("logz", cfg.monitor.logz)):
+                         ("logz", cfg.monitor.logz), ("sharpness", self.sharpness is not None)):
             if on:
                 self.fields.append(name)
         self.pending: list[_Pending] = []
@@ -362,6 +368,9 @@ class Trainer:
             extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in self.model.transformer.h]).max()
         if cfg.monitor.logz:
             extras["logz"] = self.model.logz_mean.float()
+        if self.sharpness is not None:  # after the update, with the preconditioner it used
+            value = self.sharpness.measure(self.model, self.optimizer) if self.sharpness.due(step) else math.nan
+            extras["sharpness"] = torch.tensor(value, device=self.device)
 
         values = [loss_mean, loss_max, grad_norm] + [extras[f] for f in self.fields[3:]]
         self.pending_values.append(torch.stack([v.reshape(()) for v in values]))
@@ -445,6 +454,10 @@ class Trainer:
             for name in ("update_ratio", "max_attn_logit", "logz"):
                 if name in values:
                     record[f"train/{name}"] = values[name]
+            if self.sharpness is not None and self.sharpness.due(p.step):
+                record["train/sharpness"] = values["sharpness"]
+                record["train/sharpness_threshold"] = stability_threshold(
+                    p.lr, p.beta1 if p.beta1 is not None else self.cfg.optim.beta1)
             if p.step in self.val_at:
                 record["val/loss"] = self.val_at[p.step]
                 self.val_history.append((p.step, self.val_at.pop(p.step)))
