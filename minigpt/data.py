@@ -255,18 +255,19 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
                             "set data.cache_dir to a writable folder") from None
         cache = root / f"{cfg.name}-{key}"
         with FileLock(str(root / f".{cfg.name}-{key}.lock")):  # parallel jobs of a sweep share caches
-            meta, problem = check_cache(cache)
+            meta, tokenizer, problem = check_cache(cache)
             if meta is not None:
                 log(f"data: reusing token cache {cache} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
             else:
                 if cache.exists():
                     log(f"data: token cache {cache} {problem}; rebuilding it")
                 meta = _build_cache(cfg, cache, log, progress)
+                tokenizer = load_tokenizer(cache / "tokenizer.json")
     dtype = np.dtype(meta["dtype"])
     return TokenData(
         train=np.memmap(cache / "train.bin", dtype=dtype, mode="r"),
         val=np.memmap(cache / "val.bin", dtype=dtype, mode="r"),
-        tokenizer=load_tokenizer(cache / "tokenizer.json"),
+        tokenizer=tokenizer,
         meta=meta,
         cache_dir=cache,
     )
@@ -289,37 +290,45 @@ def _datasets_progress(show: bool | None):
             datasets.enable_progress_bars()
 
 
-def check_cache(cache: Path) -> tuple[dict | None, str]:
-    """(meta, "") for a whole and sound cache, else (None, what is wrong with it).
+def check_cache(cache: Path) -> tuple[dict | None, BPETokenizer | ByteTokenizer | None, str]:
+    """(meta, tokenizer, "") for a whole and sound cache, else (None, None, what is wrong).
 
     Cheap enough for every start: file sizes against meta.json, the tokenizer parses and has
-    the recorded vocabulary, and every id is inside it (one pass over the memory-mapped ids)."""
+    the recorded vocabulary, and every id is inside it. The ids are scanned (one pass over the
+    memory-mapped file) only when a token file's size or modification time differs from what
+    the preparation recorded, so a cache nobody touched starts in constant time."""
     try:
         meta = json.loads((cache / "meta.json").read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
         if meta.get("format") != CACHE_FORMAT:
-            return None, f"has format {meta.get('format')}, not {CACHE_FORMAT}"
+            return None, None, f"has format {meta.get('format')}, not {CACHE_FORMAT}"
         for split in ("train", "val"):
             if (cache / f"{split}.bin").stat().st_size != meta[f"{split}_tokens"] * itemsize:
-                return None, "is incomplete (an interrupted preparation?)"
+                return None, None, "is incomplete (an interrupted preparation?)"
         if not (cache / "tokenizer.json").is_file():
-            return None, "is incomplete (an interrupted preparation?)"
+            return None, None, "is incomplete (an interrupted preparation?)"
     except (OSError, ValueError, KeyError, TypeError):
-        return None, "is incomplete (an interrupted preparation?)"
+        return None, None, "is incomplete (an interrupted preparation?)"
     try:
-        vocab_size = load_tokenizer(cache / "tokenizer.json").vocab_size
+        tokenizer = load_tokenizer(cache / "tokenizer.json")
     except Exception as e:
-        return None, f"is damaged: its tokenizer.json does not load ({type(e).__name__})"
-    if vocab_size != meta["vocab_size"]:
-        return None, f"is damaged: its tokenizer has {vocab_size} tokens, meta.json says {meta['vocab_size']}"
+        return None, None, f"is damaged: its tokenizer.json does not load ({type(e).__name__})"
+    if tokenizer.vocab_size != meta["vocab_size"]:
+        return None, None, f"is damaged: its tokenizer has {tokenizer.vocab_size} tokens, meta.json says {meta['vocab_size']}"
     for split in ("train", "val"):
-        if not meta[f"{split}_tokens"]:
+        path = cache / f"{split}.bin"
+        if not meta[f"{split}_tokens"] or meta.get("files", {}).get(path.name) == _file_stamp(path):
             continue
-        ids = np.memmap(cache / f"{split}.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+        ids = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
         top = max(int(ids[i:i + SCAN_TOKENS].max()) for i in range(0, len(ids), SCAN_TOKENS))
-        if top >= vocab_size:
-            return None, f"is damaged: {split}.bin holds id {top}, outside the vocabulary of {vocab_size}"
-    return meta, ""
+        if top >= tokenizer.vocab_size:
+            return None, None, f"is damaged: {split}.bin holds id {top}, outside the vocabulary of {tokenizer.vocab_size}"
+    return meta, tokenizer, ""
+
+
+def _file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
@@ -395,6 +404,7 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
         cache_key=cfg.cache_key,
         unigram_entropy_val=_entropy_of_counts(val_counts),
         seconds=round(time.time() - t0, 2),
+        files={name: _file_stamp(cache / name) for name in ("train.bin", "val.bin")},  # see check_cache
         stage_seconds=dict(read=round(read_s, 2), tokenizer=round(tokenizer_s, 2), tokenize=round(tokenize_s, 2)),
     )
     _atomic_write(cache / "meta.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))

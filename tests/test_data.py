@@ -294,14 +294,18 @@ def test_interrupted_preparation_leaves_no_cache_that_is_used(tmp_path, monkeypa
 
 
 def test_damaged_cache_is_found_on_load_and_rebuilt(tmp_path):
+    import os
+
     cfg = DataConfig(max_chars=60_000, vocab_size=300, cache_dir=str(tmp_path))
     first = prepare_data(cfg, log=quiet, progress=False)
     good = np.asarray(first.train).copy()
     # An id outside the vocabulary (the file keeps its size): found and rebuilt, not an IndexError at step 0.
-    ids = np.memmap(first.cache_dir / "train.bin", dtype=np.uint16, mode="r+")
-    ids[len(ids) // 2] = 65000
-    ids.flush()
-    del ids
+    path = first.cache_dir / "train.bin"
+    with open(path, "r+b") as f:
+        f.seek(len(good) // 2 * 2)
+        f.write(np.array([65000], dtype=np.uint16).tobytes())
+    stamp = path.stat().st_mtime_ns
+    os.utime(path, ns=(stamp, stamp + 10**9))  # a clock coarser than this test must not hide the edit
     messages = []
     again = prepare_data(cfg, log=messages.append, progress=False)
     assert any("damaged" in m and "65000" in m and "rebuilding" in m for m in messages), messages
