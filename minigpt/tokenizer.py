@@ -88,7 +88,7 @@ class BPETokenizer:
         lowest id) equals BPE's (apply the earliest learned merge) whenever ids follow merge
         order, as they do here, except where a token can be joined from two different pairs;
         check=True encodes with both and keeps `tokenizers` for good if they ever differ."""
-        fast = self._tiktoken()
+        fast = self.tiktoken_encoding()
         if fast is not None:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             ids = fast.encode_ordinary_batch(texts, num_threads=threads or 1)
@@ -98,10 +98,15 @@ class BPETokenizer:
         return [np.array(e.ids, dtype=dtype) for e in self._tok.encode_batch_fast(texts)]
 
     @property
-    def uses_tiktoken(self) -> bool:
-        return self._tiktoken() is not None
+    def backend(self):
+        """The Hugging Face `tokenizers.Tokenizer` (the reference encoder)."""
+        return self._tok
 
-    def _tiktoken(self):
+    @property
+    def uses_tiktoken(self) -> bool:
+        return self.tiktoken_encoding() is not None
+
+    def tiktoken_encoding(self):
         """The tokenizer as a tiktoken Encoding (built once), or None without tiktoken."""
         if self._fast is None:
             try:

@@ -139,7 +139,7 @@ def compare_encoders(root: Path, rounds: int) -> dict:
 
     def tokenizers_threads(parallel: bool):
         os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
-        return lambda: [tok._tok.encode_batch_fast(b) for b in batches]
+        return lambda: [tok.backend.encode_batch_fast(b) for b in batches]
 
     def datasets_map():
         import datasets
@@ -147,10 +147,10 @@ def compare_encoders(root: Path, rounds: int) -> dict:
         datasets.disable_progress_bars()
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         table = datasets.Dataset.from_dict({"text": chunks})
-        table.map(lambda b: {"ids": [e.ids for e in tok._tok.encode_batch_fast(b["text"])]}, batched=True,
+        table.map(lambda b: {"ids": [e.ids for e in tok.backend.encode_batch_fast(b["text"])]}, batched=True,
                   batch_size=32, num_proc=threads, remove_columns=["text"], new_fingerprint=str(time.time()))
 
-    fast = tok._tiktoken()
+    fast = tok.tiktoken_encoding()
     ways = {
         "tokenizers, 1 thread": tokenizers_threads(False),
         f"tokenizers, {threads} threads (its own batch parallelism)": tokenizers_threads(True),
@@ -167,7 +167,7 @@ def compare_encoders(root: Path, rounds: int) -> dict:
             run()
             times[name].append(time.time() - t)
     same = all(np.array_equal(a, np.array(e.ids)) for a, e in
-               zip(tok.encode_arrays(chunks[:200], np.int64), tok._tok.encode_batch_fast(chunks[:200])))
+               zip(tok.encode_arrays(chunks[:200], np.int64), tok.backend.encode_batch_fast(chunks[:200])))
     return dict(mb=round(mb, 1), rounds=rounds, same_ids=same,
                 mb_per_s={name: round(mb / statistics.median(ts), 2) for name, ts in times.items()},
                 all_s={name: [round(t, 2) for t in ts] for name, ts in times.items()})
@@ -224,7 +224,7 @@ def one_line_check(root: Path) -> dict:
     text = path.read_text()
     cut = int(len(text) * 0.95)  # no line break: the split is at the fraction itself
     t = time.time()
-    whole = data.tokenizer._tok.encode(text[:cut]).ids  # tokenizers, the whole training part at once
+    whole = data.tokenizer.backend.encode(text[:cut]).ids  # tokenizers, the whole training part at once
     whole_s = time.time() - t
     same = np.array_equal(np.asarray(data.train[:-1]), np.array(whole))
     return dict(chars=len(text), train_tokens=int(len(data.train)), same_ids_as_whole=bool(same),

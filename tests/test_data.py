@@ -324,9 +324,10 @@ def test_damaged_cache_is_found_on_load_and_rebuilt(tmp_path):
     ('{"text": "fine"}\n{"text": "cut sh\n', r"line 2: not valid JSON"),
     ('{"text": "fine"}\n[1, 2]\n', r"line 2: expected a JSON object"),
     ("", r"has no rows"),
+    ('[{"text": "fine"},\n {"text": null},\n {"text": 5}]', r"item 2: field 'text' is a number \(5\)"),
 ])
 def test_bad_jsonl_rows_are_one_line_naming_file_line_and_problem(tmp_path, content, problem):
-    path = tmp_path / "rows.jsonl"
+    path = tmp_path / ("rows.json" if content.startswith("[") else "rows.jsonl")
     path.write_text(content)
     with pytest.raises(UserError, match=problem) as err:
         prepare_data(DataConfig(source="files", paths=[str(path)], cache_dir=str(tmp_path / "c")),
@@ -351,3 +352,18 @@ def test_progress_false_silences_every_bar_the_datasets_ones_included(tmp_path, 
     out, err = capfd.readouterr()
     assert out + err == ""
     assert datasets.is_progress_bar_enabled()  # left as it was found
+
+
+def test_fast_encoder_gives_the_ids_of_tokenizers_and_steps_aside_when_it_would_not():
+    tok = BPETokenizer.train(iter([d.text for d in stdlib_documents()[:40]] + SAMPLES), vocab_size=600)
+    texts = SAMPLES + [d.text for d in stdlib_documents()[40:50]]
+    fast = [a.tolist() for a in tok.encode_arrays(texts, np.int64)]
+    assert tok.uses_tiktoken and fast == [tok.encode(t) for t in texts]
+
+    class Wrong:  # an encoder that disagrees with tokenizers
+        def encode_ordinary_batch(self, texts, num_threads):
+            return [[1] * len(t) for t in texts]
+
+    tok._fast = Wrong()
+    ids = [a.tolist() for a in tok.encode_arrays(texts, np.int64, check=True)]
+    assert ids == [tok.encode(t) for t in texts] and not tok.uses_tiktoken
