@@ -49,7 +49,9 @@ from minigpt.plan import RunPlan
 
 log = logging.getLogger("minigpt")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# SIGUSR2 is submitit's preemption / time-limit signal: under hydra/launcher=slurm the job then
+# requeues itself (train.py) and continues from the checkpoint saved at the stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass
