@@ -307,20 +307,15 @@ def _explain_compose_error(e, overrides, compose) -> str:
 
 def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     """Typed validation, the schedule, the device and the output folder: all before any run."""
-    from minigpt import schedules
-    from minigpt.batch_ramp import BatchPlan
-    from minigpt.config import config_from_dict, parse_count
+    from minigpt.config import config_from_dict
+    from minigpt.plan import RunPlan
 
     task = {k: v for k, v in cfg.items() if k != "hydra"}
     config = config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
     tc = config.trainer
-    batches = BatchPlan.from_config(tc, int(os.environ.get("WORLD_SIZE", "1")), config.model.block_size)
-    total = tc.max_steps
-    if tc.max_tokens is not None:
-        total = batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
-    if total is not None:  # with epochs, the length is known only once the data is
-        total = batches.schedule_steps(total, tc.schedule_unit)
-        schedules.check_curve(schedules.schedule_from_config(dict(config.scheduler), total, batches.final_tokens))
+    total = None
+    if tc.epochs is None:  # with epochs, the length is known only once the data is
+        total = RunPlan.build(config, int(os.environ.get("WORLD_SIZE", "1"))).total_steps
     if config.data.source == "files":
         for p in config.data.paths:
             if not Path(p).expanduser().exists():
@@ -387,7 +382,7 @@ def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
         path = Path(config.trainer.resume)
         state = load_checkpoint(path, mmap=True)  # mapped, not read: only the config is looked at
     resume_config_changes(state.get("config", {}), config.to_dict(), path)
-    if total is not None and config.trainer.schedule_unit == "steps" and state["step"] > total:
+    if total is not None and state["step"] > total:
         raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run ({total} steps); "
                         f"give a run length of at least {state['step']} steps (trainer.max_steps / max_tokens / epochs)")
 

@@ -1,4 +1,4 @@
-"""Plots for the trainer and the scripts.
+"""Plots of one run: its schedule, its LR range test, its records (sweeps: minigpt/sweep/figures.py).
 
 matplotlib is imported inside the functions, and only through its Agg canvas (no pyplot), so
 importing minigpt stays cheap, plotting works on headless machines, and the global backend of
@@ -21,7 +21,7 @@ def _steps(total_steps: int) -> list[int]:
     return sorted({round(i * last / (_MAX_POINTS - 1)) for i in range(_MAX_POINTS)})
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -30,7 +30,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -58,7 +58,7 @@ def _draw(ax, schedule: Schedule, peak_lr: float, label: str | None = None, boun
 
 def plot_schedule_curve(schedule: Schedule, peak_lr: float, path) -> None:
     """Draw the planned LR of one run, with its phase boundaries, peak and floor marked."""
-    fig = _figure(8, 4.5)
+    fig = new_figure(8, 4.5)
     ax = fig.add_subplot()
     _draw(ax, schedule, peak_lr)
     d = schedule.describe()
@@ -70,7 +70,7 @@ def plot_schedule_curve(schedule: Schedule, peak_lr: float, path) -> None:
     ax.set_title(schedule.summary_line(peak_lr), fontsize=8, wrap=True)
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_schedules(schedules: Sequence[Schedule], peak_lr: float, path) -> None:
@@ -82,7 +82,7 @@ def plot_schedules(schedules: Sequence[Schedule], peak_lr: float, path) -> None:
         raise ValueError("plot_schedules needs at least one schedule")
     ncols = min(4, len(by_name))
     nrows = math.ceil(len(by_name) / ncols)
-    fig = _figure(3.6 * ncols, 2.6 * nrows)
+    fig = new_figure(3.6 * ncols, 2.6 * nrows)
     for i, (name, group) in enumerate(by_name.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         for s in group:
@@ -97,12 +97,12 @@ def plot_schedules(schedules: Sequence[Schedule], peak_lr: float, path) -> None:
             ax.legend(fontsize=7)
     fig.supxlabel("step", fontsize=9)
     fig.supylabel("learning rate" if peak_lr != 1.0 else "LR multiplier (of the peak LR)", fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_lr_range_test(result, path: Path) -> Path:
     """Loss (raw and smoothed) against LR on a log axis, with the suggested LRs marked."""
-    fig = _figure(7, 4.2)
+    fig = new_figure(7, 4.2)
     ax = fig.add_subplot()
     ax.plot(result.lrs, result.losses, color="0.75", lw=0.8, label="loss")
     ax.plot(result.lrs, result.smoothed, color="C0", lw=1.8, label="smoothed loss")
@@ -125,190 +125,31 @@ def plot_lr_range_test(result, path: Path) -> Path:
     return path
 
 
-# --- sweeps (minigpt/report.py) ------------------------------------------------------------------
-
-_LEGEND_MAX = 16  # more lines than this get no legend: it would hide the curves
-
-
-def _smooth(values: Sequence[float], window: int) -> list[float]:
-    """Trailing mean over `window` values; non-finite values pass through (a NaN loss stays visible)."""
-    out, acc, buf = [], 0.0, []
-    for v in values:
-        if not math.isfinite(v):
-            out.append(v)
-            continue
-        buf.append(v)
-        acc += v
-        if len(buf) > window:
-            acc -= buf.pop(0)
-        out.append(acc / len(buf))
-    return out
-
-
-def plot_sweep_curves(jobs, labels: dict, key: str, path) -> None:
-    """Overlay every job of a sweep: key="loss" (training loss, lightly smoothed, and validation
-    points) or key="lr" (the LR each step used) against the step."""
-    fig = _figure(9, 5)
-    ax = fig.add_subplot()
-    cmap = _colors(len(jobs))
-    for color, job in zip(cmap, jobs):
-        label = labels.get(job.name, job.name) + ("" if job.status == "completed" else f" [{job.status}]")
-        if key == "lr":
-            steps, values = job.curve("train/lr")
-            if steps:
-                ax.plot(steps, values, lw=1.2, color=color, label=label)
-            continue
-        steps, values = job.curve("train/loss")
-        if steps:
-            window = max(1, len(steps) // 100)
-            ax.plot(steps, _smooth(values, window), lw=1.0, color=color, label=label, alpha=0.9)
-        vsteps, vvalues = job.curve("val/loss")
-        if vsteps:
-            ax.plot(vsteps, vvalues, "o", ms=3, color=color)
-        if job.diverged_step is not None and steps:
-            finite = [v for v in values if math.isfinite(v)]
-            if finite:
-                ax.plot([job.diverged_step], [finite[-1]], "x", ms=8, mew=2, color=color)
-    ax.set_xlabel("step")
-    if key == "lr":
-        ax.set_ylabel("learning rate")
-        ax.set_title("learning rate of every job")
-    else:
-        ax.set_ylabel("loss (lines: training, smoothed; dots: validation; x: diverged)")
-        ax.set_title("loss of every job")
-        _clip_loss_axis(ax, jobs)
-    ax.grid(alpha=0.3)
-    if 0 < len(jobs) <= _LEGEND_MAX:
-        ax.legend(fontsize=7)
-    else:
-        ax.set_title(ax.get_title() + f" ({len(jobs)} jobs, coloured by job number; no legend above {_LEGEND_MAX})")
-    _save(fig, path)
-
-
-def _colors(n: int):
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if n <= 10 else "viridis"]
-    return [cmap(i if n <= 10 else i / max(1, n - 1)) for i in range(n)]
-
-
-def _clip_loss_axis(ax, jobs) -> None:
-    """Keep diverging runs from squashing the rest: top of the axis a little above the highest initial loss."""
-    initial = [j.initial_loss for j in jobs if j.initial_loss is not None]
-    lows = [min(v for v in j.curve("train/loss")[1] if math.isfinite(v)) for j in jobs
-            if any(math.isfinite(v) for v in j.curve("train/loss")[1])]
-    if initial and lows:
-        top = max(initial)
-        ax.set_ylim(min(lows) - 0.05 * (top - min(lows)), top + 0.25 * (top - min(lows)))
-
-
-_WARMUP_COLORS = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive"]  # no warmup first: red
-
-
-def plot_study_lr(study, path) -> None:
-    """Figure 1 of the warmup-divergence study: final val loss against peak LR (log axis), one
-    panel per architecture, one line per warmup. The line is the mean over seeds of
-    min(final, initial loss), the band its min-max over seeds; each diverged seed is an x."""
-    from minigpt.report import warmup_label
-
-    n = len(study.archs)
-    fig = _figure(max(6.0, 4.2 * n), 4.0)
-    axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
-    initial = [j.initial_loss for j in study.jobs if j.initial_loss is not None]
-    finals = [j.final_val_loss for j in study.jobs if j.final_val_loss is not None]
-    for ax, arch in zip(axes, study.archs):
-        for color, w in zip(_WARMUP_COLORS * 4, study.warmups):
-            cells = study.arm(arch, w)
-            lrs = [lr for lr, c in cells.items() if c.clipped()]
-            if not lrs:
-                continue
-            means = [sum(cells[lr].clipped()) / len(cells[lr].clipped()) for lr in lrs]
-            lo = [min(cells[lr].clipped()) for lr in lrs]
-            hi = [max(cells[lr].clipped()) for lr in lrs]
-            ax.plot(lrs, means, "o-", color=color, lw=1.6, ms=4, label=warmup_label(w, study.total_steps))
-            ax.fill_between(lrs, lo, hi, color=color, alpha=0.15, lw=0)
-            for lr, cell in cells.items():
-                for j in cell.jobs:
-                    if j.status == "diverged" and j.initial_loss is not None:
-                        ax.plot([lr], [j.initial_loss], "x", color=color, ms=8, mew=2)
-        if initial:
-            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1,
-                       label="initial loss" if arch == study.archs[0] else None)
-        ax.set_xscale("log")
-        ax.set_title(arch, fontsize=10)
-        ax.set_xlabel("peak learning rate")
-        ax.grid(alpha=0.3, which="both")
-        if initial and finals:
-            top, bottom = max(initial), min(finals)
-            ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.08 * (top - bottom))
-    axes[0].set_ylabel("final val loss (diverged: initial loss, x)")
-    axes[0].legend(fontsize=8)
-    seeds = max((len(c.jobs) for c in study.cells.values()), default=0)
-    fig.suptitle(f"final validation loss against peak LR: mean of {seeds} seed(s), band = min-max over seeds",
-                 fontsize=10)
-    _save(fig, path)
-
-
-def plot_study_early(study, lr: float, path) -> None:
-    """Figure 2: training loss (top) and LR (bottom) of the first steps (twice the study's early
-    window) at one peak LR, one panel per architecture, one colour per warmup, one line per seed."""
-    from minigpt.report import warmup_label
-
-    n = len(study.archs)
-    fig = _figure(max(6.0, 4.2 * n), 5.6)
-    grid = fig.add_gridspec(2, n, height_ratios=[3, 1])
-    steps_shown = 2 * study.early_steps  # the early window and as much again after it
-    if study.total_steps:
-        steps_shown = min(steps_shown, study.total_steps)
-    for i, arch in enumerate(study.archs):
-        ax = fig.add_subplot(grid[0, i])
-        ax_lr = fig.add_subplot(grid[1, i], sharex=ax)
-        tops = []
-        for color, w in zip(_WARMUP_COLORS * 4, study.warmups):
-            cell = study.cells.get((arch, w, lr))
-            if cell is None:
-                continue
-            for k, job in enumerate(cell.jobs):
-                steps, values = job.curve("train/loss")
-                keep = [(s, v) for s, v in zip(steps, values) if s < steps_shown]
-                if not keep:
-                    continue
-                label = warmup_label(w, study.total_steps) if k == 0 else None
-                ax.plot([s for s, _ in keep], [v for _, v in keep], color=color, lw=0.9, alpha=0.8, label=label)
-                tops += [v for _, v in keep if math.isfinite(v)]
-                if job.diverged_step is not None and job.diverged_step < steps_shown:
-                    ax.plot([keep[-1][0]], [keep[-1][1]], "x", color=color, ms=8, mew=2)
-                if k == 0:  # every seed has the same LR curve
-                    lr_rows = [(s, v) for s, v in zip(*job.curve("train/lr")) if s < steps_shown]
-                    ax_lr.plot([s for s, _ in lr_rows], [v for _, v in lr_rows], color=color, lw=1.2)
-        initial = [j.initial_loss for w in study.warmups for j in getattr(study.cells.get((arch, w, lr)), "jobs", [])
-                   if j.initial_loss is not None]
-        if initial:
-            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1, label="initial loss" if i == 0 else None)
-        ax.set_title(f"{arch}, peak LR {lr:g}", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelbottom=False)
-        ax_lr.set_xlabel("step")
-        ax_lr.grid(alpha=0.3)
-        ax_lr.tick_params(labelsize=7)
-        if i == 0:
-            ax.set_ylabel("training loss (x: diverged)")
-            ax_lr.set_ylabel("LR")
-            ax.legend(fontsize=8)
-    fig.suptitle(f"the first {steps_shown} steps at peak LR {lr:g}, with and without warmup (one line per seed)",
-                 fontsize=10)
-    _save(fig, path)
-
-
 def _finite(values):
     """None, NaN and inf become NaN: matplotlib leaves a gap instead of breaking the axis."""
     return [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for v in values]
 
 
+def _draw_sharpness(ax, records: Sequence[dict]) -> None:
+    """train/sharpness (measured every N steps) and the Adam stability threshold of Cohen et al.
+    2022, (2 + 2 beta1) / ((1 - beta1) lr), at each measured step's LR, on a log axis."""
+    steps = [r["step"] for r in records]
+    values = _finite(r["train/sharpness"] for r in records)
+    ax.plot(steps, values, "o-", color="tab:brown", ms=2.5, lw=1.0, label="sharpness: top eigenvalue of P^-1 H")
+    if any("train/sharpness_threshold" in r for r in records):
+        ax.plot(steps, _finite(r.get("train/sharpness_threshold") for r in records), color="0.3", ls="--", lw=1.0,
+                label="Adam stability threshold (2 + 2 beta1) / ((1 - beta1) lr)")
+    if any(v > 0 for v in values if not math.isnan(v)):
+        ax.set_yscale("log")
+    ax.set_ylabel("sharpness")
+    ax.legend(fontsize=7, loc="best")
+
+
 def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: str | None = None):
     """Draw one run from its metrics.jsonl records: loss (train, its largest micro-batch, val),
     LR and gradient norm on a shared step axis, with spikes, skipped updates and the step of
-    divergence marked. Returns the figure (after saving it to `path`)."""
+    divergence marked, and, when the run measured it, the sharpness against Adam's stability
+    threshold. Returns the figure (after saving it to `path`)."""
     train = [r for r in records if "train/loss" in r]
     if not train:
         raise ValueError("plot_run needs records with train/loss")
@@ -316,8 +157,15 @@ def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: 
     steps = [r["step"] for r in train]
     loss = _finite(r["train/loss"] for r in train)
 
-    fig = _figure(9, 7.5)
-    ax_loss, ax_lr, ax_gn = fig.subplots(3, 1, sharex=True, height_ratios=[2.2, 1, 1.3])
+    sharp = [r for r in train if r.get("train/sharpness") is not None]
+    if sharp:  # a fourth panel: the preconditioned sharpness against Adam's stability threshold
+        fig = new_figure(9, 9.5)
+        ax_loss, ax_lr, ax_gn, ax_sharp = fig.subplots(4, 1, sharex=True, height_ratios=[2.2, 1, 1.3, 1.3])
+        _draw_sharpness(ax_sharp, sharp)
+    else:
+        fig = new_figure(9, 7.5)
+        ax_loss, ax_lr, ax_gn = fig.subplots(3, 1, sharex=True, height_ratios=[2.2, 1, 1.3])
+    axes = (ax_loss, ax_lr, ax_gn, ax_sharp) if sharp else (ax_loss, ax_lr, ax_gn)
 
     if any("train/loss_max" in r for r in train):
         ax_loss.plot(steps, _finite(r.get("train/loss_max") for r in train), color="tab:blue", alpha=0.25, lw=0.8,
@@ -357,11 +205,11 @@ def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: 
             lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
         ax_gn.margins(y=0.12)  # room for the spike markers above the highest value
     ax_gn.set_ylabel("gradient norm")
-    ax_gn.set_xlabel("step (optimizer updates done)")
+    axes[-1].set_xlabel("step (optimizer updates done)")
     ax_gn.legend(fontsize=7, loc="best")
 
     diverged = (summary or {}).get("diverged_step")
-    for ax in (ax_loss, ax_lr, ax_gn):
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7, which="both")
         if diverged is not None:
@@ -369,7 +217,7 @@ def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: 
     if diverged is not None:
         ax_loss.annotate(f"diverged at step {diverged} ", (diverged, 0.03), xycoords=("data", "axes fraction"),
                          ha="right", va="bottom", fontsize=8, color="tab:red")
-    ax_gn.set_xlim(min(steps), max(max(steps), min(steps) + 1))
+    axes[-1].set_xlim(min(steps), max(max(steps), min(steps) + 1))
     if title is None and summary:
         title = f"{summary.get('status', '')}"
         if summary.get("final_val_loss") is not None:
@@ -379,5 +227,5 @@ def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: 
             title += f"\n{summary['reason']}"
     if title:
         fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig

@@ -38,6 +38,7 @@ from minigpt.config import Config
 from minigpt.errors import UserError
 from minigpt.metrics import MetricsLogger, write_summary
 from minigpt.model import GPT
+from minigpt.optim import decay_coefficient
 from minigpt.checkpoint import _flatten
 from minigpt.trainer import STOP_SIGNALS, RunResult, Trainer, _Pending
 
@@ -75,7 +76,7 @@ def check_stackable(configs: list[Config]) -> None:
                    ("task=lr_range_test", cfg.task != "train")]
     for c in configs:
         unsupported += [(f"monitor.{k}", getattr(c.monitor, k)) for k in ("skip_spikes", "update_ratio",
-                                                                          "max_attn_logit", "logz")]
+                                                                          "max_attn_logit", "logz", "sharpness_every")]
     for name, on in unsupported:
         if on:
             raise UserError(f"{name} is not supported for stacked runs; turn it off or use the default launcher")
@@ -139,11 +140,11 @@ class StackedRuns:
 
         optims = [r.cfg.optim for r in self.runs]
         self.beta2, self.eps = column([o.beta2 for o in optims]), column([o.eps for o in optims])
-        self.weight_decay = column([o.weight_decay for o in optims])
+        self.weight_decay = column([decay_coefficient(r.cfg.optim, r.peak_lr) for r in self.runs])
         self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
-        self.lrs = [[r.peak_lr * r.schedule(t) for t in range(self.total_steps)] for r in self.runs]
-        self.beta1s = [[b if (b := r.schedule.beta1(t)) is not None else r.cfg.optim.beta1
-                        for t in range(self.total_steps)] for r in self.runs]
+        plans = [[r.plan.lr_at(t) for t in range(self.total_steps)] for r in self.runs]  # stacks count in steps
+        self.lrs = [[lr for lr, _ in plan] for plan in plans]
+        self.beta1s = [[b if b is not None else r.cfg.optim.beta1 for _, b in plan] for r, plan in zip(self.runs, plans)]
         self.lr_table, self.beta1_table = column(self.lrs).T.contiguous(), column(self.beta1s).T.contiguous()
 
         with torch.device("meta"):  # the model's code, without weights: functional_call supplies them
@@ -226,7 +227,7 @@ class StackedRuns:
         for k, i in enumerate(self.active):
             r = self.runs[i]
             r.tokens_seen += r.tokens_per_step
-            beta1 = r.schedule.beta1(step)
+            beta1 = r.plan.lr_at(step)[1]
             r.pending.append(_Pending(step, self.lrs[i][step], beta1, r.tokens_seen, r.global_batch, False, seconds,
                                       events))
             r.pending_values.append(values[k])

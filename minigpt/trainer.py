@@ -33,19 +33,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minigpt import schedules
-from minigpt.batch_ramp import BatchPlan
 from minigpt.checkpoint import (CHECKPOINT_DIR, FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step,
                                 list_checkpoints, load_checkpoint, newest_intact_checkpoint, prune_checkpoints,
                                 resume_config_changes, save_checkpoint, set_aside_damaged)
-from minigpt.config import Config, parse_count
+from minigpt.config import Config
 from minigpt.data import Batches, prepare_data
 from minigpt.errors import UserError
 from minigpt.metrics import UNREADABLE_FILE, MetricsLogger, read_metrics, truncate_metrics, write_metrics, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
-from minigpt.optim import build_optimizer, scaled_peak_lr
+from minigpt.optim import build_optimizer
+from minigpt.sharpness import SharpnessProbe, stability_threshold
 from minigpt.perf import flops_per_token, peak_flops
+from minigpt.plan import RunPlan
 from minigpt.run_folder import RunFolderLock, check_run_folder, probe_writable, set_aside_run
 
 log = logging.getLogger("minigpt")
@@ -249,31 +249,22 @@ class Trainer:
             self.step_model = DistributedDataParallel(
                 self.step_model, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None
             )
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
-        # Run length, in optimizer steps. The batch of an update is a function of the tokens seen
-        # before it: the full global batch, or less during a batch-size ramp.
-        self.batches = BatchPlan.from_config(tc, self.ddp.world_size, mc.block_size)
-        self.grad_accum = self.batches.final // self.batches.quantum  # at the full batch
-        self.global_batch = self.batches.final  # sequences
-        self.tokens_per_step = self.batches.final_tokens
-        if tc.max_steps is not None:
-            self.total_steps = tc.max_steps
-        elif tc.max_tokens is not None:
-            self.total_steps = self.batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
-        else:
-            self.total_steps = self.batches.updates_for(int(tc.epochs * meta["train_tokens"]))
-        self.peak_lr = scaled_peak_lr(cfg.optim, self.tokens_per_step)
-
-        # Schedule: a pure function of the step, checked and drawn before any compute is spent.
-        # Counted in tokens, its "step" is tokens seen / tokens of a full batch.
-        self.schedule_steps = self.batches.schedule_steps(self.total_steps, tc.schedule_unit)
-        self.schedule = schedules.schedule_from_config(dict(cfg.scheduler), self.schedule_steps, self.tokens_per_step)
-        schedules.check_curve(self.schedule)
+        # The run plan (batch, length, schedule, peak LR), checked before any compute is spent.
+        self.plan = RunPlan.build(cfg, self.ddp.world_size, meta["train_tokens"])
+        self.batches, self.total_steps, self.schedule = self.plan.batches, self.plan.total_steps, self.plan.schedule
+        self.grad_accum, self.global_batch = self.plan.grad_accum, self.plan.global_batch
+        self.tokens_per_step, self.peak_lr = self.plan.tokens_per_step, self.plan.peak_lr
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.peak_lr)
 
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        self.sharpness = None
+        if cfg.monitor.sharpness_every:
+            # One fixed training batch (that of step 0) for every measurement.
+            self.sharpness = SharpnessProbe(cfg.monitor.sharpness_every, cfg.monitor.sharpness_iters,
+                                            self.train_batches.train_batch(0, 0), seed=cfg.seed)
         self.flops_per_token = flops_per_token(self.model.num_params(), mc.n_layer, mc.n_embd, mc.block_size)
         self.peak_flops = peak_flops(self.device)
         self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
@@ -293,7 +284,7 @@ class Trainer:
         if self.scaler is not None:
             self.fields.append("scaler_skipped")
         for name, on in (("update_ratio", cfg.monitor.update_ratio), ("max_attn_logit", cfg.monitor.max_attn_logit),
-                         ("logz", cfg.monitor.logz)):
+                         ("logz", cfg.monitor.logz), ("sharpness", self.sharpness is not None)):
             if on:
                 self.fields.append(name)
         self.pending: list[_Pending] = []
@@ -370,9 +361,7 @@ class Trainer:
 
     def train_step(self) -> None:
         cfg, step = self.cfg, self.step
-        position = self.batches.schedule_position(step, self.tokens_seen, cfg.trainer.schedule_unit)
-        lr = self.peak_lr * self.schedule(position)
-        beta1 = self.schedule.beta1(position)
+        lr, beta1 = self.plan.lr_at(step, self.tokens_seen)
         accum = self.batches.accum_at(self.tokens_seen)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -434,6 +423,9 @@ class Trainer:
             extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in self.model.transformer.h]).max()
         if cfg.monitor.logz:
             extras["logz"] = self.model.logz_mean.float()
+        if self.sharpness is not None:  # after the update, with the preconditioner it used
+            value = self.sharpness.measure(self.model, self.optimizer) if self.sharpness.due(step) else math.nan
+            extras["sharpness"] = torch.tensor(value, device=self.device)
 
         values = [loss_mean, loss_max, grad_norm] + [extras[f] for f in self.fields[3:]]
         self.pending_values.append(torch.stack([v.reshape(()) for v in values]))
@@ -517,6 +509,10 @@ class Trainer:
             for name in ("update_ratio", "max_attn_logit", "logz"):
                 if name in values:
                     record[f"train/{name}"] = values[name]
+            if self.sharpness is not None and self.sharpness.due(p.step):
+                record["train/sharpness"] = values["sharpness"]
+                record["train/sharpness_threshold"] = stability_threshold(
+                    p.lr, p.beta1 if p.beta1 is not None else self.cfg.optim.beta1)
             if p.step in self.val_at:
                 record["val/loss"] = self.val_at[p.step]
                 self.val_history.append((p.step, self.val_at.pop(p.step)))
@@ -701,8 +697,6 @@ class Trainer:
 
     def _announce(self) -> None:
         cfg, meta = self.cfg, self.data.meta
-        total_tokens = self.batches.tokens_after(self.total_steps)
-        epochs = total_tokens / max(1, meta["train_tokens"])
         self.say(f"device: {self.device}, precision {self.precision}, "
                  f"{self.ddp.world_size} rank(s), compile {'on' if cfg.trainer.compile else 'off'}")
         self.say(f"model: {self.model.num_params():,} parameters (without position embeddings), "
@@ -710,21 +704,8 @@ class Trainer:
                  f"context {cfg.model.block_size}, vocabulary {self.model_config.vocab_size} "
                  f"(padded to {self.model_config.padded_vocab_size}), {cfg.model.norm_position}-LN"
                  + (", QK-layernorm" if cfg.model.qk_layernorm else "") + (f", z-loss {cfg.model.z_loss}" if cfg.model.z_loss else ""))
-        self.say(f"run: {self.total_steps} steps x {'up to ' if self.batches.ramp_tokens else ''}{self.tokens_per_step:,} tokens "
-                 f"({cfg.trainer.micro_batch_size} x {self.grad_accum} accumulation x {self.ddp.world_size} ranks "
-                 f"x {cfg.model.block_size}) = {total_tokens:,} tokens, {epochs:.2f} epochs"
-                 + (" (with the batch ramp)" if self.batches.ramp_tokens else ""))
-        if self.batches.ramp_tokens:
-            self.say(f"batch ramp: {self.batches.start} -> {self.batches.final} sequences over the first "
-                     f"{self.batches.ramp_tokens:,} tokens, then {self.batches.final} per update; "
-                     f"schedule counted in {cfg.trainer.schedule_unit} ({self.schedule_steps} full-batch steps)"
-                     if cfg.trainer.schedule_unit == "tokens" else
-                     f"batch ramp: {self.batches.start} -> {self.batches.final} sequences over the first "
-                     f"{self.batches.ramp_tokens:,} tokens; schedule counted in updates")
-        if cfg.optim.lr_scaling != "none":
-            self.say(f"lr: configured {cfg.optim.lr:g}, effective peak {self.peak_lr:g} "
-                     f"({cfg.optim.lr_scaling} scaling to {self.tokens_per_step:,} tokens per batch)")
-        self.say("schedule: " + self.schedule.summary_line(self.peak_lr))
+        for line in self.plan.lines(cfg.trainer.micro_batch_size, self.ddp.world_size, meta["train_tokens"]):
+            self.say(line)
         if self.ddp.is_main:
             from minigpt.plots import plot_schedule_curve
 
@@ -755,6 +736,7 @@ class Trainer:
             "peak_lr": self.peak_lr,
             "configured_lr": self.cfg.optim.lr,
             "schedule": self.schedule.name,
+            "plan": self.plan.describe(),
             "wall_time_s": round(wall, 2),
             "train_time_s": round(train_seconds, 2),
             "tok_per_s": round(self.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from minigpt.batch_ramp import BatchPlan
 from minigpt.config import TrainerConfig, parse_count
-from minigpt.plots import _figure
+from minigpt.plots import new_figure
 from minigpt.schedules import schedule_from_config
 
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     runs = [("constant batch", BatchPlan.from_config(flat, 1, args.block_size), "steps", "0.3"),
             ("ramp, schedule in updates", BatchPlan.from_config(ramp, 1, args.block_size), "steps", "C3"),
             ("ramp, schedule in tokens", BatchPlan.from_config(ramp, 1, args.block_size), "tokens", "C0")]
-    fig = _figure(8, 5.5)
+    fig = new_figure(8, 5.5)
     ax_b, ax_lr = fig.subplots(2, 1, sharex=True)
     for label, plan, unit, color in runs:
         tokens, batch, lr, steps = curve(plan, total, scheduler, unit)

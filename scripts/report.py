@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from minigpt.errors import UserError  # noqa: E402
-from minigpt.report import write_report  # noqa: E402
+from minigpt.sweep.report import write_report  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ from minigpt.batch_ramp import BatchPlan
 from minigpt.config import OptimConfig, TrainerConfig
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics
-from minigpt.optim import scaled_peak_lr
+from minigpt.plan import scaled_peak_lr
 from minigpt.trainer import Trainer
 
 
@@ -104,8 +104,8 @@ def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, 
     ramped = Trainer(make_config(**common, trainer__batch_ramp_start=2, trainer__batch_ramp_tokens="1024"),
                      tmp_path / "ramp", quiet=True)
     flat = Trainer(make_config(**common), tmp_path / "flat", quiet=True)
-    assert flat.total_steps == 10 and flat.schedule_steps == 10
-    assert ramped.total_steps > 10 and ramped.schedule_steps == 10  # more, smaller updates; same plan
+    assert flat.total_steps == 10 and flat.plan.schedule_steps == 10
+    assert ramped.total_steps > 10 and ramped.plan.schedule_steps == 10  # more, smaller updates; same plan
     ramped.run()
     flat.run()
     r = [x for x in read_metrics(tmp_path / "ramp") if "train/loss" in x]

@@ -1,4 +1,4 @@
-"""scripts/report.py and minigpt/report.py: the sweep table, the study tables and the LR sensitivity."""
+"""scripts/report.py and minigpt/sweep/: the sweep table, the study tables and the LR sensitivity."""
 
 import json
 import math
@@ -11,7 +11,9 @@ import yaml
 
 from conftest import ROOT, run_train, tiny_overrides
 from minigpt.errors import UserError
-from minigpt.report import build_study, clipped_loss, find_jobs, lr_sensitivity, write_report
+from minigpt.sweep.jobs import find_jobs
+from minigpt.sweep.report import write_report
+from minigpt.sweep.statistics import build_study, clipped_loss, lr_sensitivity
 
 REPORT = ROOT / "scripts" / "report.py"
 

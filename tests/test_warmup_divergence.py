@@ -6,7 +6,8 @@ from hydra import compose, initialize_config_dir
 from conftest import ROOT, run_train
 from minigpt import schedules
 from minigpt.config import config_from_dict
-from minigpt.report import architecture, find_jobs, warmup_steps
+from minigpt.sweep.jobs import find_jobs
+from minigpt.sweep.statistics import architecture, warmup_steps
 from omegaconf import OmegaConf
 
 

@@ -1,0 +1,144 @@
+"""The run plan: every fact of a run that follows from its config before any compute.
+
+    global batch and accumulation (with an optional batch ramp: minigpt/batch_ramp.py)
+    run length in optimizer updates, from trainer.max_steps, max_tokens or epochs
+    the schedule's unit and length (updates, or full-batch steps when counted in tokens)
+    the peak LR after the batch-size scaling rule, and the built schedule
+
+It is derived here once and read everywhere else: the command-line check, the trainer, the
+stacked runs, the figures and the sweep report. `lr_at(step, tokens_seen)` is the LR and beta1
+of the update after `step` updates; `describe()` is what goes into summary.json, so a report
+reads the plan the trainer used instead of guessing it from the config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from minigpt import schedules
+from minigpt.batch_ramp import BatchPlan
+from minigpt.config import Config, OptimConfig, parse_count
+from minigpt.errors import UserError
+
+
+def scaled_peak_lr(cfg: OptimConfig, batch_tokens: int) -> float:
+    """The peak LR after the batch-size scaling rule: lr * (B / B_ref) or lr * sqrt(B / B_ref).
+
+    B is the global batch in tokens (micro-batch x accumulation x ranks x context), so changing
+    the number of ranks or the accumulation at a fixed global batch leaves the LR unchanged.
+    """
+    if cfg.lr_scaling == "none":
+        return cfg.lr
+    ratio = batch_tokens / cfg.reference_batch_tokens
+    return cfg.lr * (ratio if cfg.lr_scaling == "linear" else math.sqrt(ratio))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    batches: BatchPlan
+    total_steps: int  # optimizer updates of the whole run
+    schedule_unit: str  # "steps" (updates) or "tokens" (tokens seen / tokens of a full batch)
+    configured_lr: float  # optim.lr as given
+    peak_lr: float  # after the batch-size scaling rule
+    lr_scaling: str
+    schedule: schedules.Schedule  # built for schedule_steps, checked
+
+    @classmethod
+    def build(cls, cfg: Config, world_size: int = 1, train_tokens: int | None = None) -> "RunPlan":
+        """The plan of `cfg` on `world_size` ranks. `train_tokens` (the size of the training
+        split) is needed only for a length in trainer.epochs; raises UserError on a bad schedule."""
+        tc = cfg.trainer
+        batches = BatchPlan.from_config(tc, world_size, cfg.model.block_size)
+        if tc.max_steps is not None:
+            total = tc.max_steps
+        elif tc.max_tokens is not None:
+            total = batches.updates_for(parse_count(tc.max_tokens, "trainer.max_tokens"))
+        elif train_tokens is not None:
+            total = batches.updates_for(int(tc.epochs * train_tokens))
+        else:
+            raise UserError("trainer.epochs: the run length is known only once the data is prepared")
+        schedule_steps = batches.schedule_steps(total, tc.schedule_unit)
+        schedule = schedules.schedule_from_config(dict(cfg.scheduler), schedule_steps, batches.final_tokens)
+        schedules.check_curve(schedule)
+        peak = scaled_peak_lr(cfg.optim, batches.final_tokens)
+        return cls(batches, total, tc.schedule_unit, cfg.optim.lr, peak, cfg.optim.lr_scaling, schedule)
+
+    # --- what the trainer reads ---
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per update at the full batch."""
+        return self.batches.final
+
+    @property
+    def grad_accum(self) -> int:
+        """Micro-batches per rank of an update at the full batch."""
+        return self.batches.final // self.batches.quantum
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batches.final_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.batches.tokens_after(self.total_steps)
+
+    @property
+    def schedule_steps(self) -> int:
+        return self.schedule.total_steps
+
+    def position(self, step: int, tokens_seen: int) -> float:
+        """Where the schedule is read for the update after `step` updates and `tokens_seen` tokens."""
+        return self.batches.schedule_position(step, tokens_seen, self.schedule_unit)
+
+    def lr_at(self, step: int, tokens_seen: int = 0) -> tuple[float, float | None]:
+        """(LR, beta1 or None) of the update after `step` updates and `tokens_seen` tokens."""
+        position = self.position(step, tokens_seen)
+        return self.peak_lr * self.schedule(position), self.schedule.beta1(position)
+
+    @property
+    def warmup_steps(self) -> int:
+        """The warmup as the schedule converted it, in schedule steps (0 for schedules without one)."""
+        return int(getattr(self.schedule.params, "warmup", 0) or 0)
+
+    # --- what people read ---
+
+    def describe(self) -> dict:
+        """The plan as plain values (summary.json's "plan")."""
+        b = self.batches
+        return {
+            "total_steps": self.total_steps,
+            "total_tokens": self.total_tokens,
+            "global_batch": self.global_batch,
+            "grad_accum": self.grad_accum,
+            "tokens_per_step": self.tokens_per_step,
+            "batch_ramp": {"start": b.start, "tokens": b.ramp_tokens} if b.ramp_tokens else None,
+            "schedule": self.schedule.name,
+            "schedule_unit": self.schedule_unit,
+            "schedule_steps": self.schedule_steps,
+            "warmup_steps": self.warmup_steps,
+            "phases": self.schedule.phases(),
+            "configured_lr": self.configured_lr,
+            "peak_lr": self.peak_lr,
+            "lr_scaling": self.lr_scaling,
+        }
+
+    def lines(self, micro_batch_size: int, world_size: int, train_tokens: int) -> list[str]:
+        """The plan in words, as the trainer announces it."""
+        b, unit = self.batches, self.schedule_unit
+        epochs = self.total_tokens / max(1, train_tokens)
+        out = [f"run: {self.total_steps} steps x {'up to ' if b.ramp_tokens else ''}{self.tokens_per_step:,} tokens "
+               f"({micro_batch_size} x {self.grad_accum} accumulation x {world_size} ranks x {b.block_size}) = "
+               f"{self.total_tokens:,} tokens, {epochs:.2f} epochs" + (" (with the batch ramp)" if b.ramp_tokens else "")]
+        if b.ramp_tokens:
+            out.append(f"batch ramp: {b.start} -> {b.final} sequences over the first {b.ramp_tokens:,} tokens, then "
+                       f"{b.final} per update; schedule counted in tokens ({self.schedule_steps} full-batch steps)"
+                       if unit == "tokens" else
+                       f"batch ramp: {b.start} -> {b.final} sequences over the first {b.ramp_tokens:,} tokens; "
+                       "schedule counted in updates")
+        if self.lr_scaling != "none":
+            out.append(f"lr: configured {self.configured_lr:g}, effective peak {self.peak_lr:g} "
+                       f"({self.lr_scaling} scaling to {self.tokens_per_step:,} tokens per batch)")
+        out.append("schedule: " + self.schedule.summary_line(self.peak_lr))
+        return out

@@ -1,0 +1,177 @@
+"""Figures of a sweep: every job's curves, and the two figures of the warmup-divergence study."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from minigpt.plots import new_figure, save_figure
+from minigpt.sweep.statistics import warmup_label
+
+_LEGEND_MAX = 16  # more lines than this get no legend: it would hide the curves
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over `window` values; non-finite values pass through (a NaN loss stays visible)."""
+    out, acc, buf = [], 0.0, []
+    for v in values:
+        if not math.isfinite(v):
+            out.append(v)
+            continue
+        buf.append(v)
+        acc += v
+        if len(buf) > window:
+            acc -= buf.pop(0)
+        out.append(acc / len(buf))
+    return out
+
+
+def plot_sweep_curves(jobs, labels: dict, key: str, path) -> None:
+    """Overlay every job of a sweep: key="loss" (training loss, lightly smoothed, and validation
+    points) or key="lr" (the LR each step used) against the step."""
+    fig = new_figure(9, 5)
+    ax = fig.add_subplot()
+    cmap = _colors(len(jobs))
+    for color, job in zip(cmap, jobs):
+        label = labels.get(job.name, job.name) + ("" if job.status == "completed" else f" [{job.status}]")
+        if key == "lr":
+            steps, values = job.curve("train/lr")
+            if steps:
+                ax.plot(steps, values, lw=1.2, color=color, label=label)
+            continue
+        steps, values = job.curve("train/loss")
+        if steps:
+            window = max(1, len(steps) // 100)
+            ax.plot(steps, _smooth(values, window), lw=1.0, color=color, label=label, alpha=0.9)
+        vsteps, vvalues = job.curve("val/loss")
+        if vsteps:
+            ax.plot(vsteps, vvalues, "o", ms=3, color=color)
+        if job.diverged_step is not None and steps:
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                ax.plot([job.diverged_step], [finite[-1]], "x", ms=8, mew=2, color=color)
+    ax.set_xlabel("step")
+    if key == "lr":
+        ax.set_ylabel("learning rate")
+        ax.set_title("learning rate of every job")
+    else:
+        ax.set_ylabel("loss (lines: training, smoothed; dots: validation; x: diverged)")
+        ax.set_title("loss of every job")
+        _clip_loss_axis(ax, jobs)
+    ax.grid(alpha=0.3)
+    if 0 < len(jobs) <= _LEGEND_MAX:
+        ax.legend(fontsize=7)
+    else:
+        ax.set_title(ax.get_title() + f" ({len(jobs)} jobs, coloured by job number; no legend above {_LEGEND_MAX})")
+    save_figure(fig, path)
+
+
+def _colors(n: int):
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "viridis"]
+    return [cmap(i if n <= 10 else i / max(1, n - 1)) for i in range(n)]
+
+
+def _clip_loss_axis(ax, jobs) -> None:
+    """Keep diverging runs from squashing the rest: top of the axis a little above the highest initial loss."""
+    initial = [j.initial_loss for j in jobs if j.initial_loss is not None]
+    lows = [min(v for v in j.curve("train/loss")[1] if math.isfinite(v)) for j in jobs
+            if any(math.isfinite(v) for v in j.curve("train/loss")[1])]
+    if initial and lows:
+        top = max(initial)
+        ax.set_ylim(min(lows) - 0.05 * (top - min(lows)), top + 0.25 * (top - min(lows)))
+
+
+_WARMUP_COLORS = ["tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive"]  # no warmup first: red
+
+
+def plot_study_lr(study, path) -> None:
+    """Figure 1 of the warmup-divergence study: final val loss against peak LR (log axis), one
+    panel per architecture, one line per warmup. The line is the mean over seeds of
+    min(final, initial loss), the band its min-max over seeds; each diverged seed is an x."""
+    n = len(study.archs)
+    fig = new_figure(max(6.0, 4.2 * n), 4.0)
+    axes = [fig.add_subplot(1, n, i + 1) for i in range(n)]
+    initial = [j.initial_loss for j in study.jobs if j.initial_loss is not None]
+    finals = [j.final_val_loss for j in study.jobs if j.final_val_loss is not None]
+    for ax, arch in zip(axes, study.archs):
+        for color, w in zip(_WARMUP_COLORS * 4, study.warmups):
+            cells = study.arm(arch, w)
+            lrs = [lr for lr, c in cells.items() if c.clipped()]
+            if not lrs:
+                continue
+            means = [sum(cells[lr].clipped()) / len(cells[lr].clipped()) for lr in lrs]
+            lo = [min(cells[lr].clipped()) for lr in lrs]
+            hi = [max(cells[lr].clipped()) for lr in lrs]
+            ax.plot(lrs, means, "o-", color=color, lw=1.6, ms=4, label=warmup_label(w, study.total_steps))
+            ax.fill_between(lrs, lo, hi, color=color, alpha=0.15, lw=0)
+            for lr, cell in cells.items():
+                for j in cell.jobs:
+                    if j.status == "diverged" and j.initial_loss is not None:
+                        ax.plot([lr], [j.initial_loss], "x", color=color, ms=8, mew=2)
+        if initial:
+            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1,
+                       label="initial loss" if arch == study.archs[0] else None)
+        ax.set_xscale("log")
+        ax.set_title(arch, fontsize=10)
+        ax.set_xlabel("peak learning rate")
+        ax.grid(alpha=0.3, which="both")
+        if initial and finals:
+            top, bottom = max(initial), min(finals)
+            ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.08 * (top - bottom))
+    axes[0].set_ylabel("final val loss (diverged: initial loss, x)")
+    axes[0].legend(fontsize=8)
+    seeds = max((len(c.jobs) for c in study.cells.values()), default=0)
+    fig.suptitle(f"final validation loss against peak LR: mean of {seeds} seed(s), band = min-max over seeds",
+                 fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_study_early(study, lr: float, path) -> None:
+    """Figure 2: training loss (top) and LR (bottom) of the first steps (twice the study's early
+    window) at one peak LR, one panel per architecture, one colour per warmup, one line per seed."""
+    n = len(study.archs)
+    fig = new_figure(max(6.0, 4.2 * n), 5.6)
+    grid = fig.add_gridspec(2, n, height_ratios=[3, 1])
+    steps_shown = 2 * study.early_steps  # the early window and as much again after it
+    if study.total_steps:
+        steps_shown = min(steps_shown, study.total_steps)
+    for i, arch in enumerate(study.archs):
+        ax = fig.add_subplot(grid[0, i])
+        ax_lr = fig.add_subplot(grid[1, i], sharex=ax)
+        tops = []
+        for color, w in zip(_WARMUP_COLORS * 4, study.warmups):
+            cell = study.cells.get((arch, w, lr))
+            if cell is None:
+                continue
+            for k, job in enumerate(cell.jobs):
+                steps, values = job.curve("train/loss")
+                keep = [(s, v) for s, v in zip(steps, values) if s < steps_shown]
+                if not keep:
+                    continue
+                label = warmup_label(w, study.total_steps) if k == 0 else None
+                ax.plot([s for s, _ in keep], [v for _, v in keep], color=color, lw=0.9, alpha=0.8, label=label)
+                tops += [v for _, v in keep if math.isfinite(v)]
+                if job.diverged_step is not None and job.diverged_step < steps_shown:
+                    ax.plot([keep[-1][0]], [keep[-1][1]], "x", color=color, ms=8, mew=2)
+                if k == 0:  # every seed has the same LR curve
+                    lr_rows = [(s, v) for s, v in zip(*job.curve("train/lr")) if s < steps_shown]
+                    ax_lr.plot([s for s, _ in lr_rows], [v for _, v in lr_rows], color=color, lw=1.2)
+        initial = [j.initial_loss for w in study.warmups for j in getattr(study.cells.get((arch, w, lr)), "jobs", [])
+                   if j.initial_loss is not None]
+        if initial:
+            ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1, label="initial loss" if i == 0 else None)
+        ax.set_title(f"{arch}, peak LR {lr:g}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelbottom=False)
+        ax_lr.set_xlabel("step")
+        ax_lr.grid(alpha=0.3)
+        ax_lr.tick_params(labelsize=7)
+        if i == 0:
+            ax.set_ylabel("training loss (x: diverged)")
+            ax_lr.set_ylabel("LR")
+            ax.legend(fontsize=8)
+    fig.suptitle(f"the first {steps_shown} steps at peak LR {lr:g}, with and without warmup (one line per seed)",
+                 fontsize=10)
+    save_figure(fig, path)

@@ -1,0 +1,180 @@
+"""The sweep report: report.md with the sweep table, the study tables and their figures."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from minigpt.errors import UserError
+from minigpt.sweep.figures import plot_study_early, plot_study_lr, plot_sweep_curves
+from minigpt.sweep.jobs import Job, best_job, find_jobs, job_label, varying_overrides
+from minigpt.sweep.statistics import Study, build_study, lr_sensitivity, pick_high_lr, warmup_label
+
+# --- markdown ---------------------------------------------------------------------------------
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf"
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _spread(values: Sequence[float], digits: int = 3) -> str:
+    """'mean (min–max)' of a few seeds, or the single value."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return _fmt(values[0], digits)
+    return f"{_fmt(statistics.fmean(values), digits)} ({_fmt(min(values), digits)}–{_fmt(max(values), digits)})"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines
+
+
+def sweep_table(jobs: Sequence[Job]) -> list[str]:
+    keys, _ = varying_overrides(jobs)
+    best = best_job(jobs)
+    rows = []
+    for j in jobs:
+        spikes = j.spikes
+        status = j.status + (f" at step {j.diverged_step}" if j.diverged_step is not None else "")
+        if j.status in ("failed", "diverged") and j.reason:
+            status += f": {j.reason}"
+        rows.append([
+            j.name + (" **best**" if j is best else ""),
+            job_label(j, keys) if keys else " ".join(j.overrides) or "–",
+            status,
+            _fmt(j.final_val_loss, 4),
+            _fmt(j.best_val_loss, 4),
+            f"{spikes[0]} / {spikes[1]}" if spikes else "–",
+            f"{j.tok_per_s:,.0f}" if j.tok_per_s else "–",
+        ])
+    return _table(["job", "overrides", "status", "final val loss", "best val loss", "spikes (loss / grad)",
+                   "tokens/s"], rows)
+
+
+def study_tables(study: Study) -> list[str]:
+    best_all = study.best_overall()
+    out = ["### LR sensitivity per arm", "",
+           "Sensitivity (Wortsman et al. 2023) = mean over the peak LRs of min(final val loss, initial loss) "
+           "minus the best final loss: of the arm itself, and of all arms "
+           f"({_fmt(best_all, 4)}). Seeds are averaged first; a diverged run counts as its initial loss. "
+           f"Early peak loss: the highest training loss over the first {study.early_steps} steps.", ""]
+    rows = []
+    for arch, w in study.arms():
+        curve = study.curve(arch, w)
+        cells = study.arm(arch, w)
+        jobs = [j for c in cells.values() for j in c.jobs]
+        diverged = [j for j in jobs if j.status == "diverged"]
+        first_div = min((j.diverged_step for j in diverged if j.diverged_step is not None), default=None)
+        spikes = [j.spikes[0] + j.spikes[1] for j in jobs if j.spikes]
+        best_lr = min(curve, key=curve.get) if curve else None
+        rows.append([
+            arch, warmup_label(w, study.total_steps),
+            _fmt(lr_sensitivity(curve), 3) if curve else "–",
+            _fmt(lr_sensitivity(curve, best_all), 3) if curve and best_all is not None else "–",
+            f"{best_lr:g}" if best_lr is not None else "–",
+            _fmt(curve[best_lr], 4) if best_lr is not None else "–",
+            f"{len(diverged)}/{len(jobs)}",
+            _fmt(first_div),
+            f"{sum(spikes)}" if spikes else "–",
+        ])
+    out += _table(["architecture", "warmup", "sensitivity (own best)", "sensitivity (best of all)", "best LR",
+                   "best final loss", "diverged", "first divergence step", "spikes, all runs (loss+grad)"], rows)
+    for arch, w in study.arms():
+        out += ["", f"#### {arch}, {warmup_label(w, study.total_steps)}", ""]
+        rows = []
+        for lr, cell in study.arm(arch, w).items():
+            finals = [j.final_val_loss for j in cell.jobs if j.final_val_loss is not None]
+            peaks = [p for p in (j.early_peak_loss(study.early_steps) for j in cell.jobs) if p is not None]
+            div_steps = [j.diverged_step for j in cell.jobs if j.diverged_step is not None]
+            spikes = [j.spikes for j in cell.jobs if j.spikes]
+            failed = [j for j in cell.jobs if j.status not in ("completed", "diverged")]
+            rows.append([
+                f"{lr:g}",
+                _spread(finals, 3),
+                _spread(cell.clipped(), 3),
+                f"{cell.n_diverged}/{len(cell.jobs)}" + (f" ({len(failed)} failed or unfinished)" if failed else ""),
+                ", ".join(str(s) for s in sorted(div_steps)) or "–",
+                " ".join(f"{a}/{b}" for a, b in spikes) or "–",
+                _spread(peaks, 2),
+            ])
+        out += _table(["peak LR", "final val loss, completed seeds", "min(final, initial)", "diverged",
+                       "divergence steps", "spikes per seed (loss/grad)", "early peak loss"], rows)
+    return out
+
+
+def per_seed_table(study: Study) -> list[str]:
+    """One row per job of the study: what each seed measured."""
+    rows = []
+    for (arch, w, lr), cell in sorted(study.cells.items(), key=lambda kv: (study.archs.index(kv[0][0]),
+                                                                        study.warmups.index(kv[0][1]), kv[0][2])):
+        for j in sorted(cell.jobs, key=lambda j: str(j.get("seed"))):
+            rows.append([arch, warmup_label(w, study.total_steps), f"{lr:g}", str(j.get("seed", "–")), j.status,
+                         _fmt(j.final_val_loss, 4), _fmt(j.early_peak_loss(study.early_steps), 3),
+                         _fmt(j.diverged_step)])
+    return _table(["architecture", "warmup", "peak LR", "seed", "status", "final val loss", "early peak loss",
+                   "divergence step"], rows)
+
+
+def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures: Mapping[str, str]) -> str:
+    keys, common = varying_overrides(jobs)
+    best = best_job(jobs)
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    lines = [f"# Sweep report: {sweep_dir}", "",
+             f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".", ""]
+    if common:
+        lines += ["Overrides shared by every job: " + " ".join(f"`{k}={v}`" for k, v in common.items()), ""]
+    if best is not None:
+        lines += [f"**Best job: {best.name}** ({job_label(best, keys)}): final val loss {best.final_val_loss:.4f}.", ""]
+    else:
+        lines += ["**No job completed**, so there is no best job.", ""]
+    lines += sweep_table(jobs) + [""]
+    for key in ("loss", "lr"):
+        if key in figures:
+            lines += [f"![{key} against step]({figures[key]})", ""]
+    if study is not None:
+        lines += ["## Warmup-divergence study", ""]
+        for key, alt in (("study_lr", "final loss against peak LR"), ("study_early", "early loss curves")):
+            if key in figures:
+                lines += [f"![{alt}]({figures[key]})", ""]
+        lines += study_tables(study) + ["", "### Every run", ""] + per_seed_table(study) + [""]
+    return "\n".join(lines)
+
+
+def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_lr: float | None = None) -> dict:
+    """Read a sweep, write report.md and its figures into out_dir (default <sweep>/report); return the paths."""
+    jobs = find_jobs(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    keys, _ = varying_overrides(jobs)
+    labels = {j.name: job_label(j, keys) for j in jobs}
+    figures: dict[str, str] = {}
+    if any(j.train_records for j in jobs):
+        plot_sweep_curves(jobs, labels, "loss", out / "loss.png")
+        plot_sweep_curves(jobs, labels, "lr", out / "lr.png")
+        figures.update(loss="loss.png", lr="lr.png")
+    study = build_study(jobs, early_steps)
+    if study is not None:
+        if high_lr is not None and high_lr not in study.lrs:
+            raise UserError(f"--lr {high_lr:g} is not a peak LR of this sweep; accepted: "
+                            + ", ".join(f"{lr:g}" for lr in study.lrs))
+        lr = high_lr if high_lr is not None else pick_high_lr(study)
+        plot_study_lr(study, out / "study_lr.png")
+        plot_study_early(study, lr, out / "study_early.png")
+        figures.update(study_lr="study_lr.png", study_early="study_early.png")
+    (out / "report.md").write_text(report_markdown(sweep_dir, jobs, study, figures))
+    return {"report": out / "report.md", **{k: out / v for k, v in figures.items()}}
