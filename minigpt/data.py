@@ -26,6 +26,7 @@ import torch
 
 from minigpt.config import DataConfig
 from minigpt.errors import UserError
+from minigpt.files import replace_durably
 from minigpt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
 CACHE_FORMAT = 2  # bump when the layout or the way tokens are made changes
@@ -334,10 +335,11 @@ def _tokenize(docs: list[Document], tokenizer, split: str, key: str) -> np.ndarr
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    """Write through a temporary file, flushed to disk and renamed, so neither a crash nor a power
+    cut leaves half a file (minigpt/files.py)."""
     tmp = path.with_name(path.name + ".tmp")
     write(str(tmp))
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:

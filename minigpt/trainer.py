@@ -20,6 +20,7 @@ optional spike-skipping mitigation are the only synchronisation points.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -39,7 +40,8 @@ from minigpt.checkpoint import (CHECKPOINT_DIR, FIXED_MODEL_KEYS, checkpoint_pat
 from minigpt.config import Config
 from minigpt.data import Batches, prepare_data
 from minigpt.errors import UserError
-from minigpt.metrics import UNREADABLE_FILE, MetricsLogger, read_metrics, truncate_metrics, write_metrics, write_summary
+from minigpt.metrics import (SUMMARY_FILE, UNREADABLE_FILE, MetricsLogger, read_metrics, truncate_metrics, write_metrics,
+                             write_summary)
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
 from minigpt.optim import build_optimizer
@@ -299,6 +301,12 @@ class Trainer:
 
     def run(self) -> RunResult:
         cfg, tc = self.cfg, self.cfg.trainer
+        finished = self._finished_summary()
+        if finished is not None:  # e.g. a Slurm requeue of a job that had completed: change nothing
+            self.say(f"resume: the run in {self.run_dir} is complete (step {self.step} of {self.total_steps}); "
+                     "nothing to do")
+            self.close()
+            return RunResult("completed", finished.get("final_val_loss"), finished, self.run_dir, self.resumed_from)
         try:
             self.begin_records()
             self._announce()
@@ -637,6 +645,17 @@ class Trainer:
             self.say(f"resume: from {self.resumed_from} at step {self.step}" + "".join(f"; {n}" for n in notes))
         elif notes:
             self.say("records: " + "; ".join(notes))
+
+    def _finished_summary(self) -> dict | None:
+        """The summary of the completed run that this resume would only repeat, or None."""
+        if not self.resumed_from or self.branched_from or self.step < self.total_steps:
+            return None
+        try:
+            summary = json.loads((self.run_dir / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        done = isinstance(summary, dict) and summary.get("status") == "completed" and summary.get("step") == self.step
+        return summary if done else None
 
     def close(self) -> None:
         """Release the run folder (the lock); run() does it when the run ends."""

@@ -173,6 +173,7 @@ def results(earlier, scratch, cache_dir):
         if target == "":
             args[-1] = "hydra.run.dir=''"
             target = scratch / "runs" / name  # nothing is written anywhere: the working directory is not looked at
+        target = Path(target)
         return name, (run_train(args, env=env, timeout=300), target)
 
     cases = [c for c in CASES if not (hasattr(c, "marks") and torch.cuda.is_available())]

@@ -233,6 +233,15 @@ def test_seeds_out_of_range_are_refused_up_front(cache_dir, key, value):
         config_from_dict(nested({**tiny_overrides(cache_dir), key: value}))
 
 
+def test_resume_auto_of_a_completed_run_changes_nothing(config_b, tmp_path):
+    run_dir = tmp_path / "X"
+    done = train(config_b(trainer__max_steps=6), run_dir, quiet=True)
+    before = hashes(run_dir)
+    again = train(config_b(trainer__max_steps=6, trainer__resume="auto"), run_dir, quiet=True)
+    assert again.status == "completed" and again.summary == done.summary
+    assert hashes(run_dir) == before  # the final validation record and the summary stand
+
+
 def test_a_failure_summary_never_replaces_a_completed_one(tmp_path):
     summary = {"status": "completed", "step": 40, "final_val_loss": 4.3}
     (tmp_path / "summary.json").write_text(json.dumps(summary))
