@@ -52,7 +52,9 @@ from minigpt.run_folder import RunFolderLock, check_run_folder, probe_writable, 
 
 log = logging.getLogger("minigpt")
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# SIGUSR2 is submitit's preemption / time-limit signal: under hydra/launcher=slurm the job then
+# requeues itself (train.py) and continues from the checkpoint saved at the stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass
