@@ -364,12 +364,17 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
         def sample() -> Iterator[str]:
             # The same share of every training document (its beginning), so the sample spreads
             # over the whole corpus; with share 1 it is the whole training split.
-            for part in plan_parts(cfg, found, val, single_cut):
-                if part.split == "train":
-                    take = part.start + math.ceil(share * (part.end - part.start))
-                    for piece in pieces(part.chunks(take)):
-                        sample_chars[0] += len(piece)
-                        yield piece
+            from tqdm import tqdm
+
+            with tqdm(total=min(train_chars, cfg.tokenizer_train_chars), desc="data: BPE sample", unit="char",
+                      unit_scale=True, disable=not progress, mininterval=1) as bar:
+                for part in plan_parts(cfg, found, val, single_cut):
+                    if part.split == "train":
+                        take = part.start + math.ceil(share * (part.end - part.start))
+                        for piece in pieces(part.chunks(take)):
+                            sample_chars[0] += len(piece)
+                            bar.update(len(piece))
+                            yield piece
 
         tokenizer = BPETokenizer.train(sample(), cfg.vocab_size, show_progress=progress)
         log(f"data: trained a byte-level BPE tokenizer of {tokenizer.vocab_size} tokens on {sample_chars[0]:,} "
