@@ -251,6 +251,7 @@ class MonitorConfig:
     # forward/backward passes of one micro-batch.
     sharpness_every: Optional[int] = None
     sharpness_iters: int = 8  # power-iteration steps per measurement
+    sharpness_until: Optional[int] = None  # measure only before this step (null: the whole run)
 
     def validate(self):
         _check(self.spike_k > 0, "monitor.spike_k", "must be > 0", self.spike_k)
@@ -270,6 +271,9 @@ class MonitorConfig:
             _check(self.sharpness_every >= 1, "monitor.sharpness_every",
                    "must be a positive number of steps (or null to turn it off)", self.sharpness_every)
         _check(self.sharpness_iters >= 1, "monitor.sharpness_iters", "must be >= 1", self.sharpness_iters)
+        if self.sharpness_until is not None:
+            _check(self.sharpness_until >= 1, "monitor.sharpness_until", "must be >= 1 (or null: the whole run)",
+                   self.sharpness_until)
 
 
 @dataclass
