@@ -91,7 +91,14 @@ def check_stackable(configs: list[Config]) -> None:
 class StackedRuns:
     def __init__(self, configs: list[Config], run_dirs: list[Path], quiet: bool = False):
         check_stackable(configs)
-        self.runs = [Trainer(cfg, Path(d), quiet=quiet) for cfg, d in zip(configs, run_dirs)]
+        self.runs = []
+        try:
+            for cfg, d in zip(configs, run_dirs):
+                self.runs.append(Trainer(cfg, Path(d), quiet=quiet))
+        except BaseException:
+            for r in self.runs:  # release the run folders already taken
+                r.close()
+            raise
         first = self.runs[0]
         if first.precision == "fp16":
             raise UserError("trainer.precision: fp16 (this GPU has no bf16) is not supported for stacked runs; "
@@ -271,6 +278,7 @@ class StackedRuns:
     def run(self) -> list[RunResult]:
         tc = self.tc
         for r in self.runs:
+            r.begin_records()
             r._announce()
             r.metrics = MetricsLogger(r.run_dir, r.cfg.logger, config=r.cfg.to_dict(), total_steps=r.total_steps,
                                       start_step=r.step, wandb_id=r.wandb_id, progress=False,
@@ -319,6 +327,8 @@ class StackedRuns:
                     summary = {"status": "failed", "step": r.step}
                     write_summary(r.run_dir, summary)
                     r.metrics.close(summary, failed=True)
+            for r in self.runs:
+                r.close()
         return self.results
 
     def _flush_and_drop_diverged(self, wait: bool, t_start: float) -> None:

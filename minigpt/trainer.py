@@ -20,6 +20,7 @@ optional spike-skipping mitigation are the only synchronisation points.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -33,19 +34,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minigpt.checkpoint import (FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step, latest_checkpoint,
-                                list_checkpoints, load_checkpoint, prune_checkpoints, resume_config_changes,
-                                save_checkpoint)
+from minigpt.checkpoint import (CHECKPOINT_DIR, FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step,
+                                list_checkpoints, load_checkpoint, newest_intact_checkpoint, prune_checkpoints,
+                                resume_config_changes, save_checkpoint, set_aside_damaged)
 from minigpt.config import Config
 from minigpt.data import Batches, prepare_data
 from minigpt.errors import UserError
-from minigpt.metrics import MetricsLogger, read_metrics, truncate_metrics, write_metrics, write_summary
+from minigpt.metrics import (SUMMARY_FILE, UNREADABLE_FILE, MetricsLogger, read_metrics, truncate_metrics, write_metrics,
+                             write_summary)
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
 from minigpt.optim import build_optimizer
 from minigpt.sharpness import SharpnessProbe, stability_threshold
 from minigpt.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
+from minigpt.run_folder import RunFolderLock, check_run_folder, probe_writable, set_aside_run
 
 log = logging.getLogger("minigpt")
 
@@ -100,6 +103,23 @@ def resolve_device(name: str, ddp: Distributed) -> torch.device:
         torch.cuda.set_device(ddp.local_rank)
         return torch.device("cuda", ddp.local_rank)
     return torch.device("cpu")
+
+
+def check_compile_backend(tc) -> None:
+    """An unknown torch.compile backend fails only when the model first runs, after the data is
+    prepared: refuse it up front. (The mode is checked with the config's other values.)"""
+    if not tc.compile:
+        return
+    import torch._dynamo
+
+    if tc.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):  # debug backends included
+        import difflib
+
+        usual = torch._dynamo.list_backends()
+        close = difflib.get_close_matches(tc.compile_backend, usual, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"trainer.compile_backend: unknown torch.compile backend {tc.compile_backend!r}{hint}; "
+                        f"valid: {', '.join(usual)}")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -164,7 +184,35 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # leftover fp32 matmuls on tensor cores
             torch.backends.cudnn.allow_tf32 = True
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_compile_backend(tc)
+        # The folder is this run's alone for its whole life (minigpt/run_folder.py): locked, and
+        # checked for another run before anything is written into it.
+        self.lock = None
+        if self.ddp.is_main:
+            probe_writable(self.run_dir, "hydra.run.dir")
+            self.lock = RunFolderLock(self.run_dir).acquire()
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc = self.cfg, self.cfg.trainer
+        if self.ddp.is_main:
+            if self.lock.took_over:
+                self.say(f"run folder: took over the lock left by {self.lock.took_over} (no longer running)")
+            if self.lock.unsupported:
+                self.say(f"run folder: no lock on {self.run_dir} ({self.lock.unsupported}); make sure no other process "
+                         "writes into it")
+            check_run_folder(self.run_dir, tc.resume, tc.overwrite)
+            if tc.overwrite:
+                moved = set_aside_run(self.run_dir)
+                if moved:
+                    self.say(f"run folder: trainer.overwrite=true: the run {self.run_dir} held moved to {moved}")
+            if self.checkpoints:
+                probe_writable(self.run_dir / CHECKPOINT_DIR, "hydra.run.dir")
+            probe_writable(Path(cfg.data.cache_dir), "data.cache_dir")
         # A resume is checked against the checkpoint's config before any data or model work.
         found = self._load_resume(tc.resume) if tc.resume else None
 
@@ -176,6 +224,11 @@ class Trainer:
         if not self.ddp.is_main:
             self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
         meta = self.data.meta
+        # Every context window must fit in the splits: checked before a model of that context is built.
+        self.train_batches = Batches(self.data.train, cfg.model.block_size, tc.micro_batch_size, cfg.seed, self.device,
+                                     "train")
+        self.val_batches = Batches(self.data.val, cfg.model.block_size, tc.micro_batch_size, cfg.seed, self.device,
+                                   "validation")
 
         # Model.
         mc = cfg.model
@@ -211,9 +264,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.peak_lr,
                                          (self.plan.beta1, self.plan.beta2, self.plan.eps))
 
-        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
-        self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
-                                   "validation")
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
         self.sharpness = None
         if cfg.monitor.sharpness_every:
@@ -258,11 +308,22 @@ class Trainer:
 
     def run(self) -> RunResult:
         cfg, tc = self.cfg, self.cfg.trainer
-        self._announce()
-        self.metrics = MetricsLogger(
-            self.run_dir, cfg.logger, config=cfg.to_dict(), total_steps=self.total_steps, start_step=self.step,
-            wandb_id=self.wandb_id, progress=tc.progress, enabled=self.ddp.is_main, run_name=cfg.run_name,
-        )
+        finished = self._finished_summary()
+        if finished is not None:  # e.g. a Slurm requeue of a job that had completed: change nothing
+            self.say(f"resume: the run in {self.run_dir} is complete (step {self.step} of {self.total_steps}); "
+                     "nothing to do")
+            self.close()
+            return RunResult("completed", finished.get("final_val_loss"), finished, self.run_dir, self.resumed_from)
+        try:
+            self.begin_records()
+            self._announce()
+            self.metrics = MetricsLogger(
+                self.run_dir, cfg.logger, config=cfg.to_dict(), total_steps=self.total_steps, start_step=self.step,
+                wandb_id=self.wandb_id, progress=tc.progress, enabled=self.ddp.is_main, run_name=cfg.run_name,
+            )
+        except BaseException:
+            self.close()
+            raise
         self.wandb_id = self.metrics.wandb_id
         previous_handlers = self._install_signal_handlers()
         status, failed, ckpt = "completed", True, None
@@ -300,12 +361,14 @@ class Trainer:
                 ckpt = self.resumed_from if self._resumed_here() else self.save()
             failed = False
         finally:
-            self._restore_signal_handlers(previous_handlers)
             wall = time.time() - t_start
             summary = self._summary(status, wall, ckpt) if not failed else {"status": "failed", "step": self.step}
             if self.ddp.is_main:
                 write_summary(self.run_dir, summary)
             self.metrics.close(summary, failed=failed)
+            # Only now: a second signal while the summary is written is still just a request.
+            self._restore_signal_handlers(previous_handlers)
+            self.close()
         final_val = summary["final_val_loss"] if status == "completed" else math.inf
         return RunResult(status, final_val, summary, self.run_dir, ckpt)
 
@@ -522,6 +585,8 @@ class Trainer:
             "wandb_id": self.wandb_id,
             "elapsed": self.elapsed_before + (time.time() - self._t0 if hasattr(self, "_t0") else 0.0),
         }
+        if hasattr(self, "metrics"):
+            self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
         path = save_checkpoint(state, checkpoint_path(self.run_dir, self.step))
         prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
         self._last_saved_step = self.step
@@ -532,11 +597,17 @@ class Trainer:
         return getattr(self, "_last_saved_step", None) == self.step
 
     def _load_resume(self, resume: str) -> tuple[Path, dict] | None:
-        """The checkpoint to resume from and its state, after checking its config against ours."""
-        path = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
-        if path is None:
-            return None
-        state = load_checkpoint(path)
+        """The checkpoint to resume from and its state, after checking its config against ours.
+        resume=auto takes the newest intact checkpoint, passing over damaged newer ones."""
+        if resume == "auto":
+            path, state, self.damaged = newest_intact_checkpoint(self.run_dir)
+            for p, why in self.damaged:
+                self.say(f"resume: skipped {p.name}: {why}")
+            if path is None:
+                return None
+        else:
+            path = Path(resume)
+            state = load_checkpoint(path)
         changes = resume_config_changes(state.get("config", {}), self.cfg.to_dict(), path)
         if changes:
             self.say("resume: config changes from the checkpoint: " + "; ".join(changes))
@@ -544,12 +615,13 @@ class Trainer:
 
     def _resume(self, found: tuple[Path, dict] | None) -> None:
         if found is None:
-            # Records of a run killed before its first checkpoint: it starts over, so they go.
-            dropped = truncate_metrics(self.run_dir, 0) if self.ddp.is_main else 0
-            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0"
-                     + (f"; dropped {dropped} records of the earlier attempt" if dropped else ""))
+            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0")
             return
         path, state = found
+        if state["step"] > self.total_steps:
+            raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
+                            f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
+                            "(trainer.max_steps / max_tokens / epochs)")
         self._check_compatible(state, path)
         self.model.load_state_dict(state["model"])
         saved_groups = [g.get("name") for g in state["optimizer"]["param_groups"]]
@@ -577,20 +649,60 @@ class Trainer:
         self.branched_from = path if parent_dir != self.run_dir.resolve() else None
         if self.branched_from:
             self.wandb_id = None
-        if self.ddp.is_main and self.branched_from:
-            parent = [r for r in read_metrics(parent_dir) if r.get("step", -1) < self.step]
+
+    def begin_records(self) -> None:
+        """Make the run folder's records those of this run up to its first step, just before
+        training: nothing earlier in the start-up can fail after an earlier run's records changed.
+
+        A fresh start (or a resume that found no checkpoint) drops the records of an attempt that
+        died before its first checkpoint; a resume drops the records after the checkpoint's step
+        and the checkpoints past it (a rewind), so every step is recorded once and resume=auto
+        never mixes two histories; a branch starts from the parent's records up to its step.
+        Unreadable lines of metrics.jsonl are set aside, never dropped silently."""
+        if not self.ddp.is_main:
+            return
+        for p, _ in getattr(self, "damaged", []):
+            aside = set_aside_damaged(p)
+            self.say(f"resume: damaged checkpoint {p.name} set aside as {aside.name}")
+        if self.branched_from:
+            parent = [r for r in read_metrics(self.branched_from.resolve().parent.parent) if r["step"] < self.step]
             write_metrics(self.run_dir, parent)
-            self.say(f"branch: from {path} at step {self.step}, a new run in {self.run_dir} "
+            self.say(f"branch: from {self.branched_from} at step {self.step}, a new run in {self.run_dir} "
                      f"({len(parent)} records of the parent copied)")
-        elif self.ddp.is_main:
-            dropped = truncate_metrics(self.run_dir, self.step)
-            # Checkpoints past the resumed step belong to the history just dropped (a rewind with
-            # trainer.resume=<path>): left in place they would mix two runs under resume=auto.
-            later = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) > self.step]
-            for p in later:
-                p.unlink()
-            self.say(f"resume: from {path} at step {self.step}" + (f"; dropped {dropped} records after it" if dropped else "")
-                     + (f"; deleted {len(later)} later checkpoints" if later else ""))
+            return
+        dropped, unreadable = truncate_metrics(self.run_dir, self.step)
+        later = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) > self.step]
+        for p in later:
+            p.unlink()
+        notes = []
+        if dropped:
+            notes.append(f"dropped {dropped} records " + ("of an earlier attempt" if self.step == 0 else "after it"))
+        if unreadable:
+            notes.append(f"{unreadable} unreadable line{'s' if unreadable > 1 else ''} of metrics.jsonl set aside in "
+                         f"{self.run_dir / UNREADABLE_FILE}")
+        if later:
+            notes.append(f"deleted {len(later)} later checkpoints")
+        if self.resumed_from:
+            self.say(f"resume: from {self.resumed_from} at step {self.step}" + "".join(f"; {n}" for n in notes))
+        elif notes:
+            self.say("records: " + "; ".join(notes))
+
+    def _finished_summary(self) -> dict | None:
+        """The summary of the completed run that this resume would only repeat, or None."""
+        if not self.resumed_from or self.branched_from or self.step < self.total_steps:
+            return None
+        try:
+            summary = json.loads((self.run_dir / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        done = isinstance(summary, dict) and summary.get("status") == "completed" and summary.get("step") == self.step
+        return summary if done else None
+
+    def close(self) -> None:
+        """Release the run folder (the lock); run() does it when the run ends."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _check_compatible(self, state: dict, path: Path) -> None:
         """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
@@ -612,6 +724,9 @@ class Trainer:
         previous = {}
 
         def request_stop(signum, frame):
+            if self.signal_received is not None:  # a second Ctrl-C: the stop is on its way, say so
+                os.write(2, f"\n{signal.Signals(signum).name}: already stopping; the checkpoint is being saved at "
+                            "the step boundary, then the run exits\n".encode())
             self.signal_received = signum
             if not self.ddp.enabled:  # under DDP the ranks first agree on it (_agree_on_stop)
                 self.stop_signal = signum

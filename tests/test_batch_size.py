@@ -81,8 +81,8 @@ def test_ramp_grows_linearly_in_whole_micro_batches():
     assert p.tokens_after(len(sizes)) == seen
     assert p.tokens_after(len(sizes) + 3) == seen + 3 * 160
     assert p.updates_for(seen) == len(sizes) and p.updates_for(seen + 1) == len(sizes) + 1
-    # start is rounded down to whole micro-batches per rank, and never above the full batch
-    assert plan(micro=2, accum=8, start=5, ramp="1k").start == 4 and plan(start=100, ramp="1k").start == 8
+    # start is rounded down to whole micro-batches per rank; a start of the full batch is no ramp
+    assert plan(micro=2, accum=8, start=5, ramp="1k").start == 4 and plan(start=8, ramp="1k").start == 8
     assert plan(micro=2, accum=4, world=2, start=1, ramp="1k").start == 4  # quantum: 2 x 2 ranks
 
 
@@ -91,6 +91,9 @@ def test_ramp_config_errors():
         plan(start=4)
     with pytest.raises(UserError, match="batch_ramp_start"):
         plan(start=0, ramp="1k")
+    # a start above the full batch was once clamped to it without a word
+    with pytest.raises(UserError, match=r"batch_ramp_start \(100 sequences\) is larger than the global batch .*\(8 "):
+        plan(start=100, ramp="1k")
 
 
 def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, tmp_path):
