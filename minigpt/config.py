@@ -94,6 +94,25 @@ class DataConfig:
 
 
 @dataclass
+class LRMultipliers:
+    """Per-group LR multipliers, applied on top of the schedule: group LR = schedule LR x multiplier."""
+
+    embedding: float = 1.0  # token and position embeddings (wte, wpe)
+    head: float = 1.0  # the output layer (lm_head); tied to wte in this GPT, so it must equal embedding
+    matrices: float = 1.0  # the weight matrices of attention and MLP blocks
+    norms_biases: float = 1.0  # LayerNorm gains and biases, every 1-d parameter
+
+    def validate(self):
+        for key in ("embedding", "head", "matrices", "norms_biases"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value >= 0, f"optim.lr_multipliers.{key}", "must be a number >= 0",
+                   value)
+
+    def non_default(self) -> bool:
+        return any(getattr(self, k) != 1.0 for k in ("embedding", "head", "matrices", "norms_biases"))
+
+
+@dataclass
 class OptimConfig:
     name: Literal["adamw"] = "adamw"
     lr: float = 5e-3  # peak learning rate: the schedule's multiplier scales it
@@ -108,8 +127,13 @@ class OptimConfig:
     weight_decay_mode: Literal["coupled", "independent"] = "coupled"
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     fused: Literal["auto", "on", "off"] = "auto"  # fused AdamW kernel: auto = on CUDA
-    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    # How the peak LR (and, for sqrt_adam, Adam's betas and eps) follow the global batch B from
+    # reference_batch_tokens B_ref, k = B / B_ref: linear: lr x k (Goyal et al. 2017); sqrt_lr: lr x sqrt(k),
+    # the LR only; sqrt_adam: Malladi et al. 2022's square-root rule for Adam, lr x sqrt(k),
+    # beta_i -> 1 - k (1 - beta_i), eps -> eps / sqrt(k) (minigpt/plan.py).
+    lr_scaling: Literal["none", "linear", "sqrt_lr", "sqrt_adam"] = "none"
     reference_batch_tokens: Optional[int] = None  # batch (tokens) at which optim.lr was tuned
+    lr_multipliers: LRMultipliers = field(default_factory=LRMultipliers)
 
     def validate(self):
         _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "must be a positive number", self.lr)
@@ -130,6 +154,7 @@ class OptimConfig:
         if self.reference_batch_tokens is not None:
             _check(self.reference_batch_tokens > 0, "optim.reference_batch_tokens", "must be > 0",
                    self.reference_batch_tokens)
+        self.lr_multipliers.validate()
 
 
 @dataclass

@@ -263,7 +263,8 @@ class Trainer:
         self.batches, self.total_steps, self.schedule = self.plan.batches, self.plan.total_steps, self.plan.schedule
         self.grad_accum, self.global_batch = self.plan.grad_accum, self.plan.global_batch
         self.tokens_per_step, self.peak_lr = self.plan.tokens_per_step, self.plan.peak_lr
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.peak_lr)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.peak_lr,
+                                         (self.plan.beta1, self.plan.beta2, self.plan.eps))
 
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
         self.sharpness = None
@@ -290,7 +291,8 @@ class Trainer:
         self.fields = ["loss", "loss_max", "grad_norm"]
         if self.scaler is not None:
             self.fields.append("scaler_skipped")
-        for name, on in (("update_ratio", cfg.monitor.update_ratio), ("max_attn_logit", cfg.monitor.max_attn_logit),
+        for name, on in (("z_loss", cfg.model.z_loss > 0), ("update_ratio", cfg.monitor.update_ratio),
+                         ("max_attn_logit", cfg.monitor.max_attn_logit),
                          ("logz", cfg.monitor.logz), ("sharpness", self.sharpness is not None)):
             if on:
                 self.fields.append(name)
@@ -298,6 +300,8 @@ class Trainer:
         self.pending_values: list[torch.Tensor] = []
         self.inflight: list[_Inflight] = []
         self.val_at: dict[int, float] = {}
+        self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
+        self.val_z_loss: float | None = None
         self.stop_signal: int | None = None  # a stop all ranks agreed on
         self.signal_received: int | None = None  # a signal this process caught
         self.last_record: dict = {}
@@ -330,6 +334,8 @@ class Trainer:
             while self.step < self.total_steps:
                 if self.step % tc.eval_interval == 0:
                     self.val_at[self.step] = self.evaluate()
+                    if self.val_z_loss is not None:
+                        self.val_z_at[self.step] = self.val_z_loss
                 if self._stop_requested():
                     status = "interrupted"
                     break
@@ -349,7 +355,10 @@ class Trainer:
             if status == "completed":
                 final = self.evaluate()
                 self.val_history.append((self.step, final))
-                self.metrics.log({"step": self.step, "val/loss": final, "train/tokens": self.tokens_seen})
+                record = {"step": self.step, "val/loss": final, "train/tokens": self.tokens_seen}
+                if self.val_z_loss is not None:
+                    record["val/z_loss"] = self.val_z_loss
+                self.metrics.log(record)
             if status in ("completed", "interrupted") and self.checkpoints:
                 ckpt = self.resumed_from if self._resumed_here() else self.save()
             failed = False
@@ -377,7 +386,7 @@ class Trainer:
         lr, beta1 = self.plan.lr_at(step, self.tokens_seen)
         accum = self.batches.accum_at(self.tokens_seen)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]  # optim.lr_multipliers, on top of the schedule
             if beta1 is not None:
                 group["betas"] = (beta1, group["betas"][1])
 
@@ -388,6 +397,8 @@ class Trainer:
             events[0].record()
         loss_sum = torch.zeros((), device=self.device)
         loss_max = torch.full((), -math.inf, device=self.device)
+        z_sum = torch.zeros((), device=self.device)
+        z_loss_on = cfg.model.z_loss > 0
         for micro in range(accum):
             x, y = self.train_batches.train_batch(step, self.ddp.rank * accum + micro)
             last = micro == accum - 1
@@ -398,6 +409,10 @@ class Trainer:
                 scaled = loss / accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss = loss.detach().float()
+            if z_loss_on:  # the record's loss is the cross-entropy; the z term is recorded on its own
+                z = self.model.z_term.float()
+                z_sum += z
+                loss = loss - z
             loss_sum += loss
             loss_max = torch.maximum(loss_max, loss)
         loss_mean = loss_sum / accum
@@ -436,6 +451,12 @@ class Trainer:
             extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in self.model.transformer.h]).max()
         if cfg.monitor.logz:
             extras["logz"] = self.model.logz_mean.float()
+        if z_loss_on:
+            z_mean = z_sum / accum
+            if self.ddp.enabled:
+                dist.all_reduce(z_mean, op=dist.ReduceOp.SUM)
+                z_mean /= self.ddp.world_size
+            extras["z_loss"] = z_mean
         if self.sharpness is not None:  # after the update, with the preconditioner it used
             value = self.sharpness.measure(self.model, self.optimizer) if self.sharpness.due(step) else math.nan
             extras["sharpness"] = torch.tensor(value, device=self.device)
@@ -452,19 +473,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows (split across ranks)."""
+        """Mean cross-entropy over the fixed validation windows (split across ranks). With the
+        z-loss on, its term is not part of it: it goes to self.val_z_loss (val/z_loss)."""
         self.model.eval()
         n = self.cfg.trainer.eval_iters
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, batch count
+        total = torch.zeros(3, device=self.device, dtype=torch.float64)  # cross-entropy sum, batch count, z sum
         for i in range(self.ddp.rank, n, self.ddp.world_size):
             x, y = self.val_batches.eval_batch(i)
             with self._autocast():
-                _, loss = self.eval_model(x, y)
+                _, loss = self.eval_model(x, y, with_z_loss=False)
             total[0] += loss.double()
             total[1] += 1
+            if self.cfg.model.z_loss > 0:
+                total[2] += self.model.z_term.double()
         if self.ddp.enabled:
             dist.all_reduce(total)
         self.model.train()
+        self.val_z_loss = float(total[2] / total[1]) if self.cfg.model.z_loss > 0 else None
         return float(total[0] / total[1])
 
     # --- records: device -> host, asynchronously ---
@@ -515,11 +540,14 @@ class Trainer:
                 record["perf/mfu"] = round(self.flops_per_token * tok_per_s / (self.peak_flops * self.ddp.world_size), 4)
             if p.beta1 is not None:
                 record["train/beta1"] = p.beta1
+            if self.plan.lr_scaling == "sqrt_adam":  # Adam's scaled hyperparameters, in every record
+                record["train/beta2"] = self.plan.beta2
+                record["train/eps"] = self.plan.eps
             if self.cfg.monitor.skip_spikes:
                 record["train/skipped"] = p.skipped
             if "scaler_skipped" in values:
                 record["train/scaler_skipped"] = bool(values["scaler_skipped"])
-            for name in ("update_ratio", "max_attn_logit", "logz"):
+            for name in ("z_loss", "update_ratio", "max_attn_logit", "logz"):
                 if name in values:
                     record[f"train/{name}"] = values[name]
             if self.sharpness is not None and self.sharpness.due(p.step):
@@ -528,6 +556,8 @@ class Trainer:
                     p.lr, p.beta1 if p.beta1 is not None else self.cfg.optim.beta1)
             if p.step in self.val_at:
                 record["val/loss"] = self.val_at[p.step]
+                if p.step in self.val_z_at:
+                    record["val/z_loss"] = self.val_z_at.pop(p.step)
                 self.val_history.append((p.step, self.val_at.pop(p.step)))
             self.monitor.observe(record)
             self.metrics.log(record)
@@ -596,7 +626,15 @@ class Trainer:
                             "(trainer.max_steps / max_tokens / epochs)")
         self._check_compatible(state, path)
         self.model.load_state_dict(state["model"])
+        saved_groups = [g.get("name") for g in state["optimizer"]["param_groups"]]
+        groups = [g["name"] for g in self.optimizer.param_groups]
+        if saved_groups != groups:
+            raise UserError(f"trainer.resume: {path} has optimizer groups {saved_groups}, this run {groups} "
+                            "(optim.lr_multipliers set or unset since); resume with the multipliers it was trained with")
+        multipliers = [g["lr_mult"] for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, mult in zip(self.optimizer.param_groups, multipliers):  # this run's, not the checkpoint's
+            group["lr_mult"] = mult
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -750,7 +788,8 @@ class Trainer:
             "diverged_step": verdict.step if status == "diverged" else None,
             "step": self.step,
             "total_steps": self.total_steps,
-            "final_val_loss": final,
+            "final_val_loss": final,  # cross-entropy; with the z-loss on, its term is final_val_z_loss
+            "final_val_z_loss": self.val_z_loss if final is not None and self.cfg.model.z_loss > 0 else None,
             "best_val_loss": min(vals) if vals else None,
             "initial_val_loss": self.val_history[0][1] if self.val_history and self.val_history[0][0] == 0 else None,
             "unigram_entropy_val": entropy,

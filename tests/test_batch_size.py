@@ -21,7 +21,7 @@ def plan(micro=2, accum=4, world=1, start=None, ramp=None, block=10):
 # --- the scaling rule ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule, factor", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+@pytest.mark.parametrize("rule, factor", [("none", 1.0), ("linear", 4.0), ("sqrt_lr", 2.0), ("sqrt_adam", 2.0)])
 def test_scaling_rules(rule, factor):
     cfg = OptimConfig(lr=1e-3, lr_scaling=rule, reference_batch_tokens=None if rule == "none" else 1024)
     assert scaled_peak_lr(cfg, 4096) == pytest.approx(1e-3 * factor, rel=1e-12)
@@ -39,7 +39,7 @@ def test_same_global_batch_same_lr_whatever_the_ranks_and_accumulation(micro, ac
     tc = TrainerConfig(micro_batch_size=micro, grad_accum=accum)
     tokens = BatchPlan.from_config(tc, world, block_size=64).final_tokens
     assert tokens == 8 * 64
-    cfg = OptimConfig(lr=1e-3, lr_scaling="sqrt", reference_batch_tokens=2 * 64)
+    cfg = OptimConfig(lr=1e-3, lr_scaling="sqrt_lr", reference_batch_tokens=2 * 64)
     assert scaled_peak_lr(cfg, tokens) == pytest.approx(2e-3, rel=1e-12)
     # and trainer.batch_size=8 derives the accumulation that gives the same batch
     assert TrainerConfig(micro_batch_size=micro, batch_size=8).grad_accum_for(world) * micro * world == 8
