@@ -109,10 +109,15 @@ def loss_reduction(lrs, steps, B: float, C: float, beta: float, gamma: float) ->
     if len(seq.changes) == 0:
         return np.zeros(len(steps))
     rate = C * np.exp(-gamma * seq.log_lr_at_change)
-    before = seq.changes[None, :] < steps[:, None]  # the changes made before step t
-    x = np.maximum(seq.area[steps][:, None] - seq.area_at_change[None, :], 0.0) * rate[None, :]
-    g = 1.0 - np.exp(-beta * np.log1p(x))
-    return B * np.sum(np.where(before, seq.drop * g, 0.0), axis=1)
+    out = np.empty(len(steps))
+    rows = max(1, 2**22 // len(seq.changes))  # steps per block: a (steps x changes) block of ~32 MB
+    for i in range(0, len(steps), rows):
+        t = steps[i:i + rows, None]
+        before = seq.changes[None, :] < t  # the changes made before step t
+        x = np.maximum(seq.area[t] - seq.area_at_change[None, :], 0.0) * rate[None, :]
+        g = 1.0 - np.exp(-beta * np.log1p(x))
+        out[i:i + rows] = B * np.sum(np.where(before, seq.drop * g, 0.0), axis=1)
+    return out
 
 
 def annealing_area(lrs, lam: float) -> np.ndarray:
