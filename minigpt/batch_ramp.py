@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from minigpt.config import TrainerConfig, parse_count
+from minigpt.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,11 @@ class BatchPlan:
         final = quantum * tc.grad_accum_for(world_size)
         if tc.batch_ramp_start is None:
             return cls(final, final, 0, quantum, block_size)
-        start = min(final, max(quantum, tc.batch_ramp_start // quantum * quantum))
+        if tc.batch_ramp_start > final:
+            raise UserError(f"trainer.batch_ramp_start ({tc.batch_ramp_start} sequences) is larger than the global batch "
+                            f"it ramps up to ({final} = micro_batch_size x grad_accum x ranks); give a smaller start, "
+                            "e.g. trainer.batch_ramp_start=" + str(max(quantum, final // 4 // quantum * quantum)))
+        start = max(quantum, tc.batch_ramp_start // quantum * quantum)
         return cls(final, start, parse_count(tc.batch_ramp_tokens, "trainer.batch_ramp_tokens"), quantum, block_size)
 
     @property

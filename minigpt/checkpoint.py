@@ -2,8 +2,11 @@
 
 A checkpoint is one file, `<run_dir>/checkpoints/step_XXXXXXX.pt`, holding plain tensors,
 numbers, strings, lists and dicts only: it is loaded with `weights_only=True`, so opening one
-can never run code. It is written to a temporary file and renamed, so a crash in the middle
-of a save leaves the previous checkpoint whole.
+can never run code. It is written to a temporary file, flushed to the disk and renamed, so a
+crash in the middle of a save leaves the previous checkpoint whole. Next to it,
+`step_XXXXXXX.pt.sha256` holds its SHA-256 (in `sha256sum` format, written before the
+checkpoint gets its name); every load checks it, so a checkpoint damaged on the disk is never
+trained on: `trainer.resume=auto` falls back to the newest intact one.
 
 A resumed run must build the same model from the same tokens as the run that wrote the
 checkpoint; `resume_config_changes` compares the two configs, refuses a change of the model's
@@ -12,6 +15,7 @@ shape or of the data (tokenizer included) and lists the changes that are safe.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -19,8 +23,11 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import UserError
+from minigpt.files import fsync_dir, write_atomic
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKSUM_SUFFIX = ".sha256"
+DAMAGED_SUFFIX = ".damaged"  # a checkpoint that failed its check, kept for a person to look at
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
 # Config keys a resume must keep: the model's shape (the saved weights would not fit another)
@@ -48,20 +55,66 @@ def save_checkpoint(state: dict, path: Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        # The checksum is of the bytes on the disk, and has its name before the checkpoint does:
+        # every checkpoint that can be found has one.
+        write_atomic(checksum_path(path), f"{file_sha256(tmp)}  {path.name}\n")
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed save leaves no litter; the previous checkpoint is untouched
         raise
     return path
 
 
+def checksum_path(path: Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why a checkpoint file cannot be trusted (empty, or its bytes differ from its stored
+    SHA-256), or None. A checkpoint without a checksum file (saved before minigpt stored them)
+    is not called damaged here; loading it still has to succeed."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        stored = checksum_path(path)
+        if not stored.is_file():
+            return None
+        expected = stored.read_text().split()[0] if stored.read_text().strip() else ""
+        actual = file_sha256(path)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+    if actual != expected:
+        return f"its SHA-256 differs from the one stored in {stored.name} when it was saved"
+    return None
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint that fails its integrity check or does not load."""
+
+
 def load_checkpoint(path: Path, key: str = "trainer.resume", mmap: bool = False) -> dict:
-    """Load a checkpoint safely (`weights_only`); anything else is one-line UserError naming `key`.
+    """Load a checkpoint safely (`weights_only`) after checking its checksum; anything else is a
+    one-line UserError naming `key` (DamagedCheckpoint for a damaged one).
 
     mmap=True maps the tensors instead of reading them, for a quick look at the config."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{key}: '{path}' is not a file; give a checkpoint (.pt) path or trainer.resume=auto")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise DamagedCheckpoint(f"{key}: '{path}' is damaged: {damage}; resume from an earlier checkpoint "
+                                "(trainer.resume=auto takes the newest intact one)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
@@ -70,11 +123,52 @@ def load_checkpoint(path: Path, key: str = "trainer.resume", mmap: bool = False)
             what = f"a Python object ({found.group(1)})" if found else "Python objects"
             raise UserError(f"{key}: '{path}' holds {what} that a safe weights_only load refuses, so it is not "
                             "a minigpt checkpoint and is not opened") from None
+        if checksum_path(path).is_file():  # it was saved whole by minigpt, so it must load
+            raise DamagedCheckpoint(f"{key}: '{path}' is damaged: it does not load ({type(e).__name__}); resume "
+                                    "from an earlier checkpoint (trainer.resume=auto takes the newest intact one)") from None
         raise UserError(f"{key}: '{path}' is not a minigpt checkpoint ({type(e).__name__}); "
                         "give a file from a run's checkpoints/ folder") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{key}: '{path}' is not a minigpt checkpoint (no model or step in it)")
     return state
+
+
+def newest_intact_checkpoint(run_dir: Path, mmap: bool = False) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
+    """(path, state, skipped) of the newest checkpoint of a run folder that passes its check and
+    loads; `skipped` lists the newer ones that did not, with the reason. (None, None, skipped)
+    when there is none: then a UserError if some were found but every one is damaged."""
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path, mmap=mmap), skipped
+        except UserError as e:
+            skipped.append((path, _reason(e, path)))
+    if skipped:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+        raise DamagedCheckpoint(f"trainer.resume=auto: no intact checkpoint in {Path(run_dir) / CHECKPOINT_DIR} "
+                                f"({listed}); resume from a copy you trust with trainer.resume=<path>, or start "
+                                "a new run elsewhere")
+    return None, None, skipped
+
+
+def set_aside_damaged(path: Path) -> Path:
+    """Rename a damaged checkpoint (and its checksum) out of the way: no longer a checkpoint of the
+    run, still there to look at."""
+    path = Path(path)
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    os.replace(path, target)
+    if checksum_path(path).exists():
+        os.replace(checksum_path(path), checksum_path(target))
+    return target
+
+
+def _reason(e: UserError, path: Path) -> str:
+    """The middle of a load error: what is wrong with the file, without the advice."""
+    text = str(e)
+    for lead in (f"'{path}' is damaged: ", f"'{path}' is "):
+        if lead in text:
+            return text.split(lead, 1)[1].split(";")[0]
+    return text
 
 
 def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
@@ -108,14 +202,24 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints (never the newest) and the temporary files
-    of saves that a crash interrupted; return the checkpoints deleted."""
+    """Delete all but the newest `keep` checkpoints that have a checksum (never the newest of
+    those: called right after a save, that is the one just written and checked), older files
+    without one, and the temporary files of saves that a crash interrupted; return the
+    checkpoints deleted."""
     found = list_checkpoints(run_dir)
-    doomed = found[: max(0, len(found) - max(1, keep))]
+    checked = [p for p in found if checksum_path(p).is_file()]
+    kept = checked[-max(1, keep):]
+    oldest_kept = checkpoint_step(kept[0]) if kept else None
+    doomed = [p for p in found if oldest_kept is not None and checkpoint_step(p) < oldest_kept]
     for p in doomed:
         p.unlink(missing_ok=True)
-    for leftover in (Path(run_dir) / CHECKPOINT_DIR).glob("step_*.pt.tmp"):  # called after a save completed
+        checksum_path(p).unlink(missing_ok=True)
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    for leftover in folder.glob("step_*.pt.tmp"):  # called after a save completed
         leftover.unlink(missing_ok=True)
+    for orphan in folder.glob(f"step_*.pt{CHECKSUM_SUFFIX}"):  # a save killed between its two renames
+        if not orphan.with_name(orphan.name[: -len(CHECKSUM_SUFFIX)]).exists():
+            orphan.unlink(missing_ok=True)
     return doomed
 
 

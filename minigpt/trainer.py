@@ -20,6 +20,7 @@ optional spike-skipping mitigation are the only synchronisation points.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -33,19 +34,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minigpt.checkpoint import (FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step, latest_checkpoint,
-                                list_checkpoints, load_checkpoint, prune_checkpoints, resume_config_changes,
-                                save_checkpoint)
+from minigpt.checkpoint import (CHECKPOINT_DIR, FIXED_MODEL_KEYS, checkpoint_path, checkpoint_step,
+                                list_checkpoints, load_checkpoint, newest_intact_checkpoint, prune_checkpoints,
+                                resume_config_changes, save_checkpoint, set_aside_damaged)
 from minigpt.config import Config
 from minigpt.data import Batches, prepare_data
 from minigpt.errors import UserError
-from minigpt.metrics import MetricsLogger, read_metrics, truncate_metrics, write_metrics, write_summary
+from minigpt.metrics import (SUMMARY_FILE, UNREADABLE_FILE, MetricsLogger, read_metrics, truncate_metrics, write_metrics,
+                             write_summary)
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
 from minigpt.optim import build_optimizer
 from minigpt.sharpness import SharpnessProbe, stability_threshold
 from minigpt.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
+from minigpt.run_folder import RunFolderLock, check_run_folder, probe_writable, set_aside_run
 
 log = logging.getLogger("minigpt")
 
@@ -100,6 +103,23 @@ def resolve_device(name: str, ddp: Distributed) -> torch.device:
         torch.cuda.set_device(ddp.local_rank)
         return torch.device("cuda", ddp.local_rank)
     return torch.device("cpu")
+
+
+def check_compile_backend(tc) -> None:
+    """An unknown torch.compile backend fails only when the model first runs, after the data is
+    prepared: refuse it up front. (The mode is checked with the config's other values.)"""
+    if not tc.compile:
+        return
+    import torch._dynamo
+
+    if tc.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):  # debug backends included
+        import difflib
+
+        usual = torch._dynamo.list_backends()
+        close = difflib.get_close_matches(tc.compile_backend, usual, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"trainer.compile_backend: unknown torch.compile backend {tc.compile_backend!r}{hint}; "
+                        f"valid: {', '.join(usual)}")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -164,7 +184,37 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # leftover fp32 matmuls on tensor cores
             torch.backends.cudnn.allow_tf32 = True
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_compile_backend(tc)
+        # The folder is this run's alone for its whole life (minigpt/run_folder.py): locked, and
+        # checked for another run before anything is written into it.
+        self.lock = None
+        if self.ddp.is_main:
+            probe_writable(self.run_dir, "hydra.run.dir")  # creates it
+            self.lock = RunFolderLock(self.run_dir).acquire()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc = self.cfg, self.cfg.trainer
+        if self.ddp.is_main:
+            if self.lock.took_over:
+                self.say(f"run folder: took over the lock left by {self.lock.took_over} (no longer running)")
+            if self.lock.unsupported:
+                self.say(f"run folder: no lock on {self.run_dir} ({self.lock.unsupported}); make sure no other process "
+                         "writes into it")
+            check_run_folder(self.run_dir, tc.resume, tc.overwrite)
+            if tc.overwrite:
+                moved = set_aside_run(self.run_dir)
+                if moved:
+                    self.say(f"run folder: trainer.overwrite=true: the run {self.run_dir} held moved to {moved}")
+            if self.checkpoints:
+                probe_writable(self.run_dir / CHECKPOINT_DIR, "hydra.run.dir")
+            probe_writable(Path(cfg.data.cache_dir), "data.cache_dir")
         # A resume is checked against the checkpoint's config before any data or model work.
         found = self._load_resume(tc.resume) if tc.resume else None
 
@@ -176,6 +226,11 @@ class Trainer:
         if not self.ddp.is_main:
             self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
         meta = self.data.meta
+        # Every context window must fit in the splits: checked before a model of that context is built.
+        self.train_batches = Batches(self.data.train, cfg.model.block_size, tc.micro_batch_size, cfg.seed, self.device,
+                                     "train")
+        self.val_batches = Batches(self.data.val, cfg.model.block_size, tc.micro_batch_size, cfg.seed, self.device,
+                                   "validation")
 
         # Model.
         mc = cfg.model
@@ -208,11 +263,9 @@ class Trainer:
         self.batches, self.total_steps, self.schedule = self.plan.batches, self.plan.total_steps, self.plan.schedule
         self.grad_accum, self.global_batch = self.plan.grad_accum, self.plan.global_batch
         self.tokens_per_step, self.peak_lr = self.plan.tokens_per_step, self.plan.peak_lr
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.peak_lr)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.peak_lr,
+                                         (self.plan.beta1, self.plan.beta2, self.plan.eps))
 
-        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
-        self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
-                                   "validation")
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
         self.sharpness = None
         if cfg.monitor.sharpness_every:
@@ -238,7 +291,8 @@ class Trainer:
         self.fields = ["loss", "loss_max", "grad_norm"]
         if self.scaler is not None:
             self.fields.append("scaler_skipped")
-        for name, on in (("update_ratio", cfg.monitor.update_ratio), ("max_attn_logit", cfg.monitor.max_attn_logit),
+        for name, on in (("z_loss", cfg.model.z_loss > 0), ("update_ratio", cfg.monitor.update_ratio),
+                         ("max_attn_logit", cfg.monitor.max_attn_logit),
                          ("logz", cfg.monitor.logz), ("sharpness", self.sharpness is not None)):
             if on:
                 self.fields.append(name)
@@ -246,6 +300,8 @@ class Trainer:
         self.pending_values: list[torch.Tensor] = []
         self.inflight: list[_Inflight] = []
         self.val_at: dict[int, float] = {}
+        self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
+        self.val_z_loss: float | None = None
         self.stop_signal: int | None = None  # a stop all ranks agreed on
         self.signal_received: int | None = None  # a signal this process caught
         self.last_record: dict = {}
@@ -254,11 +310,22 @@ class Trainer:
 
     def run(self) -> RunResult:
         cfg, tc = self.cfg, self.cfg.trainer
-        self._announce()
-        self.metrics = MetricsLogger(
-            self.run_dir, cfg.logger, config=cfg.to_dict(), total_steps=self.total_steps, start_step=self.step,
-            wandb_id=self.wandb_id, progress=tc.progress, enabled=self.ddp.is_main, run_name=cfg.run_name,
-        )
+        finished = self._finished_summary()
+        if finished is not None:  # e.g. a Slurm requeue of a job that had completed: change nothing
+            self.say(f"resume: the run in {self.run_dir} is complete (step {self.step} of {self.total_steps}); "
+                     "nothing to do")
+            self.close()
+            return RunResult("completed", finished.get("final_val_loss"), finished, self.run_dir, self.resumed_from)
+        try:
+            self.begin_records()
+            self._announce()
+            self.metrics = MetricsLogger(
+                self.run_dir, cfg.logger, config=cfg.to_dict(), total_steps=self.total_steps, start_step=self.step,
+                wandb_id=self.wandb_id, progress=tc.progress, enabled=self.ddp.is_main, run_name=cfg.run_name,
+            )
+        except BaseException:
+            self.close()
+            raise
         self.wandb_id = self.metrics.wandb_id
         previous_handlers = self._install_signal_handlers()
         status, failed, ckpt = "completed", True, None
@@ -267,6 +334,8 @@ class Trainer:
             while self.step < self.total_steps:
                 if self.step % tc.eval_interval == 0:
                     self.val_at[self.step] = self.evaluate()
+                    if self.val_z_loss is not None:
+                        self.val_z_at[self.step] = self.val_z_loss
                 if self._stop_requested():
                     status = "interrupted"
                     break
@@ -286,17 +355,22 @@ class Trainer:
             if status == "completed":
                 final = self.evaluate()
                 self.val_history.append((self.step, final))
-                self.metrics.log({"step": self.step, "val/loss": final, "train/tokens": self.tokens_seen})
+                record = {"step": self.step, "val/loss": final, "train/tokens": self.tokens_seen}
+                if self.val_z_loss is not None:
+                    record["val/z_loss"] = self.val_z_loss
+                self.metrics.log(record)
             if status in ("completed", "interrupted") and self.checkpoints:
                 ckpt = self.resumed_from if self._resumed_here() else self.save()
             failed = False
         finally:
-            self._restore_signal_handlers(previous_handlers)
             wall = time.time() - t_start
             summary = self._summary(status, wall, ckpt) if not failed else {"status": "failed", "step": self.step}
             if self.ddp.is_main:
                 write_summary(self.run_dir, summary)
             self.metrics.close(summary, failed=failed)
+            # Only now: a second signal while the summary is written is still just a request.
+            self._restore_signal_handlers(previous_handlers)
+            self.close()
         final_val = summary["final_val_loss"] if status == "completed" else math.inf
         return RunResult(status, final_val, summary, self.run_dir, ckpt)
 
@@ -312,7 +386,7 @@ class Trainer:
         lr, beta1 = self.plan.lr_at(step, self.tokens_seen)
         accum = self.batches.accum_at(self.tokens_seen)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]  # optim.lr_multipliers, on top of the schedule
             if beta1 is not None:
                 group["betas"] = (beta1, group["betas"][1])
 
@@ -323,6 +397,8 @@ class Trainer:
             events[0].record()
         loss_sum = torch.zeros((), device=self.device)
         loss_max = torch.full((), -math.inf, device=self.device)
+        z_sum = torch.zeros((), device=self.device)
+        z_loss_on = cfg.model.z_loss > 0
         for micro in range(accum):
             x, y = self.train_batches.train_batch(step, self.ddp.rank * accum + micro)
             last = micro == accum - 1
@@ -333,6 +409,10 @@ class Trainer:
                 scaled = loss / accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss = loss.detach().float()
+            if z_loss_on:  # the record's loss is the cross-entropy; the z term is recorded on its own
+                z = self.model.z_term.float()
+                z_sum += z
+                loss = loss - z
             loss_sum += loss
             loss_max = torch.maximum(loss_max, loss)
         loss_mean = loss_sum / accum
@@ -371,6 +451,12 @@ class Trainer:
             extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in self.model.transformer.h]).max()
         if cfg.monitor.logz:
             extras["logz"] = self.model.logz_mean.float()
+        if z_loss_on:
+            z_mean = z_sum / accum
+            if self.ddp.enabled:
+                dist.all_reduce(z_mean, op=dist.ReduceOp.SUM)
+                z_mean /= self.ddp.world_size
+            extras["z_loss"] = z_mean
         if self.sharpness is not None:  # after the update, with the preconditioner it used
             value = self.sharpness.measure(self.model, self.optimizer) if self.sharpness.due(step) else math.nan
             extras["sharpness"] = torch.tensor(value, device=self.device)
@@ -387,19 +473,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows (split across ranks)."""
+        """Mean cross-entropy over the fixed validation windows (split across ranks). With the
+        z-loss on, its term is not part of it: it goes to self.val_z_loss (val/z_loss)."""
         self.model.eval()
         n = self.cfg.trainer.eval_iters
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, batch count
+        total = torch.zeros(3, device=self.device, dtype=torch.float64)  # cross-entropy sum, batch count, z sum
         for i in range(self.ddp.rank, n, self.ddp.world_size):
             x, y = self.val_batches.eval_batch(i)
             with self._autocast():
-                _, loss = self.eval_model(x, y)
+                _, loss = self.eval_model(x, y, with_z_loss=False)
             total[0] += loss.double()
             total[1] += 1
+            if self.cfg.model.z_loss > 0:
+                total[2] += self.model.z_term.double()
         if self.ddp.enabled:
             dist.all_reduce(total)
         self.model.train()
+        self.val_z_loss = float(total[2] / total[1]) if self.cfg.model.z_loss > 0 else None
         return float(total[0] / total[1])
 
     # --- records: device -> host, asynchronously ---
@@ -450,11 +540,14 @@ class Trainer:
                 record["perf/mfu"] = round(self.flops_per_token * tok_per_s / (self.peak_flops * self.ddp.world_size), 4)
             if p.beta1 is not None:
                 record["train/beta1"] = p.beta1
+            if self.plan.lr_scaling == "sqrt_adam":  # Adam's scaled hyperparameters, in every record
+                record["train/beta2"] = self.plan.beta2
+                record["train/eps"] = self.plan.eps
             if self.cfg.monitor.skip_spikes:
                 record["train/skipped"] = p.skipped
             if "scaler_skipped" in values:
                 record["train/scaler_skipped"] = bool(values["scaler_skipped"])
-            for name in ("update_ratio", "max_attn_logit", "logz"):
+            for name in ("z_loss", "update_ratio", "max_attn_logit", "logz"):
                 if name in values:
                     record[f"train/{name}"] = values[name]
             if self.sharpness is not None and self.sharpness.due(p.step):
@@ -463,6 +556,8 @@ class Trainer:
                     p.lr, p.beta1 if p.beta1 is not None else self.cfg.optim.beta1)
             if p.step in self.val_at:
                 record["val/loss"] = self.val_at[p.step]
+                if p.step in self.val_z_at:
+                    record["val/z_loss"] = self.val_z_at.pop(p.step)
                 self.val_history.append((p.step, self.val_at.pop(p.step)))
             self.monitor.observe(record)
             self.metrics.log(record)
@@ -492,6 +587,8 @@ class Trainer:
             "wandb_id": self.wandb_id,
             "elapsed": self.elapsed_before + (time.time() - self._t0 if hasattr(self, "_t0") else 0.0),
         }
+        if hasattr(self, "metrics"):
+            self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
         path = save_checkpoint(state, checkpoint_path(self.run_dir, self.step))
         prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
         self._last_saved_step = self.step
@@ -502,11 +599,17 @@ class Trainer:
         return getattr(self, "_last_saved_step", None) == self.step
 
     def _load_resume(self, resume: str) -> tuple[Path, dict] | None:
-        """The checkpoint to resume from and its state, after checking its config against ours."""
-        path = latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
-        if path is None:
-            return None
-        state = load_checkpoint(path)
+        """The checkpoint to resume from and its state, after checking its config against ours.
+        resume=auto takes the newest intact checkpoint, passing over damaged newer ones."""
+        if resume == "auto":
+            path, state, self.damaged = newest_intact_checkpoint(self.run_dir)
+            for p, why in self.damaged:
+                self.say(f"resume: skipped {p.name}: {why}")
+            if path is None:
+                return None
+        else:
+            path = Path(resume)
+            state = load_checkpoint(path)
         changes = resume_config_changes(state.get("config", {}), self.cfg.to_dict(), path)
         if changes:
             self.say("resume: config changes from the checkpoint: " + "; ".join(changes))
@@ -514,15 +617,24 @@ class Trainer:
 
     def _resume(self, found: tuple[Path, dict] | None) -> None:
         if found is None:
-            # Records of a run killed before its first checkpoint: it starts over, so they go.
-            dropped = truncate_metrics(self.run_dir, 0) if self.ddp.is_main else 0
-            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0"
-                     + (f"; dropped {dropped} records of the earlier attempt" if dropped else ""))
+            self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0")
             return
         path, state = found
+        if state["step"] > self.total_steps:
+            raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
+                            f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
+                            "(trainer.max_steps / max_tokens / epochs)")
         self._check_compatible(state, path)
         self.model.load_state_dict(state["model"])
+        saved_groups = [g.get("name") for g in state["optimizer"]["param_groups"]]
+        groups = [g["name"] for g in self.optimizer.param_groups]
+        if saved_groups != groups:
+            raise UserError(f"trainer.resume: {path} has optimizer groups {saved_groups}, this run {groups} "
+                            "(optim.lr_multipliers set or unset since); resume with the multipliers it was trained with")
+        multipliers = [g["lr_mult"] for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
+        for group, mult in zip(self.optimizer.param_groups, multipliers):  # this run's, not the checkpoint's
+            group["lr_mult"] = mult
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -539,20 +651,60 @@ class Trainer:
         self.branched_from = path if parent_dir != self.run_dir.resolve() else None
         if self.branched_from:
             self.wandb_id = None
-        if self.ddp.is_main and self.branched_from:
-            parent = [r for r in read_metrics(parent_dir) if r.get("step", -1) < self.step]
+
+    def begin_records(self) -> None:
+        """Make the run folder's records those of this run up to its first step, just before
+        training: nothing earlier in the start-up can fail after an earlier run's records changed.
+
+        A fresh start (or a resume that found no checkpoint) drops the records of an attempt that
+        died before its first checkpoint; a resume drops the records after the checkpoint's step
+        and the checkpoints past it (a rewind), so every step is recorded once and resume=auto
+        never mixes two histories; a branch starts from the parent's records up to its step.
+        Unreadable lines of metrics.jsonl are set aside, never dropped silently."""
+        if not self.ddp.is_main:
+            return
+        for p, _ in getattr(self, "damaged", []):
+            aside = set_aside_damaged(p)
+            self.say(f"resume: damaged checkpoint {p.name} set aside as {aside.name}")
+        if self.branched_from:
+            parent = [r for r in read_metrics(self.branched_from.resolve().parent.parent) if r["step"] < self.step]
             write_metrics(self.run_dir, parent)
-            self.say(f"branch: from {path} at step {self.step}, a new run in {self.run_dir} "
+            self.say(f"branch: from {self.branched_from} at step {self.step}, a new run in {self.run_dir} "
                      f"({len(parent)} records of the parent copied)")
-        elif self.ddp.is_main:
-            dropped = truncate_metrics(self.run_dir, self.step)
-            # Checkpoints past the resumed step belong to the history just dropped (a rewind with
-            # trainer.resume=<path>): left in place they would mix two runs under resume=auto.
-            later = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) > self.step]
-            for p in later:
-                p.unlink()
-            self.say(f"resume: from {path} at step {self.step}" + (f"; dropped {dropped} records after it" if dropped else "")
-                     + (f"; deleted {len(later)} later checkpoints" if later else ""))
+            return
+        dropped, unreadable = truncate_metrics(self.run_dir, self.step)
+        later = [p for p in list_checkpoints(self.run_dir) if checkpoint_step(p) > self.step]
+        for p in later:
+            p.unlink()
+        notes = []
+        if dropped:
+            notes.append(f"dropped {dropped} records " + ("of an earlier attempt" if self.step == 0 else "after it"))
+        if unreadable:
+            notes.append(f"{unreadable} unreadable line{'s' if unreadable > 1 else ''} of metrics.jsonl set aside in "
+                         f"{self.run_dir / UNREADABLE_FILE}")
+        if later:
+            notes.append(f"deleted {len(later)} later checkpoints")
+        if self.resumed_from:
+            self.say(f"resume: from {self.resumed_from} at step {self.step}" + "".join(f"; {n}" for n in notes))
+        elif notes:
+            self.say("records: " + "; ".join(notes))
+
+    def _finished_summary(self) -> dict | None:
+        """The summary of the completed run that this resume would only repeat, or None."""
+        if not self.resumed_from or self.branched_from or self.step < self.total_steps:
+            return None
+        try:
+            summary = json.loads((self.run_dir / SUMMARY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        done = isinstance(summary, dict) and summary.get("status") == "completed" and summary.get("step") == self.step
+        return summary if done else None
+
+    def close(self) -> None:
+        """Release the run folder (the lock); run() does it when the run ends."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _check_compatible(self, state: dict, path: Path) -> None:
         """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
@@ -574,6 +726,9 @@ class Trainer:
         previous = {}
 
         def request_stop(signum, frame):
+            if self.signal_received is not None:  # a second Ctrl-C: the stop is on its way, say so
+                os.write(2, f"\n{signal.Signals(signum).name}: already stopping; the checkpoint is being saved at "
+                            "the step boundary, then the run exits\n".encode())
             self.signal_received = signum
             if not self.ddp.enabled:  # under DDP the ranks first agree on it (_agree_on_stop)
                 self.stop_signal = signum
@@ -633,7 +788,8 @@ class Trainer:
             "diverged_step": verdict.step if status == "diverged" else None,
             "step": self.step,
             "total_steps": self.total_steps,
-            "final_val_loss": final,
+            "final_val_loss": final,  # cross-entropy; with the z-loss on, its term is final_val_z_loss
+            "final_val_z_loss": self.val_z_loss if final is not None and self.cfg.model.z_loss > 0 else None,
             "best_val_loss": min(vals) if vals else None,
             "initial_val_loss": self.val_history[0][1] if self.val_history and self.val_history[0][0] == 0 else None,
             "unigram_entropy_val": entropy,

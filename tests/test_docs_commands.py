@@ -28,7 +28,9 @@ GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--
 # Scripts run shortened: later flags win over the documented ones.
 SCRIPT_SHORTEN = {"scripts/bench.py": ["--warmup", "1", "--steps", "2", "--repeats", "1"],
                   "scripts/bench_sweep.py": ["--runs", "2", "--modes", "sequential,stacked", "--out", "bench_sweep"],
-                  "scripts/sample.py": ["--max-new-tokens", "20"]}
+                  "scripts/sample.py": ["--max-new-tokens", "20"],
+                  "scripts/bench_data.py": ["--sizes", "1", "--file-mb", "1", "--rounds", "1", "--max-chars", "100000",
+                                            "--root", "bench-data", "--out", "bench_data.json"]}
 
 
 def is_gpu_command(command: str) -> bool:
@@ -97,9 +99,13 @@ def shorten(args: list[str], cache_dir) -> list[str]:
             if k not in ("scheduler.name", "trainer.max_steps", "trainer.eval_interval")}
     keys = {a.split("=", 1)[0] for a in args}
     extra = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in tiny.items()]
-    extra.append("trainer.eval_interval=100")
+    # A command that sets its evaluation interval wants a curve of val losses (a loss-law fit): dense, 40 steps.
+    dense = "trainer.eval_interval" in keys
+    extra.append("trainer.eval_interval=2" if dense else "trainer.eval_interval=100")
     if "trainer.max_tokens" in keys:
         extra.append("trainer.max_tokens=3k")
+    elif dense and "trainer.max_steps" not in keys:
+        extra.append("trainer.max_steps=40")
     elif "trainer.max_steps" not in keys:
         # enough steps that lengths given in tokens or fractions stay inside the run
         tokens = [int(float(m) * 1000) for m in re.findall(r'([\d.]+)k tokens', " ".join(args))]
