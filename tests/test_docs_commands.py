@@ -24,7 +24,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"python -m pytest"}  # the suite itself
 # Commands for a GPU, a cluster or the network: composed and validated, or (scripts) started with --help.
 GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--device cuda", "model=gpt2_small",
-               "hydra/launcher=slurm", "--preset gpt2_small", "-c \"model=gpu_small")
+               "hydra/launcher=slurm", "--preset gpt2_small", "-c \"model=gpu_small",
+               "scripts/gpu_suite.py")  # the suite's CPU dry run is tests/test_gpu_suite.py's
 # Scripts run shortened: later flags win over the documented ones.
 SCRIPT_SHORTEN = {"scripts/bench.py": ["--warmup", "1", "--steps", "2", "--repeats", "1"],
                   "scripts/bench_sweep.py": ["--runs", "2", "--modes", "sequential,stacked", "--out", "bench_sweep"],
