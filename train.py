@@ -337,11 +337,9 @@ def _check_config(cfg: DictConfig) -> None:
     # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
     import torch
 
-    from minigpt.trainer import resolve_precision
+    from minigpt.runtime import check_cuda, resolve_precision
 
-    if tc.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("trainer.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
-                        "use trainer.device=cpu or trainer.device=auto")
+    check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
     resolve_precision(tc.precision, device)
     if tc.resume is not None:

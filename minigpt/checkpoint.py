@@ -7,7 +7,8 @@ of a save leaves the previous checkpoint whole.
 
 A resumed run must build the same model from the same tokens as the run that wrote the
 checkpoint; `resume_config_changes` compares the two configs, refuses a change of the model's
-shape or of the data (tokenizer included) and lists the changes that are safe.
+shape or of the data (tokenizer included) and lists the changes that are safe. Resuming from
+a checkpoint of another run directory starts a branch (`continue_records`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import UserError
+from minigpt.metrics import read_metrics, truncate_metrics, write_metrics
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step_(\d+)\.pt$")
@@ -81,7 +83,7 @@ def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
     """The safe changes between a checkpoint's config and a resumed run's, as 'key: old -> new'.
 
     Raises UserError naming every key that changes the model's shape or the data."""
-    old, cur = _flatten(saved), _flatten(new)
+    old, cur = flatten(saved), flatten(new)
     keys = sorted(set(old) | set(cur))
     changed = [k for k in keys if old.get(k) != cur.get(k) and k != "trainer.resume"]
     fixed = [k for k in changed if (k.startswith("model.") and k.split(".", 1)[1] in FIXED_MODEL_KEYS)
@@ -119,11 +121,76 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}"""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+# --- run state: resume and branch -----------------------------------------------------------
+
+
+def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, dict] | None:
+    """The checkpoint that trainer.resume names and its state, after checking its config against
+    `config`; None for resume=auto in a folder without one."""
+    path = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
+    if path is None:
+        return None
+    state = load_checkpoint(path)
+    changes = resume_config_changes(state.get("config", {}), config, path)
+    if changes:
+        say("resume: config changes from the checkpoint: " + "; ".join(changes))
+    return path, state
+
+
+def check_compatible(state: dict, path: Path, model_config: dict, data_key: str) -> None:
+    """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
+    saved = state.get("model_config", {})
+    diff = [f"model.{k} ({saved.get(k)} -> {model_config[k]})" for k in ("vocab_size", *FIXED_MODEL_KEYS)
+            if saved.get(k) != model_config[k]]
+    if diff:
+        raise UserError(f"trainer.resume: {path} is a checkpoint of another model: {', '.join(diff)}; "
+                        "resume with the model config it was trained with")
+    if state.get("data_key") != data_key:
+        raise UserError(f"trainer.resume: {path} was trained on other tokens: the same data config now gives "
+                        f"token cache {data_key}, not {state.get('data_key')} (the corpus files "
+                        "changed?); resume with the corpus it was trained on")
+
+
+def is_branch(path: Path, run_dir: Path) -> bool:
+    """Whether resuming `run_dir` from checkpoint `path` starts a branch (another run's checkpoint)."""
+    return Path(path).resolve().parent.parent != Path(run_dir).resolve()
+
+
+def continue_records(run_dir: Path, path: Path | None, step: int, say) -> Path | None:
+    """Make metrics.jsonl and checkpoints/ of `run_dir` those of a run resumed from `path` at
+    `step` (main rank only); return `path` when the resume is a branch.
+
+    No checkpoint: a run killed before its first one starts over, so its records go. A
+    checkpoint of another run directory starts a branch (e.g. a WSD cooldown off a stable
+    phase): a run of its own, whose records begin with the parent's up to the branch step."""
+    run_dir = Path(run_dir)
+    if path is None:
+        dropped = truncate_metrics(run_dir, 0)
+        say(f"resume: no checkpoint in {run_dir}; starting from step 0"
+            + (f"; dropped {dropped} records of the earlier attempt" if dropped else ""))
+        return None
+    if is_branch(path, run_dir):
+        parent = [r for r in read_metrics(path.resolve().parent.parent) if r.get("step", -1) < step]
+        write_metrics(run_dir, parent)
+        say(f"branch: from {path} at step {step}, a new run in {run_dir} ({len(parent)} records of the parent copied)")
+        return path
+    dropped = truncate_metrics(run_dir, step)
+    # Checkpoints past the resumed step belong to the history just dropped (a rewind with
+    # trainer.resume=<path>): left in place they would mix two runs under resume=auto.
+    later = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
+    for p in later:
+        p.unlink()
+    say(f"resume: from {path} at step {step}" + (f"; dropped {dropped} records after it" if dropped else "")
+        + (f"; deleted {len(later)} later checkpoints" if later else ""))
+    return None

@@ -7,6 +7,7 @@ continues, so each step appears exactly once.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
@@ -16,6 +17,16 @@ from minigpt.config import LoggerConfig
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended: summary.json's "status" (a string in the file, this enum in the code)."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"  # the monitor's verdict (monitor.stop_on_divergence)
+    INTERRUPTED = "interrupted"  # a stop signal; it saved a checkpoint to resume from
+    STOPPED = "stopped"  # a watcher ended it (the LR range test)
+    FAILED = "failed"  # an exception, or bad input inside a sweep
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -18,7 +18,7 @@ Options that studies of training instability need:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,13 @@ class GPTConfig:
     norm_position: str = "pre"  # "pre" or "post"
     qk_layernorm: bool = False
     z_loss: float = 0.0  # coefficient of the z-loss term; 0 turns it off
+
+    @classmethod
+    def build(cls, model_cfg, vocab_size: int) -> "GPTConfig":
+        """From the run's model config (config.ModelConfig: a field of the same name for each
+        of ours) and the tokenizer's vocabulary size."""
+        return cls(vocab_size=vocab_size, **{f.name: getattr(model_cfg, f.name) for f in fields(cls)
+                                             if f.name != "vocab_size"})
 
     @property
     def padded_vocab_size(self) -> int:

@@ -111,7 +111,7 @@ def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, 
     # token accounting: each record's batch is the plan's, and tokens add up batch x context
     seen = 0
     for x in r:
-        assert x["train/batch_size"] == ramped.batches.batch_at(seen)
+        assert x["train/batch_size"] == ramped.plan.batches.batch_at(seen)
         seen += x["train/batch_size"] * 32
         assert x["train/tokens"] == seen
     assert r[0]["train/batch_size"] == 2 and r[-1]["train/batch_size"] == 8
@@ -124,7 +124,7 @@ def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, 
     for t, lr in matched:
         assert lr == pytest.approx(flat_lr[t], rel=1e-12), t
     for t, x in zip(before, r):  # in between, the schedule is read at tokens / full-batch tokens
-        assert x["train/lr"] == pytest.approx(ramped.peak_lr * ramped.schedule(t / 256), rel=1e-12)
+        assert x["train/lr"] == pytest.approx(ramped.plan.peak_lr * ramped.plan.schedule(t / 256), rel=1e-12)
     assert r[-1]["train/lr"] == pytest.approx(f[-1]["train/lr"], rel=0.02)  # both end at the floor
     peak = make_config().optim.lr
     assert r[0]["train/lr"] == pytest.approx(peak * 0.5)  # warmup of 2 full-batch steps: 1/2 at token 0
