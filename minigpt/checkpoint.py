@@ -21,6 +21,7 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics, truncate_metrics, write_metrics
+from minigpt.runtime import set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step_(\d+)\.pt$")
@@ -146,6 +147,15 @@ def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, di
     if changes:
         say("resume: config changes from the checkpoint: " + "; ".join(changes))
     return path, state
+
+
+def load_states(state: dict, **parts) -> None:
+    """Load a checkpoint's states into the run's parts (model, optimizer, scaler (None: none),
+    monitor), and its RNG state into this process."""
+    for name, part in parts.items():
+        if part is not None and state.get(name) is not None:
+            part.load_state_dict(state[name])
+    set_rng_state(state["rng"])
 
 
 def check_compatible(state: dict, path: Path, model_config: dict, data_key: str) -> None:

@@ -86,6 +86,11 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1  # applied to matrices (and embeddings) only
+    # coupled: each step multiplies the weights by 1 - lr_t * weight_decay (torch's AdamW).
+    # independent: by 1 - s_t * weight_decay, s_t = lr_t / peak LR the schedule's multiplier, so
+    # the decay does not grow or shrink with the peak LR (Loshchilov & Hutter's decoupled form as
+    # Wortsman et al. 2023 use it; there weight_decay is a per-step rate such as 1e-4).
+    weight_decay_mode: Literal["coupled", "independent"] = "coupled"
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     fused: Literal["auto", "on", "off"] = "auto"  # fused AdamW kernel: auto = on CUDA
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
@@ -97,6 +102,10 @@ class OptimConfig:
             _check(0 <= getattr(self, key) < 1, f"optim.{key}", "must be in [0, 1)", getattr(self, key))
         _check(self.eps > 0, "optim.eps", "must be > 0", self.eps)
         _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        if self.weight_decay_mode == "independent":
+            _check(self.weight_decay < 1, "optim.weight_decay",
+                   "must be < 1 with optim.weight_decay_mode=independent (it is the fraction of each weight "
+                   "removed per step at the peak LR, e.g. 1e-4)", self.weight_decay)
         _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)", self.grad_clip)
         if self.lr_scaling != "none" and not self.reference_batch_tokens:
             raise UserError(
@@ -209,6 +218,11 @@ class MonitorConfig:
     update_ratio: bool = False  # ||update|| / ||weights|| per step
     max_attn_logit: bool = False  # largest pre-softmax attention logit of the step's last micro-batch
     logz: bool = False  # mean log-partition of the output softmax
+    # Top eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N steps
+    # (minigpt/sharpness.py); null: off. Each measurement costs about 2 + 2 x sharpness_iters
+    # forward/backward passes of one micro-batch.
+    sharpness_every: Optional[int] = None
+    sharpness_iters: int = 8  # power-iteration steps per measurement
 
     def validate(self):
         _check(self.spike_k > 0, "monitor.spike_k", "must be > 0", self.spike_k)
@@ -221,6 +235,10 @@ class MonitorConfig:
         _check(0 <= self.stuck_after <= 1, "monitor.stuck_after", "must be in [0, 1] (0 turns it off)",
                self.stuck_after)
         _check(self.skip_k > 0, "monitor.skip_k", "must be > 0", self.skip_k)
+        if self.sharpness_every is not None:
+            _check(self.sharpness_every >= 1, "monitor.sharpness_every",
+                   "must be a positive number of steps (or null to turn it off)", self.sharpness_every)
+        _check(self.sharpness_iters >= 1, "monitor.sharpness_iters", "must be >= 1", self.sharpness_iters)
 
 
 @dataclass

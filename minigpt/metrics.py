@@ -11,6 +11,7 @@ import enum
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.config import LoggerConfig
@@ -27,6 +28,15 @@ class RunStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"  # a stop signal; it saved a checkpoint to resume from
     STOPPED = "stopped"  # a watcher ended it (the LR range test)
     FAILED = "failed"  # an exception, or bad input inside a sweep
+
+
+@dataclass
+class RunResult:
+    status: RunStatus
+    final_val_loss: float  # inf unless completed
+    summary: dict  # as in summary.json
+    run_dir: Path
+    checkpoint: Path | None = None  # the checkpoint to resume or sample from
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

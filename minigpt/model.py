@@ -184,6 +184,13 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
+    def describe(self) -> str:
+        c = self.config
+        return (f"{self.num_params():,} parameters (without position embeddings), {c.n_layer} layers, {c.n_embd} wide, "
+                f"{c.n_head} heads, context {c.block_size}, vocabulary {c.vocab_size} (padded to "
+                f"{c.padded_vocab_size}), {c.norm_position}-LN" + (", QK-layernorm" if c.qk_layernorm else "")
+                + (f", z-loss {c.z_loss}" if c.z_loss else ""))
+
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 

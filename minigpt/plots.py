@@ -130,10 +130,26 @@ def _finite(values):
     return [v if isinstance(v, (int, float)) and math.isfinite(v) else math.nan for v in values]
 
 
+def _draw_sharpness(ax, records: Sequence[dict]) -> None:
+    """train/sharpness (measured every N steps) and the Adam stability threshold of Cohen et al.
+    2022, (2 + 2 beta1) / ((1 - beta1) lr), at each measured step's LR, on a log axis."""
+    steps = [r["step"] for r in records]
+    values = _finite(r["train/sharpness"] for r in records)
+    ax.plot(steps, values, "o-", color="tab:brown", ms=2.5, lw=1.0, label="sharpness: top eigenvalue of P^-1 H")
+    if any("train/sharpness_threshold" in r for r in records):
+        ax.plot(steps, _finite(r.get("train/sharpness_threshold") for r in records), color="0.3", ls="--", lw=1.0,
+                label="Adam stability threshold (2 + 2 beta1) / ((1 - beta1) lr)")
+    if any(v > 0 for v in values if not math.isnan(v)):
+        ax.set_yscale("log")
+    ax.set_ylabel("sharpness")
+    ax.legend(fontsize=7, loc="best")
+
+
 def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: str | None = None):
     """Draw one run from its metrics.jsonl records: loss (train, its largest micro-batch, val),
     LR and gradient norm on a shared step axis, with spikes, skipped updates and the step of
-    divergence marked. Returns the figure (after saving it to `path`)."""
+    divergence marked, and, when the run measured it, the sharpness against Adam's stability
+    threshold. Returns the figure (after saving it to `path`)."""
     train = [r for r in records if "train/loss" in r]
     if not train:
         raise ValueError("plot_run needs records with train/loss")
@@ -141,8 +157,15 @@ def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: 
     steps = [r["step"] for r in train]
     loss = _finite(r["train/loss"] for r in train)
 
-    fig = new_figure(9, 7.5)
-    ax_loss, ax_lr, ax_gn = fig.subplots(3, 1, sharex=True, height_ratios=[2.2, 1, 1.3])
+    sharp = [r for r in train if r.get("train/sharpness") is not None]
+    if sharp:  # a fourth panel: the preconditioned sharpness against Adam's stability threshold
+        fig = new_figure(9, 9.5)
+        ax_loss, ax_lr, ax_gn, ax_sharp = fig.subplots(4, 1, sharex=True, height_ratios=[2.2, 1, 1.3, 1.3])
+        _draw_sharpness(ax_sharp, sharp)
+    else:
+        fig = new_figure(9, 7.5)
+        ax_loss, ax_lr, ax_gn = fig.subplots(3, 1, sharex=True, height_ratios=[2.2, 1, 1.3])
+    axes = (ax_loss, ax_lr, ax_gn, ax_sharp) if sharp else (ax_loss, ax_lr, ax_gn)
 
     if any("train/loss_max" in r for r in train):
         ax_loss.plot(steps, _finite(r.get("train/loss_max") for r in train), color="tab:blue", alpha=0.25, lw=0.8,
@@ -182,11 +205,11 @@ def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: 
             lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""))
         ax_gn.margins(y=0.12)  # room for the spike markers above the highest value
     ax_gn.set_ylabel("gradient norm")
-    ax_gn.set_xlabel("step (optimizer updates done)")
+    axes[-1].set_xlabel("step (optimizer updates done)")
     ax_gn.legend(fontsize=7, loc="best")
 
     diverged = (summary or {}).get("diverged_step")
-    for ax in (ax_loss, ax_lr, ax_gn):
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7, which="both")
         if diverged is not None:
@@ -194,7 +217,7 @@ def plot_run(records: Sequence[dict], path, summary: dict | None = None, title: 
     if diverged is not None:
         ax_loss.annotate(f"diverged at step {diverged} ", (diverged, 0.03), xycoords=("data", "axes fraction"),
                          ha="right", va="bottom", fontsize=8, color="tab:red")
-    ax_gn.set_xlim(min(steps), max(max(steps), min(steps) + 1))
+    axes[-1].set_xlim(min(steps), max(max(steps), min(steps) + 1))
     if title is None and summary:
         title = f"{summary.get('status', '')}"
         if summary.get("final_val_loss") is not None:

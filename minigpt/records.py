@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-# Values every step produces, in this order; optional ones (OPTIONAL_FIELDS) follow when enabled.
+from minigpt.config import Config
+from minigpt.sharpness import stability_threshold
+
+# Values every step produces, in this order; optional ones (monitor.*) follow when enabled.
 BASE_FIELDS = ("loss", "loss_max", "grad_norm")
-OPTIONAL_FIELDS = ("scaler_skipped", "update_ratio", "max_attn_logit", "logz")
 
 
 @dataclass
@@ -46,9 +48,19 @@ class RecordSchema:
     fields: list[str]  # the names of a step's device values, in order
     block_size: int
     grad_clip: float
+    beta1: float  # optim.beta1, where the schedule sets none
     skip_spikes: bool
     flops_per_token: float
     peak_flops: float | None  # of all ranks together; None: no MFU
+    sharpness_every: int | None = None  # steps between sharpness measurements (monitor.sharpness_every)
+
+    @classmethod
+    def of_run(cls, cfg: Config, loss_scaling: bool, flops_per_token: float, peak_flops: float | None) -> "RecordSchema":
+        fields = list(BASE_FIELDS) + (["scaler_skipped"] if loss_scaling else [])
+        fields += [name for name in ("update_ratio", "max_attn_logit", "logz") if getattr(cfg.monitor, name)]
+        fields += ["sharpness"] if cfg.monitor.sharpness_every else []
+        return cls(fields, cfg.model.block_size, cfg.optim.grad_clip, cfg.optim.beta1, cfg.monitor.skip_spikes,
+                   flops_per_token, peak_flops, cfg.monitor.sharpness_every)
 
     def record(self, p: PendingStep, row: list[float]) -> dict:
         values = dict(zip(self.fields, row))
@@ -77,6 +89,9 @@ class RecordSchema:
         for name in ("update_ratio", "max_attn_logit", "logz"):
             if name in values:
                 record[f"train/{name}"] = values[name]
+        if self.sharpness_every and p.step % self.sharpness_every == 0:
+            record["train/sharpness"] = values["sharpness"]
+            record["train/sharpness_threshold"] = stability_threshold(p.lr, p.beta1 if p.beta1 is not None else self.beta1)
         return record
 
 

@@ -95,6 +95,20 @@ class Runtime:
             torch.backends.cudnn.allow_tf32 = True
         return cls(ddp, device, precision)
 
+    def wrap(self, model: torch.nn.Module, tc: TrainerConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(the module that trains: compiled and DDP-wrapped as configured, the module that
+        evaluates: compiled only, as evaluation syncs nothing between ranks)."""
+        step_model = model
+        if tc.compile:
+            step_model = torch.compile(model, backend=tc.compile_backend, mode=tc.compile_mode)
+        eval_model = step_model
+        if self.ddp.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            step_model = DistributedDataParallel(
+                step_model, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None)
+        return step_model, eval_model
+
     def autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)

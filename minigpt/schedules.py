@@ -81,7 +81,7 @@ def register_schedule(name: str, params: type, *, beta1: Callable | None = None)
         raise ValueError(f"schedule names are snake_case identifiers, got {name!r}")
     if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
         raise TypeError(f"register_schedule({name!r}): params must be a dataclass type, got {params!r}")
-    reserved = {"name", "module"} & {f.name for f in dataclasses.fields(params)}
+    reserved = {"name", "module", "conventions"} & {f.name for f in dataclasses.fields(params)}
     if reserved:
         raise ValueError(f"register_schedule({name!r}): {sorted(reserved)} are config keys, not parameters")
 
@@ -250,22 +250,31 @@ class Schedule:
     name: str
     total_steps: int
     params: Any
+    conventions: str = "minigpt"  # the preset that filled the unset convention keys (CONVENTION_PRESETS)
+    # Updates by which the curve runs late: update t uses the formula at step t - lag (and
+    # update 0 the formula at 0). 1 under conventions=deepspeed, whose engine sets the LR once
+    # at construction and steps the scheduler after every update.
+    lag: int = 0
+
+    def _at(self, step: float) -> float:
+        if not step >= 0:
+            raise ValueError(f"step must be a number >= 0, got {step!r}")
+        return max(step - self.lag, 0)
 
     def __call__(self, step: float) -> float:
         """The LR multiplier for the update that follows ``step`` updates: lr = peak * f(step)."""
-        if not step >= 0:
-            raise ValueError(f"step must be a number >= 0, got {step!r}")
-        return float(_REGISTRY[self.name].fn(step, self.total_steps, self.params))
+        return float(_REGISTRY[self.name].fn(self._at(step), self.total_steps, self.params))
 
     def beta1(self, step: float) -> float | None:
         """Adam's beta1 for the step where the schedule cycles it (one_cycle), else None."""
         fn = _REGISTRY[self.name].beta1
-        return None if fn is None else fn(step, self.total_steps, self.params)
+        return None if fn is None else fn(self._at(step), self.total_steps, self.params)
 
     def phases(self) -> dict[str, int]:
         """Phase boundaries as {label: first step of the phase}, in order."""
         phases = getattr(self.params, "phases", None)
-        return dict(phases(self.total_steps)) if phases else {}
+        found = dict(phases(self.total_steps)) if phases else {}
+        return {k: v + self.lag if v > 0 else v for k, v in found.items() if v + self.lag < self.total_steps or v == 0}
 
     def describe(self) -> dict:
         """Where the curve goes, measured on steps 0..total_steps-1.
@@ -290,6 +299,8 @@ class Schedule:
             "floor_step": peak_step + after.index(floor),
             "final": values[-1],
             "phases": self.phases(),
+            "conventions": self.conventions,
+            "lag": self.lag,
         }
 
     def summary_line(self, peak_lr: float) -> str:
@@ -298,7 +309,8 @@ class Schedule:
         d = self.describe()
         bounds = sorted(d["phases"].items(), key=lambda kv: kv[1]) + [("", self.total_steps)]
         spans = [f"{label} {a}..{b - 1}" for (label, a), (_, b) in zip(bounds, bounds[1:]) if a < b]
-        line = f"{self.name} ({self.total_steps} steps): "
+        line = f"{self.name} ({self.total_steps} steps"
+        line += f", {self.conventions} conventions): " if self.conventions != "minigpt" else "): "
         line += (", ".join(spans) + "; ") if spans else ""
         line += f"start {d['start'] * peak_lr:.3g}, peak {d['peak'] * peak_lr:.3g} at step {d['peak_step']}"
         line += f", floor {d['floor'] * peak_lr:.3g} at step {d['floor_step']}"
@@ -309,7 +321,13 @@ class Schedule:
 
 def check_curve(schedule: Schedule) -> None:
     """Raise UserError if the multiplier over steps 0..total_steps-1 is ever NaN/inf or negative,
-    or never reaches the peak (1.0), e.g. because the warmup is longer than the run."""
+    or is still rising below the peak (1.0) when the run ends, e.g. because the warmup is longer
+    than the run.
+
+    A curve that approaches the peak and turns down before reaching it is accepted: DeepSpeed's
+    WarmupCosineLR with a linear warmup does that (its warmup stops one increment short of the
+    peak, and its cosine starts one step into the decay), and conventions=deepspeed reproduces it.
+    """
     best, best_step = -math.inf, 0
     for t in range(schedule.total_steps):
         value = schedule(t)
@@ -323,7 +341,7 @@ def check_curve(schedule: Schedule) -> None:
         beta1 = schedule.beta1(t)
         if beta1 is not None and not 0.0 <= beta1 < 1.0:
             raise UserError(f"scheduler '{schedule.name}': beta1 at step {t} is {beta1!r}; it must be in [0, 1)")
-    if best < 1.0 - 1e-9:
+    if best < 1.0 - 1e-9 and best_step == schedule.total_steps - 1:
         raise UserError(
             f"scheduler '{schedule.name}': the LR never reaches its peak in {schedule.total_steps} steps "
             f"(highest multiplier {best:.4g} at step {best_step}); is the warmup (or rising phase) "
@@ -336,18 +354,27 @@ def check_curve(schedule: Schedule) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def build_schedule(name: str, total_steps: int, **params: Any) -> Schedule:
+def build_schedule(name: str, total_steps: int, *, conventions: str | None = "minigpt", **params: Any) -> Schedule:
     """Build a registered schedule for a run of ``total_steps`` optimizer steps.
 
-    Parameters not given take their dataclass defaults. Lengths may be ints (steps) or anything
-    `to_steps` accepts except tokens (use `schedule_from_config` for those); the built params
-    hold whole steps. Every bad input is a one-line UserError.
+    Parameters not given (or given as None where None is no value of theirs) take their values
+    from the ``conventions`` preset (`CONVENTION_PRESETS`), then their dataclass defaults.
+    Lengths may be ints (steps) or anything `to_steps` accepts except tokens (use
+    `schedule_from_config` for those); the built params hold whole steps. Every bad input is a
+    one-line UserError.
     """
     entry = _lookup(name)
     if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
         raise UserError(f"total_steps={total_steps!r} is out of range; accepted: an int >= 1")
     total_steps = int(total_steps)
     fields = {f.name: f for f in dataclasses.fields(entry.params) if f.init}
+    conventions = "minigpt" if conventions is None else conventions
+    if conventions not in CONVENTION_PRESETS:
+        closest = difflib.get_close_matches(str(conventions), list(CONVENTION_PRESETS), n=1)
+        hint = f" (did you mean '{closest[0]}'?)" if closest else ""
+        raise UserError(f"scheduler.conventions={conventions!r} is not a preset{hint}; accepted: "
+                        f"{', '.join(CONVENTION_PRESETS)}")
+    params, lag = _apply_preset(name, conventions, fields, params)
 
     for key in params:
         if key not in fields:
@@ -372,6 +399,8 @@ def build_schedule(name: str, total_steps: int, **params: Any) -> Schedule:
         except UserError as e:
             raise UserError(f"scheduler '{name}': {e}") from None
 
+    if conventions == "deepspeed" and "warmup" in values:
+        values["warmup"] = max(2, values["warmup"])  # DeepSpeed: warmup_num_steps = max(2, warmup_num_steps)
     p = entry.params(**values)
     validate = getattr(p, "validate", None)
     if validate is not None:
@@ -379,7 +408,66 @@ def build_schedule(name: str, total_steps: int, **params: Any) -> Schedule:
             validate(total_steps)
         except UserError as e:
             raise UserError(f"scheduler '{name}': {e}") from None
-    return Schedule(name, total_steps, p)
+    return Schedule(name, total_steps, p, conventions, lag)
+
+
+# --------------------------------------------------------------------------------------------
+# Convention presets: where a reference library's defaults differ from ours, in one switch
+# --------------------------------------------------------------------------------------------
+
+# The keys a preset fills when the config leaves them unset (null). The shipped config files
+# leave them null, so `scheduler.conventions=hf` changes them and an explicit
+# `scheduler.min_lr_ratio=0.1` on the command line still wins over the preset.
+PRESET_KEYS = ("warmup_convention", "decay_convention", "warmup_start_ratio", "min_lr_ratio", "power", "decay_shape")
+
+# minigpt: the dataclass defaults (never an update at LR 0, the floor on the last step, 10% floors).
+# hf: the Hugging Face Trainer's defaults (transformers.get_scheduler): the warmup starts at 0,
+#   the peak is reached at step W, the decay reaches 0 at T (one past the run); polynomial's
+#   power is 1.0, warmup_stable_decay's decay_type is cosine.
+# deepspeed: DeepSpeed's WarmupLR (constant_warmup), WarmupDecayLR (linear_warmup) and
+#   WarmupCosineLR (cosine_warmup) as its engine runs them: the LR is set once when the scheduler
+#   is built and the scheduler steps after every update, so update t uses the formula at t - 1
+#   (lag 1) and updates 0 and 1 both run at the start value; warmups shorter than 2 steps are
+#   raised to 2; a log warmup keeps both ends (log(t+1)/log(W)), a linear one skips its end (t/W).
+CONVENTION_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "minigpt": {},
+    "hf": {
+        "*": {"warmup_convention": "skip_end", "decay_convention": "skip_end", "warmup_start_ratio": 0.0,
+              "min_lr_ratio": 0.0},
+        "polynomial": {"power": 1.0},
+        "wsd": {"decay_shape": "cosine"},
+    },
+    "deepspeed": {
+        "constant_warmup": {"warmup_start_ratio": 0.0},  # WarmupLR, warmup_min_lr=0
+        "linear_warmup": {"warmup_start_ratio": 0.0, "decay_convention": "skip_end"},  # WarmupDecayLR: floor = warmup_min_lr
+        "cosine_warmup": {"warmup_start_ratio": 0.0, "decay_convention": "skip_start", "min_lr_ratio": 1e-4},  # WarmupCosineLR
+    },
+}
+_PRESET_LAG = {"deepspeed": 1}
+
+
+def _apply_preset(name: str, conventions: str, fields: Mapping, params: Mapping) -> tuple[dict, int]:
+    """Fill the unset preset keys of ``params`` from the preset; drop the rest of the unset ones
+    (their dataclass defaults apply). Returns (params, lag)."""
+    preset = CONVENTION_PRESETS[conventions]
+    if conventions == "deepspeed" and name not in preset:
+        raise UserError(f"scheduler.conventions=deepspeed reproduces DeepSpeed's WarmupLR (scheduler=constant_warmup), "
+                        f"WarmupDecayLR (linear_warmup) and WarmupCosineLR (cosine_warmup), not scheduler={name}; "
+                        "use one of those or scheduler.conventions=minigpt")
+    values = {**preset.get("*", {}), **preset.get(name, {})}
+    out = dict(params)
+    unset = {k for k in PRESET_KEYS if k in fields and out.get(k, None) is None}
+    for key in unset:
+        out.pop(key, None)
+        if key in values:
+            out[key] = values[key]
+    if conventions == "deepspeed":
+        shape = out.get("warmup_shape", fields["warmup_shape"].default)
+        if "warmup_convention" in unset:  # log(t+1)/log(W) reaches the peak at W-1; t/W at W
+            out["warmup_convention"] = "keep_both" if shape == "log" else "skip_end"
+        if name == "linear_warmup" and "min_lr_ratio" in unset:  # WarmupDecayLR decays to warmup_min_lr
+            out["min_lr_ratio"] = out.get("warmup_start_ratio", 0.0)
+    return out, _PRESET_LAG.get(conventions, 0)
 
 
 def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | None) -> Schedule:
@@ -391,7 +479,7 @@ def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | 
     counts; then `build_schedule` builds the schedule.
     """
     cfg = dict(cfg)
-    name, module = cfg.pop("name", None), cfg.pop("module", None)
+    name, module, conventions = cfg.pop("name", None), cfg.pop("module", None), cfg.pop("conventions", None)
     if module is not None:
         if not isinstance(module, str) or not module:
             raise UserError(f"scheduler.module={module!r} must be a dotted module path, e.g. my_pkg.schedules")
@@ -430,7 +518,7 @@ def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | 
                 cfg[key] = to_steps(value, total_steps, tokens_per_step, key)
         except UserError as e:
             raise UserError(f"scheduler '{name}': {e}") from None
-    return build_schedule(name, total_steps, **cfg)
+    return build_schedule(name, total_steps, conventions=conventions, **cfg)
 
 
 def _coerce(value: Any, hint: Any, is_length: bool, total_steps: int, key: str) -> Any:
@@ -786,9 +874,12 @@ class CosineRestartsParams(DecayParams):
     period_mult: float = 1.0
     cycle_decay: float = 1.0
     min_lr_ratio: float = 0.1
+    cycle_limit: int | None = None  # after this many cycles the LR stays at the floor (timm; null: no limit)
 
     def validate(self, total_steps: int) -> None:
         super().validate(total_steps)
+        if self.cycle_limit is not None:
+            check_range(self, "cycle_limit", 1)
         if (self.cycles is None) == (self.period is None):
             raise UserError(
                 f"set exactly one of cycles (how many cycles fill the decay window) and period (the first "
@@ -854,6 +945,8 @@ def cosine_restarts(step: float, total_steps: int, p: CosineRestartsParams) -> f
     if p.cycles is not None and d >= total_steps - p.warmup:
         return p.min_lr_ratio  # past the last cycle (HF returns its floor there)
     i, position, length = _cycle(d, p, total_steps)
+    if p.cycle_limit is not None and i >= p.cycle_limit:
+        return p.min_lr_ratio  # timm: cycles past cycle_limit sit at lr_min
     skip_start, skip_end = _SKIPS[p.decay_convention]
     if i == 0 and p.warmup == 0:
         skip_start = 0  # nothing comes before the first cycle: the run starts at its peak
@@ -897,15 +990,18 @@ class WSDParams(DecayParams):
 def wsd(step: float, total_steps: int, p: WSDParams) -> float:
     # Warmup-stable-decay (Zhai et al. 2022; Hu et al. 2024 MiniCPM; Hägele et al. 2024): the peak
     # until the decay window [decay_start, total_steps), then a cooldown to min_lr_ratio.
-    # decay_start lets a cooldown branch off any checkpoint of the stable phase. HF
-    # warmup_stable_decay with skip_end.
+    # decay_start lets a cooldown branch off any checkpoint of the stable phase.
+    # Departure: Hägele et al.'s code and HF get_wsd_schedule cool down to 0; our default floor is
+    # 10% of the peak (the floor of every other decay here). conventions=hf, or min_lr_ratio=0,
+    # gives theirs (HF warmup_stable_decay is conventions=hf exactly).
     first = p.decay_begins(total_steps)
     return _warmup_then(step, p, first, total_steps, lambda t, o, e: _ramp_down(p.decay_shape, t, o, e, p.min_lr_ratio))
 
 
 @dataclass(frozen=True)
 class OneCycleParams:
-    warmup: int = length_field(0.3)
+    pct_start: float = 0.3
+    warmup: int | None = length_field(None)
     three_phase: bool = False
     anneal: str = "cosine"
     div_factor: float = 25.0
@@ -915,26 +1011,45 @@ class OneCycleParams:
     max_momentum: float = 0.95
 
     def validate(self, total_steps: int) -> None:
-        check_range(self, "warmup", 1, total_steps, hi_label="total_steps")
-        if self.three_phase:
-            check_range(self, "warmup", 1, (total_steps + 1) // 2, hi_label="(total_steps + 1) // 2, for three_phase")
+        if self.warmup is not None:
+            check_range(self, "warmup", 1, total_steps, hi_label="total_steps")
+            if self.three_phase:
+                check_range(self, "warmup", 1, (total_steps + 1) // 2, hi_label="(total_steps + 1) // 2, for three_phase")
+        else:
+            check_range(self, "pct_start", 0.0, 1.0, lo_open=True)
+            rise = self.pct_start * total_steps
+            if rise < 1:
+                raise UserError(f"pct_start={self.pct_start!r} leaves no rising phase in {total_steps} steps "
+                                f"(pct_start * total_steps = {rise:.4g} < 1); raise pct_start or set warmup >= 1")
+            if self.three_phase and 2 * rise - 2 > total_steps - 1:
+                raise UserError(f"pct_start={self.pct_start!r} is too long for three_phase: its second phase would end at "
+                                f"step {2 * rise - 2:.4g}, past the last step {total_steps - 1}; accepted: pct_start <= "
+                                f"{(total_steps + 1) / (2 * total_steps):.4g}")
         check_choice(self, "anneal", ("cosine", "linear"))
         check_range(self, "div_factor", 1.0)
         check_range(self, "final_div_factor", 1.0)
         check_range(self, "max_momentum", 0.0, 1.0, hi_open=True)
         check_range(self, "base_momentum", 0.0, self.max_momentum, hi_label="max_momentum")
 
+    def rise_end(self, total_steps: int) -> float:
+        """The (possibly fractional) step where the LR peaks: torch's pct_start * total_steps - 1,
+        or warmup - 1 when the rise is given as a length."""
+        if self.warmup is not None:
+            return float(self.warmup - 1)
+        return float(self.pct_start * total_steps) - 1
+
     def phases(self, total_steps: int) -> dict[str, int]:
-        out = {"warmup": 0, "decay": self.warmup}
+        rise = self.rise_end(total_steps)
+        out = {"warmup": 0, "decay": math.floor(rise) + 1}
         if self.three_phase:
-            out["annihilation"] = 2 * self.warmup - 1
+            out["annihilation"] = math.floor(2 * rise) + 1
         return {k: v for k, v in out.items() if v < total_steps}
 
     def segments(self, total_steps: int) -> list[tuple[float, tuple[float, float], tuple[float, float]]]:
         """[(end step, (lr from, lr to), (beta1 from, beta1 to))] as torch OneCycleLR lays them out."""
         initial = 1.0 / self.div_factor
         low, high = self.base_momentum, self.max_momentum
-        rise = float(self.warmup - 1)  # torch: pct_start * total_steps - 1
+        rise = self.rise_end(total_steps)  # torch: float(pct_start * total_steps) - 1
         if self.three_phase:
             return [
                 (rise, (initial, 1.0), (high, low)),
@@ -966,10 +1081,10 @@ def _one_cycle_beta1(step: float, total_steps: int, p: OneCycleParams) -> float 
 @register_schedule("one_cycle", OneCycleParams, beta1=_one_cycle_beta1)
 def one_cycle(step: float, total_steps: int, p: OneCycleParams) -> float:
     # The 1cycle policy (Smith & Topin 2017) exactly as torch OneCycleLR lays it out, with max_lr
-    # as the peak: from 1/div_factor up to 1 at step warmup-1, then down to
-    # 1/(div_factor*final_div_factor) at the last step (three_phase: back to 1/div_factor at step
-    # 2*warmup-2 first). It already starts above 0 and ends on its floor at T-1, so it has no
-    # convention options.
+    # as the peak: from 1/div_factor up to 1 at step pct_start*T - 1 (fractional, as in torch;
+    # or warmup-1), then down to 1/(div_factor*final_div_factor) at the last step (three_phase:
+    # back to 1/div_factor at step 2*(pct_start*T) - 2 first). It already starts above 0 and ends
+    # on its floor at T-1, so it has no convention options.
     return _one_cycle_at(step, total_steps, p, 0)
 
 

@@ -38,8 +38,10 @@ from minigpt.config import Config
 from minigpt.errors import UserError
 from minigpt.checkpoint import flatten
 from minigpt.model import GPT
+from minigpt.optim import decay_coefficient
 from minigpt.records import PendingStep
-from minigpt.trainer import RunResult, Trainer, fit
+from minigpt.metrics import RunResult
+from minigpt.trainer import Trainer, fit
 
 log = logging.getLogger("minigpt")
 
@@ -75,7 +77,7 @@ def check_stackable(configs: list[Config]) -> None:
                    ("task=lr_range_test", cfg.task != "train")]
     for c in configs:
         unsupported += [(f"monitor.{k}", getattr(c.monitor, k)) for k in ("skip_spikes", "update_ratio",
-                                                                          "max_attn_logit", "logz")]
+                                                                          "max_attn_logit", "logz", "sharpness_every")]
     for name, on in unsupported:
         if on:
             raise UserError(f"{name} is not supported for stacked runs; turn it off or use the default launcher")
@@ -133,7 +135,7 @@ class StackedStepper:
 
         optims = [r.cfg.optim for r in self.runs]
         self.beta2, self.eps = column([o.beta2 for o in optims]), column([o.eps for o in optims])
-        self.weight_decay = column([o.weight_decay for o in optims])
+        self.weight_decay = column([decay_coefficient(r.cfg.optim, r.plan.peak_lr) for r in self.runs])
         self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
         plans = [[r.plan.lr_at(t) for t in range(self.total_steps)] for r in self.runs]  # stacks count in steps
         self.lrs = [[lr for lr, _ in plan] for plan in plans]

@@ -106,6 +106,9 @@ class ModelStepper:
             extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in r.model.transformer.h]).max()
         if cfg.monitor.logz:
             extras["logz"] = r.model.logz_mean.float()
+        if r.sharpness is not None:  # after the update, with the preconditioner it used
+            value = r.sharpness.measure(r.model, r.optimizer) if r.sharpness.due(step) else math.nan
+            extras["sharpness"] = torch.tensor(value, device=r.device)
 
         values = [loss_mean, loss_max, grad_norm] + [extras[f] for f in r.records.fields[3:]]
         values = torch.stack([v.reshape(()) for v in values])

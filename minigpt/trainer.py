@@ -16,37 +16,28 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from minigpt.checkpoint import (check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
-                                prune_checkpoints, save_checkpoint)
+                                load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
 from minigpt.data import Batches, prepare_data
-from minigpt.metrics import MetricsLogger, RunStatus, write_summary
+from minigpt.metrics import MetricsLogger, RunResult, RunStatus, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
 from minigpt.optim import build_optimizer
 from minigpt.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
-from minigpt.records import BASE_FIELDS, RecordSchema, StepRecords
-from minigpt.runtime import Runtime, StopSignals, rng_state, set_rng_state
+from minigpt.records import RecordSchema, StepRecords
+from minigpt.runtime import Runtime, StopSignals, rng_state
+from minigpt.sharpness import SharpnessProbe
 from minigpt.stepper import ModelStepper
 
 log = logging.getLogger("minigpt")
-
-
-@dataclass
-class RunResult:
-    status: RunStatus
-    final_val_loss: float  # inf unless completed
-    summary: dict
-    run_dir: Path
-    checkpoint: Path | None = None
 
 
 class Trainer:
@@ -84,25 +75,22 @@ class Trainer:
         for block in self.model.transformer.h:
             block.attn.record_max_logit = cfg.monitor.max_attn_logit
         torch.manual_seed(cfg.seed + self.ddp.rank)  # dropout differs between ranks
-        self.step_model = self.model
-        if tc.compile:
-            self.step_model = torch.compile(self.model, backend=tc.compile_backend, mode=tc.compile_mode)
-        self.eval_model = self.step_model  # evaluation needs no DDP wrapper: it syncs nothing
-        if self.ddp.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.step_model = DistributedDataParallel(
-                self.step_model, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
+        self.step_model, self.eval_model = self.runtime.wrap(self.model, tc)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
         # The run plan (batch, length, schedule, peak LR), checked before any compute is spent.
         self.plan = RunPlan.build(cfg, self.ddp.world_size, meta["train_tokens"])
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.plan.peak_lr)
         self.total_steps = self.plan.total_steps
         self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
         self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
                                    "validation")
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        self.sharpness = None
+        if cfg.monitor.sharpness_every:
+            # One fixed training batch (that of step 0) for every measurement.
+            self.sharpness = SharpnessProbe(cfg.monitor.sharpness_every, cfg.monitor.sharpness_iters,
+                                            self.train_batches.train_batch(0, 0), seed=cfg.seed)
         self.flops_per_token = flops_per_token(self.model.num_params(), mc.n_layer, mc.n_embd, mc.block_size)
         self.peak_flops = peak_flops(self.device)
         self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
@@ -118,12 +106,9 @@ class Trainer:
         if tc.resume:
             self.resume(found)
 
-        fields = list(BASE_FIELDS) + (["scaler_skipped"] if self.scaler is not None else [])
-        fields += [name for name in ("update_ratio", "max_attn_logit", "logz") if getattr(cfg.monitor, name)]
-        self.records = StepRecords(RecordSchema(fields, mc.block_size, cfg.optim.grad_clip, cfg.monitor.skip_spikes,
-                                                self.flops_per_token,
-                                                self.peak_flops * self.ddp.world_size if self.peak_flops else None),
-                                   self.device)
+        self.records = StepRecords(RecordSchema.of_run(
+            cfg, self.scaler is not None, self.flops_per_token,
+            self.peak_flops * self.ddp.world_size if self.peak_flops else None), self.device)
         self.flush_seconds = 0.0  # host time spent handing records over (scripts/bench.py reads it)
         self.val_at: dict[int, float] = {}
         self.last_record: dict = {}
@@ -139,11 +124,7 @@ class Trainer:
         cfg = self.cfg
         self.say(f"device: {self.device}, precision {self.precision}, "
                  f"{self.ddp.world_size} rank(s), compile {'on' if cfg.trainer.compile else 'off'}")
-        mc, gc = cfg.model, self.model_config
-        self.say(f"model: {self.model.num_params():,} parameters (without position embeddings), {mc.n_layer} layers, "
-                 f"{mc.n_embd} wide, {mc.n_head} heads, context {mc.block_size}, vocabulary {gc.vocab_size} (padded "
-                 f"to {gc.padded_vocab_size}), {mc.norm_position}-LN" + (", QK-layernorm" if mc.qk_layernorm else "")
-                 + (f", z-loss {mc.z_loss}" if mc.z_loss else ""))
+        self.say(f"model: {self.model.describe()}")
         for line in self.plan.lines(cfg.trainer.micro_batch_size, self.ddp.world_size, self.data.meta["train_tokens"]):
             self.say(line)
         if self.ddp.is_main:
@@ -227,15 +208,10 @@ class Trainer:
         path, state = found if found else (None, None)
         if state is not None:
             check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
+            load_states(state, model=self.model, optimizer=self.optimizer, scaler=self.scaler, monitor=self.monitor)
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-            self.monitor.load_state_dict(state["monitor"])
             self.val_history = [tuple(v) for v in state["val_history"]]
             self.elapsed_before = state.get("elapsed", 0.0)
-            set_rng_state(state["rng"])
             self.resumed_from, self.saved_step = path, self.step
             self.branched_from = path if is_branch(path, self.run_dir) else None
             self.wandb_id = None if self.branched_from else state.get("wandb_id")

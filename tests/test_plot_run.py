@@ -78,3 +78,20 @@ def test_plot_run_script_without_records_is_one_line(tmp_path):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "metrics.jsonl" in lines[0]
+
+
+def test_plot_run_draws_sharpness_beside_the_adam_threshold(tmp_path):
+    records = synthetic_records()
+    for r in records[:40:5]:  # measured every 5 steps
+        r["train/sharpness"] = 100.0 + r["step"]
+        r["train/sharpness_threshold"] = 38.0 / r["train/lr"]
+    fig = plot_run(records, tmp_path / "run.png")
+    ax_loss, ax_lr, ax_gn, ax_sharp = fig.axes
+    assert ax_sharp.get_shared_x_axes().joined(ax_sharp, ax_loss)
+    sharp = line(ax_sharp, "sharpness")
+    assert list(sharp.get_xdata()) == list(range(0, 40, 5))
+    assert list(sharp.get_ydata()) == pytest.approx([100.0 + s for s in range(0, 40, 5)])
+    threshold = line(ax_sharp, "Adam stability threshold")
+    assert list(threshold.get_ydata()) == pytest.approx([38.0 / (1e-3 * (s + 1) / 40) for s in range(0, 40, 5)])
+    assert ax_sharp.get_yscale() == "log"
+    assert len(plot_run(synthetic_records(), tmp_path / "plain.png").axes) == 3  # no sharpness: no panel

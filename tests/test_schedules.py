@@ -206,7 +206,10 @@ def test_defaults_build_and_pass_check_curve(name, total):
     s = build_schedule(name, total)
     check_curve(s)
     d = s.describe()
-    assert close(d["peak"], 1.0) and d["final"] >= 0
+    if name == "one_cycle" and total == 53:  # torch's peak at step 0.3 * 53 - 1 = 14.9 lies between two steps
+        assert 0.9999 < d["peak"] < 1.0 and d["peak_step"] == 15
+    else:
+        assert close(d["peak"], 1.0) and d["final"] >= 0
 
 
 def test_cosine_restarts_with_one_cycle_is_cosine_warmup():
@@ -322,7 +325,7 @@ def test_unknown_parameter_names_it_the_schedule_and_the_accepted_ones():
         ("lr_range_test", {"start_lr_ratio": 0.0}, "0.0 < start_lr_ratio <= 1.0"),
         ("cosine_warmup", {"min_lr_ratio": True}, "min_lr_ratio=True must be a number"),
         ("cosine_warmup", {"min_lr_ratio": "lots"}, "must be a number"),
-        ("cosine_warmup", {"min_lr_ratio": None}, "min_lr_ratio must not be null"),
+        ("cosine_warmup", {"warmup_shape": None}, "warmup_shape must not be null"),
         ("one_cycle", {"three_phase": "yes"}, "three_phase='yes' must be true or false"),
         ("cosine_restarts", {"cycles": 2.5, "period": None}, "cycles=2.5 must be an integer"),
         ("multistep", {"milestones": 50}, "milestones=50 must be a list"),
@@ -457,10 +460,11 @@ def test_every_schedule_has_a_config_and_every_config_a_schedule():
 def test_config_keys_and_defaults_match_the_params_dataclass(name):
     cfg = load_yaml(CONF / f"{name}.yaml")
     fields = dataclasses.fields(schedules._REGISTRY[name].params)
-    assert cfg["name"] == name
-    assert list(cfg) == ["name"] + [f.name for f in fields]  # same keys, same order
+    assert cfg["name"] == name and cfg["conventions"] == "minigpt"
+    assert list(cfg) == ["name", "conventions"] + [f.name for f in fields]  # same keys, same order
     for f in fields:
-        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        # The keys a convention preset fills are left unset (null) in the files, so the preset decides.
+        default = None if f.name in schedules.PRESET_KEYS else list(f.default) if isinstance(f.default, tuple) else f.default
         assert cfg[f.name] == default and type(cfg[f.name]) is type(default), f.name
     for line in (CONF / f"{name}.yaml").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -475,7 +479,7 @@ def test_config_defaults_build_and_pass_check_curve(name, total):
 
 def test_custom_config_needs_name_and_module(tmp_path, monkeypatch, registry):
     cfg = load_yaml(CONF / "custom.yaml")
-    assert cfg == {"name": None, "module": None}
+    assert cfg == {"name": None, "conventions": "minigpt", "module": None}
     assert "scheduler.name is not set" in error(schedule_from_config, cfg, 100, None)
     assert "scheduler.module='no_such_module_xyz' cannot be imported" in error(
         schedule_from_config, {**cfg, "name": "x", "module": "no_such_module_xyz"}, 100, None

@@ -19,7 +19,15 @@ transformers = pytest.importorskip("transformers")
 from torch.optim import lr_scheduler  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
-from minigpt.schedules import build_schedule  # noqa: E402
+import dataclasses  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from minigpt.errors import UserError  # noqa: E402
+from minigpt.schedules import build_schedule, check_curve, schedule_from_config  # noqa: E402
+
+CONF = Path(__file__).resolve().parent.parent / "conf" / "scheduler"
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -217,6 +225,33 @@ def test_torch_one_cycle_lr_and_beta1(total, warmup, three_phase, anneal):
     assert_curve(ours, betas, what="beta1")
 
 
+@pytest.mark.parametrize("total,pct_start", [(53, 0.3), (53, 0.25), (100, 0.3), (7, 0.5), (1000, 0.123), (37, 0.41),
+                                             (10, 0.15)])
+@pytest.mark.parametrize("three_phase", [False, True])
+@pytest.mark.parametrize("anneal", ["cosine", "linear"])
+def test_torch_one_cycle_fractional_phase_end(total, pct_start, three_phase, anneal):
+    # torch ends the rise at pct_start * total - 1 (53 x 0.3 - 1 = 14.9): no step is the peak.
+    if three_phase and 2 * pct_start * total - 2 > total - 1:
+        pytest.skip("three phases do not fit: torch itself would go past the run")
+    kw = dict(div_factor=25.0, final_div_factor=1e4, base_momentum=0.85, max_momentum=0.95)
+    ours = build_schedule("one_cycle", total, pct_start=pct_start, three_phase=three_phase, anneal=anneal, **kw)
+    lrs, betas = torch_curve(lr_scheduler.OneCycleLR, total, lr=3e-3, max_lr=3e-3, total_steps=total,
+                             pct_start=pct_start, anneal_strategy={"cosine": "cos", "linear": "linear"}[anneal],
+                             three_phase=three_phase, cycle_momentum=True, **kw)
+    assert_curve(ours, lrs, peak=3e-3)
+    assert_curve(ours, betas, what="beta1")
+
+
+def test_one_cycle_default_is_torchs_default_at_an_odd_length():
+    # The shipped default (pct_start 0.3) at 53 steps: a rounded warmup of 16 steps would put the
+    # peak on step 15 and differ from torch from step 1 on.
+    ours = build_schedule("one_cycle", 53)
+    lrs, betas = torch_curve(lr_scheduler.OneCycleLR, 53, lr=1.0, max_lr=1.0, total_steps=53)
+    assert_curve(ours, lrs)
+    assert_curve(ours, betas, what="beta1")
+    assert max(ours(t) for t in range(53)) < 1.0
+
+
 @pytest.mark.parametrize("total", [1, 10, 53])
 @pytest.mark.parametrize("step_size,gamma", [(1, 0.9), (3, 0.5), (7, 0.1)])
 def test_torch_step_lr(total, step_size, gamma):
@@ -298,6 +333,156 @@ def test_deepspeed_warmup_lr_and_warmup_decay_lr(total, warmup, kind, min_ratio)
         assert_curve(ours, ref)
 
 
+class DeepSpeedScheduler:
+    """DeepSpeed's WarmupLR, WarmupDecayLR and WarmupCosineLR (deepspeed/runtime/lr_schedules.py)
+    written out from their source: ``step()`` moves last_batch_iteration on and writes get_lr()
+    into the optimizer; the constructor writes get_lr() at last_batch_iteration = -1, which is
+    the start LR for WarmupLR / WarmupDecayLR and 0 for WarmupCosineLR."""
+
+    def __init__(self, groups, kind, total, warmup, warmup_type, *, min_lr=0.0, max_lr=1.0, cos_min_ratio=1e-4,
+                 warmup_min_ratio=0.0):
+        self.groups, self.kind, self.total = groups, kind, total
+        self.warmup = max(2, warmup)
+        self.warmup_type = warmup_type
+        self.min_lr, self.max_lr, self.cos_min_ratio, self.warmup_min_ratio = min_lr, max_lr, cos_min_ratio, warmup_min_ratio
+        self.org_lr = groups[0]["lr"]
+        self.last_batch_iteration = -1
+        self._write()
+
+    def _ramp(self, t):
+        if self.warmup_type == "log":
+            return math.log(t + 1) / math.log(self.warmup)
+        return t / self.warmup
+
+    def get_lr(self):
+        t = self.last_batch_iteration
+        if self.kind == "cosine":
+            if t < 0:
+                return 0.0
+            if t < self.warmup:
+                return self.org_lr * (self.warmup_min_ratio + self._ramp(t) * (1.0 - self.warmup_min_ratio))
+            ratio = (1 + math.cos(math.pi * (t - self.warmup + 1) / (self.total - self.warmup))) / 2
+            return self.org_lr * max(0.0, self.cos_min_ratio + (1.0 - self.cos_min_ratio) * ratio)
+        if t < 0:
+            return self.min_lr
+        if t < self.warmup:
+            gamma = self._ramp(t)
+        elif self.kind == "warmup":
+            gamma = 1.0
+        else:  # decay
+            gamma = max(0.0, (self.total - t) / max(1.0, self.total - self.warmup))
+        return self.min_lr + (self.max_lr - self.min_lr) * gamma
+
+    def _write(self):
+        self.groups[0]["lr"] = self.get_lr()
+
+    def step(self):
+        self.last_batch_iteration += 1
+        self._write()
+
+
+def deepspeed_engine_lrs(total, **kwargs):
+    """The LR each update uses when DeepSpeed's engine drives the scheduler: it is built before
+    training, and engine.step() runs the optimizer step, then scheduler.step()."""
+    groups = [{"lr": 1.0}]
+    sched = DeepSpeedScheduler(groups, total=total, **kwargs)
+    used = []
+    for _ in range(total):
+        used.append(groups[0]["lr"])  # forward, backward, optimizer.step() with this LR
+        sched.step()
+    return used
+
+
+def test_deepspeed_engine_runs_updates_0_and_1_at_the_start_value():
+    lrs = deepspeed_engine_lrs(10, kind="warmup", warmup=4, warmup_type="linear", min_lr=0.1)
+    assert lrs[:6] == [0.1, 0.1, 0.1 + 0.9 * 0.25, 0.1 + 0.9 * 0.5, 0.1 + 0.9 * 0.75, 1.0]
+    assert deepspeed_engine_lrs(5, kind="cosine", warmup=2, warmup_type="linear", warmup_min_ratio=0.5)[0] == 0.0
+
+
+@pytest.mark.parametrize("total,warmup", [(53, 7), (10, 2), (100, 25), (37, 36), (20, 1), (20, 0)])
+@pytest.mark.parametrize("warmup_type", ["log", "linear"])
+@pytest.mark.parametrize("min_ratio", [0.0, 0.1])
+def test_deepspeed_as_its_engine_runs_warmup_lr_and_warmup_decay_lr(total, warmup, warmup_type, min_ratio):
+    for kind, name in (("warmup", "constant_warmup"), ("decay", "linear_warmup")):
+        ours = build_schedule(name, total, conventions="deepspeed", warmup=warmup, warmup_shape=warmup_type,
+                              warmup_start_ratio=min_ratio)
+        ref = deepspeed_engine_lrs(total, kind=kind, warmup=warmup, warmup_type=warmup_type, min_lr=min_ratio)
+        assert_curve(ours, ref)
+        assert ours(0) == ours(1) == min_ratio
+
+
+@pytest.mark.parametrize("total,warmup", [(53, 7), (100, 25), (30, 2), (40, 0)])
+@pytest.mark.parametrize("warmup_type", ["log", "linear"])
+@pytest.mark.parametrize("start,floor", [(0.0, 1e-4), (0.2, 0.05)])
+def test_deepspeed_as_its_engine_runs_warmup_cosine_lr(total, warmup, warmup_type, start, floor):
+    ours = build_schedule("cosine_warmup", total, conventions="deepspeed", warmup=warmup, warmup_shape=warmup_type,
+                          warmup_start_ratio=start, min_lr_ratio=floor)
+    ref = deepspeed_engine_lrs(total, kind="cosine", warmup=warmup, warmup_type=warmup_type,
+                               warmup_min_ratio=start, cos_min_ratio=floor)
+    # DeepSpeed's WarmupCosineLR runs update 0 at LR 0 whatever warmup_min_ratio is (its get_lr
+    # before the first step); ours runs it at the start ratio: the one documented difference.
+    assert ref[0] == 0.0 and ours(0) == start
+    assert_curve(dataclasses.replace(ours, total_steps=total), [ours(0)] + ref[1:])
+    check_curve(ours)
+    if warmup_type == "linear":  # the linear warmup stops short of the peak and the cosine starts below it
+        assert max(ref) < 1.0 and math.isclose(max(ours(t) for t in range(total)), max(ref), rel_tol=1e-12)
+
+
+def test_check_curve_accepts_a_curve_that_turns_down_below_its_peak_but_not_one_still_rising():
+    # DeepSpeed's linear WarmupCosineLR never reaches the peak: accepted. A warmup that the end of
+    # the run cuts off is still refused.
+    check_curve(build_schedule("cosine_warmup", 50, conventions="deepspeed", warmup=10, warmup_shape="linear"))
+    with pytest.raises(UserError, match="never reaches its peak"):
+        check_curve(build_schedule("constant_warmup", 10, warmup=10, warmup_convention="skip_end"))
+
+
+def test_deepspeed_conventions_refuse_other_schedules():
+    with pytest.raises(UserError, match="conventions=deepspeed reproduces DeepSpeed's WarmupLR"):
+        build_schedule("wsd", 100, conventions="deepspeed")
+    with pytest.raises(UserError, match="scheduler.conventions='hugging' is not a preset.*accepted: minigpt, hf, deepspeed"):
+        build_schedule("wsd", 100, conventions="hugging")
+
+
+# --------------------------------------------------------------------------------------------
+# conventions=hf: the Hugging Face Trainer's defaults in one switch, from the shipped config files
+# --------------------------------------------------------------------------------------------
+
+
+def shipped(name, **overrides):
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    return {**cfg, **overrides}
+
+
+@pytest.mark.parametrize("total,warmup", [(53, 7), (100, 0), (10, 10), (600, 60)])
+@pytest.mark.parametrize("hf_name,ours_name,kwargs,extra", [
+    ("linear", "linear_warmup", {}, {}),
+    ("cosine", "cosine_warmup", {}, {}),
+    ("constant_with_warmup", "constant_warmup", {}, {}),
+    ("cosine_with_restarts", "cosine_restarts", {}, {"cycles": 1}),  # HF num_cycles defaults to 1
+    ("polynomial", "polynomial", {}, {"min_lr_ratio": 1e-7}),  # HF lr_end=1e-7 is absolute: 1e-7 / lr
+])
+def test_hf_trainer_defaults_with_conventions_hf(total, warmup, hf_name, ours_name, kwargs, extra):
+    # lr_scheduler_type=<hf_name>, warmup_steps=W and nothing else, as a Trainer user writes it.
+    cfg = shipped(ours_name, conventions="hf", warmup=warmup, **extra)
+    ours = schedule_from_config(cfg, total, None)
+    assert_curve(ours, hf_curve(hf_name, total, warmup, **kwargs))
+    assert ours(0) == (0.0 if warmup else 1.0)
+
+
+@pytest.mark.parametrize("total,warmup,decay", [(53, 7, 10), (100, 0, 30)])
+def test_hf_warmup_stable_decay_defaults_with_conventions_hf(total, warmup, decay):
+    ours = schedule_from_config(shipped("wsd", conventions="hf", warmup=warmup, decay=decay), total, None)
+    assert_curve(ours, hf_curve("warmup_stable_decay", total, warmup, num_decay_steps=decay))
+
+
+def test_explicit_keys_win_over_the_preset():
+    ours = schedule_from_config(shipped("cosine_warmup", conventions="hf", warmup=7, min_lr_ratio=0.1), 53, None)
+    assert_curve(ours, hf_curve("cosine_with_min_lr", 53, 7, min_lr_rate=0.1))
+    default = schedule_from_config(shipped("cosine_warmup", warmup=7), 53, None)
+    assert default.params.min_lr_ratio == 0.1 and default.params.warmup_convention == "skip_start"
+    assert default(0) == pytest.approx(1 / 7) and default(52) == pytest.approx(0.1)
+
+
 def vaswani(t, warmup, d_model=512):
     """Attention Is All You Need, eq. (3): d^-0.5 * min(s^-0.5, s * W^-1.5), s = step number from 1."""
     s = t + 1
@@ -312,8 +497,9 @@ def test_vaswani_inverse_sqrt(total, warmup):
     assert_curve(ours, [vaswani(t, warmup) for t in range(total)], peak=peak)
 
 
-def timm_cosine(t, t_initial, lr_min, cycle_mul, cycle_decay, warmup_t, warmup_lr_init):
-    """timm.scheduler.CosineLRScheduler._get_lr with warmup_prefix=True, base LR 1, k_decay 1."""
+def timm_cosine(t, t_initial, lr_min, cycle_mul, cycle_decay, warmup_t, warmup_lr_init, cycle_limit=1):
+    """timm.scheduler.CosineLRScheduler._get_lr with warmup_prefix=True, base LR 1, k_decay 1
+    (timm/scheduler/cosine_lr.py); cycle_limit defaults to timm's 1: no restart."""
     if t < warmup_t:
         return warmup_lr_init + t * (1.0 - warmup_lr_init) / warmup_t
     t = t - warmup_t
@@ -326,23 +512,30 @@ def timm_cosine(t, t_initial, lr_min, cycle_mul, cycle_decay, warmup_t, warmup_l
         t_i = t_initial
         t_curr = t - t_initial * i
     lr_max = cycle_decay**i
+    if i >= cycle_limit:
+        return lr_min
     return lr_min + 0.5 * (lr_max - lr_min) * (1 + math.cos(math.pi * t_curr / t_i))
 
 
 def test_timm_hand_values():
     # period 10, cycle_decay 0.5, lr_min 0: the second cycle peaks at 0.5, its middle is 0.25.
-    assert timm_cosine(10, 10, 0.0, 1, 0.5, 0, 0.0) == 0.5
-    assert math.isclose(timm_cosine(15, 10, 0.0, 1, 0.5, 0, 0.0), 0.25)
+    assert timm_cosine(10, 10, 0.0, 1, 0.5, 0, 0.0, cycle_limit=2) == 0.5
+    assert math.isclose(timm_cosine(15, 10, 0.0, 1, 0.5, 0, 0.0, cycle_limit=2), 0.25)
     assert math.isclose(timm_cosine(5, 10, 0.0, 1, 0.5, 0, 0.0), 0.5)
+    assert timm_cosine(15, 10, 0.0, 1, 0.5, 0, 0.0) == 0.0  # timm's default cycle_limit=1: no second cycle
 
 
 @pytest.mark.parametrize("total,warmup", [(53, 7), (200, 0), (200, 13)])
 @pytest.mark.parametrize("period,mult,decay", [(10, 1.0, 0.5), (7, 2.0, 0.8), (5, 1.5, 1.0), (1, 1.0, 0.9)])
-def test_timm_sgdr_with_cycle_decay(total, warmup, period, mult, decay):
+@pytest.mark.parametrize("cycle_limit", [1, 3, 10**6])
+def test_timm_sgdr_with_cycle_decay_and_cycle_limit(total, warmup, period, mult, decay, cycle_limit):
+    # timm's default cycle_limit=1 is one cosine of t_initial steps, then lr_min to the end.
     ours = build_schedule("cosine_restarts", total, warmup=warmup, cycles=None, period=period, period_mult=mult,
-                          cycle_decay=decay, min_lr_ratio=0.01, warmup_start_ratio=0.001, **HF)
-    ref = [timm_cosine(t, period, 0.01, mult, decay, warmup, 0.001) for t in range(total)]
+                          cycle_decay=decay, min_lr_ratio=0.01, warmup_start_ratio=0.001, cycle_limit=cycle_limit, **HF)
+    ref = [timm_cosine(t, period, 0.01, mult, decay, warmup, 0.001, cycle_limit) for t in range(total)]
     assert_curve(ours, ref)
+    if cycle_limit == 1 and warmup + period < total - 1:  # no restart: the floor after the first cycle
+        assert ours(warmup + period) == ours(total - 1) == 0.01
 
 
 def test_timm_log_cycle_index_misplaces_some_restarts():
@@ -352,7 +545,7 @@ def test_timm_log_cycle_index_misplaces_some_restarts():
     ours = build_schedule("cosine_restarts", 400, warmup=0, cycles=None, period=3, period_mult=3.0,
                           min_lr_ratio=0.0, **HF)
     assert ours(363) == 1.0 and ours(362) < 1e-3
-    assert timm_cosine(363, 3, 0.0, 3, 1.0, 0, 0.0) < 1e-12
+    assert timm_cosine(363, 3, 0.0, 3, 1.0, 0, 0.0, cycle_limit=100) < 1e-12
 
 
 def nanogpt_lr(it, warmup_iters, lr_decay_iters, learning_rate=1.0, min_lr=0.1):

@@ -105,6 +105,7 @@ def test_runs_of_different_shapes_go_to_different_stacks(make_config):
     ({"trainer__compile": True}, "trainer.compile"),
     ({"monitor__skip_spikes": True}, "monitor.skip_spikes"),
     ({"monitor__max_attn_logit": True}, "monitor.max_attn_logit"),
+    ({"monitor__sharpness_every": 5}, "monitor.sharpness_every"),
 ])
 def test_unsupported_options_are_refused_before_anything_runs(make_config, tmp_path, override, name):
     with pytest.raises(UserError, match=name.replace(".", r"\.")):
