@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from minigpt.batch_ramp import BatchPlan
+from minigpt.plan import BatchPlan
 from minigpt.config import OptimConfig, TrainerConfig
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics
@@ -42,7 +42,8 @@ def test_same_global_batch_same_lr_whatever_the_ranks_and_accumulation(micro, ac
     cfg = OptimConfig(lr=1e-3, lr_scaling="sqrt", reference_batch_tokens=2 * 64)
     assert scaled_peak_lr(cfg, tokens) == pytest.approx(2e-3, rel=1e-12)
     # and trainer.batch_size=8 derives the accumulation that gives the same batch
-    assert TrainerConfig(micro_batch_size=micro, batch_size=8).grad_accum_for(world) * micro * world == 8
+    derived = BatchPlan.from_config(TrainerConfig(micro_batch_size=micro, batch_size=8), world, block_size=64)
+    assert derived.final // derived.quantum * micro * world == 8
 
 
 def test_trainer_uses_records_and_reports_the_effective_lr(make_config, tmp_path):
