@@ -4,7 +4,9 @@ the warmup-divergence study's figures and LR-sensitivity tables.
     python scripts/report.py multirun/2025-01-01_12-00-00
     python scripts/report.py multirun/warmup_divergence_cpu/<date> --out docs/images/warmup_divergence_cpu
 
-Writes report.md, loss.png and lr.png into --out (default: <sweep dir>/report); when the sweep
+Writes report.md, loss.png and lr.png into --out (default: <sweep dir>/report); with --fit FIT.json
+also predicted.png (each job's measured curve against the curve the fitted loss law predicts) and
+a table of predicted and measured final losses; when the sweep
 varies both the peak LR and the warmup also study_lr.png (final loss against peak LR) and
 study_early.png (the first steps at one high LR). Failed, diverged and unfinished jobs get a
 row like every other job.
@@ -17,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from minigpt.errors import UserError  # noqa: E402
+from minigpt.loss_law import load_fit  # noqa: E402
 from minigpt.sweep.report import write_report  # noqa: E402
 
 
@@ -27,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--early-steps", type=int, help="the early window, in steps: the early peak loss is the highest "
                     "training loss in it, the early-curves figure shows twice as many steps (default: the "
                     "longest warmup of the sweep)")
+    ap.add_argument("--fit", help="a loss-law fit (scripts/predict_loss.py fit): draw each job's measured "
+                    "curve against the curve the law predicts from its LRs, with a table of final losses")
     ap.add_argument("--lr", type=float, help="peak LR of the early-curves figure (default: the highest LR at "
                     "which the longest warmup trained on every seed)")
     args = ap.parse_args(argv)
@@ -34,7 +39,8 @@ def main(argv=None) -> int:
         print(f"error: --early-steps must be >= 1, got {args.early_steps}", file=sys.stderr)
         return 2
     try:
-        paths = write_report(args.sweep_dir, args.out, early_steps=args.early_steps, high_lr=args.lr)
+        fit = load_fit(args.fit)[0] if args.fit else None
+        paths = write_report(args.sweep_dir, args.out, early_steps=args.early_steps, high_lr=args.lr, fit=fit)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

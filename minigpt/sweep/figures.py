@@ -175,3 +175,45 @@ def plot_study_early(study, lr: float, path) -> None:
     fig.suptitle(f"the first {steps_shown} steps at peak LR {lr:g}, with and without warmup (one line per seed)",
                  fontsize=10)
     save_figure(fig, path)
+
+
+def job_lrs(job):
+    """The LR of every update of a job, or None when its records skip a step (an unfinished run)."""
+    steps, lrs = job.curve("train/lr")
+    if not steps or list(steps) != list(range(len(steps))):
+        return None
+    return lrs
+
+
+def plot_predicted_curves(jobs, labels: dict, fit, path) -> list[tuple[str, float, float | None]]:
+    """Each job's validation loss (dots) against the loss curve a fitted law (minigpt/loss_law.py)
+    predicts from the job's LRs alone (lines). Returns (job, predicted final, measured final)."""
+    import numpy as np
+
+    fig = new_figure(9, 5)
+    ax = fig.add_subplot()
+    rows, shown = [], []
+    for color, job in zip(_colors(len(jobs)), jobs):
+        lrs = job_lrs(job)
+        if lrs is None:
+            continue
+        steps = np.unique(np.linspace(1, len(lrs), min(200, len(lrs))).round().astype(int))
+        predicted = fit.predict(lrs, steps)
+        ax.plot(steps, predicted, "-", lw=1.2, color=color, label=labels.get(job.name, job.name))
+        vsteps, vvalues = job.curve("val/loss")
+        late = [(s, v) for s, v in zip(vsteps, vvalues) if s >= len(lrs) // 10 and math.isfinite(v)]
+        if late:
+            ax.plot(*zip(*late), "o", ms=3, color=color)
+        shown += [v for _, v in late] + list(predicted[steps >= len(lrs) // 10])
+        rows.append((job.name, float(predicted[-1]), job.final_val_loss))
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (dots: measured; lines: predicted)")
+    ax.set_title(f"measured against predicted by the {fit.law} law")
+    if shown:
+        low, high = min(shown), max(shown)
+        ax.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
+    ax.grid(alpha=0.3)
+    if 0 < len(rows) <= _LEGEND_MAX:
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return rows

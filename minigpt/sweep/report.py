@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from minigpt.errors import UserError
-from minigpt.sweep.figures import plot_study_early, plot_study_lr, plot_sweep_curves
+from minigpt.sweep.figures import plot_predicted_curves, plot_study_early, plot_study_lr, plot_sweep_curves
 from minigpt.sweep.jobs import Job, best_job, find_jobs, job_label, varying_overrides
 from minigpt.sweep.statistics import Study, build_study, lr_sensitivity, pick_high_lr, warmup_label
 
@@ -128,7 +128,16 @@ def per_seed_table(study: Study) -> list[str]:
                    "divergence step"], rows)
 
 
-def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures: Mapping[str, str]) -> str:
+def prediction_table(rows: Sequence[tuple[str, float, float | None]], law: str) -> list[str]:
+    out = []
+    for name, predicted, measured in rows:
+        error = None if measured is None else predicted - measured
+        out.append([name, _fmt(measured, 4), _fmt(predicted, 4), "–" if error is None else f"{error:+.4f}"])
+    return _table(["job", "final val loss", f"predicted ({law} law)", "predicted - measured"], out)
+
+
+def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures: Mapping[str, str],
+                    predictions: tuple[str, Sequence] | None = None) -> str:
     keys, common = varying_overrides(jobs)
     best = best_job(jobs)
     counts: dict[str, int] = {}
@@ -146,6 +155,14 @@ def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures
     for key in ("loss", "lr"):
         if key in figures:
             lines += [f"![{key} against step]({figures[key]})", ""]
+    if predictions is not None:
+        law, rows = predictions
+        lines += [f"## Measured against predicted ({law} law)", "",
+                  "Each job's curve as the fitted law predicts it from the job's LRs alone "
+                  "(scripts/predict_loss.py, docs/loss_prediction.md).", ""]
+        if "predicted" in figures:
+            lines += [f"![measured against predicted]({figures['predicted']})", ""]
+        lines += prediction_table(rows, law) + [""]
     if study is not None:
         lines += ["## Warmup-divergence study", ""]
         for key, alt in (("study_lr", "final loss against peak LR"), ("study_early", "early loss curves")):
@@ -155,8 +172,10 @@ def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures
     return "\n".join(lines)
 
 
-def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_lr: float | None = None) -> dict:
-    """Read a sweep, write report.md and its figures into out_dir (default <sweep>/report); return the paths."""
+def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_lr: float | None = None,
+                 fit=None) -> dict:
+    """Read a sweep, write report.md and its figures into out_dir (default <sweep>/report); return the paths.
+    With `fit` (a minigpt.loss_law.Fit) each job's measured curve is drawn against the predicted one."""
     jobs = find_jobs(sweep_dir)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -176,5 +195,10 @@ def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_l
         plot_study_lr(study, out / "study_lr.png")
         plot_study_early(study, lr, out / "study_early.png")
         figures.update(study_lr="study_lr.png", study_early="study_early.png")
-    (out / "report.md").write_text(report_markdown(sweep_dir, jobs, study, figures))
+    predictions = None
+    if fit is not None:
+        rows = plot_predicted_curves(jobs, labels, fit, out / "predicted.png")
+        figures.update(predicted="predicted.png")
+        predictions = (fit.law, rows)
+    (out / "report.md").write_text(report_markdown(sweep_dir, jobs, study, figures, predictions))
     return {"report": out / "report.md", **{k: out / v for k, v in figures.items()}}

@@ -1,0 +1,176 @@
+"""Predict a schedule's loss curve before running it, and search for a better schedule.
+
+    python scripts/predict_loss.py fit RUN_DIR [RUN_DIR ...] --law multi_power -o fit.json
+    python scripts/predict_loss.py predict fit.json --scheduler wsd scheduler.decay_shape=linear \\
+        --scheduler cosine_warmup trainer.max_steps=1200 -o predicted.png
+    python scripts/predict_loss.py predict fit.json --run RUN_DIR ...     # against measured runs
+    python scripts/predict_loss.py optimize fit.json --family wsd -o best.json
+
+`fit` reads each run's metrics.jsonl (the LR of every update; val/loss at the evaluation steps,
+or with --target train the smoothed train loss), fits the law and writes its parameters as JSON
+and a figure of the fitted against the observed curves. `predict` takes any schedule with
+train.py's overrides, starting from the first fitted run's own overrides (so the peak LR and run
+length are the fitted runs' unless changed), and writes the predicted curves and final losses
+(.json) and one figure. `optimize` searches the schedule with the lowest predicted final loss at
+the same peak LR, run length and warmup and writes the train.py command that runs it.
+The laws: minigpt/loss_law.py; the rest: minigpt/loss_prediction.py; docs/loss_prediction.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
+
+from minigpt import loss_law  # noqa: E402
+from minigpt import loss_prediction as lp  # noqa: E402
+from minigpt.errors import UserError  # noqa: E402
+
+
+def compose(overrides: list[str]):
+    """train.py's config for these overrides, typed and validated (a UserError otherwise)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from minigpt.config import config_from_dict
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        try:
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as e:
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise UserError(f"{first} (overrides: {' '.join(overrides)})") from None
+    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+
+
+def plan(overrides: list[str]):
+    return lp.planned_lrs(compose(overrides))
+
+
+def cmd_fit(args) -> int:
+    law = loss_law.get_law(args.law)
+    runs = [lp.read_run(Path(d), args.target, args.smoothing, args.every) for d in args.run_dirs]
+    curves = [c for c, _ in runs]
+    fitted = loss_law.fit(law.name, curves, restarts=args.restarts, seed=args.seed, start=args.start)
+    out = Path(args.output or f"fit_{law.name}.json")
+    figure = Path(args.figure) if args.figure else out.with_suffix(".png")
+    record = fitted.to_dict()
+    record.update({"target": args.target, "start": args.start, "paper": law.paper,
+                   "run_dirs": [str(d) for d in args.run_dirs], "overrides": lp.schedule_overrides(runs[0][1])})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    lp.plot_curves(figure, f"{law.name} law fitted to {len(curves)} runs: RMSE {fitted.rmse:.4f} nats on "
+                   f"{fitted.n_points} points", fitted, [(c.label, c.lrs, c) for c in curves])
+    print(f"{law.name}: " + ", ".join(f"{k}={v:.4g} (+-{fitted.stderr[k]:.2g})" for k, v in fitted.params.items()))
+    print(f"RMSE {fitted.rmse:.4f} nats, largest error {fitted.max_error:.4f} on {fitted.n_points} points; "
+          f"wrote {out} and {figure}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    fitted, record = loss_law.load_fit(args.fit)
+    if not args.scheduler and not args.run:
+        raise UserError("nothing to predict: give --scheduler NAME [key=value ...] (repeatable) or --run RUN_DIR")
+    base = record.get("overrides", [])
+    jobs = []  # every schedule is composed and checked before anything is written
+    for name, *overrides in args.scheduler or []:
+        if "=" in name:
+            raise UserError(f"--scheduler takes a schedule name first, then key=value overrides; got '{name}'")
+        jobs.append((" ".join([name, *overrides]), plan(lp.merge_overrides(base, [f"scheduler={name}", *overrides])), None))
+    for run_dir in args.run or []:
+        curve, _ = lp.read_run(Path(run_dir), record.get("target", "val"))
+        jobs.append((Path(run_dir).name, curve.lrs, curve))
+    out = Path(args.output)
+    results = lp.plot_curves(out, f"predicted by the {fitted.law} law fitted to "
+                             f"{', '.join(r['label'] for r in fitted.runs)}", fitted, jobs, args.points)
+    data = out.with_suffix(".json")
+    data.write_text(json.dumps({"fit": str(args.fit), "law": fitted.law, "predictions": results}, indent=2) + "\n")
+    for r in results:
+        line = f"{r['label']}: {r['steps']} steps, predicted final loss {r['final_loss']:.4f}"
+        if "measured_final_loss" in r:
+            line += f", measured {r['measured_final_loss']:.4f} (error {r['final_loss'] - r['measured_final_loss']:+.4f})"
+        print(line)
+    print(f"wrote {out} and {data}")
+    return 0
+
+
+def cmd_optimize(args) -> int:
+    fitted, record = loss_law.load_fit(args.fit)
+    base = lp.merge_overrides(record.get("overrides", []), args.overrides)
+    reference = plan(base)  # bad overrides end here, before anything is searched or written
+    if args.family == "wsd":
+        overrides, predicted, candidates = lp.search_wsd(fitted, compose, base)
+    else:
+        (overrides, predicted), candidates = lp.search_free(fitted, compose, base, args.knots), None
+    best = plan(lp.merge_overrides(base, overrides))
+    cosine = plan(lp.merge_overrides(base, ["scheduler=cosine_warmup"]))
+    command = "python train.py " + " ".join(lp.merge_overrides(base, overrides))
+    result = {"law": fitted.law, "fit": str(args.fit), "family": args.family, "overrides": overrides,
+              "base_overrides": base, "predicted_final_loss": predicted,
+              "cosine_predicted_final_loss": lp.final_loss(fitted, cosine), "steps": int(len(reference)),
+              "peak_lr": float(reference.max()), "candidates": candidates, "command": command}
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    lp.plot_curves(out.with_suffix(".png"), f"the best {args.family} schedule against cosine_warmup, predicted by the "
+                   f"{fitted.law} law", fitted, [("optimized", best, None), ("cosine_warmup", cosine, None)])
+    print(f"best {args.family} schedule: predicted final loss {predicted:.4f} "
+          f"(cosine_warmup: {result['cosine_predicted_final_loss']:.4f})")
+    print(f"run it with:\n  {command}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    f = verbs.add_parser("fit", help="fit a law to measured runs")
+    f.add_argument("run_dirs", nargs="+", help="run directories (each with metrics.jsonl)")
+    f.add_argument("--law", default="multi_power", help=f"one of: {', '.join(loss_law.LAWS)}")
+    f.add_argument("-o", "--output", help="the fit's JSON (default fit_<law>.json)")
+    f.add_argument("--figure", help="fitted vs observed curves (default: the JSON's name with .png)")
+    f.add_argument("--target", choices=["val", "train"], default="val",
+                   help="val/loss at the evaluation steps, or the smoothed train/loss")
+    f.add_argument("--smoothing", type=float, default=0.9, help="EMA factor of the train loss (--target train)")
+    f.add_argument("--every", type=int, default=10, help="a smoothed train-loss point every N steps (--target train)")
+    f.add_argument("--start", type=int, help="fit the losses from this step on (default: the end of the warmup)")
+    f.add_argument("--restarts", type=int, default=12, help="random starting points of the fit")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(handler=cmd_fit)
+
+    p = verbs.add_parser("predict", help="predict the loss curves of schedules")
+    p.add_argument("fit", help="a fit's JSON")
+    p.add_argument("--scheduler", nargs="+", action="append", metavar="NAME [KEY=VALUE ...]",
+                   help="a schedule and train.py overrides (repeat for several on one figure)")
+    p.add_argument("--run", nargs="+", help="measured runs: predict their schedules and draw their losses")
+    p.add_argument("--points", type=int, default=200, help="points of each predicted curve")
+    p.add_argument("-o", "--output", default="predicted.png", help="the figure (the curves go to the same name .json)")
+    p.set_defaults(handler=cmd_predict)
+
+    o = verbs.add_parser("optimize", help="search the schedule with the lowest predicted final loss")
+    o.add_argument("fit", help="a fit's JSON")
+    o.add_argument("overrides", nargs="*", help="train.py overrides of the run to plan (e.g. trainer.max_steps=1200)")
+    o.add_argument("--family", choices=["wsd", "free"], default="wsd",
+                   help="wsd: cooldown fraction, shape and floor; free: a monotone table of multipliers")
+    o.add_argument("--knots", type=int, default=24, help="knots after the warmup (--family free)")
+    o.add_argument("-o", "--output", default="optimized.json", help="the result (with the train.py command)")
+    o.set_defaults(handler=cmd_optimize)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

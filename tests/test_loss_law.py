@@ -1,0 +1,156 @@
+"""The loss laws (minigpt/loss_law.py): hand-computed values, fits that recover known parameters,
+speed, and the table schedule the optimizer writes."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from minigpt import loss_law, schedules
+from minigpt.errors import UserError
+from minigpt.schedules import build_schedule, schedule_from_config
+
+PEAK, T, W = 5e-3, 600, 60
+
+
+@pytest.fixture(autouse=True)
+def table_schedule_stays_here():
+    """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
+    names registered, so each test here leaves the registry and the module as it found them."""
+    saved = dict(schedules._REGISTRY)
+    loaded = "minigpt.lr_table" in sys.modules
+    yield
+    schedules._REGISTRY.clear()
+    schedules._REGISTRY.update(saved)
+    if not loaded:
+        sys.modules.pop("minigpt.lr_table", None)
+
+
+def schedule(kind: str, total: int = T, warmup: int = W) -> np.ndarray:
+    """LRs like minigpt's default schedules (skip_start linear warmup, floor 0.1)."""
+    s = np.arange(total)
+    ramp = (s + 1) / warmup
+    if kind == "constant":
+        after = np.ones(total)
+    elif kind == "cosine":
+        q = np.clip((s - (warmup - 1)) / (total - warmup), 0, 1)
+        after = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * q))
+    elif kind == "wsd":  # 20% 1-sqrt cooldown
+        start = int(0.8 * total)
+        q = np.clip((s - start) / (total - 1 - start), 0, 1)
+        after = np.where(s < start, 1.0, 0.1 + 0.9 * (1 - np.sqrt(q)))
+    elif kind == "step":
+        after = np.where(s < total // 2, 1.0, np.where(s < 3 * total // 4, 0.3, 0.1))
+    return PEAK * np.where(s < warmup - 1, ramp, after)
+
+
+def test_multi_power_loss_reduction_matches_a_hand_computed_five_step_schedule():
+    # One warmup update (0.5), the peak (1.0), then 1.0, 0.5, 0.25. The warmup's rise and the
+    # peak update add nothing; the drops of 0.5 (update 3) and 0.25 (update 4) do.
+    lrs = [0.5, 1.0, 1.0, 0.5, 0.25]
+    B, C, beta, gamma = 2.0, 2.0, 0.5, 1.0
+    # After 5 updates: S_3 = 0.5 + 0.25 = 0.75, x_3 = 0.5^-1 * 0.75 = 1.5, G = 1 - (2*1.5 + 1)^-0.5 = 0.5
+    #                  S_4 = 0.25, x_4 = 0.25^-1 * 0.25 = 1, G = 1 - 3^-0.5 = 0.42265
+    # LD(5) = 2 * (0.5 * 0.5 + 0.25 * 0.42265) = 0.71132
+    # After 4 updates only the first drop counts: S_3 = 0.5, x = 1, LD(4) = 2 * 0.5 * 0.42265 = 0.42265
+    ld = loss_law.loss_reduction(lrs, [1, 2, 3, 4, 5], B, C, beta, gamma)
+    assert ld == pytest.approx([0.0, 0.0, 0.0, 2 * 0.5 * (1 - 3**-0.5), 2 * (0.5 * 0.5 + 0.25 * (1 - 3**-0.5))], abs=1e-12)
+    assert ld[-1] == pytest.approx(0.71132, abs=1e-5)
+    # The whole law: L0 + A (S_W + S1)^-alpha - LD, with S_W + S1 = 3.25 after 5 updates
+    full = loss_law.multi_power_loss(lrs, [5], 3.0, 2.0, 0.5, B, C, beta, gamma)
+    assert full[0] == pytest.approx(3.0 + 2.0 * 3.25**-0.5 - 0.71132, abs=1e-5)
+
+
+def test_momentum_annealing_area_matches_a_hand_computed_five_step_schedule():
+    # Drops after the peak: 0 (update 2), 0.5 (update 3), 0.25 (update 4); lambda = 0.5:
+    # m = 0, 0.5, 0.5 * 0.5 + 0.25 = 0.5 -> S2 after 4 updates 0.5, after 5 updates 1.0
+    s2 = loss_law.annealing_area([0.5, 1.0, 1.0, 0.5, 0.25], 0.5)
+    assert s2 == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.5, 1.0])
+
+
+def test_the_warmup_is_the_updates_before_the_first_peak():
+    assert loss_law.warmup_length(schedule("cosine")) == W - 1
+    assert loss_law.warmup_length([1.0, 1.0, 0.5]) == 0
+    # A constant schedule has no change, so no loss reduction at all.
+    assert not loss_law.loss_reduction(schedule("constant"), [T], 100.0, 1.0, 0.5, 0.5).any()
+
+
+TRUE = {
+    "multi_power": {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "gamma": 0.5},
+    "momentum": {"L0": 3.0, "A": 1.6, "alpha": 0.5, "C": 40.0, "lam": 0.95},
+}
+
+
+@pytest.mark.parametrize("law", ["multi_power", "momentum"])
+def test_fitting_noisy_curves_of_a_law_recovers_its_parameters(law):
+    rng = np.random.default_rng(0)
+    curves = []
+    for kind in ("constant", "cosine", "wsd"):
+        lrs = schedule(kind)
+        steps = np.arange(0, T + 1, 20)
+        clean = loss_law.LAWS[law](TRUE[law], lrs, np.maximum(steps, 1))
+        curves.append(loss_law.Curve(lrs, steps, clean * (1 + 5e-4 * rng.standard_normal(len(steps))), kind))
+    fit = loss_law.fit(law, curves, restarts=6)
+    assert fit.rmse < 4e-3  # the noise is about 2e-3 nats
+    for name, true in TRUE[law].items():
+        got, err = fit.params[name], fit.stderr[name]
+        # Each parameter within 3 of its standard errors and, for the well-determined ones, close.
+        assert math.isfinite(err) and abs(got - true) <= 3 * err + 1e-9, (name, got, err)
+    for name in ("L0", "A", "alpha"):
+        assert fit.params[name] == pytest.approx(TRUE[law][name], rel=0.02)
+    # An unseen schedule is predicted within a few noise levels.
+    unseen = schedule("step")
+    assert fit.predict(unseen, [T])[0] == pytest.approx(loss_law.LAWS[law](TRUE[law], unseen, [T])[0], abs=0.01)
+
+
+def test_too_few_points_and_unknown_laws_are_one_line_errors():
+    lrs = schedule("cosine")
+    with pytest.raises(UserError, match="too few points to fit the multi_power law: 3 losses"):
+        loss_law.fit("multi_power", [loss_law.Curve(lrs, [100, 300, 600], [5.0, 4.5, 4.2])])
+    with pytest.raises(UserError, match="unknown law 'power'; valid: multi_power, momentum"):
+        loss_law.get_law("power")
+
+
+def test_a_hundred_thousand_step_schedule_predicts_in_well_under_a_second():
+    fit = loss_law.Fit("multi_power", dict(TRUE["multi_power"]), {}, 0.0, 0.0, 0, 0)
+    lrs = schedule("cosine", total=100_000, warmup=1000)
+    steps = np.unique(np.linspace(1, 100_000, 200).astype(int))
+    start = time.perf_counter()
+    predicted = fit.predict(lrs, steps)
+    seconds = time.perf_counter() - start
+    assert seconds < 0.5 and np.isfinite(predicted).all()
+    # Merging neighbouring LR changes beyond MAX_CHANGES moves the prediction by a hair.
+    exact = loss_law.loss_reduction(lrs[:20_000], [20_000], 70.0, 0.5, 0.6, 0.5)
+    grouped = loss_law.LRSequence(lrs[:20_000])
+    assert grouped.grouped
+    assert loss_law.loss_reduction(grouped, [20_000], 70.0, 0.5, 0.6, 0.5) == pytest.approx(exact, abs=1e-4)
+
+
+def test_exact_below_the_merge_threshold(monkeypatch):
+    lrs = schedule("cosine", total=3000, warmup=100)
+    monkeypatch.setattr(loss_law, "MAX_CHANGES", 10**6)
+    exact = loss_law.loss_reduction(lrs, [3000], 70.0, 0.5, 0.6, 0.5)[0]
+    monkeypatch.setattr(loss_law, "MAX_CHANGES", 256)
+    merged = loss_law.loss_reduction(lrs, [3000], 70.0, 0.5, 0.6, 0.5)[0]
+    # A direct sum over the changes, written out: the reference for both.
+    k = np.arange(100, 3000)
+    drops = lrs[k - 1] - lrs[k]
+    tail = np.cumsum(lrs[::-1])[::-1]  # sum of lrs[k:]
+    direct = 70.0 * np.sum(drops * (1 - (0.5 * lrs[k] ** -0.5 * tail[k] + 1) ** -0.6))
+    assert exact == pytest.approx(direct, rel=1e-12)
+    assert merged == pytest.approx(direct, abs=2e-3)
+
+
+def test_the_table_schedule_interpolates_its_knots_and_refuses_bad_tables():
+    import minigpt.lr_table  # noqa: F401  (registers "table")
+
+    s = schedule_from_config({"name": "table", "knots": [0, 0.5, 1.0], "values": [0.1, 1.0, 0.0]}, 10, None)
+    assert [round(s(t), 6) for t in range(10)] == [0.1, 0.28, 0.46, 0.64, 0.82, 1.0, 0.8, 0.6, 0.4, 0.2]
+    with pytest.raises(UserError, match="must increase strictly"):
+        build_schedule("table", 10, knots=(0, 5, 5), values=(1.0, 0.5, 0.1))
+    with pytest.raises(UserError, match="same length"):
+        build_schedule("table", 10, knots=(0, 5), values=(1.0,))

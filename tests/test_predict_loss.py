@@ -1,0 +1,209 @@
+"""Loss prediction on minigpt runs: reading runs (also resumed ones), planning a config's LRs,
+searching schedules (minigpt/loss_prediction.py) and scripts/predict_loss.py's verbs and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from minigpt import loss_law, schedules
+from minigpt import loss_prediction as lp
+from minigpt.config import config_from_dict
+from minigpt.errors import UserError
+from minigpt.trainer import train
+
+SCRIPT = ROOT / "scripts" / "predict_loss.py"
+
+
+@pytest.fixture(autouse=True)
+def table_schedule_stays_here():
+    """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
+    names registered, so each test here leaves the registry and the module as it found them."""
+    saved = dict(schedules._REGISTRY)
+    loaded = "minigpt.lr_table" in sys.modules
+    yield
+    schedules._REGISTRY.clear()
+    schedules._REGISTRY.update(saved)
+    if not loaded:
+        sys.modules.pop("minigpt.lr_table", None)
+TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "gamma": 0.5}
+
+
+def compose(overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+
+
+def fake_run(run_dir, overrides, every=20, noise=5e-4, seed=0, lr_records=True):
+    """A run directory as train.py writes it, with losses drawn from the multi-power law."""
+    lrs = lp.planned_lrs(compose(overrides))
+    steps = np.arange(0, len(lrs) + 1, every)
+    losses = loss_law.multi_power_loss(lrs, np.maximum(steps, 1), **TRUE)
+    losses *= 1 + noise * np.random.default_rng(seed).standard_normal(len(steps))
+    val = dict(zip(steps.tolist(), losses.tolist()))
+    records = [{"step": s, **({"train/lr": float(lr)} if lr_records else {}), "train/loss": 9.0,
+                **({"val/loss": val[s]} if s in val else {})} for s, lr in enumerate(lrs)]
+    records.append({"step": len(lrs), "val/loss": val[len(lrs)]})
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides + [f"hydra.run.dir={run_dir}"]))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return lrs
+
+
+SHORT = ["trainer.max_steps=200", "trainer.eval_interval=20"]
+
+
+def test_read_run_takes_every_lr_and_the_val_losses_and_refuses_runs_without_lrs(tmp_path):
+    lrs = fake_run(tmp_path / "cos", SHORT + ["scheduler=cosine_warmup"])
+    curve, overrides = lp.read_run(tmp_path / "cos")
+    assert np.array_equal(curve.lrs, lrs) and curve.steps.tolist() == list(range(0, 201, 20))
+    assert lp.schedule_overrides(overrides) == ["trainer.max_steps=200", "scheduler=cosine_warmup"]
+    fake_run(tmp_path / "nolr", SHORT, lr_records=False)
+    with pytest.raises(UserError, match="has no LR records"):
+        lp.read_run(tmp_path / "nolr")
+    with pytest.raises(UserError, match="is not a run directory"):
+        lp.read_run(tmp_path / "missing")
+
+
+def test_merge_overrides_replaces_keys_and_a_new_scheduler_drops_the_old_ones():
+    base = ["trainer.max_steps=600", "scheduler=wsd", "scheduler.decay=0.3", "optim.lr=3e-3"]
+    assert lp.merge_overrides(base, ["scheduler=cosine_warmup", "trainer.max_steps=1200"]) == [
+        "optim.lr=3e-3", "scheduler=cosine_warmup", "trainer.max_steps=1200"]
+    assert lp.merge_overrides(base, ["scheduler.decay=0.2"]) == [
+        "trainer.max_steps=600", "scheduler=wsd", "optim.lr=3e-3", "scheduler.decay=0.2"]
+
+
+@pytest.mark.slow
+def test_planned_lrs_are_the_lrs_the_trainer_logs(make_config, tmp_path):
+    config = make_config(scheduler__name="wsd", trainer__max_steps=10, trainer__eval_interval=100)
+    train(config, tmp_path, quiet=True)
+    curve, _ = lp.read_run(tmp_path)
+    assert np.array_equal(lp.planned_lrs(config), curve.lrs)
+
+
+@pytest.mark.slow
+def test_predictions_do_not_depend_on_how_a_run_was_split_into_resumed_pieces(make_config, tmp_path):
+    cfg = dict(trainer__max_steps=12, trainer__eval_interval=1, trainer__ckpt_interval=4, trainer__keep_checkpoints=10)
+    whole, pieces, branch = tmp_path / "whole", tmp_path / "pieces", tmp_path / "branch"
+    train(make_config(**cfg), whole, quiet=True)
+    # Stopped after step 4 and resumed in place (records from the checkpoint on are redone) ...
+    train(make_config(**cfg), pieces, quiet=True)
+    train(make_config(**cfg, trainer__resume=str(pieces / "checkpoints" / "step_0000004.pt")), pieces, quiet=True)
+    # ... or continued from step 8 in another folder (a branch: the parent's records, then its own).
+    train(make_config(**cfg, trainer__resume=str(whole / "checkpoints" / "step_0000008.pt")), branch, quiet=True)
+    curves = [lp.read_run(d)[0] for d in (whole, pieces, branch)]
+    for c in curves[1:]:
+        assert np.array_equal(c.lrs, curves[0].lrs) and np.array_equal(c.steps, curves[0].steps)
+        assert np.array_equal(c.losses, curves[0].losses)
+    fits = [loss_law.fit("momentum", [c], restarts=2, start=1) for c in curves]
+    unseen = np.linspace(1e-3, 1e-4, 50)
+    predictions = [f.predict(unseen) for f in fits]
+    assert all(np.array_equal(p, predictions[0]) for p in predictions[1:])
+
+
+def test_search_wsd_finds_the_grid_point_with_the_lowest_predicted_loss():
+    fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0.0, 0.0, 0, 0)
+    base = ["trainer.max_steps=300"]
+    overrides, loss, tried = lp.search_wsd(fit, compose, base)
+    assert tried == len(lp.WSD_SHAPES) * len(lp.WSD_FRACTIONS) * len(lp.WSD_FLOORS)
+    assert loss == pytest.approx(lp.final_loss(fit, lp.planned_lrs(compose(base + overrides))), abs=1e-12)
+    # It beats every schedule in the family we try by hand, and cosine.
+    for other in (["scheduler=wsd"], ["scheduler=wsd", "scheduler.decay=0.5", "scheduler.decay_shape=linear"],
+                  ["scheduler=cosine_warmup"]):
+        assert loss <= lp.final_loss(fit, lp.planned_lrs(compose(base + other)))
+
+
+def test_search_free_writes_a_table_train_py_runs_with_a_lower_predicted_loss_than_cosine():
+    fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0.0, 0.0, 0, 0)
+    base = ["trainer.max_steps=300"]
+    overrides, loss = lp.search_free(fit, compose, base, knots=8)
+    lrs = lp.planned_lrs(compose(base + overrides))  # composes and validates as train.py would
+    reference = lp.planned_lrs(compose(base))
+    warmup = loss_law.warmup_length(reference)
+    assert np.allclose(lrs[:warmup + 1], reference[:warmup + 1])  # the same warmup and peak
+    assert np.all(np.diff(lrs[warmup:]) <= 1e-15)  # monotone after it
+    assert loss == pytest.approx(lp.final_loss(fit, lrs))
+    assert loss < lp.final_loss(fit, lp.planned_lrs(compose(base + ["scheduler=cosine_warmup"]))) - 0.01
+
+
+def run_script(*args, cwd):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_fit_predict_optimize_from_the_command_line(tmp_path):
+    fake_run(tmp_path / "constant", SHORT + ["scheduler=constant_warmup"], seed=1)
+    fake_run(tmp_path / "cosine", SHORT + ["scheduler=cosine_warmup"], seed=2)
+    wsd_lrs = fake_run(tmp_path / "wsd", SHORT + ["scheduler=wsd"], seed=3)
+    fit = run_script("fit", tmp_path / "constant", tmp_path / "cosine", "--law", "multi_power", "-o", "fit.json",
+                     "--restarts", "4", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    assert json.loads((tmp_path / "fit.json").read_text())["rmse"] < 0.01 and (tmp_path / "fit.png").exists()
+    predict = run_script("predict", "fit.json", "--scheduler", "wsd", "--scheduler", "cosine_warmup",
+                         "trainer.max_steps=400", "--run", tmp_path / "wsd", "-o", "p.png", cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr
+    predictions = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    assert [p["steps"] for p in predictions] == [200, 400, 200]
+    truth = loss_law.multi_power_loss(wsd_lrs, [200], **TRUE)[0]
+    # Fitted on two 200-step curves, the unseen wsd is predicted to a few hundredths ...
+    assert predictions[0]["final_loss"] == pytest.approx(truth, abs=0.05)
+    assert predictions[2]["final_loss"] == pytest.approx(predictions[0]["final_loss"], abs=1e-9)  # from its run too
+    optimize = run_script("optimize", "fit.json", "-o", "best.json", cwd=tmp_path)
+    assert optimize.returncode == 0, optimize.stderr
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["predicted_final_loss"] < best["cosine_predicted_final_loss"]
+    assert best["command"].startswith("python train.py ") and "scheduler=wsd" in best["command"]
+
+
+BAD = {
+    "no LR records": (["fit", "nolr", "--law", "momentum"], "has no LR records"),
+    "too few points": (["fit", "sparse", "--law", "multi_power"], "too few points to fit"),
+    "unknown law": (["fit", "cos", "--law", "power_law"], "unknown law 'power_law'; valid: multi_power, momentum"),
+    "refused override": (["predict", "fit.json", "--scheduler", "wsd", "scheduler.decay=1.5"],
+                         "scheduler 'wsd': decay=1.5"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
+    fake_run(tmp_path / "cos", SHORT + ["scheduler=cosine_warmup"])
+    fake_run(tmp_path / "nolr", SHORT, lr_records=False)
+    fake_run(tmp_path / "sparse", ["trainer.max_steps=200"], every=100)
+    (tmp_path / "fit.json").write_text(json.dumps(loss_law.Fit("multi_power", TRUE, {}, 0, 0, 0, 0).to_dict()))
+    before = sorted(p for p in tmp_path.rglob("*"))
+    args, message = BAD[case]
+    proc = run_script(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_the_sweep_report_overlays_predicted_and_measured_curves(tmp_path):
+    from minigpt.sweep.report import write_report
+
+    sweep = tmp_path / "sweep"
+    truths = {}
+    for i, name in enumerate(["cosine_warmup", "wsd"]):
+        lrs = fake_run(sweep / str(i), SHORT + [f"scheduler={name}"], seed=i)
+        (sweep / str(i) / "summary.json").write_text(json.dumps({"status": "completed"}))
+        truths[str(i)] = (loss_law.multi_power_loss(lrs, [200], **TRUE)[0],
+                          lp.read_run(sweep / str(i))[0].losses[-1])
+    fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0.0, 0.0, 0, 0)
+    paths = write_report(sweep, tmp_path / "report", fit=fit)
+    assert paths["predicted"].exists()
+    text = paths["report"].read_text()
+    assert "## Measured against predicted (multi_power law)" in text
+    for job, (predicted, measured) in truths.items():
+        assert f"| {job} | {measured:.4f} | {predicted:.4f} | {predicted - measured:+.4f} |" in text
