@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics, truncate_metrics, write_metrics
+from minigpt.model import GPTConfig
 from minigpt.runtime import set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
-# Config keys a resume must keep: the model's shape (the saved weights would not fit another)
-# and everything under data. except where the cache lives (which tokens the run sees).
-FIXED_MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm_position", "qk_layernorm")
+# Config keys a resume must keep: the model's shape (the saved weights would not fit another:
+# every field of the model's config but the vocabulary, which the tokenizer fixes, and the
+# dropout and z-loss, which a resumed run may change) and everything under data. except where
+# the cache lives (which tokens the run sees).
+FIXED_MODEL_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "dropout", "z_loss"))
 MOVABLE_DATA_KEYS = ("cache_dir",)
 
 
