@@ -4,7 +4,7 @@ The only file with @hydra.main: it checks the command line (minigpt/cli.py prech
 ends here with one line and exit status 2, before any directory is created), lets Hydra compose
 conf/ into one config and hands each job to minigpt/cli.py run_job, which trains it. It returns
 the final validation loss (inf for a run that diverged or failed) so that Hydra sweepers can
-minimise it.
+minimise it. Exit statuses: minigpt/cli.py.
 
 Examples:
     python train.py                                  # the CPU default on the stdlib corpus
@@ -33,12 +33,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    if not any(a.split("=")[0] in cli.PASS_THROUGH for a in argv):
+    args = cli.read_command_line(argv)
+    extras = []
+    if cli.runs_a_job(args):
         try:
-            sys.argv += cli.precheck(argv)
+            extras = cli.precheck(argv)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+    sys.argv = [sys.argv[0], *cli.flags_then_overrides(argv, args.overrides), *extras]
     hydra_main()
     if cli.STACKED:
         cli.train_stacked_jobs(cli.STACKED)

@@ -1,13 +1,15 @@
 """The command line: checking it before Hydra starts anything, and running one job.
 
-`train.py` is the entry: it calls `precheck` on the raw arguments (every value a sweep would
-try is composed and validated here, so bad input ends with one line and exit status 2 before
-any directory is created), lets Hydra compose the config, and hands it to `run_job`. Hydra is
-imported here only to compose configs for the check; the rest of the package never sees it.
+`train.py` is the entry: it reads the command line (`read_command_line`), calls `precheck`
+(every value a sweep would try is composed and validated here, so bad input ends with one line
+and exit status 2 before any directory is created), lets Hydra compose the config, and hands
+each job to `run_job`. Hydra is imported here to read the command line and compose configs for
+the check; the rest of the package never sees it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -27,11 +29,10 @@ from minigpt.errors import UserError
 from minigpt.metrics import RunStatus, write_summary
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Exit statuses of a single run: 0 completed, 1 a bug (traceback), 2 bad input (one line),
+# 3 diverged (summary.json says why), 128 + N stopped by signal N (resume with trainer.resume=auto).
+EXIT_DIVERGED = 3
 log = logging.getLogger("minigpt")
-
-# Hydra's own flags (help, --cfg, --info, ...) go straight to Hydra, unchecked.
-PASS_THROUGH = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc",
-                "--version", "--resolve", "--package", "-p", "--experimental-rerun")
 
 
 # --- running one job of a run or a sweep ------------------------------------------------------
@@ -43,14 +44,18 @@ def run_job(cfg: DictConfig, hc) -> float | None:
     (trained later, with its stack: train_stacked_jobs)."""
     from minigpt.trainer import train  # torch: seconds to import, so not before the check
 
-    _ranks_from_submitit()
+    submitit_job = _ranks_from_submitit()
     if int(os.environ.get("RANK", "0")) > 0:
         log.setLevel(logging.WARNING)  # under DDP, rank 0 speaks for all
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
-        if multirun and config.logger.group is None:
+        if submitit_job and config.trainer.resume is None:
+            # A requeued job (preempted, or at its time limit) runs the same command again: it
+            # continues from its newest checkpoint; a first attempt finds none and starts at step 0.
+            config.trainer.resume = "auto"
+        if multirun and config.logger.group is None and not os.environ.get("WANDB_RUN_GROUP"):
             config.logger.group = Path(hc.sweep.dir).name  # wandb runs of one sweep share a group
         if config.task == "lr_range_test":
             return _lr_range_test(config, run_dir)
@@ -83,12 +88,16 @@ def run_job(cfg: DictConfig, hc) -> float | None:
                  f"{s['train_time_s']:.0f}s ({s['tok_per_s']:,.0f} tok/s); outputs in {run_dir}")
     elif result.status == RunStatus.DIVERGED:
         log.warning(f"diverged at step {s['diverged_step']}: {s['reason']}; metrics kept in {run_dir}")
+        if not multirun:  # a sweep records it (summary.json, inf for the sweeper) and goes on
+            sys.exit(EXIT_DIVERGED)
     else:
+        signum = signal.Signals[s["reason"].split()[-1]]
+        if submitit_job and signum == signal.SIGUSR2:
+            _requeue(signum, result)  # does not return on the rank that requeues
         overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~") in ("trainer.resume", "hydra.run.dir")]
         command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
         if int(os.environ.get("RANK", "0")) == 0:  # one message, from the rank that saved
             log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
-        signum = signal.Signals[s["reason"].split()[-1]]
         sys.exit(128 + signum)
     return result.final_val_loss
 
@@ -149,17 +158,31 @@ def train_stacked_jobs(jobs: list) -> None:
         sys.exit(128 + signal.Signals[stopped[0].summary["reason"].split()[-1]])
 
 
-def _ranks_from_submitit() -> None:
-    """A job of hydra-submitit-launcher with several tasks (hydra/launcher=slurm with
-    gpus_per_node > 1) runs one task per GPU: make each a DDP rank, with the variables torchrun
-    would set."""
-    if "WORLD_SIZE" in os.environ or not ("SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ):
-        return
+def _ranks_from_submitit() -> bool:
+    """True in a job of hydra-submitit-launcher. One with several tasks (hydra/launcher=slurm
+    with gpus_per_node > 1) runs one task per GPU: make each a DDP rank, with the variables
+    torchrun would set."""
+    if not ("SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ):
+        return False
     import submitit
 
-    if submitit.JobEnvironment().num_tasks > 1:
+    if "WORLD_SIZE" not in os.environ and submitit.JobEnvironment().num_tasks > 1:
         # Each rank picks its GPU from LOCAL_RANK among all the job's GPUs: keep them visible.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
+def _requeue(signum: signal.Signals, result) -> None:
+    """Submitit's checkpoint/requeue protocol: Slurm sends SIGUSR2 before the time limit or a
+    preemption; the trainer has stopped at a step boundary and saved a checkpoint; now submitit's
+    own handler (restored when the trainer returned) resubmits the job with the same arguments and
+    exits. The requeued job runs with trainer.resume=auto and continues from that checkpoint."""
+    handler = signal.getsignal(signum)
+    if not callable(handler):
+        return  # no submitit handler installed: stop like any interrupted run
+    log.warning(f"{result.summary['reason']} at step {result.summary['step']}; checkpoint {result.checkpoint}; "
+                "requeuing the job through submitit, it will continue from that checkpoint")
+    handler(signum, None)
 
 
 def _summary_so_far(run_dir: Path) -> dict:
@@ -173,17 +196,50 @@ def _summary_so_far(run_dir: Path) -> dict:
 # --- checking the command line before Hydra starts a run -----------------------------------
 
 
+def read_command_line(argv: list[str]):
+    """Hydra 1.3's command line, read by Hydra's own parser: --config-dir/-cd, --config-path/-cp,
+    --config-name/-cn, --cfg, --resolve, --package, --info, --multirun/-m, --shell-completion,
+    --help, --hydra-help, --version and the overrides. An unknown flag ends with argparse's usage
+    line and exit status 2, as in any Hydra app. Flags may come between overrides
+    (`a=1 -m b=2`); main() puts the overrides last before Hydra reads the command line again."""
+    from hydra._internal.utils import get_args_parser  # what @hydra.main parses sys.argv with
+
+    return get_args_parser().parse_intermixed_args(argv)
+
+
+def flags_then_overrides(argv: list[str], overrides: list[str]) -> list[str]:
+    """argv with the overrides moved after every flag: Hydra's own parser (argparse.parse_args)
+    reads the overrides as one run of positionals only."""
+    rest, pending = [], list(overrides)
+    for a in argv:
+        if pending and a == pending[0]:
+            pending.pop(0)
+        else:
+            rest.append(a)
+    return rest + list(overrides)
+
+
+def runs_a_job(args) -> bool:
+    """False for the flags that only print (--cfg, --info, help, completion): Hydra answers them."""
+    return not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+                or args.experimental_rerun)
+
+
 def precheck(argv: list[str]) -> list[str]:
     """Compose and validate the config of every value a sweep would try; raise UserError.
 
-    Returns overrides for Hydra's own settings to add to the command line (job directory
-    names of a sweep, the run directory shared by the ranks of a torchrun launch)."""
-    from hydra import compose, initialize_config_dir
+    ``argv`` is the command line (Hydra's flags and overrides). Returns overrides for Hydra's own
+    settings to add to the command line (job directory names of a sweep, the run directory shared
+    by the ranks of a torchrun launch)."""
+    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    args = read_command_line(argv)
+    overrides = list(args.overrides)
+    conf_dirs = config_dirs(args)
+    config_name = args.config_name or "config"
     parser = OverridesParser.create()
     try:
         parsed = parser.parse_overrides(overrides)
@@ -206,22 +262,60 @@ def precheck(argv: list[str]) -> list[str]:
             first.append(o.input_line)
     candidates = [first] + [first[:i] + [v] + first[i + 1:] for i, v in variants if i < len(first)]
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with hydra_search_path(conf_dirs):
         base = None
         while candidates:
             ovr = candidates.pop(0)
-            _check_groups(ovr)
+            _check_groups(ovr, conf_dirs)
             try:
-                cfg = compose(config_name="config", overrides=ovr, return_hydra_config=True)
+                cfg = compose(config_name=config_name, overrides=ovr, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as e:
-                raise UserError(_explain_compose_error(e, ovr, compose)) from None
+                raise UserError(_explain_compose_error(e, ovr, compose, config_name)) from None
             _check_config(cfg)
             if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
                 _check_stackable(cfg)
             if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
                 base = cfg
                 candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
-    return _hydra_extras(argv, parsed, base, parser)
+    return _hydra_extras(args, parsed, base, parser)
+
+
+def config_dirs(args) -> list[Path]:
+    """Where configs are looked up, first match wins: --config-dir (prepended, as Hydra does),
+    then the primary config folder (conf/, or --config-path relative to train.py)."""
+    primary = CONF_DIR
+    if args.config_path is not None:
+        primary = Path(args.config_path) if Path(args.config_path).is_absolute() else CONF_DIR.parent / args.config_path
+        if not primary.is_dir():
+            raise UserError(f"--config-path: '{args.config_path}' is not a folder (looked for {primary.resolve()}); "
+                            "give the folder of your config.yaml, absolute or relative to train.py")
+    dirs = [primary.resolve()]
+    if args.config_dir is not None:
+        extra = Path(args.config_dir).resolve()
+        if not extra.is_dir():
+            raise UserError(f"--config-dir: '{args.config_dir}' is not a folder (looked for {extra}); give a folder "
+                            "with config groups in it, e.g. my_confs/scheduler/mine.yaml")
+        dirs.insert(0, extra)
+    return dirs
+
+
+@contextlib.contextmanager
+def hydra_search_path(conf_dirs: list[Path]):
+    """Hydra's compose API over the same search path that @hydra.main builds from the flags."""
+    from hydra._internal.hydra import Hydra  # the public initialize_config_dir takes one folder only
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_config_search_path(str(conf_dirs[-1]))
+    for extra in conf_dirs[:-1]:
+        search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _sweep_file_values(cfg: DictConfig, parser, on_command_line: set[str]) -> list[str]:
@@ -240,10 +334,11 @@ def _sweep_file_values(cfg: DictConfig, parser, on_command_line: set[str]) -> li
     return out
 
 
-def _hydra_extras(argv: list[str], parsed, cfg: DictConfig, parser) -> list[str]:
+def _hydra_extras(args, parsed, cfg: DictConfig, parser) -> list[str]:
+    argv = args.overrides
     extras = []
     mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
-    multirun = "-m" in argv or "--multirun" in argv or getattr(mode, "name", None) == "MULTIRUN"
+    multirun = args.multirun or getattr(mode, "name", None) == "MULTIRUN"
     if multirun and not any(a.startswith("hydra.job.config.override_dirname") for a in argv):
         # Name each job's directory after what varies between jobs only: the overrides every job
         # shares would make names long (past the 255-byte limit of a file name) and alike.
@@ -263,15 +358,15 @@ def _hydra_extras(argv: list[str], parsed, cfg: DictConfig, parser) -> list[str]
     return extras
 
 
-def _check_groups(overrides: list[str]) -> None:
+def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:
     """An unknown option of a config group: one line with the valid ones and the closest."""
     for o in overrides:
         key, _, value = o.partition("=")
         group = key.lstrip("+~")
-        folder = CONF_DIR / group
-        if group.startswith("hydra") or not folder.is_dir() or value in ("null", ""):
+        folders = [d / group for d in conf_dirs if (d / group).is_dir()]
+        if group.startswith("hydra") or not folders or value in ("null", ""):
             continue
-        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        options = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
         if value not in options:
             close = difflib.get_close_matches(value, options, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -283,7 +378,7 @@ PLUGIN_GROUPS = {"hydra/sweeper/optuna": "hydra-optuna-sweeper", "hydra/launcher
                  "hydra/launcher/joblib": "hydra-joblib-launcher"}
 
 
-def _explain_compose_error(e, overrides, compose) -> str:
+def _explain_compose_error(e, overrides, compose, config_name: str = "config") -> str:
     text = str(e)
     for group, package in PLUGIN_GROUPS.items():
         if f"'{group}" in text:
@@ -294,7 +389,7 @@ def _explain_compose_error(e, overrides, compose) -> str:
         if f"'{key}'" in text or f"'{key.lstrip('+~')}'" in text:
             parent, _, leaf = key.lstrip("+~").rpartition(".")
             try:
-                base = compose(config_name="config", overrides=[x for x in overrides if x != o])
+                base = compose(config_name=config_name, overrides=[x for x in overrides if x != o])
                 node = OmegaConf.select(base, parent) if parent else base
                 valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
             except Exception:
@@ -316,6 +411,10 @@ def _check_config(cfg: DictConfig) -> None:
     tc = config.trainer
     if tc.epochs is None:  # with epochs, the length is known only once the data is
         RunPlan.build(config, int(os.environ.get("WORLD_SIZE", "1")))
+    if config.logger.wandb:  # a bad WANDB_MODE in the environment is refused here, before the run
+        from minigpt.metrics import wandb_settings
+
+        wandb_settings(config.logger, Path("."), config.run_name)
     if config.data.source == "files":
         for p in config.data.paths:
             if not Path(p).expanduser().exists():

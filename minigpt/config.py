@@ -191,12 +191,15 @@ class MonitorConfig:
     spike_score_window: int = 1000
     spike_score_k: float = 7.0
     # Divergence: non-finite loss; or loss above loss_limit (null: the initial loss) for
-    # patience consecutive steps; or, after stuck_after of the run, loss still within
-    # stuck_margin nats of the unigram entropy of the validation tokens.
+    # patience consecutive steps; or stuck: the 20-step mean loss is at or above the unigram
+    # entropy of the validation tokens minus stuck_margin and has dropped less than
+    # stuck_min_drop nats over the last stuck_window steps (judged from stuck_after of the run on).
     loss_limit: Optional[float] = None
     patience: int = 50
-    stuck_after: float = 0.5  # fraction of the run; 0 turns the check off
+    stuck_after: float = 0.1  # fraction of the run before which nobody is called stuck; 0 turns the check off
     stuck_margin: float = 0.1
+    stuck_window: int = 100  # steps over which a stuck run fails to improve; 0 turns the check off
+    stuck_min_drop: float = 0.05  # nats the 20-step mean loss must fall over stuck_window steps
     stop_on_divergence: bool = True
     # Mitigation, off by default: skip the update on a loss or gradient-norm spike above skip_k
     # standard deviations (it reads the loss on the host every step: a GPU sync).
@@ -222,6 +225,9 @@ class MonitorConfig:
         _check(self.patience >= 1, "monitor.patience", "must be >= 1", self.patience)
         _check(0 <= self.stuck_after <= 1, "monitor.stuck_after", "must be in [0, 1] (0 turns it off)",
                self.stuck_after)
+        _check(self.stuck_window >= 0, "monitor.stuck_window", "must be >= 0 (0 turns the stuck check off)",
+               self.stuck_window)
+        _check(self.stuck_min_drop >= 0, "monitor.stuck_min_drop", "must be >= 0 (nats)", self.stuck_min_drop)
         _check(self.skip_k > 0, "monitor.skip_k", "must be > 0", self.skip_k)
         if self.sharpness_every is not None:
             _check(self.sharpness_every >= 1, "monitor.sharpness_every",
@@ -231,12 +237,17 @@ class MonitorConfig:
 
 @dataclass
 class LoggerConfig:
+    # wandb settings. Unset (null) ones come from wandb's environment variables when those are
+    # set (WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE, WANDB_RUN_GROUP, WANDB_TAGS, WANDB_DIR), else
+    # from the defaults in the comments: a value given in the config or on the command line wins
+    # over the environment, and the environment over the defaults (metrics.wandb_settings).
     wandb: bool = False
-    project: str = "minigpt"
-    entity: Optional[str] = None
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    group: Optional[str] = None  # runs of one sweep share a group
-    tags: list[str] = field(default_factory=list)
+    project: Optional[str] = None  # default: minigpt
+    entity: Optional[str] = None  # default: wandb's (your default entity)
+    mode: Optional[Literal["offline", "online", "disabled"]] = None  # default: offline
+    group: Optional[str] = None  # default: a sweep's runs share the sweep directory's name
+    tags: Optional[list[str]] = None  # default: none
+    dir: Optional[str] = None  # where wandb/ goes; default: the run directory
 
 
 @dataclass

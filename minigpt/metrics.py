@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.config import LoggerConfig
+from minigpt.errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -80,6 +81,35 @@ def _dumps(record: dict) -> str:
     return json.dumps(record, default=float)
 
 
+WANDB_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "run": "online", "dryrun": "offline"}
+
+
+def wandb_settings(cfg: LoggerConfig, run_dir: Path, run_name: str, env=None) -> dict:
+    """The arguments of wandb.init: a key set in the config (or on the command line) wins; an unset
+    one takes wandb's environment variable when it is set, else our default (offline, project
+    minigpt, wandb/ in the run directory). wandb.init would let its own arguments beat the
+    environment, so the choice is made here."""
+    env = os.environ if env is None else env
+    mode = cfg.mode
+    if mode is None and env.get("WANDB_MODE"):
+        mode = WANDB_MODES.get(env["WANDB_MODE"])
+        if mode is None:
+            raise UserError(f"WANDB_MODE={env['WANDB_MODE']!r} is not a wandb mode; accepted: {', '.join(WANDB_MODES)} "
+                            "(or set logger.mode, which wins over the environment)")
+    tags = cfg.tags
+    if tags is None:
+        tags = [t.strip() for t in env.get("WANDB_TAGS", "").split(",") if t.strip()]
+    return {
+        "project": cfg.project or env.get("WANDB_PROJECT") or "minigpt",
+        "entity": cfg.entity or env.get("WANDB_ENTITY") or None,
+        "group": cfg.group or env.get("WANDB_RUN_GROUP") or None,
+        "tags": list(tags),
+        "mode": mode or "offline",
+        "dir": str(cfg.dir or env.get("WANDB_DIR") or run_dir),
+        "name": run_name,
+    }
+
+
 class MetricsLogger:
     """Writes records; `enabled=False` (non-zero ranks) makes every call a no-op."""
 
@@ -93,13 +123,14 @@ class MetricsLogger:
         self.bar = None
         if not enabled:
             return
+        settings = wandb_settings(cfg, self.run_dir, run_name) if cfg.wandb else None
         self.file = open(self.run_dir / METRICS_FILE, "a")
-        if cfg.wandb and cfg.mode != "disabled":
+        if settings and settings["mode"] != "disabled":
             import wandb
 
+            Path(settings["dir"]).mkdir(parents=True, exist_ok=True)
             self.wandb = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags), name=run_name,
-                mode=cfg.mode, dir=str(self.run_dir), config=config, id=wandb_id,
+                **settings, config=config, id=wandb_id,
                 resume="allow" if wandb_id else None,
                 # Several runs open at once in one process (stacked runs): each its own wandb run.
                 **({"reinit": "create_new"} if shared_process else {}),

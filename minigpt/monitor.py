@@ -76,6 +76,9 @@ class Monitor:
         self.initial_loss: float | None = None
         self.above_limit = 0  # consecutive steps with the loss above the limit
         self.recent_losses: deque[float] = deque(maxlen=20)
+        # The 20-step mean loss of each of the last stuck_window + 1 steps: the stuck rule compares
+        # the newest with the oldest, i.e. asks whether the run improved over the window.
+        self.smoothed_losses: deque[float] = deque(maxlen=cfg.stuck_window + 1)
         self.verdict = Verdict()
 
     # --- per step ---
@@ -133,18 +136,27 @@ class Monitor:
             )
             return
         self.recent_losses.append(loss)
-        stuck_step = self.cfg.stuck_after * self.total_steps
-        if (self.cfg.stuck_after > 0 and self.unigram_entropy is not None and step >= stuck_step
-                and len(self.recent_losses) == self.recent_losses.maxlen):
-            mean = sum(self.recent_losses) / len(self.recent_losses)
-            if mean >= self.unigram_entropy - self.cfg.stuck_margin:
-                self.verdict = Verdict(
-                    True,
-                    f"loss stuck at the unigram level: mean {mean:.3f} over the last {len(self.recent_losses)} "
-                    f"steps vs unigram entropy {self.unigram_entropy:.3f} at step {step} "
-                    f"({self.cfg.stuck_after:.0%} of the run)",
-                    step,
-                )
+        if len(self.recent_losses) < self.recent_losses.maxlen:
+            return
+        mean = sum(self.recent_losses) / len(self.recent_losses)
+        self.smoothed_losses.append(mean)
+        # Stuck: a run that stopped learning at (or above) the loss of a model that knows only token
+        # frequencies. An early run is still there too, but it is falling: the rule asks for no
+        # real improvement over the last stuck_window steps, not for a low loss by some step.
+        cfg = self.cfg
+        if (cfg.stuck_after == 0 or cfg.stuck_window == 0 or self.unigram_entropy is None
+                or step < cfg.stuck_after * self.total_steps
+                or len(self.smoothed_losses) < self.smoothed_losses.maxlen):
+            return
+        drop = self.smoothed_losses[0] - mean
+        if mean >= self.unigram_entropy - cfg.stuck_margin and drop < cfg.stuck_min_drop:
+            self.verdict = Verdict(
+                True,
+                f"loss stuck at the unigram level: mean {mean:.3f} over the last {len(self.recent_losses)} steps "
+                f"vs unigram entropy {self.unigram_entropy:.3f}, down only {drop:.3f} nats over the last "
+                f"{cfg.stuck_window} steps (less than monitor.stuck_min_drop={cfg.stuck_min_drop:g}) at step {step}",
+                step,
+            )
 
     # --- summaries and state ---
 
@@ -173,6 +185,7 @@ class Monitor:
             "initial_loss": self.initial_loss,
             "above_limit": self.above_limit,
             "recent_losses": list(self.recent_losses),
+            "smoothed_losses": list(self.smoothed_losses),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -190,3 +203,5 @@ class Monitor:
         self.above_limit = state["above_limit"]
         self.recent_losses.clear()
         self.recent_losses.extend(state["recent_losses"])
+        self.smoothed_losses.clear()
+        self.smoothed_losses.extend(state.get("smoothed_losses", []))  # absent from older checkpoints

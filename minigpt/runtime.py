@@ -19,7 +19,9 @@ import torch.distributed as dist
 from minigpt.config import TrainerConfig
 from minigpt.errors import UserError
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# SIGUSR2 is submitit's preemption / time-limit signal: under hydra/launcher=slurm the job then
+# requeues itself (minigpt/cli.py) and continues from the checkpoint saved at the stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass

@@ -187,19 +187,56 @@ def test_loss_above_the_initial_loss_for_patience_steps():
     assert explicit.verdict.step == 5
 
 
-def test_stuck_at_the_unigram_level_after_a_fraction_of_the_run():
-    cfg = MonitorConfig(stuck_after=0.5, stuck_margin=0.1, patience=1000)
+def stuck_step(losses, cfg, entropy, total_steps):
+    """Where the stuck rule fires, worked out directly: the 20-step mean at or above the unigram
+    level minus the margin, fallen less than stuck_min_drop since stuck_window steps earlier."""
+    mean = {s: float(np.mean(losses[s - 19:s + 1])) for s in range(19, len(losses))}
+    for s in range(19 + cfg.stuck_window, len(losses)):
+        if (s >= cfg.stuck_after * total_steps and mean[s] >= entropy - cfg.stuck_margin
+                and mean[s - cfg.stuck_window] - mean[s] < cfg.stuck_min_drop):
+            return s
+    return None
+
+
+def test_stuck_means_no_progress_at_the_unigram_level_not_an_early_high_loss():
+    cfg = MonitorConfig(stuck_after=0.1, stuck_margin=0.1, stuck_window=50, stuck_min_drop=0.05, patience=1000)
     entropy = 4.0
-    stuck = Monitor(cfg, total_steps=100, unigram_entropy=entropy)
-    # loss falls to the unigram level and stays there; the check starts at step 50
-    observe_series(stuck, [6.0 - 0.1 * t if t < 20 else 3.95 for t in range(60)])
-    assert stuck.verdict.diverged and stuck.verdict.step == 50 and "stuck" in stuck.verdict.reason
-    learning = Monitor(cfg, total_steps=100, unigram_entropy=entropy)
-    observe_series(learning, [6.0 - 0.06 * t for t in range(100)])  # below the unigram level by step 50
-    assert not learning.verdict.diverged
-    off = Monitor(MonitorConfig(stuck_after=0.0, patience=1000), total_steps=100, unigram_entropy=entropy)
-    observe_series(off, [entropy] * 100)
-    assert not off.verdict.diverged
+    # A healthy run, early: far above the unigram level at half of its 60 steps but falling
+    # (the rule of "still above the unigram level at half the run" called it stuck).
+    healthy = Monitor(cfg, total_steps=60, unigram_entropy=entropy)
+    observe_series(healthy, [6.0 - 0.03 * t for t in range(60)])
+    assert not healthy.verdict.diverged
+    # Slow but steady progress above the unigram level over a long run: not stuck either.
+    slow = Monitor(cfg, total_steps=400, unigram_entropy=entropy)
+    observe_series(slow, [6.0 - 0.0015 * t for t in range(400)])  # 0.075 nats per 50 steps
+    assert not slow.verdict.diverged
+    # Stuck: down to 4.5 by step 20, then on a noisy plateau.
+    rng = np.random.default_rng(0)
+    losses = [6.0 - 0.075 * t for t in range(20)] + list(4.5 + 0.05 * rng.standard_normal(200))
+    stuck = Monitor(cfg, total_steps=220, unigram_entropy=entropy)
+    observe_series(stuck, losses)
+    expected = stuck_step(losses, cfg, entropy, 220)
+    assert expected is not None and 69 <= expected < 120
+    assert stuck.verdict.diverged and stuck.verdict.step == expected and "stuck" in stuck.verdict.reason
+    # Off: stuck_after=0 or stuck_window=0.
+    for off_cfg in (MonitorConfig(stuck_after=0.0, patience=1000), MonitorConfig(stuck_window=0, patience=1000)):
+        off = Monitor(off_cfg, total_steps=220, unigram_entropy=entropy)
+        observe_series(off, losses)
+        assert not off.verdict.diverged
+
+
+def test_stuck_rule_state_survives_a_checkpoint():
+    cfg = MonitorConfig(stuck_after=0.1, stuck_window=30, patience=1000)
+    losses = [5.0 - 0.05 * t for t in range(20)] + [4.05] * 80
+    whole = Monitor(cfg, total_steps=100, unigram_entropy=4.0)
+    observe_series(whole, losses)
+    first = Monitor(cfg, total_steps=100, unigram_entropy=4.0)
+    observe_series(first, losses[:40])
+    second = Monitor(cfg, total_steps=100, unigram_entropy=4.0)
+    second.load_state_dict(first.state_dict())
+    for step, loss in enumerate(losses[40:], start=40):
+        second.observe({"step": step, "train/loss": loss})
+    assert whole.verdict.diverged and second.verdict == whole.verdict
 
 
 # --- real runs ---------------------------------------------------------------------------------
@@ -215,8 +252,9 @@ DIVERGING = {
     # Adam at LR 1: the loss jumps far above its initial value and stays there.
     "above_limit": dict(optim__lr=1.0, optim__grad_clip=0.0, scheduler={"name": "constant"}, trainer__max_steps=20,
                         monitor__patience=5),
-    # Adam at LR 1 settles around the unigram level instead of learning; checked from half the run.
-    "stuck": dict(optim__lr=1.0, scheduler={"name": "constant"}, trainer__max_steps=40, monitor__stuck_after=0.5),
+    # Adam at LR 1 settles around the unigram level instead of learning.
+    "stuck": dict(optim__lr=1.0, scheduler={"name": "constant"}, trainer__max_steps=80, monitor__stuck_after=0.1,
+                  monitor__stuck_window=20),
 }
 
 
@@ -228,9 +266,8 @@ def expected_divergence(kind, losses, cfg, entropy):
             return s
         if kind == "above_limit" and s + 1 >= m.patience and all(x > losses[0] for x in losses[s + 1 - m.patience:s + 1]):
             return s
-        if (kind == "stuck" and s >= m.stuck_after * cfg.trainer.max_steps and s >= 19
-                and np.mean(losses[s - 19:s + 1]) >= entropy - m.stuck_margin):
-            return s
+    if kind == "stuck":
+        return stuck_step(losses, m, entropy, cfg.trainer.max_steps)
     return None
 
 
@@ -254,17 +291,25 @@ def test_a_diverging_run_stops_cleanly_with_the_step_and_reason(kind, make_confi
 
 
 @pytest.mark.slow
-def test_train_py_returns_inf_for_a_diverged_run(cache_dir, tmp_path):
-    """What a Hydra sweeper sees: the task function's return value, caught by a Hydra callback."""
+def test_a_diverged_run_exits_3_alone_and_returns_inf_in_a_sweep(cache_dir, tmp_path):
+    """Alone, a diverged run exits with status 3 (shell scripts, CI and Slurm see a failure); in
+    a sweep it is recorded, the sweeper gets inf (caught by a Hydra callback) and the sweep goes on."""
     run_dir, probe = tmp_path / "run", tmp_path / "return_value.json"
     args = hydra_args(cache_dir, run_dir, **{"optim.lr": 1e30, "optim.grad_clip": 0, "scheduler": "constant"})
-    args += ["+hydra.callbacks.probe._target_=hydra_return_probe.ReturnProbe", f"+hydra.callbacks.probe.path={probe}"]
-    proc = run_train(args, env={"PYTHONPATH": str(ROOT / "tests")})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_train(args)
+    assert proc.returncode == 3, proc.stderr[-3000:]
     assert "diverged at step 1: non-finite loss" in proc.stdout + proc.stderr
-    assert json.loads(probe.read_text()) == {"return_value": "inf"}
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "diverged" and summary["diverged_step"] == 1
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 1  # the status is unchanged
+
+    sweep_args = [a for a in args if not a.startswith("hydra.run.dir=")] + [
+        "-m", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "+hydra.callbacks.probe._target_=hydra_return_probe.ReturnProbe", f"+hydra.callbacks.probe.path={probe}"]
+    proc = run_train(sweep_args, env={"PYTHONPATH": str(ROOT / "tests")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(probe.read_text()) == {"return_value": "inf"}  # the second job ran too, and returned inf
+    jobs = sorted((tmp_path / "sweep").glob("*_seed=*"))
+    assert [json.loads((j / "summary.json").read_text())["status"] for j in jobs] == ["diverged", "diverged"]
 
 
 # --- per-step records of real runs ---------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
     executor = submitit.AutoExecutor(cluster="slurm", folder=tmp_path / "submitit")
     executor.update_parameters(**{(k if k in base else f"slurm_{k}"): v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python -m submitit.core._submit", "0")
-    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--partition=gpu", "--time=90", "--signal=USR1@120",
+    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--partition=gpu", "--time=90", "--signal=USR2@120",
                  "--cpus-per-task=8", "--nodes=1"):
         assert f"#SBATCH {line}\n" in script, (line, script)
     assert script.count("--signal") == 1

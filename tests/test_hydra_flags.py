@@ -1,0 +1,96 @@
+"""Hydra 1.3's command-line flags work as in any Hydra app, and a user's --config-dir adds
+config files that are used like the shipped ones (checked by the precheck too)."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose
+
+from minigpt import cli
+from conftest import ROOT
+from minigpt.errors import UserError
+
+
+@pytest.fixture
+def user_confs(tmp_path):
+    """A user's config folder with a scheduler and a model of their own."""
+    (tmp_path / "scheduler").mkdir()
+    (tmp_path / "scheduler" / "mine.yaml").write_text("name: wsd\ndecay: 0.3\nmin_lr_ratio: 0.0\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mymodel.yaml").write_text(
+        "name: mymodel\nn_layer: 1\nn_head: 2\nn_embd: 32\nblock_size: 32\n")
+    return tmp_path
+
+
+def composed(argv):
+    """The config Hydra composes for this command line, through the precheck's search path."""
+    args = cli.read_command_line(argv)
+    with cli.hydra_search_path(cli.config_dirs(args)):
+        return compose(args.config_name or "config", overrides=args.overrides)
+
+
+def test_config_dir_scheduler_and_model_are_used_like_shipped_ones(user_confs, tmp_path):
+    argv = ["-cd", str(user_confs), "scheduler=mine", "model=mymodel", f"hydra.run.dir={tmp_path / 'run'}"]
+    cli.precheck(argv)  # validates the user's files like any other (no "cannot read the command line")
+    cfg = composed(argv)
+    assert cfg.scheduler.decay == 0.3 and cfg.scheduler.name == "wsd" and cfg.model.n_embd == 32
+    for flags in (["--config-dir", str(user_confs)], [f"--config-dir={user_confs}"]):
+        assert composed([*flags, "scheduler=mine"]).scheduler.decay == 0.3
+
+
+def test_config_dir_options_are_listed_and_checked(user_confs):
+    with pytest.raises(UserError, match=r"unknown scheduler 'mne' \(did you mean 'mine'\?\); valid: .*mine"):
+        cli.precheck(["-cd", str(user_confs), "scheduler=mne"])
+    (user_confs / "scheduler" / "bad.yaml").write_text("name: wsd\ndecay: 2.5\n")
+    with pytest.raises(UserError, match="decay=2.5"):
+        cli.precheck(["-cd", str(user_confs), "scheduler=bad"])
+    with pytest.raises(UserError, match="--config-dir: 'no/such/dir' is not a folder"):
+        cli.precheck(["--config-dir", "no/such/dir"])
+
+
+def test_config_name_and_config_path(tmp_path):
+    cli.precheck(["-cn", "config", f"hydra.run.dir={tmp_path}"])
+    cli.precheck(["--config-path", "conf", "--config-name", "config", f"hydra.run.dir={tmp_path}"])
+    assert composed(["-cp", str(ROOT / "conf"), "-cn", "config"]).model.name == "cpu"
+    (tmp_path / "small.yaml").write_text("defaults:\n  - config\n  - _self_\n\ntrainer:\n  max_steps: 7\n")
+    assert composed(["-cd", str(tmp_path), "-cn", "small"]).trainer.max_steps == 7
+    with pytest.raises(UserError, match="nosuch"):
+        cli.precheck(["-cn", "nosuch"])
+    with pytest.raises(UserError, match="--config-path: 'nowhere' is not a folder"):
+        cli.precheck(["-cp", "nowhere"])
+
+
+def test_multirun_flag_with_a_user_scheduler(user_confs):
+    extras = cli.precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"])
+    assert any(e.startswith("hydra.job.config.override_dirname.exclude_keys=") and "optim.lr" in e for e in extras)
+    with pytest.raises(UserError, match="unknown scheduler 'nope'"):
+        cli.precheck(["--multirun", "-cd", str(user_confs), "scheduler=mine,nope"])
+
+
+def test_arch_is_a_group_without_plus():
+    assert composed(["arch=post_ln"]).model.norm_position == "post"
+    assert composed(["arch=pre_ln_qk"]).model.qk_layernorm is True
+    assert composed([]).model.norm_position == "pre"  # no arch: the model file decides
+    assert composed(["experiment=warmup_divergence_cpu", "arch=post_ln"]).model.norm_position == "post"
+    with pytest.raises(UserError, match="unknown arch 'post'.*valid: post_ln, pre_ln, pre_ln_qk"):
+        cli.precheck(["arch=post"])
+
+
+def hydra(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_print_flags_cfg_resolve_package_info_and_shell_completion(user_confs):
+    out = hydra("-cd", str(user_confs), "scheduler=mine", "--cfg", "job", "--resolve", "--package", "scheduler")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("# @package scheduler") and "decay: 0.3" in out.stdout and "optim" not in out.stdout
+    out = hydra("--cfg", "job", "-p", "run_name", "--resolve")  # resolved: ${model.name}-${scheduler.name}
+    assert out.returncode == 0 and "cpu-cosine_warmup" in out.stdout, out.stderr
+    out = hydra("-cd", str(user_confs), "--info", "searchpath")
+    assert out.returncode == 0 and str(user_confs) in out.stdout, out.stderr
+    out = hydra("--shell-completion", "install=bash")
+    assert out.returncode == 0 and "complete" in out.stdout, out.stderr
+    out = hydra("--no-such-flag")
+    assert out.returncode == 2 and "unrecognized arguments: --no-such-flag" in out.stderr
