@@ -61,7 +61,13 @@ class DataConfig:
     vocab_size: int = 4096  # BPE vocabulary, end-of-text token included (byte: always 257)
     val_fraction: float = 0.05  # share of documents held out for validation
     split_seed: int = 0  # which documents go to validation
-    cache_dir: str = "data"  # token caches and tokenizers, one subdirectory per content hash
+    cache_dir: str = "data"  # token caches and tokenizers, one subdirectory per key
+    # BPE: characters of the training split the tokenizer learns from (the same share of every
+    # training document); the whole split when it is smaller. docs/performance.md measures it.
+    tokenizer_train_chars: int = 20_000_000
+    # What names a corpus' cache: stat = every file's name, size and modification time (cheap);
+    # content = a hash of all its text (reads the whole corpus at every start)
+    cache_key: Literal["stat", "content"] = "stat"
 
     def validate(self):
         if self.source == "files" and not self.paths:
@@ -76,6 +82,8 @@ class DataConfig:
             )
         _check(self.vocab_size <= 2**31 - 1, "data.vocab_size", "must fit in 31 bits", self.vocab_size)
         _check(0 < self.val_fraction < 1, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
+        _check(self.tokenizer_train_chars >= 1, "data.tokenizer_train_chars", "must be >= 1",
+               self.tokenizer_train_chars)
 
 
 @dataclass
@@ -214,6 +222,7 @@ class MonitorConfig:
     # forward/backward passes of one micro-batch.
     sharpness_every: Optional[int] = None
     sharpness_iters: int = 8  # power-iteration steps per measurement
+    sharpness_until: Optional[int] = None  # measure only before this step (null: the whole run)
 
     def validate(self):
         _check(self.spike_k > 0, "monitor.spike_k", "must be > 0", self.spike_k)
@@ -233,6 +242,9 @@ class MonitorConfig:
             _check(self.sharpness_every >= 1, "monitor.sharpness_every",
                    "must be a positive number of steps (or null to turn it off)", self.sharpness_every)
         _check(self.sharpness_iters >= 1, "monitor.sharpness_iters", "must be >= 1", self.sharpness_iters)
+        if self.sharpness_until is not None:
+            _check(self.sharpness_until >= 1, "monitor.sharpness_until", "must be >= 1 (or null: the whole run)",
+                   self.sharpness_until)
 
 
 @dataclass

@@ -1,41 +1,48 @@
-"""Data: corpus -> documents -> train/validation split -> tokenizer -> token cache -> batches.
+"""Data: corpus -> train/validation split -> tokenizer -> token cache -> batches.
 
-The default corpus is the source code of the running interpreter's standard library: real
-text that every Python install has, so the first run needs no download. Local text, JSONL,
-parquet and PDF files (or folders of them) and Hugging Face hub datasets work too.
+Preparation streams the corpus (minigpt/corpus.py) and never holds it in memory: a first pass
+measures every document (its length and folder), which decides the split; a second feeds a
+bounded sample of the training documents to the BPE trainer (`data.tokenizer_train_chars`); a
+third tokenizes in batches of pieces on all cores and appends 16-bit ids to the token files.
+Memory stays flat in the corpus size: a few MB of text and its ids at a time, plus a few
+bytes per document.
 
-Prepared tokens live in `<cache_dir>/<name>-<hash>/`, where the hash covers everything that
-decides them: the documents' text, the split and the tokenizer settings. A second run with the
-same inputs reuses the cache and says so; a cache that an interrupted run left half-written
-is detected (no meta.json, or files of the wrong size) and rebuilt.
+Prepared tokens live in `<cache_dir>/<name>-<key>/`. The key covers the settings that decide
+the tokens and the corpus' fingerprint: every file's name, size and modification time
+(`data.cache_key=stat`, the default, cheap at start-up), or a hash of every document's text
+(`data.cache_key=content`). A second run with the same inputs reuses the cache after cheap
+checks (file sizes, the tokenizer parses, every id inside the vocabulary) and says so; a cache
+an interrupted or damaged run left behind is rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
-import sysconfig
+import re
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from minigpt.config import DataConfig
+from minigpt.corpus import Document, corpus_fingerprint, empty_corpus, iter_documents, stratum
 from minigpt.errors import UserError
 from minigpt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
-CACHE_FORMAT = 2  # bump when the layout or the way tokens are made changes
-SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"}
-
-
-@dataclass
-class Document:
-    id: str  # stable identity: decides the split, appears in error messages
-    text: str
+# The tokens of a given corpus and settings are those of format 2 (the first streaming version
+# gives the same ids); only the key that names the cache directory changed.
+CACHE_FORMAT = 2
+PIECE_CHARS = 1 << 16  # longest text handed to the tokenizer at once
+BATCH_CHARS = 1 << 21  # characters tokenized per batch (spread over the tokenizer's threads)
+SCAN_TOKENS = 1 << 24  # ids checked at a time when a cache is validated
 
 
 @dataclass
@@ -47,174 +54,190 @@ class TokenData:
     cache_dir: Path
 
 
-# --- documents ----------------------------------------------------------------------------
+# --- pieces -------------------------------------------------------------------------------
+
+# A byte-level BPE pre-tokenizer (GPT-2's pattern) always ends a pre-token between a
+# non-space character and a following space or newline: no pattern matches text followed by
+# whitespace. Merges never cross pre-tokens, so text cut there tokenizes, piece by piece, to the
+# ids of the whole. (Python's \S excludes at least Unicode's White_Space, so a cut found with
+# it is a cut for the tokenizer's regex too.)
+_CUT = re.compile(r"\S(?=[ \n])")
 
 
-def load_documents(cfg: DataConfig) -> list[Document]:
-    """All documents of the configured corpus, in a deterministic order, empty ones dropped."""
-    if cfg.source == "stdlib":
-        docs = stdlib_documents()
-    elif cfg.source == "files":
-        docs = file_documents(cfg)
-    else:
-        docs = hub_documents(cfg)
-    docs = [d for d in docs if d.text.strip()]
-    if cfg.max_chars:
-        docs = _truncate(docs, cfg.max_chars)
-    if not docs:
-        where = {"stdlib": "the standard library", "files": ", ".join(cfg.paths), "hub": cfg.hub_name}[cfg.source]
-        raise UserError(f"data: the corpus from {where} is empty (no document has any text); point data.paths at text files")
-    return docs
+def pieces(chunks: Iterable[str], size: int | None = None) -> Iterator[str]:
+    """The text of `chunks` in pieces of at most `size` characters, cut where tokens cannot span.
+
+    Joining the pieces gives the text back. A stretch of `size` characters without a space or
+    newline after a non-space character (a base64 blob, say) is cut at `size` itself: only
+    there can the tokens of the pieces differ from those of the whole."""
+    size = size or PIECE_CHARS
+    buf, pos = "", 0
+    for chunk in chunks:
+        buf = buf[pos:] + chunk
+        pos = 0
+        while len(buf) - pos > size:
+            cut = _cut_point(buf, pos, pos + size)
+            yield buf[pos:cut]
+            pos = cut
+    if pos < len(buf):
+        yield buf[pos:]
 
 
-def stdlib_documents() -> list[Document]:
-    """Every .py file of the standard library, without its test suites and installed packages."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    docs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = Path(dirpath) / name
-                docs.append(Document(str(path.relative_to(root)), path.read_text("utf-8", errors="replace")))
-    if not docs:
-        raise UserError(f"data.source=stdlib: no .py sources under {root}; use data.source=files with a text corpus")
-    return docs
+def _cut_point(text: str, lo: int, hi: int) -> int:
+    """The last position c in (lo, hi] with a non-space at c-1 and a space or newline at c."""
+    for start in (max(lo, hi - 4096), lo):
+        last = None
+        for last in _CUT.finditer(text, start, hi + 1):
+            pass
+        if last is not None and last.end() > lo:
+            return last.end()
+    return hi
 
 
-def file_documents(cfg: DataConfig) -> list[Document]:
-    """Text files are one document each; JSONL/JSON and parquet files one per row; PDFs one per file."""
-    files = []
-    for entry in cfg.paths:
-        path = Path(entry).expanduser()
-        if not path.exists():
-            raise UserError(f"data.paths: '{entry}' does not exist (looked in {Path.cwd()}); give an existing file or folder")
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in cfg.extensions)
-            if not found:
-                raise UserError(f"data.paths: folder '{entry}' has no files ending in {', '.join(cfg.extensions)}; "
-                                "set data.extensions to the ones it has")
-            files.extend(found)
-        else:
-            files.append(path)
-    docs = []
-    for path in files:
-        suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".json", ".parquet"):
-            docs.extend(_table_documents(path, cfg))
-        elif suffix == ".pdf":
-            docs.append(Document(str(path), _pdf_text(path)))
-        else:
-            docs.append(Document(str(path), path.read_text("utf-8", errors="replace")))
-    return docs
+# --- survey and split -----------------------------------------------------------------------
 
 
-def _table_documents(path: Path, cfg: DataConfig) -> list[Document]:
-    import datasets
-
-    builder = "parquet" if path.suffix.lower() == ".parquet" else "json"
-    try:
-        table = datasets.load_dataset(builder, data_files=str(path), split="train",
-                                      cache_dir=str(Path(cfg.cache_dir) / "hf"))
-    except Exception as e:  # a malformed file: say which one, in one line
-        raise UserError(f"data.paths: could not read '{path}' as {builder}: {_first_line(e)}") from None
-    return _rows_to_documents(table, cfg.text_field, str(path))
+@dataclass
+class Survey:
+    """What the first pass learned: which documents count, how long they are, their folders."""
+    positions: np.ndarray  # index in iter_documents() of every non-empty document kept
+    lengths: np.ndarray  # its characters (the last one cut short by data.max_chars)
+    strata: np.ndarray  # the rank of its folder among all folders, in sorted order
+    characters: int
 
 
-def _rows_to_documents(table, text_field: str, origin: str) -> list[Document]:
-    if text_field not in table.column_names:
-        raise UserError(f"data.text_field: '{origin}' has no column '{text_field}'; its columns are "
-                        f"{', '.join(table.column_names)}")
-    return [Document(f"{origin}#{i}", text or "") for i, text in enumerate(table[text_field])]
+def survey(cfg: DataConfig, progress: bool = False) -> Survey:
+    """Read every document once: drop empty ones, apply data.max_chars, note lengths and folders."""
+    from tqdm import tqdm
+
+    positions, lengths, folder_codes = array("q"), array("q"), array("q")
+    folders: dict[str, int] = {}
+    total = 0
+    with tqdm(desc="data: reading", unit="char", unit_scale=True, disable=not progress, mininterval=1) as bar:
+        for i, doc in enumerate(iter_documents(cfg)):
+            if cfg.max_chars and total >= cfg.max_chars:
+                break
+            n, has_text = 0, False
+            for chunk in doc.chunks():
+                n += len(chunk)
+                has_text = has_text or not chunk.isspace()
+            bar.update(n)
+            if not has_text:
+                continue
+            if cfg.max_chars:
+                n = min(n, cfg.max_chars - total)
+            positions.append(i)
+            lengths.append(n)
+            folder_codes.append(folders.setdefault(stratum(doc.id), len(folders)))
+            total += n
+    if not positions:
+        raise empty_corpus(cfg)
+    rank_of_code = np.empty(len(folders), dtype=np.int64)
+    for rank, name in enumerate(sorted(folders)):
+        rank_of_code[folders[name]] = rank
+    return Survey(np.frombuffer(positions, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64),
+                  rank_of_code[np.frombuffer(folder_codes, dtype=np.int64)],
+                  total)
 
 
-def _pdf_text(path: Path) -> str:
-    try:
-        from pypdf import PdfReader
-    except ImportError:
-        raise UserError(f"data.paths: reading PDF files ('{path}') needs the pdf extra: pip install 'minigpt[pdf]'") from None
-    return "\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
-
-
-def hub_documents(cfg: DataConfig) -> list[Document]:
-    import datasets
-
-    try:
-        table = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.hub_split,
-                                      revision=cfg.hub_revision, cache_dir=str(Path(cfg.cache_dir) / "hf"))
-    except Exception as e:
-        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
-        reason = "offline mode is on" if offline else _first_line(e)
-        raise UserError(
-            f"data.hub_name={cfg.hub_name}: could not load it from the Hugging Face hub ({reason}); "
-            "without network, download it once where there is one, or use data.source=files with a local copy"
-        ) from None
-    return _rows_to_documents(table, cfg.text_field, cfg.hub_name)
-
-
-def _truncate(docs: list[Document], max_chars: int) -> list[Document]:
-    kept, total = [], 0
-    for d in docs:
-        if total >= max_chars:
-            break
-        kept.append(Document(d.id, d.text[: max_chars - total]))
-        total += len(kept[-1].text)
-    return kept
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
-# --- split --------------------------------------------------------------------------------
-
-
-def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
-    """Hold out whole documents for validation: a seeded choice, the same on every machine.
+def validation_mask(strata: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Which documents go to validation: a seeded choice, the same on every machine.
 
     Stratified systematic sampling: documents are ordered by folder (their stratum), shuffled
     within it, and every 1/val_fraction-th one (from a random offset) goes to validation. The
     validation split then mirrors the corpus' mix of folders: in the stdlib corpus a plain random
     5% can land on a cluster of generated data tables (encodings/, html/entities.py) and read
     0.5 nats harder than the rest; stratified, the spread between seeds is half as wide.
-
-    A corpus of a single document (one big text file) cannot be split by document; it is cut
-    at the line break nearest to the validation fraction instead, the tail going to validation.
+    It needs only each document's folder rank: a few bytes per document.
     """
-    if len(docs) == 1:
-        text = docs[0].text
-        cut = text.rfind("\n", 0, int(len(text) * (1 - val_fraction)))
-        cut = cut + 1 if cut > 0 else int(len(text) * (1 - val_fraction))
-        return [Document(docs[0].id + "#train", text[:cut])], [Document(docs[0].id + "#val", text[cut:])]
+    n = len(strata)
     rng = np.random.default_rng(seed)
-    shuffle_keys = rng.random(len(docs))
-    order = sorted(range(len(docs)), key=lambda i: (_stratum(docs[i].id), shuffle_keys[i]))
-    n_val = min(max(1, round(val_fraction * len(docs))), len(docs) - 1)
-    picks = np.floor((rng.random() + np.arange(n_val)) * len(docs) / n_val).astype(int)
-    val_index = {order[p] for p in picks}
-    train = [d for i, d in enumerate(docs) if i not in val_index]
-    val = [d for i, d in enumerate(docs) if i in val_index]
-    return train, val
+    shuffle_keys = rng.random(n)
+    order = np.lexsort((shuffle_keys, strata))  # by folder, then by key; stable
+    n_val = min(max(1, round(val_fraction * n)), n - 1)
+    picks = np.floor((rng.random() + np.arange(n_val)) * n / n_val).astype(int)
+    mask = np.zeros(n, dtype=bool)
+    mask[order[picks]] = True
+    return mask
 
 
-def _stratum(doc_id: str) -> str:
-    """The folder of a document (rows of one table file share the file's)."""
-    return doc_id.split("#")[0].rpartition("/")[0]
+def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
+    """The split of an in-memory list of documents (see validation_mask and single_document_cut)."""
+    if len(docs) == 1:
+        text = docs[0].read()
+        cut = single_document_cut([text], len(text), val_fraction)
+        return [Document(docs[0].id + "#train", text[:cut])], [Document(docs[0].id + "#val", text[cut:])]
+    names = [stratum(d.id) for d in docs]
+    rank = {name: r for r, name in enumerate(sorted(set(names)))}
+    mask = validation_mask(np.array([rank[n] for n in names], dtype=np.int64), val_fraction, seed)
+    return [d for d, v in zip(docs, mask) if not v], [d for d, v in zip(docs, mask) if v]
+
+
+def single_document_cut(chunks: Iterable[str], length: int, val_fraction: float) -> int:
+    """A corpus of one document (one big text file) cannot be split by document: it is cut
+    after the last line break before the validation fraction, the tail going to validation."""
+    target = int(length * (1 - val_fraction))
+    last, offset = -1, 0
+    for chunk in chunks:
+        if offset >= target:
+            break
+        found = chunk.rfind("\n", 0, target - offset)
+        if found >= 0:
+            last = offset + found
+        offset += len(chunk)
+    return last + 1 if last > 0 else target
+
+
+@dataclass
+class Part:
+    """A stretch of one document that goes to one split."""
+    doc: Document
+    start: int
+    end: int
+    split: str
+
+    def chunks(self, end: int | None = None) -> Iterator[str]:
+        """The characters start..end (default: the part's end) in consecutive pieces."""
+        end = self.end if end is None else end
+        offset = 0
+        for chunk in self.doc.chunks():
+            lo, hi = max(self.start - offset, 0), min(end - offset, len(chunk))
+            if lo < hi:
+                yield chunk[lo:hi]
+            offset += len(chunk)
+            if offset >= end:
+                return
+
+
+def plan_parts(cfg: DataConfig, found: Survey, val: np.ndarray, single_cut: int | None) -> Iterator[Part]:
+    """Stream the kept documents again, as parts assigned to train or val, in corpus order."""
+    k = 0
+    for i, doc in enumerate(iter_documents(cfg)):
+        if k == len(found.positions):
+            return
+        if i != found.positions[k]:
+            continue
+        length = int(found.lengths[k])
+        if single_cut is not None:
+            yield Part(doc, 0, single_cut, "train")
+            yield Part(doc, single_cut, length, "val")
+        else:
+            yield Part(doc, 0, length, "val" if val[k] else "train")
+        k += 1
 
 
 # --- cache --------------------------------------------------------------------------------
 
 
-def cache_key(docs: list[Document], cfg: DataConfig) -> str:
-    """A hash of everything that decides the cached tokens."""
-    h = hashlib.sha256()
-    settings = dict(format=CACHE_FORMAT, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction,
-                    split_seed=cfg.split_seed, vocab_size=cfg.vocab_size if cfg.tokenizer == "bpe" else None)
-    h.update(json.dumps(settings, sort_keys=True).encode())
-    for d in docs:
-        h.update(d.id.encode("utf-8", errors="replace") + b"\0")
-        h.update(d.text.encode("utf-8", errors="replace") + b"\0")
+def cache_key(cfg: DataConfig) -> str:
+    """A hash of the corpus' fingerprint and every setting that decides the cached tokens."""
+    settings = dict(format=CACHE_FORMAT, source=cfg.source, tokenizer=cfg.tokenizer, val_fraction=cfg.val_fraction,
+                    split_seed=cfg.split_seed, max_chars=cfg.max_chars, key=cfg.cache_key,
+                    text_field=cfg.text_field if cfg.source != "stdlib" else None,
+                    vocab_size=cfg.vocab_size if cfg.tokenizer == "bpe" else None,
+                    tokenizer_train_chars=cfg.tokenizer_train_chars if cfg.tokenizer == "bpe" else None)
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(corpus_fingerprint(cfg, content=cfg.cache_key == "content").encode())
     return h.hexdigest()[:16]
 
 
@@ -222,74 +245,153 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
     """Load the token cache for this corpus and these settings, building it if needed."""
     from filelock import FileLock
 
-    docs = load_documents(cfg)
-    key = cache_key(docs, cfg)
-    root = Path(cfg.cache_dir)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"data.cache_dir: cannot create '{root}' ({e.strerror}); set data.cache_dir to a writable folder") from None
-    cache = root / f"{cfg.name}-{key}"
-    with FileLock(str(root / f".{cfg.name}-{key}.lock")):  # parallel jobs of a sweep share caches
-        meta = _complete_cache_meta(cache)
-        if meta is not None:
-            log(f"data: reusing token cache {cache} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
-        else:
-            if cache.exists():
-                log(f"data: token cache {cache} is incomplete (an interrupted preparation?); rebuilding it")
-            meta = _build_cache(docs, cfg, cache, log, progress)
+    with _datasets_progress(progress if cfg.source == "hub" else None):
+        key = cache_key(cfg)
+        root = Path(cfg.cache_dir)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"data.cache_dir: cannot create '{root}' ({e.strerror}); "
+                            "set data.cache_dir to a writable folder") from None
+        cache = root / f"{cfg.name}-{key}"
+        with FileLock(str(root / f".{cfg.name}-{key}.lock")):  # parallel jobs of a sweep share caches
+            meta, tokenizer, problem = check_cache(cache)
+            if meta is not None:
+                log(f"data: reusing token cache {cache} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
+            else:
+                if cache.exists():
+                    log(f"data: token cache {cache} {problem}; rebuilding it")
+                meta = _build_cache(cfg, cache, log, progress)
+                tokenizer = load_tokenizer(cache / "tokenizer.json")
     dtype = np.dtype(meta["dtype"])
     return TokenData(
         train=np.memmap(cache / "train.bin", dtype=dtype, mode="r"),
         val=np.memmap(cache / "val.bin", dtype=dtype, mode="r"),
-        tokenizer=load_tokenizer(cache / "tokenizer.json"),
+        tokenizer=tokenizer,
         meta=meta,
         cache_dir=cache,
     )
 
 
-def _complete_cache_meta(cache: Path) -> dict | None:
-    """The cache's meta.json if the cache is whole, else None."""
+@contextlib.contextmanager
+def _datasets_progress(show: bool | None):
+    """Turn the datasets / hub progress bars off for the block when show is False."""
+    if show is None or show:
+        yield
+        return
+    import datasets
+
+    was_off = datasets.is_progress_bar_enabled() is False
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_off:
+            datasets.enable_progress_bars()
+
+
+def check_cache(cache: Path) -> tuple[dict | None, BPETokenizer | ByteTokenizer | None, str]:
+    """(meta, tokenizer, "") for a whole and sound cache, else (None, None, what is wrong).
+
+    Cheap enough for every start: file sizes against meta.json, the tokenizer parses and has
+    the recorded vocabulary, and every id is inside it. The ids are scanned (one pass over the
+    memory-mapped file) only when a token file's size or modification time differs from what
+    the preparation recorded, so a cache nobody touched starts in constant time."""
     try:
         meta = json.loads((cache / "meta.json").read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
+        if meta.get("format") != CACHE_FORMAT:
+            return None, None, f"has format {meta.get('format')}, not {CACHE_FORMAT}"
         for split in ("train", "val"):
             if (cache / f"{split}.bin").stat().st_size != meta[f"{split}_tokens"] * itemsize:
-                return None
-        if not (cache / "tokenizer.json").is_file() or meta.get("format") != CACHE_FORMAT:
-            return None
-        return meta
-    except (OSError, ValueError, KeyError):
-        return None
+                return None, None, "is incomplete (an interrupted preparation?)"
+        if not (cache / "tokenizer.json").is_file():
+            return None, None, "is incomplete (an interrupted preparation?)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None, "is incomplete (an interrupted preparation?)"
+    try:
+        tokenizer = load_tokenizer(cache / "tokenizer.json")
+    except Exception as e:
+        return None, None, f"is damaged: its tokenizer.json does not load ({type(e).__name__})"
+    if tokenizer.vocab_size != meta["vocab_size"]:
+        return None, None, f"is damaged: its tokenizer has {tokenizer.vocab_size} tokens, meta.json says {meta['vocab_size']}"
+    for split in ("train", "val"):
+        path = cache / f"{split}.bin"
+        if not meta[f"{split}_tokens"] or meta.get("files", {}).get(path.name) == _file_stamp(path):
+            continue
+        ids = np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+        top = max(int(ids[i:i + SCAN_TOKENS].max()) for i in range(0, len(ids), SCAN_TOKENS))
+        if top >= tokenizer.vocab_size:
+            return None, None, f"is damaged: {split}.bin holds id {top}, outside the vocabulary of {tokenizer.vocab_size}"
+    return meta, tokenizer, ""
 
 
-def _build_cache(docs: list[Document], cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
-    import datasets
+def _file_stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
 
-    if not progress:
-        datasets.disable_progress_bars()
+
+def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "meta.json").unlink(missing_ok=True)  # from here on the cache is incomplete
     t0 = time.time()
-    train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.split_seed)
-    log(f"data: {len(docs)} documents ({sum(len(d.text) for d in docs):,} characters): "
-        f"{len(train_docs)} for training, {len(val_docs)} for validation")
 
-    if cfg.tokenizer == "bpe":
-        t = time.time()
-        tokenizer = BPETokenizer.train((d.text for d in train_docs), cfg.vocab_size, show_progress=progress)
-        log(f"data: trained a byte-level BPE tokenizer of {tokenizer.vocab_size} tokens in {time.time() - t:.1f}s")
+    found = survey(cfg, progress)
+    n = len(found.positions)
+    single_cut = None
+    if n == 1:
+        only = next(plan_parts(cfg, found, np.zeros(1, bool), 0)).doc
+        single_cut = single_document_cut(Part(only, 0, int(found.lengths[0]), "train").chunks(),
+                                         int(found.lengths[0]), cfg.val_fraction)
+        val = np.zeros(1, dtype=bool)
+        n_train, n_val = 1, 1
+        train_chars = single_cut
     else:
-        tokenizer = ByteTokenizer()
-    _atomic_write(cache / "tokenizer.json", lambda p: tokenizer.save(p))
+        val = validation_mask(found.strata, cfg.val_fraction, cfg.split_seed)
+        n_val = int(val.sum())
+        n_train = n - n_val
+        train_chars = int(found.lengths[~val].sum())
+    read_s = time.time() - t0
+    log(f"data: {n} documents ({found.characters:,} characters, read in {read_s:.1f}s): "
+        f"{n_train} for training, {n_val} for validation")
 
+    t = time.time()
+    if cfg.tokenizer == "bpe":
+        share = min(1.0, cfg.tokenizer_train_chars / max(train_chars, 1))
+        sample_chars = [0]
+
+        def sample() -> Iterator[str]:
+            # The same share of every training document (its beginning), so the sample spreads
+            # over the whole corpus; with share 1 it is the whole training split.
+            from tqdm import tqdm
+
+            with tqdm(total=min(train_chars, cfg.tokenizer_train_chars), desc="data: BPE sample", unit="char",
+                      unit_scale=True, disable=not progress, mininterval=1) as bar:
+                for part in plan_parts(cfg, found, val, single_cut):
+                    if part.split == "train":
+                        take = part.start + math.ceil(share * (part.end - part.start))
+                        for piece in pieces(part.chunks(take)):
+                            sample_chars[0] += len(piece)
+                            bar.update(len(piece))
+                            yield piece
+
+        tokenizer = BPETokenizer.train(sample(), cfg.vocab_size, show_progress=progress)
+        log(f"data: trained a byte-level BPE tokenizer of {tokenizer.vocab_size} tokens on {sample_chars[0]:,} "
+            f"characters ({share:.0%} of the training split; data.tokenizer_train_chars={cfg.tokenizer_train_chars:,}) "
+            f"in {time.time() - t:.1f}s")
+    else:
+        tokenizer, sample_chars = ByteTokenizer(), [0]
+    _atomic_write(cache / "tokenizer.json", lambda p: tokenizer.save(p))
+    tokenizer_s = time.time() - t
+
+    t = time.time()
     dtype = token_dtype(tokenizer.vocab_size)
-    counts = {}
-    for split, split_docs in (("train", train_docs), ("val", val_docs)):
-        ids = _tokenize(split_docs, tokenizer, split, key=cache.name)
-        _atomic_write(cache / f"{split}.bin", lambda p: ids.astype(dtype).tofile(p))
-        counts[split] = ids
-    val = counts["val"]
+    counts = _write_tokens(plan_parts(cfg, found, val, single_cut), tokenizer, cache, dtype, found.characters, progress)
+    tokenize_s = time.time() - t
+    engine = "tiktoken" if getattr(tokenizer, "uses_tiktoken", False) else tokenizer.kind == "bpe" and "tokenizers"
+    log(f"data: tokenized {found.characters:,} characters in {tokenize_s:.1f}s "
+        f"({found.characters / max(tokenize_s, 1e-9) / 1e6:.2f}M characters/s)" + (f" with {engine}" if engine else ""))
+    val_counts = counts.pop("val_unigrams")
     meta = dict(
         format=CACHE_FORMAT,
         name=cfg.name,
@@ -298,39 +400,74 @@ def _build_cache(docs: list[Document], cfg: DataConfig, cache: Path, log, progre
         vocab_size=tokenizer.vocab_size,
         eot_id=tokenizer.eot_id,
         dtype=np.dtype(dtype).name,
-        train_docs=len(train_docs),
-        val_docs=len(val_docs),
-        train_tokens=int(len(counts["train"])),
-        val_tokens=int(len(val)),
-        characters=int(sum(len(d.text) for d in docs)),
-        unigram_entropy_val=unigram_entropy(val, tokenizer.vocab_size),
+        train_docs=n_train,
+        val_docs=n_val,
+        train_tokens=counts["train"],
+        val_tokens=counts["val"],
+        characters=found.characters,
+        tokenizer_train_chars=sample_chars[0],
+        cache_key=cfg.cache_key,
+        unigram_entropy_val=_entropy_of_counts(val_counts),
         seconds=round(time.time() - t0, 2),
+        files={name: _file_stamp(cache / name) for name in ("train.bin", "val.bin")},  # see check_cache
+        stage_seconds=dict(read=round(read_s, 2), tokenizer=round(tokenizer_s, 2), tokenize=round(tokenize_s, 2)),
     )
     _atomic_write(cache / "meta.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
     log(f"data: wrote token cache {cache}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
-        f"in {meta['seconds']}s")
+        f"in {meta['seconds']}s ({found.characters / max(meta['seconds'], 1e-9) / 1e6:.2f}M characters/s overall)")
     return meta
 
 
-def _tokenize(docs: list[Document], tokenizer, split: str, key: str) -> np.ndarray:
-    """Token ids of all documents, each followed by end-of-text, as one array."""
-    import datasets
+def _write_tokens(parts: Iterator[Part], tokenizer, cache: Path, dtype, total_chars: int, progress: bool) -> dict:
+    """Tokenize the parts in batches and append each split's ids (each part followed by
+    end-of-text) to its file; the files are renamed into place only when complete."""
+    from tqdm import tqdm
 
-    table = datasets.Dataset.from_dict({"text": [d.text for d in docs]})
-    table = table.map(
-        lambda batch: {"ids": tokenizer.encode_batch(batch["text"])},
-        batched=True,
-        batch_size=32,
-        remove_columns=["text"],
-        desc=f"tokenizing {split}",
-        new_fingerprint=f"{key}-{split}",  # the cache key already identifies this work
-    )
-    pieces = []
-    eot = np.array([tokenizer.eot_id], dtype=np.int64)
-    for ids in table.with_format("numpy")["ids"]:
-        pieces.append(np.asarray(ids, dtype=np.int64))
-        pieces.append(eot)
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    counts = {"train": 0, "val": 0}
+    val_unigrams = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    tmp = {split: cache / f"{split}.bin.tmp" for split in counts}
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    files = {split: open(path, "wb") for split, path in tmp.items()}
+    try:
+        with tqdm(total=total_chars, desc="data: tokenizing", unit="char", unit_scale=True,
+                  disable=not progress, mininterval=1) as bar:
+            batch: list[tuple[str, str | None]] = []  # (split, text); None marks an end-of-text
+            batch_chars = 0
+
+            first = [True]
+
+            def flush():
+                texts = [text for _, text in batch if text is not None]
+                encoded = iter(tokenizer.encode_arrays(texts, dtype, check=first[0]))  # see encode_arrays
+                first[0] = False
+                out = {"train": [], "val": []}
+                for split, text in batch:
+                    out[split].append(eot if text is None else next(encoded))
+                for split, arrays in out.items():
+                    if arrays:
+                        ids = np.concatenate(arrays)
+                        ids.tofile(files[split])
+                        counts[split] += len(ids)
+                        if split == "val":
+                            val_unigrams[:] += np.bincount(ids, minlength=tokenizer.vocab_size)
+                bar.update(sum(len(text) for text in texts))
+                batch.clear()
+
+            for part in parts:
+                for piece in pieces(part.chunks()):
+                    batch.append((part.split, piece))
+                    batch_chars += len(piece)
+                    if batch_chars >= BATCH_CHARS:
+                        flush()
+                        batch_chars = 0
+                batch.append((part.split, None))
+            flush()
+    finally:
+        for f in files.values():
+            f.close()
+    for split, path in tmp.items():
+        os.replace(path, cache / f"{split}.bin")
+    return {**counts, "val_unigrams": val_unigrams}
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -340,11 +477,14 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.replace(tmp, path)
 
 
-def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
-    """Entropy (nats) of the token frequencies: the loss of the best context-free model."""
-    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+def _entropy_of_counts(counts: np.ndarray) -> float:
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+    """Entropy (nats) of the token frequencies: the loss of the best context-free model."""
+    return _entropy_of_counts(np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size))
 
 
 # --- batches ------------------------------------------------------------------------------

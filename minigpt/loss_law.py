@@ -320,18 +320,18 @@ def fit(law_name: str, curves: list[Curve], *, restarts: int = 12, seed: int = 0
 
 def _standard_errors(law: Law, res, n_points: int, values: dict) -> dict[str, float]:
     """Gauss-Newton standard errors from the Jacobian at the optimum (delta method for the
-    log-fitted parameters); nan for a parameter at a bound or one the data do not pin down
-    (the covariance matrix is singular, e.g. the decay term's parameters fitted to constant-LR runs)."""
+    log-fitted parameters). A parameter the runs cannot pin down gets a huge error (a tiny ridge
+    keeps the matrix invertible: a constant-LR run says nothing about the decay term's B, C,
+    beta, gamma); one at a bound of the fit gets nan."""
     dof = max(n_points - len(law.params), 1)
     s2 = float(np.sum(res.fun**2)) / dof
-    jac = res.jac
     free = res.active_mask == 0
     se = np.full(len(law.params), np.nan)
     if free.any():
-        j = jac[:, free]
+        j = res.jac[:, free]
         jtj = j.T @ j
-        if np.linalg.cond(jtj) < 1e14:
-            se[free] = np.sqrt(np.clip(np.diag(np.linalg.inv(jtj)) * s2, 0.0, None))
+        jtj += np.eye(len(jtj)) * 1e-12 * max(float(np.trace(jtj)), 1e-300)
+        se[free] = np.sqrt(np.clip(np.diag(np.linalg.pinv(jtj)) * s2, 0.0, None))
     out = {}
     for p, e in zip(law.params, se):
         e = float(e) * (values[p.name] if p.log else 1.0)

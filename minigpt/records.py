@@ -52,7 +52,8 @@ class RecordSchema:
     skip_spikes: bool
     flops_per_token: float
     peak_flops: float | None  # of all ranks together; None: no MFU
-    sharpness_every: int | None = None  # steps between sharpness measurements (monitor.sharpness_every)
+    sharpness_every: int | None = None  # steps between sharpness measurements (monitor.sharpness_every) ...
+    sharpness_until: int | None = None  # ... before this step (monitor.sharpness_until; None: to the end)
 
     @classmethod
     def of_run(cls, cfg: Config, loss_scaling: bool, flops_per_token: float, peak_flops: float | None) -> "RecordSchema":
@@ -60,7 +61,7 @@ class RecordSchema:
         fields += [name for name in ("update_ratio", "max_attn_logit", "logz") if getattr(cfg.monitor, name)]
         fields += ["sharpness"] if cfg.monitor.sharpness_every else []
         return cls(fields, cfg.model.block_size, cfg.optim.grad_clip, cfg.optim.beta1, cfg.monitor.skip_spikes,
-                   flops_per_token, peak_flops, cfg.monitor.sharpness_every)
+                   flops_per_token, peak_flops, cfg.monitor.sharpness_every, cfg.monitor.sharpness_until)
 
     def record(self, p: PendingStep, row: list[float]) -> dict:
         values = dict(zip(self.fields, row))
@@ -89,7 +90,8 @@ class RecordSchema:
         for name in ("update_ratio", "max_attn_logit", "logz"):
             if name in values:
                 record[f"train/{name}"] = values[name]
-        if self.sharpness_every and p.step % self.sharpness_every == 0:
+        if self.sharpness_every and p.step % self.sharpness_every == 0 and (
+                self.sharpness_until is None or p.step < self.sharpness_until):
             record["train/sharpness"] = values["sharpness"]
             record["train/sharpness_threshold"] = stability_threshold(p.lr, p.beta1 if p.beta1 is not None else self.beta1)
         return record

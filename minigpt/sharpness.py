@@ -86,13 +86,14 @@ class SharpnessProbe:
     twice, and in full precision.
     """
 
-    def __init__(self, every: int, iters: int, batch: tuple[torch.Tensor, torch.Tensor], seed: int = 0):
-        self.every, self.iters, self.batch = every, iters, batch
+    def __init__(self, every: int, iters: int, batch: tuple[torch.Tensor, torch.Tensor], seed: int = 0,
+                 until: int | None = None):
+        self.every, self.iters, self.batch, self.until = every, iters, batch, until
         self.seed = seed
         self.vector: list[torch.Tensor] | None = None
 
     def due(self, step: int) -> bool:
-        return step % self.every == 0
+        return step % self.every == 0 and (self.until is None or step < self.until)
 
     def measure(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
         params = [p for p in model.parameters() if p.requires_grad]

@@ -101,6 +101,12 @@ CASES = [
     ("non_numeric_tokens", {"trainer.max_steps": None, "trainer.max_tokens": "lots"},
      ["trainer.max_tokens: expected a count such as", "'lots'"], True),
     ("two_run_lengths", {"trainer.epochs": 1}, ["exactly one run length", "max_steps, epochs"], True),
+    ("sharpness_every_zero", {"monitor.sharpness_every": 0},
+     ["monitor.sharpness_every must be a positive number of steps", "or null to turn it off"], True),
+    ("sharpness_every_not_a_number", {"monitor.sharpness_every": "often"},
+     ["monitor.sharpness_every: expected an integer", "'often'"], True),
+    ("unknown_weight_decay_mode", {"optim.weight_decay_mode": "decoupled"},
+     ["optim.weight_decay_mode: must be one of coupled, independent", "'decoupled'"], True),
 ]
 
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from minigpt.config import DataConfig
-from minigpt.data import (Batches, Document, cache_key, load_documents, prepare_data, split_documents,
-                          stdlib_documents, unigram_entropy)
+from minigpt.corpus import Document, load_documents, stdlib_documents
+from minigpt.data import (Batches, cache_key, prepare_data, split_documents,
+                          unigram_entropy)
 from minigpt.errors import UserError
 from minigpt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
@@ -179,13 +180,32 @@ def test_batches_are_reproducible_and_sliced_from_one_global_batch():
     assert x.dtype == torch.int64 and x.shape == (8, 8)
 
 
-def test_cache_key_depends_on_text_and_settings():
-    docs = [Document("a", "hello"), Document("b", "world")]
-    base = cache_key(docs, DataConfig())
-    assert cache_key(docs, DataConfig()) == base
-    assert cache_key([Document("a", "hellO"), docs[1]], DataConfig()) != base
-    assert cache_key(docs, DataConfig(vocab_size=5000)) != base
-    assert cache_key(docs, DataConfig(tokenizer="byte")) != base
+def test_cache_key_comes_from_file_stats_and_settings_or_from_content(tmp_path):
+    import os
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello\n")
+    (folder / "b.txt").write_text("world\n")
+    cfg = DataConfig(source="files", paths=[str(folder)])
+    content = DataConfig(source="files", paths=[str(folder)], cache_key="content")
+    base, base_content = cache_key(cfg), cache_key(content)
+    assert cache_key(cfg) == base and base_content != base
+    # Settings that decide the tokens change the key.
+    for changed in (dict(vocab_size=5000), dict(tokenizer="byte"), dict(split_seed=1), dict(max_chars=3),
+                    dict(tokenizer_train_chars=10)):
+        assert cache_key(DataConfig(source="files", paths=[str(folder)], **changed)) != base, changed
+    # The same text rewritten (a new modification time): a new stat key, the same content key.
+    os.utime(folder / "a.txt", ns=(1, 1))
+    assert cache_key(cfg) != base and cache_key(content) == base_content
+    stat_after_touch = cache_key(cfg)
+    # A changed size changes both; so does a changed text of the same size under the content key.
+    (folder / "a.txt").write_text("hellO\n")
+    os.utime(folder / "a.txt", ns=(1, 1))
+    assert cache_key(cfg) == stat_after_touch  # same name, size and time: the cheap key cannot see it
+    assert cache_key(content) != base_content
+    (folder / "b.txt").write_text("world, longer\n")
+    assert cache_key(cfg) != stat_after_touch
 
 
 def test_split_is_stratified_by_folder():
@@ -196,3 +216,154 @@ def test_split_is_stratified_by_folder():
         _, val = split_documents(docs, 0.1, seed)
         counts = {f: sum(d.id.startswith(f + "/") for d in val) for f in ("a", "b", "c")}
         assert counts == {"a": 10, "b": 6, "c": 4}, (seed, counts)
+
+
+def test_pieces_tokenize_to_the_tokens_of_the_whole():
+    """Long documents are tokenized in pieces cut where no token can span: same ids as whole."""
+    from minigpt.data import pieces
+
+    docs = stdlib_documents()[:30]
+    tok = BPETokenizer.train(iter([d.text for d in docs]), vocab_size=700)
+    texts = [d.text for d in docs[:12]]
+    texts.append(" ".join(t.replace("\n", " ") for t in texts))  # one long line
+    texts.append("x = 1   \n\n\t  y  \u3000z 'll's  " * 200)  # runs of mixed whitespace, contractions
+    for text in texts:
+        cut = list(pieces([text[i:i + 777] for i in range(0, len(text), 777)], size=300))
+        assert "".join(cut) == text and len(cut) > len(text) // 300
+        ids = [i for piece in cut for i in tok.encode(piece)]
+        assert ids == tok.encode(text)
+    # With nowhere to cut (no space after a non-space), a piece ends at the size itself.
+    assert [len(p) for p in pieces(["a" * 1000], size=300)] == [300, 300, 300, 100]
+
+
+def test_a_one_line_file_is_read_and_tokenized_in_pieces(tmp_path, monkeypatch):
+    import minigpt.corpus
+    import minigpt.data
+
+    monkeypatch.setattr(minigpt.corpus, "READ_CHARS", 5_000)  # small pieces: many cuts in a small file
+    monkeypatch.setattr(minigpt.data, "PIECE_CHARS", 2_000)
+    monkeypatch.setattr(minigpt.data, "BATCH_CHARS", 9_000)
+    text = " ".join(d.text.replace("\n", " ") for d in stdlib_documents()[:10])[:200_000]
+    (tmp_path / "line.txt").write_text(text)
+    cfg = DataConfig(source="files", paths=[str(tmp_path / "line.txt")], vocab_size=500, cache_dir=str(tmp_path / "c"))
+    data = prepare_data(cfg, log=quiet, progress=False)
+    cut = int(len(text) * 0.95)  # no line break: the split cuts at the fraction itself
+    expected_train = data.tokenizer.encode(text[:cut]) + [data.tokenizer.eot_id]
+    expected_val = data.tokenizer.encode(text[cut:]) + [data.tokenizer.eot_id]
+    assert np.asarray(data.train).tolist() == expected_train
+    assert np.asarray(data.val).tolist() == expected_val
+
+
+def test_bpe_learns_from_a_bounded_share_of_every_training_document(tmp_path):
+    messages = []
+    cfg = DataConfig(max_chars=200_000, vocab_size=400, tokenizer_train_chars=50_000, cache_dir=str(tmp_path))
+    data = prepare_data(cfg, log=messages.append, progress=False)
+    sampled = data.meta["tokenizer_train_chars"]
+    assert 50_000 <= sampled < 50_000 + data.meta["train_docs"]  # each document rounds its share up
+    assert any("trained a byte-level BPE" in m and f"{sampled:,} characters" in m for m in messages)
+    whole = prepare_data(DataConfig(max_chars=200_000, vocab_size=400, cache_dir=str(tmp_path)), log=quiet, progress=False)
+    assert whole.meta["tokenizer_train_chars"] > 150_000 and whole.cache_dir != data.cache_dir
+    # Only the tokenizer differs: the same documents, split the same way.
+    assert (whole.meta["train_docs"], whole.meta["characters"]) == (data.meta["train_docs"], data.meta["characters"])
+
+
+def test_interrupted_preparation_leaves_no_cache_that_is_used(tmp_path, monkeypatch):
+    cfg = DataConfig(max_chars=100_000, vocab_size=300, cache_dir=str(tmp_path))
+    calls = []
+
+    def fail_on_second_batch(self, texts, dtype, check=False):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, texts, dtype, check)
+
+    import minigpt.data
+
+    monkeypatch.setattr(minigpt.data, "BATCH_CHARS", 20_000)
+    real = BPETokenizer.encode_arrays
+    monkeypatch.setattr(BPETokenizer, "encode_arrays", fail_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, log=quiet, progress=False)
+    monkeypatch.setattr(BPETokenizer, "encode_arrays", real)
+    (cache,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert not (cache / "meta.json").exists() and not (cache / "train.bin").exists()
+    messages = []
+    data = prepare_data(cfg, log=messages.append, progress=False)
+    assert any("incomplete" in m for m in messages) and data.meta["train_tokens"] == len(data.train) > 0
+    assert not list(cache.glob("*.tmp"))
+
+
+def test_damaged_cache_is_found_on_load_and_rebuilt(tmp_path):
+    import os
+
+    cfg = DataConfig(max_chars=60_000, vocab_size=300, cache_dir=str(tmp_path))
+    first = prepare_data(cfg, log=quiet, progress=False)
+    good = np.asarray(first.train).copy()
+    # An id outside the vocabulary (the file keeps its size): found and rebuilt, not an IndexError at step 0.
+    path = first.cache_dir / "train.bin"
+    with open(path, "r+b") as f:
+        f.seek(len(good) // 2 * 2)
+        f.write(np.array([65000], dtype=np.uint16).tobytes())
+    stamp = path.stat().st_mtime_ns
+    os.utime(path, ns=(stamp, stamp + 10**9))  # a clock coarser than this test must not hide the edit
+    messages = []
+    again = prepare_data(cfg, log=messages.append, progress=False)
+    assert any("damaged" in m and "65000" in m and "rebuilding" in m for m in messages), messages
+    assert np.array_equal(np.asarray(again.train), good)
+    # A garbled tokenizer.json: found and rebuilt, not a JSONDecodeError.
+    (first.cache_dir / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    messages.clear()
+    again = prepare_data(cfg, log=messages.append, progress=False)
+    assert any("damaged" in m and "tokenizer.json" in m for m in messages), messages
+    assert np.array_equal(np.asarray(again.train), good) and again.tokenizer.vocab_size == 300
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"text": "fine"}\n{"text": 42}\n', r"line 2: field 'text' is a number \(42\), not a string"),
+    ('{"text": "fine"}\n\n{"text": ["a", "b"]}\n', r"line 3: field 'text' is a list, not a string"),
+    ('{"text": "fine"}\n{"text": "cut sh\n', r"line 2: not valid JSON"),
+    ('{"text": "fine"}\n[1, 2]\n', r"line 2: expected a JSON object"),
+    ("", r"has no rows"),
+    ('[{"text": "fine"},\n {"text": null},\n {"text": 5}]', r"item 2: field 'text' is a number \(5\)"),
+])
+def test_bad_jsonl_rows_are_one_line_naming_file_line_and_problem(tmp_path, content, problem):
+    path = tmp_path / ("rows.json" if content.startswith("[") else "rows.jsonl")
+    path.write_text(content)
+    with pytest.raises(UserError, match=problem) as err:
+        prepare_data(DataConfig(source="files", paths=[str(path)], cache_dir=str(tmp_path / "c")),
+                     log=quiet, progress=False)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_progress_false_silences_every_bar_the_datasets_ones_included(tmp_path, capfd):
+    import datasets
+
+    datasets.enable_progress_bars()  # as in a fresh process (another test may have turned them off)
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    for name in ("a", "b"):
+        with open(folder / f"{name}.jsonl", "w") as f:
+            for i in range(40):
+                f.write(json.dumps({"text": f"{name} row {i} " * 30}) + "\n")
+    capfd.readouterr()
+    for source in (dict(source="files", paths=[str(folder)]), dict(source="hub", hub_name=str(folder))):
+        data = prepare_data(DataConfig(**source, vocab_size=300, cache_dir=str(tmp_path / "c")), log=quiet, progress=False)
+        assert data.meta["train_docs"] + data.meta["val_docs"] == 80
+    out, err = capfd.readouterr()
+    assert out + err == ""
+    assert datasets.is_progress_bar_enabled()  # left as it was found
+
+
+def test_fast_encoder_gives_the_ids_of_tokenizers_and_steps_aside_when_it_would_not():
+    tok = BPETokenizer.train(iter([d.text for d in stdlib_documents()[:40]] + SAMPLES), vocab_size=600)
+    texts = SAMPLES + [d.text for d in stdlib_documents()[40:50]]
+    fast = [a.tolist() for a in tok.encode_arrays(texts, np.int64)]
+    assert tok.uses_tiktoken and fast == [tok.encode(t) for t in texts]
+
+    class Wrong:  # an encoder that disagrees with tokenizers
+        def encode_ordinary_batch(self, texts, num_threads):
+            return [[1] * len(t) for t in texts]
+
+    tok._fast = Wrong()
+    ids = [a.tolist() for a in tok.encode_arrays(texts, np.int64, check=True)]
+    assert ids == [tok.encode(t) for t in texts] and not tok.uses_tiktoken

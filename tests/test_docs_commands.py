@@ -97,8 +97,13 @@ def shorten(args: list[str], cache_dir) -> list[str]:
     """+debug=tiny (conf/debug/tiny.yaml); more steps where lengths in tokens would not fit in its 20."""
     extra = ["+debug=tiny", f"data.cache_dir={cache_dir}"]
     keys = {a.split("=", 1)[0] for a in args}
+    # A command that sets its evaluation interval wants a curve of val losses (a loss-law fit): dense, 40 steps.
+    dense = "trainer.eval_interval" in keys
+    extra.append("trainer.eval_interval=2" if dense else "trainer.eval_interval=100")
     if "trainer.max_tokens" in keys:
         extra.append("trainer.max_tokens=3k")
+    elif dense and "trainer.max_steps" not in keys:
+        extra.append("trainer.max_steps=40")
     elif "trainer.max_steps" not in keys:
         tokens = [int(float(m) * 1000) for m in re.findall(r'([\d.]+)k tokens', " ".join(args))]
         extra.append(f"trainer.max_steps={max([20] + [t // TINY_TOKENS_PER_STEP + 10 for t in tokens])}")

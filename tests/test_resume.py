@@ -417,19 +417,17 @@ def test_a_real_checkpoint_holds_only_safe_types_and_everything_to_resume(short_
 
 def test_a_half_written_token_cache_is_detected_and_rebuilt(make_config, tmp_path, monkeypatch):
     cfg = make_config(data__cache_dir=str(tmp_path), data__max_chars=100_000).data
-    real_tokenize = data_mod._tokenize
 
-    def interrupted(docs, tokenizer, split, key):
-        if split == "val":
-            raise KeyboardInterrupt  # Ctrl-C after the training tokens were written
-        return real_tokenize(docs, tokenizer, split, key)
+    def interrupted(parts, tokenizer, cache, *args):
+        (cache / "train.bin.tmp").write_bytes(b"\0" * 10)  # Ctrl-C while the training tokens were written
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(data_mod, "_tokenize", interrupted)
+    monkeypatch.setattr(data_mod, "_write_tokens", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_data(cfg, log=lambda m: None, progress=False)
     monkeypatch.undo()
     (cache,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    assert (cache / "train.bin").exists() and not (cache / "meta.json").exists()
+    assert (cache / "tokenizer.json").exists() and not (cache / "meta.json").exists()
 
     messages = []
     data = prepare_data(cfg, log=messages.append, progress=False)

@@ -109,6 +109,10 @@ def test_a_run_records_sharpness_every_n_steps_without_changing_the_training(mak
         assert math.isfinite(r["train/sharpness"]) and r["train/sharpness"] > 0
         assert r["train/sharpness_threshold"] == pytest.approx(stability_threshold(r["train/lr"], 0.9))
     assert not any("train/sharpness" in r for r in off_records)
+    until = train(make_config(trainer__max_steps=10, monitor__sharpness_every=2, monitor__sharpness_iters=2,
+                              monitor__sharpness_until=5), tmp_path / "until", quiet=True)
+    assert until.status == "completed"
+    assert [r["step"] for r in read_metrics(tmp_path / "until") if "train/sharpness" in r] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("value, text", [

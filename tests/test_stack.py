@@ -188,6 +188,10 @@ def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(tmp_path)
                                      f"hydra.sweep.dir={tmp_path}/s"]))
     assert "trainer.compile is not supported for stacked runs" in line
     assert not (tmp_path / "s").exists()
+    line = one_line_error(run_train(["-m", "hydra/launcher=stacked", "optim.lr=1e-3,2e-3", "monitor.sharpness_every=5",
+                                     f"hydra.sweep.dir={tmp_path}/s"]))
+    assert "monitor.sharpness_every is not supported for stacked runs" in line
+    assert not (tmp_path / "s").exists()
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     line = one_line_error(run_train(["sweep=optuna", "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}/s"]))
     assert "needs each result before it picks the next trial" in line

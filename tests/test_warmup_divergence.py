@@ -3,11 +3,9 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, run_train
+from conftest import ROOT
 from minigpt import schedules
 from minigpt.config import config_from_dict
-from minigpt.sweep.jobs import find_jobs
-from minigpt.sweep.statistics import architecture, warmup_steps
 from omegaconf import OmegaConf
 
 
@@ -43,11 +41,24 @@ def test_study_sweeps_compose_into_the_grid(name):
 def test_gpu_study_is_the_issue_grid():
     cfg = composed(["sweep=warmup_divergence"])
     params = dict(cfg.hydra.sweeper.params)
-    assert [float(x) for x in params["optim.lr"].split(",")] == [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
-    assert [float(x) for x in params["scheduler.warmup"].split(",")] == [0, 0.05, 0.2]
-    assert product(params) == 135
-    m, t = cfg.model, cfg.trainer
+    assert [float(x) for x in params["optim.lr"].split(",")] == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    assert [float(x) for x in params["scheduler.warmup"].split(",")] == [0, 0.1, 0.5]
+    assert product(params) == 162
+    m, t, mon = cfg.model, cfg.trainer, cfg.monitor
     assert (m.n_layer, m.n_embd, m.block_size, t.max_steps, t.device) == (4, 256, 256, 1000, "cuda")
+    assert mon.max_attn_logit and mon.update_ratio and (mon.sharpness_every, mon.sharpness_until) == (10, 200)
+
+
+def test_cpu_study_grid_spans_half_decades_and_runs_two_at_a_time():
+    cfg = composed(["sweep=warmup_divergence_cpu"])
+    params = dict(cfg.hydra.sweeper.params)
+    lrs = [float(x) for x in params["optim.lr"].split(",")]
+    assert lrs == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+    assert all(abs(b / a - 10 ** 0.5) < 0.2 for a, b in zip(lrs, lrs[1:]))  # half decades (3.16x, written 3 / 3.33)
+    assert [float(x) for x in params["scheduler.warmup"].split(",")] == [0, 0.1, 0.5]
+    assert product(params) == 135
+    assert cfg.hydra.launcher.n_jobs == 2 and cfg.trainer.threads == 1
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size, cfg.trainer.max_steps) == (4, 128, 128, 600)
 
 
 def test_no_warmup_starts_at_the_peak_and_warmup_ramps_from_one_step_in():
@@ -57,24 +68,3 @@ def test_no_warmup_starts_at_the_peak_and_warmup_ramps_from_one_step_in():
         schedules.check_curve(s)
         assert s(0) == pytest.approx(first) and s(peak_step) == pytest.approx(1.0)
         assert s(999) == pytest.approx(0.1)
-
-
-# Measured before this test was written, in the committed CPU sweep (docs/warmup_divergence.md):
-# pre-LN with QK-layernorm at peak LR 0.1, the highest training loss over the first 24 steps (the
-# warmup's length) was 12.67 / 8.73 / 8.30 without warmup against 6.22 / 6.24 / 6.24 with it
-# (seeds 1 / 2 / 3; initial loss 6.22-6.24): without warmup every seed spikes, with it none does.
-@pytest.mark.slow
-def test_cpu_study_no_warmup_spikes_early_where_warmup_does_not(cache_dir, tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = run_train(["sweep=warmup_divergence_cpu", "arch=pre_ln_qk", "optim.lr=0.1", f"data.cache_dir={cache_dir}",
-                      f"hydra.sweep.dir={sweep}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    jobs = find_jobs(sweep)
-    assert len(jobs) == 6 and all(j.status == "completed" for j in jobs)  # 2 warmups x 3 seeds
-    assert {warmup_steps(j) for j in jobs} == {0, 24} and {architecture(j) for j in jobs} == {"pre-LN+QK-LN"}
-    peak = {(j.get("seed"), j.get("scheduler.warmup")): j.early_peak_loss(24) for j in jobs}
-    initial = {j.get("seed"): j.initial_loss for j in jobs}
-    for seed in (1, 2, 3):
-        no_warmup, warmup = peak[(seed, 0)], peak[(seed, 0.2)]
-        assert no_warmup > initial[seed] + 1.0, (seed, no_warmup, initial[seed])  # a spike: 2.06 above at least
-        assert no_warmup > warmup + 1.0, (seed, no_warmup, warmup)  # and far above the warmup run's worst step

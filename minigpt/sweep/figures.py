@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from minigpt.plots import new_figure, save_figure
 from minigpt.sweep.statistics import warmup_label
@@ -128,9 +128,11 @@ def plot_study_lr(study, path) -> None:
     save_figure(fig, path)
 
 
-def plot_study_early(study, lr: float, path) -> None:
+def plot_study_early(study, lr, path) -> None:
     """Figure 2: training loss (top) and LR (bottom) of the first steps (twice the study's early
-    window) at one peak LR, one panel per architecture, one colour per warmup, one line per seed."""
+    window) at one peak LR per architecture (`lr`: one LR, or arch -> LR), one panel per
+    architecture, one colour per warmup, one line per seed."""
+    lrs = lr if isinstance(lr, Mapping) else {a: lr for a in study.archs}
     n = len(study.archs)
     fig = new_figure(max(6.0, 4.2 * n), 5.6)
     grid = fig.add_gridspec(2, n, height_ratios=[3, 1])
@@ -138,6 +140,7 @@ def plot_study_early(study, lr: float, path) -> None:
     if study.total_steps:
         steps_shown = min(steps_shown, study.total_steps)
     for i, arch in enumerate(study.archs):
+        lr = lrs.get(arch)
         ax = fig.add_subplot(grid[0, i])
         ax_lr = fig.add_subplot(grid[1, i], sharex=ax)
         tops = []
@@ -162,7 +165,7 @@ def plot_study_early(study, lr: float, path) -> None:
                    if j.initial_loss is not None]
         if initial:
             ax.axhline(sum(initial) / len(initial), color="0.5", ls=":", lw=1, label="initial loss" if i == 0 else None)
-        ax.set_title(f"{arch}, peak LR {lr:g}", fontsize=10)
+        ax.set_title(f"{arch}, peak LR {lr:g}" if lr is not None else arch, fontsize=10)
         ax.grid(alpha=0.3)
         ax.tick_params(labelbottom=False)
         ax_lr.set_xlabel("step")
@@ -172,8 +175,47 @@ def plot_study_early(study, lr: float, path) -> None:
             ax.set_ylabel("training loss (x: diverged)")
             ax_lr.set_ylabel("LR")
             ax.legend(fontsize=8)
-    fig.suptitle(f"the first {steps_shown} steps at peak LR {lr:g}, with and without warmup (one line per seed)",
-                 fontsize=10)
+    shown = {v for v in lrs.values() if v is not None}
+    at = f"peak LR {next(iter(shown)):g}" if len(shown) == 1 else "the peak LR in each panel's title"
+    fig.suptitle(f"the first {steps_shown} steps at {at}, with and without warmup (one line per seed)", fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: int, title: str, path) -> None:
+    """The first steps with and without warmup, as the instruments saw them: training loss, LR,
+    the preconditioned sharpness against Adam's stability threshold (Cohen et al. 2022), and the
+    largest attention logit. jobs_by_warmup: label -> runs (one line per run), no warmup first."""
+    keys = [("train/loss", "training loss"), ("train/lr", "LR"), ("train/sharpness", "sharpness (log)"),
+            ("train/max_attn_logit", "max attention logit")]
+    fig = new_figure(7.5, 9.0)
+    axes = fig.subplots(len(keys), 1, sharex=True)
+    for color, (label, jobs) in zip(_WARMUP_COLORS, jobs_by_warmup.items()):
+        for k, job in enumerate(jobs):
+            for ax, (key, _) in zip(axes, keys):
+                steps, values = job.curve(key)
+                keep = [(st, v) for st, v in zip(steps, values) if st < steps_shown]
+                if not keep:
+                    continue
+                style = "o-" if key == "train/sharpness" else "-"
+                ax.plot([st for st, _ in keep], [v for _, v in keep], style, color=color, lw=0.9, ms=2.5, alpha=0.85,
+                        label=label if k == 0 else None)
+                if key == "train/sharpness" and k == 0:
+                    t_steps, t_values = job.curve("train/sharpness_threshold")
+                    t_keep = [(st, v) for st, v in zip(t_steps, t_values) if st < steps_shown]
+                    ax.plot([st for st, _ in t_keep], [v for _, v in t_keep], "--", color=color, lw=1.0,
+                            label=f"Adam threshold (2 + 2 beta1) / ((1 - beta1) lr), {label}")
+    for ax, (key, name) in zip(axes, keys):
+        ax.set_ylabel(name, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        if key == "train/sharpness" and ax.get_lines():
+            ax.set_yscale("log")
+        if ax.get_lines():
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, f"not recorded ({key})", transform=ax.transAxes, ha="center", fontsize=8, color="0.4")
+    axes[-1].set_xlabel("step")
+    fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
 
 

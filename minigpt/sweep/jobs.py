@@ -143,6 +143,39 @@ class Job:
             return None
         return max(v if math.isfinite(v) else math.inf for v in values)
 
+    @property
+    def unigram_entropy(self) -> float | None:
+        return finitenumber((self.summary or {}).get("unigram_entropy_val"))
+
+    @property
+    def stuck(self) -> bool:
+        """Stopped by the monitor's stuck rule (still at the unigram level late in the run)."""
+        return self.status == "diverged" and "stuck" in self.reason
+
+    def val_loss_at(self, step: int) -> float | None:
+        values = [finitenumber(r["val/loss"]) for r in self.val_records if r["step"] == step]
+        return values[-1] if values else None
+
+    def mean_train_loss(self, first: int, last: int) -> float | None:
+        """Mean training loss over steps first..last-1 (inf if any was not finite); None without records."""
+        values = [r["train/loss"] for r in self.train_records if first <= r["step"] < last]
+        if not values:
+            return None
+        return statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
+
+    def lr_exposure_step(self, exposure: float) -> int | None:
+        """The first step after which the summed LR of the updates so far reaches `exposure`."""
+        total = 0.0
+        for r in self.train_records:
+            total += r.get("train/lr", 0.0)
+            if total >= exposure * (1 - 1e-9):
+                return r["step"] + 1
+        return None
+
+    def lr_exposure(self, steps: int) -> float:
+        """Summed LR of the updates of steps 0..steps-1."""
+        return sum(r.get("train/lr", 0.0) for r in self.train_records if r["step"] < steps)
+
     def curve(self, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.records if key in r and r[key] is not None]
         return [r["step"] for r in rows], [r[key] for r in rows]

@@ -8,9 +8,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from minigpt.errors import UserError
-from minigpt.sweep.figures import plot_predicted_curves, plot_study_early, plot_study_lr, plot_sweep_curves
+from minigpt.sweep.figures import (
+    plot_predicted_curves, plot_study_early, plot_study_lr, plot_study_mechanism, plot_sweep_curves,
+)
 from minigpt.sweep.jobs import Job, best_job, find_jobs, job_label, varying_overrides
-from minigpt.sweep.statistics import Study, build_study, lr_sensitivity, pick_high_lr, warmup_label
+from minigpt.sweep.statistics import (
+    AT_UNIGRAM, LASTING_GAP, TRAINS_WELL, Study, build_study, early_window, failed_to_train, lr_sensitivity, outcome,
+    pick_high_lr,
+    seed_pairs, sensitivity_per_seed, signatures, warmup_label,
+)
+
+# Wortsman et al. 2023 average the LR sensitivity over these peak LRs.
+WORTSMAN_LRS = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
 # --- markdown ---------------------------------------------------------------------------------
 
@@ -64,28 +73,48 @@ def sweep_table(jobs: Sequence[Job]) -> list[str]:
                    "tokens/s"], rows)
 
 
+def lr_range_note(lrs: Sequence[float]) -> str:
+    """Which LRs the sensitivity averages over, against Wortsman et al.'s range."""
+    ours = ", ".join(f"{lr:g}" for lr in lrs)
+    theirs = ", ".join(f"{lr:g}" for lr in WORTSMAN_LRS)
+    missing = [lr for lr in WORTSMAN_LRS if not any(math.isclose(lr, x, rel_tol=1e-6) for x in lrs)]
+    extra = [lr for lr in lrs if not any(math.isclose(lr, x, rel_tol=1e-6) for x in WORTSMAN_LRS)]
+    note = f"The sensitivity here averages over the {len(lrs)} peak LRs of this sweep ({ours}); Wortsman et al. average over {theirs}."
+    if missing:
+        note += (" This sweep lacks " + ", ".join(f"{lr:g}" for lr in missing) + ", so its values are not on their "
+                 "scale: every LR left out where all arms fail would add the same clipped loss to every arm.")
+    if extra:
+        note += " It has " + ", ".join(f"{lr:g}" for lr in extra) + ", which they do not."
+    return note
+
+
 def study_tables(study: Study) -> list[str]:
     best_all = study.best_overall()
     out = ["### LR sensitivity per arm", "",
            "Sensitivity (Wortsman et al. 2023) = mean over the peak LRs of min(final val loss, initial loss) "
            "minus the best final loss: of the arm itself, and of all arms "
-           f"({_fmt(best_all, 4)}). Seeds are averaged first; a diverged run counts as its initial loss. "
-           f"Early peak loss: the highest training loss over the first {study.early_steps} steps.", ""]
+           f"({_fmt(best_all, 4)}). Seeds are averaged first; a diverged run (stuck ones included) counts as its "
+           "initial loss. An arm that lacks some of the sweep's LRs gets no sensitivity. "
+           f"Early peak loss: the highest training loss over the first {study.early_steps} steps.", "",
+           lr_range_note(study.lrs), ""]
     rows = []
     for arch, w in study.arms():
         curve = study.curve(arch, w)
+        if len(curve) < len(study.lrs):
+            curve = {}  # a sensitivity over some of the LRs would not compare with the others'
+        curve_all = study.curve(arch, w)
         cells = study.arm(arch, w)
         jobs = [j for c in cells.values() for j in c.jobs]
         diverged = [j for j in jobs if j.status == "diverged"]
         first_div = min((j.diverged_step for j in diverged if j.diverged_step is not None), default=None)
         spikes = [j.spikes[0] + j.spikes[1] for j in jobs if j.spikes]
-        best_lr = min(curve, key=curve.get) if curve else None
+        best_lr = min(curve_all, key=curve_all.get) if curve_all else None
         rows.append([
             arch, warmup_label(w, study.total_steps),
             _fmt(lr_sensitivity(curve), 3) if curve else "–",
             _fmt(lr_sensitivity(curve, best_all), 3) if curve and best_all is not None else "–",
             f"{best_lr:g}" if best_lr is not None else "–",
-            _fmt(curve[best_lr], 4) if best_lr is not None else "–",
+            _fmt(curve_all[best_lr], 4) if best_lr is not None else "–",
             f"{len(diverged)}/{len(jobs)}",
             _fmt(first_div),
             f"{sum(spikes)}" if spikes else "–",
@@ -112,6 +141,76 @@ def study_tables(study: Study) -> list[str]:
             ])
         out += _table(["peak LR", "final val loss, completed seeds", "min(final, initial)", "diverged",
                        "divergence steps", "spikes per seed (loss/grad)", "early peak loss"], rows)
+    return out
+
+
+def signature_tables(study: Study) -> list[str]:
+    """Seed by seed: each run without warmup beside its twins with warmup, the verdicts, the
+    early window compared two ways, and the sensitivity per seed."""
+    out = ["### Seed by seed: without warmup against with it", "",
+           f"Final validation loss of each seed (stuck: stopped by the monitor at the unigram level). A run "
+           f"*trains well* when it completes at or below {TRAINS_WELL:.2f} x the unigram entropy of the validation "
+           f"tokens; it *fails* when it diverges, sticks, or ends within {AT_UNIGRAM} nats of the unigram entropy. "
+           f"*Lasting gap*: warmup trains well and no warmup ends at least {LASTING_GAP} nats worse or fails. "
+           "*Rescue*: warmup trains well where no warmup fails.", ""]
+    warmups = [w for w in study.warmups if w]
+    rows = []
+    for arch in study.archs:
+        for lr in study.lrs:
+            pairs = {w: {p.seed: p for p in seed_pairs(study, arch, lr, w)} for w in warmups}
+            seeds = sorted({seed for by_seed in pairs.values() for seed in by_seed})
+            for seed in seeds:
+                first = next(by_seed[seed] for by_seed in pairs.values() if seed in by_seed)
+                row = [arch, f"{lr:g}", seed, outcome(first.no_warmup)]
+                verdicts = []
+                for w in warmups:
+                    p = pairs[w].get(seed)
+                    row.append(outcome(p.with_warmup) if p else "–")
+                    if p:
+                        gap = f"{p.gap:+.3f}" if p.gap is not None else "n/a"
+                        if p.gap is None and p.gap_so_far is not None and not (
+                                failed_to_train(p.no_warmup) or failed_to_train(p.with_warmup)):
+                            gap = f"{p.gap_so_far:+.3f} at step {p.common_step}, not finished"
+                        tag = "lasting gap" if p.lasting_gap else ("rescue" if p.rescued else "")
+                        verdicts.append(f"{w}: {gap}" + (f" ({tag})" if tag else ""))
+                rows.append(row + ["; ".join(verdicts) or "–"])
+    if not rows:
+        return []
+    out += _table(["architecture", "peak LR", "seed", "no warmup"] + [warmup_label(w, study.total_steps) for w in warmups]
+                  + ["no warmup minus warmup, by warmup steps"], rows)
+    out += ["", "Where a signature holds on every seed (at least 3):", ""]
+    for sig in signatures(study):
+        where = "; ".join(f"{a} at peak LR {lr:g} with {warmup_label(w, study.total_steps)} ({n} seeds)"
+                          for a, lr, w, n in sig.holds)
+        out.append(f"- {sig.name}: {where or 'nowhere in this sweep'}")
+
+    out += ["", "### The first updates, compared two ways", "",
+            "A warmup gives less LR over the same steps, so the two arms cannot be matched on both. *Same steps*: "
+            "mean training loss over the last 10 steps of the warmup, with and without it (without warmup the run "
+            "has summed about twice the LR by then). *Same LR exposure*: the run without warmup over the 10 steps "
+            "before the step where its summed LR reaches what the warmup run summed over its whole warmup.", ""]
+    rows = []
+    for arch in study.archs:
+        for lr in study.lrs:
+            for w in warmups:
+                for p in seed_pairs(study, arch, lr, w):
+                    e = early_window(p)
+                    rows.append([arch, f"{lr:g}", warmup_label(w, study.total_steps), p.seed,
+                                 _fmt(e["warmup_loss"], 3), _fmt(e["no_warmup_same_steps"], 3),
+                                 _fmt(e["matched_step"]), _fmt(e["no_warmup_same_exposure"], 3)])
+    out += _table(["architecture", "peak LR", "warmup", "seed", "warmup: loss at its end",
+                   "no warmup: same steps", "no warmup: step of equal LR exposure", "no warmup: same exposure"], rows)
+
+    sens_rows = []
+    for arch in study.archs:
+        for w in study.warmups:
+            per_seed = sensitivity_per_seed(study, arch, w)
+            if per_seed:
+                sens_rows.append([arch, warmup_label(w, study.total_steps)]
+                                 + [" / ".join(f"{v:.3f}" for v in per_seed.values()) + f" (seeds {', '.join(per_seed)})"])
+    if sens_rows:
+        out += ["", "### LR sensitivity seed by seed (each seed's own best)", "", lr_range_note(study.lrs), ""]
+        out += _table(["architecture", "warmup", "sensitivity per seed"], sens_rows)
     return out
 
 
@@ -168,8 +267,28 @@ def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures
         for key, alt in (("study_lr", "final loss against peak LR"), ("study_early", "early loss curves")):
             if key in figures:
                 lines += [f"![{alt}]({figures[key]})", ""]
-        lines += study_tables(study) + ["", "### Every run", ""] + per_seed_table(study) + [""]
+        if "study_mechanism" in figures:
+            lines += [f"![the first steps: loss, LR, sharpness, attention logits]({figures['study_mechanism']})", ""]
+        lines += study_tables(study) + [""] + signature_tables(study)
+        lines += ["", "### Every run", ""] + per_seed_table(study) + [""]
     return "\n".join(lines)
+
+
+def early_lrs(study: Study) -> dict[str, float]:
+    """The LR each architecture is shown at in the early figures: the highest LR at which a
+    signature (lasting gap, rescue) holds for it, else the highest LR of the sweep at which it
+    has runs with and without warmup, else the study's high LR."""
+    held = {}
+    for sig in signatures(study):
+        for arch, lr, _, _ in sig.holds:
+            held[arch] = max(lr, held.get(arch, 0.0))
+    fallback = pick_high_lr(study)
+    out = {}
+    for arch in study.archs:
+        both = [lr for lr in study.lrs if (arch, 0, lr) in study.cells
+                and any((arch, w, lr) in study.cells for w in study.warmups if w)]
+        out[arch] = held.get(arch) or (fallback if fallback in both else (max(both) if both else fallback))
+    return out
 
 
 def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_lr: float | None = None,
@@ -191,10 +310,19 @@ def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_l
         if high_lr is not None and high_lr not in study.lrs:
             raise UserError(f"--lr {high_lr:g} is not a peak LR of this sweep; accepted: "
                             + ", ".join(f"{lr:g}" for lr in study.lrs))
-        lr = high_lr if high_lr is not None else pick_high_lr(study)
+        lrs = {a: high_lr for a in study.archs} if high_lr is not None else early_lrs(study)
         plot_study_lr(study, out / "study_lr.png")
-        plot_study_early(study, lr, out / "study_early.png")
+        plot_study_early(study, lrs, out / "study_early.png")
         figures.update(study_lr="study_lr.png", study_early="study_early.png")
+        if any("train/sharpness" in r or "train/max_attn_logit" in r for j in jobs for r in j.train_records):
+            arch = study.archs[0]
+            lr = lrs[arch]
+            by_warmup = {warmup_label(w, study.total_steps): study.cells[(arch, w, lr)].jobs
+                         for w in study.warmups if (arch, w, lr) in study.cells}
+            plot_study_mechanism(by_warmup, 2 * study.early_steps,
+                                 f"{arch} at peak LR {lr:g}: the first {2 * study.early_steps} steps (one line per seed)",
+                                 out / "study_mechanism.png")
+            figures["study_mechanism"] = "study_mechanism.png"
     predictions = None
     if fit is not None:
         rows = plot_predicted_curves(jobs, labels, fit, out / "predicted.png")

@@ -148,9 +148,9 @@ def build_study(jobs: Sequence[Job], early_steps: int | None = None) -> Study | 
     totals = [j.total_steps for j in jobs if j.total_steps]
     total = max(totals) if totals else None
     if early_steps is None:
-        # The window in which the arms' LRs differ on the way up: the longest warmup.
-        longest = max((w for w in warmups if w), default=0)
-        early_steps = longest if longest > 0 else (max(1, round(0.1 * total)) if total else 100)
+        # The window in which every warmup arm is still on its way up: the shortest warmup.
+        shortest = min((w for w in warmups if w), default=0)
+        early_steps = shortest if shortest > 0 else (max(1, round(0.1 * total)) if total else 100)
     return Study(list(jobs), cells, archs, warmups, lrs, total, early_steps)
 
 
@@ -164,3 +164,157 @@ def pick_high_lr(study: Study) -> float:
         if cells and all(j.status == "completed" for c in cells for j in c.jobs):
             return lr
     return study.lrs[len(study.lrs) // 2]
+
+
+# --- the signatures the study looks for, seed by seed -------------------------------------------
+
+TRAINS_WELL = 0.80  # a run trains well when it completes at or below this fraction of the unigram entropy
+LASTING_GAP = 0.2  # nats: a no-warmup run this much worse than its warmup twin lost something lasting
+AT_UNIGRAM = 0.1  # nats: a run that ends within this of the unigram entropy (or above it) learned nothing
+
+
+def trains_well(job: Job) -> bool:
+    final, entropy = job.final_val_loss, job.unigram_entropy
+    return final is not None and entropy is not None and final <= TRAINS_WELL * entropy
+
+
+def failed_to_train(job: Job) -> bool:
+    """Diverged, stuck, or ended at the unigram level."""
+    if job.status == "diverged":
+        return True
+    final, entropy = job.final_val_loss, job.unigram_entropy
+    return final is not None and entropy is not None and final >= entropy - AT_UNIGRAM
+
+
+def outcome(job: Job | None) -> str:
+    """'4.512', 'stuck', 'diverged at 37', or for a run that has not finished its latest
+    validation loss ('5.012 at step 300, interrupted'): what one run ended with, for the tables."""
+    if job is None:
+        return "–"
+    if job.final_val_loss is not None:
+        return f"{job.final_val_loss:.3f}"
+    if job.stuck:
+        return "stuck"
+    if job.status == "diverged":
+        return f"diverged at {job.diverged_step}" if job.diverged_step is not None else "diverged"
+    latest = [r for r in job.val_records if r["step"] > 0]
+    if latest:
+        return f"{latest[-1]['val/loss']:.3f} at step {latest[-1]['step']}, {job.status}"
+    return job.status
+
+
+@dataclass
+class SeedPair:
+    """The same arch, peak LR and seed, trained without and with one warmup."""
+
+    arch: str
+    lr: float
+    warmup: int
+    seed: str
+    no_warmup: Job
+    with_warmup: Job
+
+    @property
+    def gap(self) -> float | None:
+        """Final loss without warmup minus with it (None unless both completed)."""
+        a, b = self.no_warmup.final_val_loss, self.with_warmup.final_val_loss
+        return a - b if a is not None and b is not None else None
+
+    @property
+    def common_step(self) -> int | None:
+        """The latest evaluation step after the start that both runs reached (for unfinished runs)."""
+        a = {r["step"] for r in self.no_warmup.val_records}
+        b = {r["step"] for r in self.with_warmup.val_records}
+        return max((s for s in a & b if s > 0), default=None)
+
+    @property
+    def gap_so_far(self) -> float | None:
+        """Validation loss without warmup minus with it at the latest step both reached."""
+        step = self.common_step
+        if step is None:
+            return None
+        a, b = self.no_warmup.val_loss_at(step), self.with_warmup.val_loss_at(step)
+        return a - b if a is not None and b is not None else None
+
+    @property
+    def lasting_gap(self) -> bool:
+        """Warmup trains well, and no warmup ends >= LASTING_GAP nats worse, or diverges or sticks."""
+        if not trains_well(self.with_warmup):
+            return False
+        return failed_to_train(self.no_warmup) or (self.gap is not None and self.gap >= LASTING_GAP)
+
+    @property
+    def rescued(self) -> bool:
+        """No warmup fails to train at all; warmup trains well."""
+        return failed_to_train(self.no_warmup) and trains_well(self.with_warmup)
+
+
+def seed_pairs(study: Study, arch: str, lr: float, warmup: int) -> list[SeedPair]:
+    """Runs matched by seed between the no-warmup cell and one warmup cell at the same arch and LR."""
+    bare, warm = study.cells.get((arch, 0, lr)), study.cells.get((arch, warmup, lr))
+    if bare is None or warm is None:
+        return []
+    by_seed = {str(j.get("seed")): j for j in warm.jobs if j.status != "failed"}
+    pairs = [SeedPair(arch, lr, warmup, str(j.get("seed")), j, by_seed[str(j.get("seed"))])
+             for j in bare.jobs if j.status != "failed" and str(j.get("seed")) in by_seed]
+    return sorted(pairs, key=lambda p: p.seed)
+
+
+@dataclass
+class Signature:
+    """Where a signature holds on every seed: (arch, LR, warmup steps, seeds)."""
+
+    name: str
+    holds: list[tuple[str, float, int, int]]
+
+
+def signatures(study: Study) -> list[Signature]:
+    """For every (arch, LR, warmup) with at least 3 matched seeds: does warmup leave a lasting
+    gap on every seed, and does it rescue a run that fails without it on every seed?"""
+    gap, rescue = Signature("lasting gap", []), Signature("rescue", [])
+    for arch in study.archs:
+        for lr in study.lrs:
+            for w in study.warmups:
+                if not w:
+                    continue
+                pairs = seed_pairs(study, arch, lr, w)
+                if len(pairs) < 3:
+                    continue
+                if all(p.lasting_gap for p in pairs):
+                    gap.holds.append((arch, lr, w, len(pairs)))
+                if all(p.rescued for p in pairs):
+                    rescue.holds.append((arch, lr, w, len(pairs)))
+    return [gap, rescue]
+
+
+def sensitivity_per_seed(study: Study, arch: str, warmup) -> dict[str, float]:
+    """Wortsman's LR sensitivity of one arm computed seed by seed (each seed's own best), for the
+    seeds that have a usable run at every LR of the study."""
+    per_seed: dict[str, dict[float, float]] = {}
+    for lr, cell in study.arm(arch, warmup).items():
+        for j in cell.usable():
+            per_seed.setdefault(str(j.get("seed")), {})[lr] = clipped_loss(j.final_val_loss, j.initial_loss)
+    return {seed: lr_sensitivity(curve) for seed, curve in sorted(per_seed.items())
+            if len(curve) == len(study.lrs) and len(study.lrs) >= 3}
+
+
+def early_window(pair: SeedPair) -> dict[str, float | int | None]:
+    """The first updates compared two ways, since a warmup cannot match both at once:
+
+    - same steps: mean training loss over the last 10 steps of the warmup (steps W-10..W-1),
+      with and without warmup; the run without warmup has had twice the LR exposure by then;
+    - same LR exposure: the run without warmup at the step where its summed LR reaches what the
+      warmup run had summed by step W (about W/2 for a linear warmup), over its 10 steps before.
+    """
+    w = pair.warmup
+    exposure = pair.with_warmup.lr_exposure(w)
+    matched = pair.no_warmup.lr_exposure_step(exposure)
+    window = min(10, w)
+    return {
+        "steps": w,
+        "warmup_loss": pair.with_warmup.mean_train_loss(w - window, w),
+        "no_warmup_same_steps": pair.no_warmup.mean_train_loss(w - window, w),
+        "matched_step": matched,
+        "no_warmup_same_exposure": (pair.no_warmup.mean_train_loss(max(0, matched - window), matched)
+                                    if matched else None),
+    }
