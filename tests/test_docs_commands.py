@@ -23,7 +23,7 @@ import pytest
 from conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-NOT_RUN = {"python -m pytest"}  # the suite itself
+NOT_RUN = {"python -m pytest"}  # the suite itself (with any options)
 # Commands for a GPU, a cluster or the network: composed and validated, or (scripts) started with --help.
 GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--device cuda", "model=gpt2_small",
                "hydra/launcher=slurm", "--preset gpt2_small", "-c \"model=gpu_small")
@@ -73,7 +73,7 @@ def documented_commands() -> list[tuple[str, str]]:
             found.append((doc.name, " ".join(span.split())))
     unique = []
     for item in found:
-        if item[1] not in {c for _, c in unique} and item[1] not in NOT_RUN:
+        if item[1] not in {c for _, c in unique} and not item[1].startswith(tuple(NOT_RUN)):
             unique.append(item)
     return unique
 
@@ -113,6 +113,8 @@ def shorten(args: list[str], cache_dir) -> list[str]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("docs-commands")
+    (folder / "corpus").mkdir()  # the docs' example of a corpus of your own (data.paths=[corpus/])
+    (folder / "corpus" / "notes.txt").write_text("A few lines of text stand in for a corpus of your own.\n" * 50)
     for name, text in documented_files().items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
@@ -208,8 +210,9 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch):
     monkeypatch.syspath_prepend(str(workdir))  # modules the docs ask users to write (scheduler.module)
     for placeholder in ("<corpus>", "<dataset>"):
         command = command.replace(placeholder, PLACEHOLDERS[placeholder](workdir))
-    argv = shlex.split(command)  # paths an earlier command would have made are left out
-    args = [a for a in argv[argv.index(script) + 1:] if "<" not in a and a != "..."]
+    command = re.sub(r"<[^>]*>", "corpus", command)  # any other <...> in a train.py command: your files
+    argv = shlex.split(command)
+    args = [a for a in argv[argv.index(script) + 1:] if a != "..."]
     if is_gpu_command(command) or compose(args).trainer.device == "cuda" or re.search(r"trainer.resume=(?!auto)", command):
         return validate(args)  # (a resume from a checkpoint that an earlier command would have written)
     cli.precheck(args)  # raises UserError with the line train.py would print
