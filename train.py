@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -23,7 +24,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from minigpt import cli
-from minigpt.errors import UserError
+from minigpt.errors import Stopped, UserError
+
+# The signals that stop a run. During training the trainer turns them into a stop at the next
+# step boundary (with a checkpoint); outside it they end the process at once, with one line.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -31,20 +36,35 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return cli.run_job(cfg, HydraConfig.get())
 
 
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
 def main() -> None:
-    argv = sys.argv[1:]
-    args = cli.read_command_line(argv)
-    extras = []
-    if cli.runs_a_job(args):
-        try:
-            extras = cli.precheck(argv)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-    sys.argv = [sys.argv[0], *cli.flags_then_overrides(argv, args.overrides), *extras]
-    hydra_main()
-    if cli.STACKED:
-        cli.train_stacked_jobs(cli.STACKED)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _raise_stopped)
+    try:
+        argv = sys.argv[1:]
+        args = cli.read_command_line(argv)
+        extras = []
+        if cli.runs_a_job(args):
+            try:
+                extras = cli.precheck(argv)
+            except UserError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+        sys.argv = [sys.argv[0], *cli.flags_then_overrides(argv, args.overrides), *extras]
+        hydra_main()
+        if cli.STACKED:
+            cli.train_stacked_jobs(cli.STACKED)
+    except Stopped as e:
+        for sig in STOP_SIGNALS:  # a further signal while exiting: the default, no second message
+            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.SIG_IGN)
+        name = signal.Signals(e.signum).name
+        print(f"stopped by {name} outside training (during start-up or after the run ended); this stop saved no "
+              "checkpoint: run the command again, with trainer.resume=auto to continue an earlier checkpoint",
+              file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

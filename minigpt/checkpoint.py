@@ -2,8 +2,11 @@
 
 A checkpoint is one file, `<run_dir>/checkpoints/step_XXXXXXX.pt`, holding plain tensors,
 numbers, strings, lists and dicts only: it is loaded with `weights_only=True`, so opening one
-can never run code. It is written to a temporary file and renamed, so a crash in the middle
-of a save leaves the previous checkpoint whole.
+can never run code. It is written to a temporary file, flushed to the disk and renamed, so a
+crash in the middle of a save leaves the previous checkpoint whole. Next to it,
+`step_XXXXXXX.pt.sha256` holds its SHA-256 (in `sha256sum` format, written before the
+checkpoint gets its name); every load checks it, so a checkpoint damaged on the disk is never
+trained on: `trainer.resume=auto` falls back to the newest intact one.
 
 A resumed run must build the same model from the same tokens as the run that wrote the
 checkpoint; `resume_config_changes` compares the two configs, refuses a change of the model's
@@ -13,19 +16,24 @@ a checkpoint of another run directory starts a branch (`continue_records`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import time
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics, truncate_metrics, write_metrics
+from minigpt.files import fsync_dir, write_atomic
+from minigpt.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
 from minigpt.model import GPTConfig
-from minigpt.runtime import set_rng_state
+from minigpt.runtime import rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
+CHECKSUM_SUFFIX = ".sha256"
+DAMAGED_SUFFIX = ".damaged"  # a checkpoint that failed its check, kept for a person to look at
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
 # Config keys a resume must keep: the model's shape (the saved weights would not fit another:
@@ -55,20 +63,66 @@ def save_checkpoint(state: dict, path: Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        # The checksum is of the bytes on the disk, and has its name before the checkpoint does:
+        # every checkpoint that can be found has one.
+        write_atomic(checksum_path(path), f"{file_sha256(tmp)}  {path.name}\n")
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a failed save leaves no litter; the previous checkpoint is untouched
         raise
     return path
 
 
+def checksum_path(path: Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why a checkpoint file cannot be trusted (empty, or its bytes differ from its stored
+    SHA-256), or None. A checkpoint without a checksum file (saved before minigpt stored them)
+    is not called damaged here; loading it still has to succeed."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        stored = checksum_path(path)
+        if not stored.is_file():
+            return None
+        expected = stored.read_text().split()[0] if stored.read_text().strip() else ""
+        actual = file_sha256(path)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror})"
+    if actual != expected:
+        return f"its SHA-256 differs from the one stored in {stored.name} when it was saved"
+    return None
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint that fails its integrity check or does not load."""
+
+
 def load_checkpoint(path: Path, key: str = "trainer.resume", mmap: bool = False) -> dict:
-    """Load a checkpoint safely (`weights_only`); anything else is one-line UserError naming `key`.
+    """Load a checkpoint safely (`weights_only`) after checking its checksum; anything else is a
+    one-line UserError naming `key` (DamagedCheckpoint for a damaged one).
 
     mmap=True maps the tensors instead of reading them, for a quick look at the config."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{key}: '{path}' is not a file; give a checkpoint (.pt) path or trainer.resume=auto")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise DamagedCheckpoint(f"{key}: '{path}' is damaged: {damage}; resume from an earlier checkpoint "
+                                "(trainer.resume=auto takes the newest intact one)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
@@ -77,11 +131,52 @@ def load_checkpoint(path: Path, key: str = "trainer.resume", mmap: bool = False)
             what = f"a Python object ({found.group(1)})" if found else "Python objects"
             raise UserError(f"{key}: '{path}' holds {what} that a safe weights_only load refuses, so it is not "
                             "a minigpt checkpoint and is not opened") from None
+        if checksum_path(path).is_file():  # it was saved whole by minigpt, so it must load
+            raise DamagedCheckpoint(f"{key}: '{path}' is damaged: it does not load ({type(e).__name__}); resume "
+                                    "from an earlier checkpoint (trainer.resume=auto takes the newest intact one)") from None
         raise UserError(f"{key}: '{path}' is not a minigpt checkpoint ({type(e).__name__}); "
                         "give a file from a run's checkpoints/ folder") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{key}: '{path}' is not a minigpt checkpoint (no model or step in it)")
     return state
+
+
+def newest_intact_checkpoint(run_dir: Path, mmap: bool = False) -> tuple[Path | None, dict | None, list[tuple[Path, str]]]:
+    """(path, state, skipped) of the newest checkpoint of a run folder that passes its check and
+    loads; `skipped` lists the newer ones that did not, with the reason. (None, None, skipped)
+    when there is none: then a UserError if some were found but every one is damaged."""
+    skipped = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_checkpoint(path, mmap=mmap), skipped
+        except UserError as e:
+            skipped.append((path, _reason(e, path)))
+    if skipped:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+        raise DamagedCheckpoint(f"trainer.resume=auto: no intact checkpoint in {Path(run_dir) / CHECKPOINT_DIR} "
+                                f"({listed}); resume from a copy you trust with trainer.resume=<path>, or start "
+                                "a new run elsewhere")
+    return None, None, skipped
+
+
+def set_aside_damaged(path: Path) -> Path:
+    """Rename a damaged checkpoint (and its checksum) out of the way: no longer a checkpoint of the
+    run, still there to look at."""
+    path = Path(path)
+    target = path.with_name(path.name + DAMAGED_SUFFIX)
+    os.replace(path, target)
+    if checksum_path(path).exists():
+        os.replace(checksum_path(path), checksum_path(target))
+    return target
+
+
+def _reason(e: UserError, path: Path) -> str:
+    """The middle of a load error: what is wrong with the file, without the advice."""
+    text = str(e)
+    for lead in (f"'{path}' is damaged: ", f"'{path}' is "):
+        if lead in text:
+            return text.split(lead, 1)[1].split(";")[0]
+    return text
 
 
 def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
@@ -115,14 +210,24 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints (never the newest) and the temporary files
-    of saves that a crash interrupted; return the checkpoints deleted."""
+    """Delete all but the newest `keep` checkpoints that have a checksum (never the newest of
+    those: called right after a save, that is the one just written and checked), older files
+    without one, and the temporary files of saves that a crash interrupted; return the
+    checkpoints deleted."""
     found = list_checkpoints(run_dir)
-    doomed = found[: max(0, len(found) - max(1, keep))]
+    checked = [p for p in found if checksum_path(p).is_file()]
+    kept = checked[-max(1, keep):]
+    oldest_kept = checkpoint_step(kept[0]) if kept else None
+    doomed = [p for p in found if oldest_kept is not None and checkpoint_step(p) < oldest_kept]
     for p in doomed:
         p.unlink(missing_ok=True)
-    for leftover in (Path(run_dir) / CHECKPOINT_DIR).glob("step_*.pt.tmp"):  # called after a save completed
+        checksum_path(p).unlink(missing_ok=True)
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    for leftover in folder.glob("step_*.pt.tmp"):  # called after a save completed
         leftover.unlink(missing_ok=True)
+    for orphan in folder.glob(f"step_*.pt{CHECKSUM_SUFFIX}"):  # a save killed between its two renames
+        if not orphan.with_name(orphan.name[: -len(CHECKSUM_SUFFIX)]).exists():
+            orphan.unlink(missing_ok=True)
     return doomed
 
 
@@ -140,17 +245,44 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # --- run state: resume and branch -----------------------------------------------------------
 
 
-def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, dict] | None:
-    """The checkpoint that trainer.resume names and its state, after checking its config against
-    `config`; None for resume=auto in a folder without one."""
-    path = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
-    if path is None:
-        return None
-    state = load_checkpoint(path)
+def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, dict, list] | None:
+    """(path, state, damaged) of the checkpoint that trainer.resume names, after checking its
+    config against `config`; None for resume=auto in a folder without one. resume=auto takes
+    the newest intact checkpoint, passing over damaged newer ones (`damaged`: (path, why))."""
+    damaged = []
+    if resume == "auto":
+        path, state, damaged = newest_intact_checkpoint(run_dir)
+        for p, why in damaged:
+            say(f"resume: skipped {p.name}: {why}")
+        if path is None:
+            return None
+    else:
+        path = Path(resume)
+        state = load_checkpoint(path)
     changes = resume_config_changes(state.get("config", {}), config, path)
     if changes:
         say("resume: config changes from the checkpoint: " + "; ".join(changes))
-    return path, state
+    return path, state, damaged
+
+
+def run_state(run) -> dict:
+    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values."""
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "step": run.step,
+        "tokens_seen": run.tokens_seen,
+        "rng": rng_state(),
+        "monitor": run.monitor.state_dict(),
+        "val_history": [list(v) for v in run.val_history],
+        "config": run.cfg.to_dict(),
+        "model_config": vars(run.model_config).copy(),
+        "data_key": run.data.cache_dir.name,
+        "tokenizer": (run.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
+        "wandb_id": run.wandb_id,
+        "elapsed": run.elapsed_before + (time.time() - run.t0),
+    }
 
 
 def load_states(state: dict, **parts) -> None:
@@ -181,30 +313,41 @@ def is_branch(path: Path, run_dir: Path) -> bool:
     return Path(path).resolve().parent.parent != Path(run_dir).resolve()
 
 
-def continue_records(run_dir: Path, path: Path | None, step: int, say) -> Path | None:
-    """Make metrics.jsonl and checkpoints/ of `run_dir` those of a run resumed from `path` at
-    `step` (main rank only); return `path` when the resume is a branch.
+def continue_records(run_dir: Path, step: int, resumed_from: Path | None, branched_from: Path | None,
+                     damaged: list, say) -> None:
+    """Make the run folder's records those of this run up to its first step, just before
+    training (main rank only): nothing earlier in the start-up can fail after an earlier run's
+    records changed.
 
-    No checkpoint: a run killed before its first one starts over, so its records go. A
-    checkpoint of another run directory starts a branch (e.g. a WSD cooldown off a stable
-    phase): a run of its own, whose records begin with the parent's up to the branch step."""
+    A fresh start (or a resume that found no checkpoint) drops the records of an attempt that
+    died before its first checkpoint; a resume drops the records after the checkpoint's step
+    and the checkpoints past it (a rewind), so every step is recorded once and resume=auto
+    never mixes two histories; a branch (e.g. a WSD cooldown off a stable phase) starts from the
+    parent's records up to its step. Unreadable lines of metrics.jsonl are set aside, never
+    dropped silently; damaged checkpoints are set aside too."""
     run_dir = Path(run_dir)
-    if path is None:
-        dropped = truncate_metrics(run_dir, 0)
-        say(f"resume: no checkpoint in {run_dir}; starting from step 0"
-            + (f"; dropped {dropped} records of the earlier attempt" if dropped else ""))
-        return None
-    if is_branch(path, run_dir):
-        parent = [r for r in read_metrics(path.resolve().parent.parent) if r.get("step", -1) < step]
+    for p, _ in damaged:
+        aside = set_aside_damaged(p)
+        say(f"resume: damaged checkpoint {p.name} set aside as {aside.name}")
+    if branched_from:
+        parent = [r for r in read_metrics(Path(branched_from).resolve().parent.parent) if r["step"] < step]
         write_metrics(run_dir, parent)
-        say(f"branch: from {path} at step {step}, a new run in {run_dir} ({len(parent)} records of the parent copied)")
-        return path
-    dropped = truncate_metrics(run_dir, step)
-    # Checkpoints past the resumed step belong to the history just dropped (a rewind with
-    # trainer.resume=<path>): left in place they would mix two runs under resume=auto.
+        say(f"branch: from {branched_from} at step {step}, a new run in {run_dir} ({len(parent)} records of the "
+            "parent copied)")
+        return
+    dropped, unreadable = truncate_metrics(run_dir, step)
     later = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
     for p in later:
         p.unlink()
-    say(f"resume: from {path} at step {step}" + (f"; dropped {dropped} records after it" if dropped else "")
-        + (f"; deleted {len(later)} later checkpoints" if later else ""))
-    return None
+    notes = []
+    if dropped:
+        notes.append(f"dropped {dropped} records " + ("of an earlier attempt" if step == 0 else "after it"))
+    if unreadable:
+        notes.append(f"{unreadable} unreadable line{'s' if unreadable > 1 else ''} of metrics.jsonl set aside in "
+                     f"{run_dir / UNREADABLE_FILE}")
+    if later:
+        notes.append(f"deleted {len(later)} later checkpoints")
+    if resumed_from:
+        say(f"resume: from {resumed_from} at step {step}" + "".join(f"; {n}" for n in notes))
+    elif notes:
+        say("records: " + "; ".join(notes))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import logging
 import math
 import os
@@ -26,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.metrics import RunStatus, write_summary
+from minigpt.metrics import RunStatus, write_failed_summary
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Exit statuses of a single run: 0 completed, 1 a bug (traceback), 2 bad input (one line),
@@ -42,6 +41,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
     """Train (or LR-range-test) the composed config `cfg` of one Hydra job (`hc`: its HydraConfig);
     returns the final validation loss, inf for a failed or diverged job, None for a stacked job
     (trained later, with its stack: train_stacked_jobs)."""
+    from minigpt.run_folder import RunFolderInUse
     from minigpt.trainer import train  # torch: seconds to import, so not before the check
 
     submitit_job = _ranks_from_submitit()
@@ -68,7 +68,8 @@ def run_job(cfg: DictConfig, hc) -> float | None:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
         log.error(f"job {hc.job.num} failed: {e}")
-        write_summary(run_dir, {**_summary_so_far(run_dir), "status": RunStatus.FAILED.value, "reason": str(e)})
+        if not isinstance(e, RunFolderInUse):  # the folder is another run's: nothing of it is ours to write
+            write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": str(e)})
         return math.inf
     except Exception as e:
         if not multirun:
@@ -76,8 +77,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
         # One broken cell must not end the sweep: record why, move on to the next job.
         (run_dir / "error.txt").write_text(traceback.format_exc())
         log.error(f"job {hc.job.num} failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.txt'})")
-        write_summary(run_dir, {**_summary_so_far(run_dir), "status": RunStatus.FAILED.value,
-                                "reason": f"{type(e).__name__}: {e}"})
+        write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
         return math.inf
 
     s = result.summary
@@ -144,8 +144,7 @@ def train_stacked_jobs(jobs: list) -> None:
         text = traceback.format_exc()
         for d in run_dirs:
             (d / "error.txt").write_text(text)
-            write_summary(d, {**_summary_so_far(d), "status": RunStatus.FAILED.value,
-                                  "reason": f"{type(e).__name__}: {e}"})
+            write_failed_summary(d, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
         log.error(f"stacked training failed: {type(e).__name__}: {e} (traceback in each job's error.txt)")
         sys.exit(1)
     for d, r in zip(run_dirs, results):
@@ -183,14 +182,6 @@ def _requeue(signum: signal.Signals, result) -> None:
     log.warning(f"{result.summary['reason']} at step {result.summary['step']}; checkpoint {result.checkpoint}; "
                 "requeuing the job through submitit, it will continue from that checkpoint")
     handler(signum, None)
-
-
-def _summary_so_far(run_dir: Path) -> dict:
-    """What the trainer recorded before a job failed (e.g. the step it reached), if anything."""
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # --- checking the command line before Hydra starts a run -----------------------------------
@@ -271,7 +262,8 @@ def precheck(argv: list[str]) -> list[str]:
                 cfg = compose(config_name=config_name, overrides=ovr, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as e:
                 raise UserError(_explain_compose_error(e, ovr, compose, config_name)) from None
-            _check_config(cfg)
+            mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
+            _check_config(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
             if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
                 _check_stackable(cfg)
             if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
@@ -402,15 +394,16 @@ def _explain_compose_error(e, overrides, compose, config_name: str = "config") -
     return f"bad config: {_first_line(e)}"
 
 
-def _check_config(cfg: DictConfig) -> None:
+def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     """Typed validation, the schedule, the device and the output folder: all before any run."""
     from minigpt.plan import RunPlan
 
     task = {k: v for k, v in cfg.items() if k != "hydra"}
     config = config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
     tc = config.trainer
+    total = None
     if tc.epochs is None:  # with epochs, the length is known only once the data is
-        RunPlan.build(config, int(os.environ.get("WORLD_SIZE", "1")))
+        total = RunPlan.build(config, int(os.environ.get("WORLD_SIZE", "1"))).total_steps
     if config.logger.wandb:  # a bad WANDB_MODE in the environment is refused here, before the run
         from minigpt.metrics import wandb_settings
 
@@ -419,43 +412,69 @@ def _check_config(cfg: DictConfig) -> None:
         for p in config.data.paths:
             if not Path(p).expanduser().exists():
                 raise UserError(f"data.paths: '{p}' does not exist (looked in {Path.cwd()}); give an existing file or folder")
+    run_dir = None
     for key in ("run.dir", "sweep.dir"):
         try:
             out = OmegaConf.select(cfg.hydra, key)
         except Exception:  # ${now:...} needs Hydra's runtime; the run will resolve it
             continue
+        if out is None or not str(out).strip():
+            raise UserError(f"hydra.{key} is empty, which would write the run into the working directory; "
+                            f"give a folder, e.g. hydra.{key}=outputs/my-run")
         _check_writable(Path(str(out)), f"hydra.{key}")
+        if key == "run.dir":
+            run_dir = Path(str(out))
+            _check_writable(run_dir / "checkpoints", "hydra.run.dir")
     _check_writable(Path(config.data.cache_dir), "data.cache_dir")
+    if run_dir is not None and not multirun and int(os.environ.get("RANK", "0")) == 0:
+        _check_run_folder(run_dir, tc)
 
     # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
     import torch
 
-    from minigpt.runtime import check_cuda, resolve_precision
+    from minigpt.runtime import check_compile_backend, check_cuda, resolve_precision
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
     resolve_precision(tc.precision, device)
+    check_compile_backend(tc)
     if tc.resume is not None:
-        _check_resume(cfg, config)
+        _check_resume(cfg, config, total)
 
 
-def _check_resume(cfg: DictConfig, config) -> None:
-    """A resume from a file that is no checkpoint, or from one of another model or data, is refused
-    here, before Hydra writes into the run directory (which, for resume=auto, is the earlier run's)."""
-    from minigpt.checkpoint import latest_checkpoint, load_checkpoint, resume_config_changes
+def _check_run_folder(run_dir: Path, tc) -> None:
+    """A folder that holds another run, or that a live process is writing into, is refused
+    before Hydra writes its config into it (minigpt/run_folder.py)."""
+    from minigpt.run_folder import RunFolderInUse, check_run_folder, lock_holder
+
+    holder = lock_holder(run_dir)
+    if holder:
+        raise RunFolderInUse(f"hydra.run.dir: '{run_dir}' is in use by another process ({holder}); wait for it to "
+                             "end, stop it, or pick another hydra.run.dir")
+    check_run_folder(run_dir, tc.resume, tc.overwrite)
+
+
+def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
+    """A resume from a file that is no checkpoint, a damaged one, or one of another model or data
+    or past the end of the run, is refused here, before Hydra writes into the run directory
+    (which, for resume=auto, is the earlier run's)."""
+    from minigpt.checkpoint import load_checkpoint, newest_intact_checkpoint, resume_config_changes
 
     if config.trainer.resume == "auto":
         try:
             run_dir = Path(str(OmegaConf.select(cfg.hydra, "run.dir")))
         except Exception:  # ${now:...}: a new folder, with nothing to resume
             return
-        path = latest_checkpoint(run_dir)
+        path, state, _ = newest_intact_checkpoint(run_dir, mmap=True)
         if path is None:
             return
     else:
         path = Path(config.trainer.resume)
-    state = load_checkpoint(path, mmap=True)  # mapped, not read: only the config is looked at
+        state = load_checkpoint(path, mmap=True)  # mapped, not read: only the config is looked at
     resume_config_changes(state.get("config", {}), config.to_dict(), path)
+    if total is not None and state["step"] > total:
+        raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run ({total} steps); "
+                        f"give a run length of at least {state['step']} steps (trainer.max_steps / max_tokens / epochs)")
 
 
 def _check_stackable(cfg: DictConfig) -> None:

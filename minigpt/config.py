@@ -17,6 +17,8 @@ from typing import Any, Literal, Optional, Union
 
 from minigpt.errors import UserError
 
+MAX_SEED = 2**63 - 1  # seeds of torch (which adds the rank), numpy and Python all fit
+
 
 @dataclass
 class ModelConfig:
@@ -84,6 +86,30 @@ class DataConfig:
         _check(0 < self.val_fraction < 1, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
         _check(self.tokenizer_train_chars >= 1, "data.tokenizer_train_chars", "must be >= 1",
                self.tokenizer_train_chars)
+        _check(0 <= self.split_seed <= MAX_SEED, "data.split_seed", f"must be in [0, {MAX_SEED}]", self.split_seed)
+        # The name becomes a folder under cache_dir: a path in it would put the cache elsewhere.
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*", self.name) or ".." in self.name:
+            raise UserError(f"data.name: {self.name!r} names the token cache folder under data.cache_dir and must be a "
+                            "plain name (letters, digits, _ . + = -; no '/', no '..'), e.g. data.name=my_corpus")
+
+
+@dataclass
+class LRMultipliers:
+    """Per-group LR multipliers, applied on top of the schedule: group LR = schedule LR x multiplier."""
+
+    embedding: float = 1.0  # token and position embeddings (wte, wpe)
+    head: float = 1.0  # the output layer (lm_head); tied to wte in this GPT, so it must equal embedding
+    matrices: float = 1.0  # the weight matrices of attention and MLP blocks
+    norms_biases: float = 1.0  # LayerNorm gains and biases, every 1-d parameter
+
+    def validate(self):
+        for key in ("embedding", "head", "matrices", "norms_biases"):
+            value = getattr(self, key)
+            _check(math.isfinite(value) and value >= 0, f"optim.lr_multipliers.{key}", "must be a number >= 0",
+                   value)
+
+    def non_default(self) -> bool:
+        return any(getattr(self, k) != 1.0 for k in ("embedding", "head", "matrices", "norms_biases"))
 
 
 @dataclass
@@ -101,8 +127,13 @@ class OptimConfig:
     weight_decay_mode: Literal["coupled", "independent"] = "coupled"
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     fused: Literal["auto", "on", "off"] = "auto"  # fused AdamW kernel: auto = on CUDA
-    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    # How the peak LR (and, for sqrt_adam, Adam's betas and eps) follow the global batch B from
+    # reference_batch_tokens B_ref, k = B / B_ref: linear: lr x k (Goyal et al. 2017); sqrt_lr: lr x sqrt(k),
+    # the LR only; sqrt_adam: Malladi et al. 2022's square-root rule for Adam, lr x sqrt(k),
+    # beta_i -> 1 - k (1 - beta_i), eps -> eps / sqrt(k) (minigpt/plan.py).
+    lr_scaling: Literal["none", "linear", "sqrt_lr", "sqrt_adam"] = "none"
     reference_batch_tokens: Optional[int] = None  # batch (tokens) at which optim.lr was tuned
+    lr_multipliers: LRMultipliers = field(default_factory=LRMultipliers)
 
     def validate(self):
         _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "must be a positive number", self.lr)
@@ -123,6 +154,7 @@ class OptimConfig:
         if self.reference_batch_tokens is not None:
             _check(self.reference_batch_tokens > 0, "optim.reference_batch_tokens", "must be > 0",
                    self.reference_batch_tokens)
+        self.lr_multipliers.validate()
 
 
 @dataclass
@@ -145,12 +177,14 @@ class TrainerConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
     compile_backend: str = "inductor"
-    compile_mode: Optional[str] = None  # torch.compile mode, e.g. max-autotune
+    # torch.compile mode (None: torch's default); the backend is checked against torch's list
+    compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = None
     eval_interval: int = 100  # evaluate every N updates (and always at the start and the end)
     eval_iters: int = 20  # validation batches per evaluation
     ckpt_interval: int = 0  # checkpoint every N updates; 0: only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
     resume: Optional[str] = None  # 'auto' (newest in the run directory) or a checkpoint path
+    overwrite: bool = False  # replace a run the run directory holds (moved to replaced-<time>/) instead of refusing
     flush_every: int = 0  # per-step records copied to the host every N updates; 0: 1 on CPU, 32 on CUDA
     progress: bool = True  # tqdm progress bar
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
@@ -291,6 +325,8 @@ class Config:
     lr_range_test: LRRangeTestConfig = field(default_factory=LRRangeTestConfig)
 
     def validate(self):
+        # numpy's seed sequences take no negative seeds; torch's generator takes 64 bits (+ the rank).
+        _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]", self.seed)
         for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
         if not isinstance(self.scheduler.get("name"), str):

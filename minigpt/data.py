@@ -35,6 +35,7 @@ import torch
 from minigpt.config import DataConfig
 from minigpt.corpus import Document, corpus_fingerprint, empty_corpus, iter_documents, stratum
 from minigpt.errors import UserError
+from minigpt.files import replace_durably
 from minigpt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
 # The tokens of a given corpus and settings are those of format 2 (the first streaming version
@@ -466,15 +467,16 @@ def _write_tokens(parts: Iterator[Part], tokenizer, cache: Path, dtype, total_ch
         for f in files.values():
             f.close()
     for split, path in tmp.items():
-        os.replace(path, cache / f"{split}.bin")
+        replace_durably(path, cache / f"{split}.bin")
     return {**counts, "val_unigrams": val_unigrams}
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    """Write through a temporary file, flushed to disk and renamed, so neither a crash nor a power
+    cut leaves half a file (minigpt/files.py)."""
     tmp = path.with_name(path.name + ".tmp")
     write(str(tmp))
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def _entropy_of_counts(counts: np.ndarray) -> float:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from minigpt.config import LoggerConfig
 from minigpt.errors import UserError
+from minigpt.files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
+UNREADABLE_FILE = "metrics.jsonl.unreadable"  # lines of metrics.jsonl that a resume could not read
 SUMMARY_FILE = "summary.json"
 
 
@@ -41,39 +43,82 @@ class RunResult:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """Every readable record of metrics.jsonl (see read_metrics_lines)."""
+    return read_metrics_lines(run_dir)[0]
+
+
+def read_metrics_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
+    """(records, unreadable lines) of metrics.jsonl.
+
+    A record is a JSON object with an integer `step`. Anything else (a line cut short by a
+    kill, a line garbled by a disk or by a second writer, `null`) is unreadable: it is returned
+    apart and never hides the records after it. Blank lines are skipped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
+        return [], []
+    records, unreadable = [], []
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
-        except ValueError:  # a line cut short by a crash: everything before it stands
-            break
-    return records
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
+        else:
+            unreadable.append(line)
+    return records, unreadable
 
 
-def truncate_metrics(run_dir: Path, step: int) -> int:
-    """Keep only records of steps before `step`; return how many were dropped."""
-    records = read_metrics(run_dir)
-    kept = [r for r in records if r.get("step", -1) < step]
-    write_metrics(run_dir, kept)
-    return len(records) - len(kept)
+def truncate_metrics(run_dir: Path, step: int) -> tuple[int, int]:
+    """Keep only the records of steps before `step`; return (records dropped, lines set aside).
+
+    Unreadable lines are not dropped silently: they are appended to metrics.jsonl.unreadable
+    (UNREADABLE_FILE) in the run folder, for a person to look at."""
+    records, unreadable = read_metrics_lines(run_dir)
+    kept = [r for r in records if r["step"] < step]
+    if unreadable:
+        with open(Path(run_dir) / UNREADABLE_FILE, "a") as f:
+            f.write("".join(line + "\n" for line in unreadable))
+            f.flush()
+            os.fsync(f.fileno())
+    if unreadable or len(kept) != len(records):
+        write_metrics(run_dir, kept)
+    return len(records) - len(kept), len(unreadable)
 
 
 def write_metrics(run_dir: Path, records: list[dict]) -> None:
-    """Replace metrics.jsonl with these records (atomically)."""
+    """Replace metrics.jsonl with these records (atomically and durably)."""
     write_atomic(Path(run_dir) / METRICS_FILE, "".join(_dumps(r) + "\n" for r in records))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     write_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def completed_summary(run_dir: Path, step: int) -> dict | None:
+    """The folder's summary when it is of a run completed at `step` (a resume would only repeat it), else None."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    done = isinstance(summary, dict) and summary.get("status") == "completed" and summary.get("step") == step
+    return summary if done else None
+
+
+def write_failed_summary(run_dir: Path, summary: dict) -> bool:
+    """Record a failure in summary.json, unless the folder's summary is of a completed run: a
+    failure before training started (a refused resume, a crash in the start-up) must not turn a
+    finished run into a failed one. Return whether it was written."""
+    try:
+        earlier = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if isinstance(earlier, dict) and earlier.get("status") == "completed":
+        return False
+    write_summary(run_dir, {**(earlier if isinstance(earlier, dict) else {}), **summary})
+    return True
 
 
 def _dumps(record: dict) -> str:
@@ -161,6 +206,13 @@ class MetricsLogger:
         if self.enabled:
             self.file.flush()
 
+    def sync(self) -> None:
+        """Put the records written so far on the disk (called before each checkpoint is saved,
+        so a checkpoint never refers to steps whose records a power cut could lose)."""
+        if self.enabled and not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+
     def message(self, text: str) -> None:
         """Print a line without tearing the progress bar."""
         if not self.enabled:
@@ -178,6 +230,7 @@ class MetricsLogger:
             self.bar.close()
             self.bar = None
         if not self.file.closed:
+            self.sync()
             self.file.close()
         if self.wandb is not None:
             if summary:

@@ -167,6 +167,7 @@ class GPT(nn.Module):
         # Set by forward() when the z-loss is on or `record_logz` is set: mean log Z of the step.
         self.record_logz = False
         self.logz_mean: torch.Tensor | None = None
+        self.z_term: torch.Tensor | None = None  # z_loss * mean(log Z^2) of the last forward, detached
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -191,11 +192,13 @@ class GPT(nn.Module):
                 f"{c.padded_vocab_size}), {c.norm_position}-LN" + (", QK-layernorm" if c.qk_layernorm else "")
                 + (f", z-loss {c.z_loss}" if c.z_loss else ""))
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, with_z_loss: bool = True):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         With targets (B, T), the loss is the mean cross-entropy over all positions, plus the
-        z-loss term when it is on. With a kv_cache, positions continue from what it holds.
+        z-loss term when it is on and with_z_loss (training); the term itself, detached, is left
+        in self.z_term, so the records can report the cross-entropy and the term apart. With a
+        kv_cache, positions continue from what it holds.
         """
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
@@ -221,7 +224,10 @@ class GPT(nn.Module):
             logz = torch.logsumexp(flat, dim=-1)
             self.logz_mean = logz.detach().mean()
             if self.config.z_loss > 0:
-                loss = loss + self.config.z_loss * (logz**2).mean()
+                z_term = self.config.z_loss * (logz**2).mean()
+                self.z_term = z_term.detach()
+                if with_z_loss:
+                    loss = loss + z_term
         return logits, loss
 
     @torch.no_grad()

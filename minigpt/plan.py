@@ -53,7 +53,11 @@ class BatchPlan:
             final = tc.batch_size
         if tc.batch_ramp_start is None:
             return cls(final, final, 0, quantum, block_size)
-        start = min(final, max(quantum, tc.batch_ramp_start // quantum * quantum))
+        if tc.batch_ramp_start > final:
+            raise UserError(f"trainer.batch_ramp_start ({tc.batch_ramp_start} sequences) is larger than the global batch "
+                            f"it ramps up to ({final} = micro_batch_size x grad_accum x ranks); give a smaller start, "
+                            "e.g. trainer.batch_ramp_start=" + str(max(quantum, final // 4 // quantum * quantum)))
+        start = max(quantum, tc.batch_ramp_start // quantum * quantum)
         return cls(final, start, parse_count(tc.batch_ramp_tokens, "trainer.batch_ramp_tokens"), quantum, block_size)
 
     @property
@@ -115,6 +119,25 @@ def scaled_peak_lr(cfg: OptimConfig, batch_tokens: int) -> float:
     return cfg.lr * (ratio if cfg.lr_scaling == "linear" else math.sqrt(ratio))
 
 
+def scaled_adam(cfg: OptimConfig, batch_tokens: int) -> tuple[float, float, float]:
+    """(beta1, beta2, eps) after the batch-size scaling rule. Only sqrt_adam changes them:
+    Malladi et al. 2022 (On the SDEs and Scaling Rules for Adaptive Gradient Algorithms), for a
+    batch k = B / B_ref times the reference: beta_i -> 1 - k (1 - beta_i), eps -> eps / sqrt(k)."""
+    if cfg.lr_scaling != "sqrt_adam":
+        return cfg.beta1, cfg.beta2, cfg.eps
+    k = batch_tokens / cfg.reference_batch_tokens
+    betas = []
+    for name in ("beta1", "beta2"):
+        beta = 1.0 - k * (1.0 - getattr(cfg, name))
+        if not 0.0 <= beta < 1.0:
+            raise UserError(f"optim.lr_scaling=sqrt_adam: the batch is {k:.4g} x optim.reference_batch_tokens, so "
+                            f"{name} = 1 - {k:.4g} x (1 - {getattr(cfg, name)}) = {beta:.4g}, outside [0, 1); the rule "
+                            f"needs k (1 - {name}) <= 1: raise optim.{name}, use a reference batch closer to this one, "
+                            "or optim.lr_scaling=sqrt_lr (the LR only)")
+        betas.append(beta)
+    return betas[0], betas[1], cfg.eps / math.sqrt(k)
+
+
 @dataclass(frozen=True)
 class RunPlan:
     batches: BatchPlan
@@ -124,6 +147,10 @@ class RunPlan:
     peak_lr: float  # after the batch-size scaling rule
     lr_scaling: str
     schedule: schedules.Schedule  # built for schedule_steps, checked
+    beta1: float = 0.9  # Adam's, after the batch-size scaling rule (sqrt_adam changes them)
+    beta2: float = 0.95
+    eps: float = 1e-8
+    lr_multipliers: dict | None = None  # per parameter group, on top of the schedule (optim.lr_multipliers)
 
     @classmethod
     def build(cls, cfg: Config, world_size: int = 1, train_tokens: int | None = None) -> "RunPlan":
@@ -143,7 +170,21 @@ class RunPlan:
         schedule = schedules.schedule_from_config(dict(cfg.scheduler), schedule_steps, batches.final_tokens)
         schedules.check_curve(schedule)
         peak = scaled_peak_lr(cfg.optim, batches.final_tokens)
-        return cls(batches, total, tc.schedule_unit, cfg.optim.lr, peak, cfg.optim.lr_scaling, schedule)
+        beta1, beta2, eps = scaled_adam(cfg.optim, batches.final_tokens)
+        if cfg.optim.lr_scaling == "sqrt_adam" and schedule.beta1(0) is not None:
+            raise UserError(f"optim.lr_scaling=sqrt_adam sets beta1 from the batch, and scheduler={schedule.name} cycles "
+                            "it: use optim.lr_scaling=sqrt_lr, or scheduler.cycle_momentum=false")
+        if cfg.optim.lr_scaling == "sqrt_adam" and batches.ramp_tokens:
+            raise UserError("optim.lr_scaling=sqrt_adam scales Adam's betas to the full batch; with a batch-size ramp "
+                            "the batch changes during the run: use optim.lr_scaling=sqrt_lr or no ramp")
+        m = cfg.optim.lr_multipliers
+        if m.head != m.embedding:
+            raise UserError(f"optim.lr_multipliers.head ({m.head}) differs from optim.lr_multipliers.embedding "
+                            f"({m.embedding}), but the output layer is the token embedding (tied weights, one tensor): "
+                            "give both the same value")
+        multipliers = {"embedding": m.embedding, "head": m.head, "matrices": m.matrices, "norms_biases": m.norms_biases}
+        return cls(batches, total, tc.schedule_unit, cfg.optim.lr, peak, cfg.optim.lr_scaling, schedule,
+                   beta1, beta2, eps, multipliers)
 
     # --- what the trainer reads ---
 
@@ -174,9 +215,14 @@ class RunPlan:
         return self.batches.schedule_position(step, tokens_seen, self.schedule_unit)
 
     def lr_at(self, step: int, tokens_seen: int = 0) -> tuple[float, float | None]:
-        """(LR, beta1 or None) of the update after `step` updates and `tokens_seen` tokens."""
+        """(LR, beta1 or None) of the update after `step` updates and `tokens_seen` tokens. The LR is
+        the schedule's, before any per-group multiplier; beta1 is None unless the schedule cycles it
+        or sqrt_adam scaled it (then it is the optimizer's beta1 at every step)."""
         position = self.position(step, tokens_seen)
-        return self.peak_lr * self.schedule(position), self.schedule.beta1(position)
+        beta1 = self.schedule.beta1(position)
+        if beta1 is None and self.lr_scaling == "sqrt_adam":
+            beta1 = self.beta1
+        return self.peak_lr * self.schedule(position), beta1
 
     @property
     def warmup_steps(self) -> int:
@@ -203,6 +249,10 @@ class RunPlan:
             "configured_lr": self.configured_lr,
             "peak_lr": self.peak_lr,
             "lr_scaling": self.lr_scaling,
+            "beta1": self.beta1,
+            "beta2": self.beta2,
+            "eps": self.eps,
+            "lr_multipliers": self.lr_multipliers,
         }
 
     def lines(self, micro_batch_size: int, world_size: int, train_tokens: int) -> list[str]:
@@ -220,6 +270,10 @@ class RunPlan:
                        "schedule counted in updates")
         if self.lr_scaling != "none":
             out.append(f"lr: configured {self.configured_lr:g}, effective peak {self.peak_lr:g} "
-                       f"({self.lr_scaling} scaling to {self.tokens_per_step:,} tokens per batch)")
+                       f"({self.lr_scaling} scaling to {self.tokens_per_step:,} tokens per batch)"
+                       + (f"; Adam beta1 {self.beta1:.6g}, beta2 {self.beta2:.6g}, eps {self.eps:.4g}"
+                          if self.lr_scaling == "sqrt_adam" else ""))
+        if self.lr_multipliers and any(v != 1.0 for v in self.lr_multipliers.values()):
+            out.append("lr multipliers per group: " + ", ".join(f"{k} x{v:g}" for k, v in self.lr_multipliers.items()))
         out.append("schedule: " + self.schedule.summary_line(self.peak_lr))
         return out

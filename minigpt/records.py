@@ -9,7 +9,7 @@ has landed at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,14 +54,17 @@ class RecordSchema:
     peak_flops: float | None  # of all ranks together; None: no MFU
     sharpness_every: int | None = None  # steps between sharpness measurements (monitor.sharpness_every) ...
     sharpness_until: int | None = None  # ... before this step (monitor.sharpness_until; None: to the end)
+    constants: dict = field(default_factory=dict)  # keys every record carries (Adam's betas and eps under sqrt_adam)
 
     @classmethod
-    def of_run(cls, cfg: Config, loss_scaling: bool, flops_per_token: float, peak_flops: float | None) -> "RecordSchema":
+    def of_run(cls, cfg: Config, loss_scaling: bool, flops_per_token: float, peak_flops: float | None,
+               constants: dict) -> "RecordSchema":
         fields = list(BASE_FIELDS) + (["scaler_skipped"] if loss_scaling else [])
+        fields += ["z_loss"] if cfg.model.z_loss > 0 else []
         fields += [name for name in ("update_ratio", "max_attn_logit", "logz") if getattr(cfg.monitor, name)]
         fields += ["sharpness"] if cfg.monitor.sharpness_every else []
         return cls(fields, cfg.model.block_size, cfg.optim.grad_clip, cfg.optim.beta1, cfg.monitor.skip_spikes,
-                   flops_per_token, peak_flops, cfg.monitor.sharpness_every, cfg.monitor.sharpness_until)
+                   flops_per_token, peak_flops, cfg.monitor.sharpness_every, cfg.monitor.sharpness_until, constants)
 
     def record(self, p: PendingStep, row: list[float]) -> dict:
         values = dict(zip(self.fields, row))
@@ -83,11 +86,12 @@ class RecordSchema:
             record["perf/mfu"] = round(self.flops_per_token * tok_per_s / self.peak_flops, 4)
         if p.beta1 is not None:
             record["train/beta1"] = p.beta1
+        record.update(self.constants)
         if self.skip_spikes:
             record["train/skipped"] = p.skipped
         if "scaler_skipped" in values:
             record["train/scaler_skipped"] = bool(values["scaler_skipped"])
-        for name in ("update_ratio", "max_attn_logit", "logz"):
+        for name in ("z_loss", "update_ratio", "max_attn_logit", "logz"):
             if name in values:
                 record[f"train/{name}"] = values[name]
         if self.sharpness_every and p.step % self.sharpness_every == 0 and (

@@ -64,6 +64,23 @@ def resolve_device(name: str, ddp: Distributed) -> torch.device:
     return torch.device("cpu")
 
 
+def check_compile_backend(tc: TrainerConfig) -> None:
+    """An unknown torch.compile backend fails only when the model first runs, after the data is
+    prepared: refuse it up front. (The mode is checked with the config's other values.)"""
+    if not tc.compile:
+        return
+    import torch._dynamo
+
+    if tc.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):  # debug backends included
+        import difflib
+
+        usual = torch._dynamo.list_backends()
+        close = difflib.get_close_matches(tc.compile_backend, usual, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"trainer.compile_backend: unknown torch.compile backend {tc.compile_backend!r}{hint}; "
+                        f"valid: {', '.join(usual)}")
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
@@ -95,6 +112,7 @@ class Runtime:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # leftover fp32 matmuls on tensor cores
             torch.backends.cudnn.allow_tf32 = True
+        check_compile_backend(tc)
         return cls(ddp, device, precision)
 
     def wrap(self, model: torch.nn.Module, tc: TrainerConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -133,6 +151,9 @@ class StopSignals:
 
     def __enter__(self) -> "StopSignals":
         def request_stop(signum, frame):
+            if self.received is not None:  # a second Ctrl-C: the stop is on its way, say so
+                os.write(2, f"\n{signal.Signals(signum).name}: already stopping; the checkpoint is being saved at "
+                            "the step boundary, then the run exits\n".encode())
             self.received = signum
             if not self.ddp.enabled:
                 self.stop = signum

@@ -282,21 +282,23 @@ class Schedule:
         ``peak``/``peak_step``: the largest multiplier and the first step that reaches it;
         ``floor``/``floor_step``: the smallest multiplier from the peak on, and where it is first
         reached; ``start`` and ``final``: the multipliers at steps 0 and total_steps-1;
-        ``phases``: {label: first step of the phase}.
+        ``phases``: {label: first step of the phase}. Runs longer than EXACT_STEPS are measured
+        on the steps of `curve_steps`.
         """
-        values = [self(t) for t in range(self.total_steps)]
+        steps = curve_steps(self)
+        values = [self(t) for t in steps]
         peak = max(values)
-        peak_step = values.index(peak)
-        after = values[peak_step:]
+        peak_at = values.index(peak)
+        after = values[peak_at:]
         floor = min(after)
         return {
             "name": self.name,
             "total_steps": self.total_steps,
             "start": values[0],
             "peak": peak,
-            "peak_step": peak_step,
+            "peak_step": steps[peak_at],
             "floor": floor,
-            "floor_step": peak_step + after.index(floor),
+            "floor_step": steps[peak_at + after.index(floor)],
             "final": values[-1],
             "phases": self.phases(),
             "conventions": self.conventions,
@@ -319,8 +321,32 @@ class Schedule:
         return line
 
 
+# Runs up to this many steps have every step checked; longer ones a sample (curve_steps).
+EXACT_STEPS = 200_000
+
+
+def curve_steps(schedule: Schedule) -> Sequence[int]:
+    """The steps at which the curve is checked and described: every step of a run up to
+    EXACT_STEPS steps; for a longer run, EXACT_STEPS evenly spread steps plus the first and last
+    thousand and each phase boundary with its neighbours (where peaks and floors sit), so that a
+    10^9-step run is checked in a second rather than walked step by step for an hour."""
+    total = schedule.total_steps
+    if total <= EXACT_STEPS:
+        return range(total)
+    steps = set(range(1000)) | set(range(total - 1000, total))
+    steps.update((i * (total - 1)) // (EXACT_STEPS - 1) for i in range(EXACT_STEPS))
+    for boundary in schedule.phases().values():
+        steps.update(b for b in range(boundary - 2, boundary + 3) if 0 <= b < total)
+    # A peak between two samples (a triangle's tip): every step around the highest sample.
+    spacing = total // (EXACT_STEPS - 1) + 1
+    highest = max(steps, key=schedule)
+    steps.update(range(max(0, highest - spacing), min(total, highest + spacing + 1)))
+    return sorted(steps)
+
+
 def check_curve(schedule: Schedule) -> None:
-    """Raise UserError if the multiplier over steps 0..total_steps-1 is ever NaN/inf or negative,
+    """Raise UserError if the multiplier over steps 0..total_steps-1 (curve_steps: all of them up to
+    EXACT_STEPS) is ever NaN/inf or negative,
     or is still rising below the peak (1.0) when the run ends, e.g. because the warmup is longer
     than the run.
 
@@ -329,7 +355,7 @@ def check_curve(schedule: Schedule) -> None:
     peak, and its cosine starts one step into the decay), and conventions=deepspeed reproduces it.
     """
     best, best_step = -math.inf, 0
-    for t in range(schedule.total_steps):
+    for t in curve_steps(schedule):
         value = schedule(t)
         if not math.isfinite(value) or value < 0:
             raise UserError(

@@ -74,8 +74,12 @@ def check_stackable(configs: list[Config]) -> None:
     unsupported = [("trainer.compile", cfg.trainer.compile), ("trainer.precision=fp16", cfg.trainer.precision == "fp16"),
                    ("a batch-size ramp (trainer.batch_ramp_start)", cfg.trainer.batch_ramp_start is not None),
                    ("trainer.schedule_unit=tokens", cfg.trainer.schedule_unit == "tokens"),
-                   ("task=lr_range_test", cfg.task != "train")]
+                   ("task=lr_range_test", cfg.task != "train"),
+                   # the stacked loss is one number per run: the z term would stay inside val/loss
+                   ("model.z_loss", cfg.model.z_loss > 0)]
     for c in configs:
+        # The stack's AdamW has one LR per run: per-group multipliers would need one per tensor.
+        unsupported += [("optim.lr_multipliers", c.optim.lr_multipliers.non_default())]
         unsupported += [(f"monitor.{k}", getattr(c.monitor, k)) for k in ("skip_spikes", "update_ratio",
                                                                           "max_attn_logit", "logz", "sharpness_every")]
     for name, on in unsupported:
@@ -91,7 +95,17 @@ class StackedStepper:
 
     def __init__(self, configs: list[Config], run_dirs: list[Path], quiet: bool = False):
         check_stackable(configs)
-        self.all = [Trainer(cfg, Path(d), quiet=quiet) for cfg, d in zip(configs, run_dirs)]
+        self.all = []
+        try:
+            for cfg, d in zip(configs, run_dirs):
+                self.all.append(Trainer(cfg, Path(d), quiet=quiet))
+            self._setup(quiet)
+        except BaseException:
+            for r in self.all:  # release the run folders already taken
+                r.close()
+            raise
+
+    def _setup(self, quiet: bool) -> None:
         self.runs = list(self.all)
         first = self.runs[0]
         if first.precision == "fp16":
@@ -134,12 +148,13 @@ class StackedStepper:
             return torch.tensor(values, dtype=torch.float64, device=self.device)
 
         optims = [r.cfg.optim for r in self.runs]
-        self.beta2, self.eps = column([o.beta2 for o in optims]), column([o.eps for o in optims])
+        # Adam's betas and eps after the batch-size rule (sqrt_adam scales them): the run plan's.
+        self.beta2, self.eps = column([r.plan.beta2 for r in self.runs]), column([r.plan.eps for r in self.runs])
         self.weight_decay = column([decay_coefficient(r.cfg.optim, r.plan.peak_lr) for r in self.runs])
         self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
         plans = [[r.plan.lr_at(t) for t in range(self.total_steps)] for r in self.runs]  # stacks count in steps
         self.lrs = [[lr for lr, _ in plan] for plan in plans]
-        self.beta1s = [[b if b is not None else r.cfg.optim.beta1 for _, b in plan] for r, plan in zip(self.runs, plans)]
+        self.beta1s = [[b if b is not None else r.plan.beta1 for _, b in plan] for r, plan in zip(self.runs, plans)]
         self.lr_table, self.beta1_table = column(self.lrs).T.contiguous(), column(self.beta1s).T.contiguous()
 
         with torch.device("meta"):  # the model's code, without weights: functional_call supplies them

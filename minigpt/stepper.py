@@ -47,7 +47,7 @@ class ModelStepper:
         lr, beta1 = r.plan.lr_at(step, r.tokens_seen)
         accum = r.plan.batches.accum_at(r.tokens_seen)
         for group in r.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]  # optim.lr_multipliers, on top of the schedule
             if beta1 is not None:
                 group["betas"] = (beta1, group["betas"][1])
 
@@ -58,6 +58,8 @@ class ModelStepper:
             events[0].record()
         loss_sum = torch.zeros((), device=r.device)
         loss_max = torch.full((), -math.inf, device=r.device)
+        z_sum = torch.zeros((), device=r.device)
+        z_loss_on = cfg.model.z_loss > 0
         for micro in range(accum):
             x, y = r.train_batches.train_batch(step, ddp.rank * accum + micro)
             last = micro == accum - 1
@@ -68,6 +70,10 @@ class ModelStepper:
                 scaled = loss / accum
                 (r.scaler.scale(scaled) if r.scaler is not None else scaled).backward()
             loss = loss.detach().float()
+            if z_loss_on:  # the record's loss is the cross-entropy; the z term is recorded on its own
+                z = r.model.z_term.float()
+                z_sum += z
+                loss = loss - z
             loss_sum += loss
             loss_max = torch.maximum(loss_max, loss)
         loss_mean = loss_sum / accum
@@ -106,6 +112,12 @@ class ModelStepper:
             extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in r.model.transformer.h]).max()
         if cfg.monitor.logz:
             extras["logz"] = r.model.logz_mean.float()
+        if z_loss_on:
+            z_mean = z_sum / accum
+            if ddp.enabled:
+                dist.all_reduce(z_mean, op=dist.ReduceOp.SUM)
+                z_mean /= ddp.world_size
+            extras["z_loss"] = z_mean
         if r.sharpness is not None:  # after the update, with the preconditioner it used
             value = r.sharpness.measure(r.model, r.optimizer) if r.sharpness.due(step) else math.nan
             extras["sharpness"] = torch.tensor(value, device=r.device)

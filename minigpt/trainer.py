@@ -1,41 +1,40 @@
-"""One run (`Trainer`: its data, model, optimizer, plan, monitor, records and checkpoints) and
-the loop that trains one run or many (`fit`, driving a stepper: stepper.py or stack.py).
+"""One run (`Trainer`: data, model, optimizer, plan, monitor, records, checkpoints) and the one
+training loop (`fit`: one run or a stack, driving a stepper: stepper.py or stack.py).
 
-At the boundary before step s the model has had s updates: evaluation at s, checkpoints at s
-and a stop requested by a signal all happen there, so a checkpoint of step s resumes with
-update s and recomputes everything else from the step.
-
-On a GPU nothing in the loop waits for the device: records reach the host in batches
-(minigpt/records.py). Evaluation, checkpoints and the optional spike-skipping mitigation are
-the only synchronisation points.
+At the boundary before step s the model has had s updates: evaluation, checkpoints and a stop
+by a signal all happen there, so a checkpoint of step s resumes with update s. On a GPU the
+loop never waits for the device (records.py); evaluation, checkpoints and the optional
+spike-skipping are the only synchronisation points.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from minigpt.checkpoint import (check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
+from minigpt.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
                                 load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
 from minigpt.data import Batches, prepare_data
-from minigpt.metrics import MetricsLogger, RunResult, RunStatus, write_summary
+from minigpt.errors import UserError
+from minigpt.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.monitor import Monitor
-from minigpt.optim import build_optimizer
+from minigpt.optim import build_optimizer, load_optimizer_state
 from minigpt.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
 from minigpt.records import RecordSchema, StepRecords
-from minigpt.runtime import Runtime, StopSignals, rng_state
+from minigpt.run_folder import claim_run_folder
+from minigpt.runtime import Runtime, StopSignals
 from minigpt.sharpness import SharpnessProbe
 from minigpt.stepper import ModelStepper
+from minigpt.summary import run_summary
 
 log = logging.getLogger("minigpt")
 
@@ -51,11 +50,21 @@ class Trainer:
         self.cfg, self.run_dir, self.checkpoints = cfg, Path(run_dir), checkpoints
         self.watchers: list = []
         self.stop_reason: str | None = None
-        tc, mc = cfg.trainer, cfg.model
+        tc = cfg.trainer
         self.say = (lambda msg: None) if quiet else log.info
         self.runtime = Runtime.start(tc)
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # The folder is this run's alone for its whole life (minigpt/run_folder.py).
+        self.lock = (claim_run_folder(self.run_dir, tc, checkpoints, Path(cfg.data.cache_dir), self.say)
+                     if self.ddp.is_main else None)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc, mc = self.cfg, self.cfg.trainer, self.cfg.model
         # A resume is checked against the checkpoint's config before any data or model work.
         found = find_resume(self.run_dir, tc.resume, cfg.to_dict(), self.say) if tc.resume else None
 
@@ -67,7 +76,10 @@ class Trainer:
         if not self.ddp.is_main:
             self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
         meta = self.data.meta
-
+        # Every context window must fit in the splits: checked before a model of that context is built.
+        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
+        self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
+                                   "validation")
         self.model_config = GPTConfig.build(mc, meta["vocab_size"])
         torch.manual_seed(cfg.seed)
         self.model = GPT(self.model_config).to(self.device)  # the uncompiled module: checkpoints use it
@@ -80,11 +92,9 @@ class Trainer:
 
         # The run plan (batch, length, schedule, peak LR), checked before any compute is spent.
         self.plan = RunPlan.build(cfg, self.ddp.world_size, meta["train_tokens"])
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.plan.peak_lr)
+        self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.plan.peak_lr,
+                                         (self.plan.beta1, self.plan.beta2, self.plan.eps))
         self.total_steps = self.plan.total_steps
-        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
-        self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
-                                   "validation")
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
         self.sharpness = None
         if cfg.monitor.sharpness_every:
@@ -104,25 +114,46 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.branched_from: Path | None = None
         self.saved_step: int | None = None  # the step of the newest checkpoint of this run
+        self.damaged: list = []  # newer checkpoints that resume=auto passed over, set aside at the start
         if tc.resume:
             self.resume(found)
 
+        adam = {"train/beta2": self.plan.beta2, "train/eps": self.plan.eps} if self.plan.lr_scaling == "sqrt_adam" else {}
         self.records = StepRecords(RecordSchema.of_run(
             cfg, self.scaler is not None, self.flops_per_token,
-            self.peak_flops * self.ddp.world_size if self.peak_flops else None), self.device)
+            self.peak_flops * self.ddp.world_size if self.peak_flops else None, adam), self.device)
         self.flush_seconds = 0.0  # host time spent handing records over (scripts/bench.py reads it)
         self.val_at: dict[int, float] = {}
+        self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
+        self.val_z_loss: float | None = None
         self.last_record: dict = {}
         self.t0 = time.time()
 
     def run(self) -> RunResult:
+        finished = (completed_summary(self.run_dir, self.step) if self.resumed_from and not self.branched_from
+                    and self.step >= self.total_steps else None)
+        if finished is not None:  # e.g. a Slurm requeue of a job that had completed: change nothing
+            self.say(f"resume: the run in {self.run_dir} is complete (step {self.step} of {self.total_steps}); "
+                     "nothing to do")
+            self.close()
+            return RunResult(RunStatus.COMPLETED, finished.get("final_val_loss"), finished, self.run_dir,
+                             self.resumed_from)
         return fit([self], ModelStepper(self))[0]
+
+    def close(self) -> None:
+        """Release the run folder (the lock); fit() does it when the run ends."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # --- the parts fit() calls ---
 
     def open(self, shared_process: bool = False) -> None:
-        """Announce the run and open its metrics (a stack's runs share one process, no bars)."""
+        """The run folder's records made this run's, the run announced, its metrics opened (a
+        stack's runs share one process, no bars)."""
         cfg = self.cfg
+        if self.ddp.is_main:
+            continue_records(self.run_dir, self.step, self.resumed_from, self.branched_from, self.damaged, self.say)
         self.say(f"device: {self.device}, precision {self.precision}, "
                  f"{self.ddp.world_size} rank(s), compile {'on' if cfg.trainer.compile else 'off'}")
         self.say(f"model: {self.model.describe()}")
@@ -138,20 +169,37 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows (split across ranks)."""
+        """Mean cross-entropy over the fixed validation windows (split across ranks). With the
+        z-loss on, its term is not part of it: it goes to self.val_z_loss (val/z_loss)."""
         self.model.eval()
-        n = self.cfg.trainer.eval_iters
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, batch count
-        for i in range(self.ddp.rank, n, self.ddp.world_size):
+        z_on = self.cfg.model.z_loss > 0
+        total = torch.zeros(3, device=self.device, dtype=torch.float64)  # cross-entropy sum, batch count, z sum
+        for i in range(self.ddp.rank, self.cfg.trainer.eval_iters, self.ddp.world_size):
             x, y = self.val_batches.eval_batch(i)
             with self.runtime.autocast():
-                _, loss = self.eval_model(x, y)
+                _, loss = self.eval_model(x, y, with_z_loss=False)
             total[0] += loss.double()
             total[1] += 1
+            if z_on:
+                total[2] += self.model.z_term.double()
         if self.ddp.enabled:
             dist.all_reduce(total)
         self.model.train()
+        self.val_z_loss = float(total[2] / total[1]) if z_on else None
         return float(total[0] / total[1])
+
+    def evaluated(self, step: int, loss: float, final: bool = False) -> None:
+        """Note the validation loss at `step`: the step's record takes it, or a record of its own at the end."""
+        if not final:
+            self.val_at[step] = loss
+            if self.val_z_loss is not None:
+                self.val_z_at[step] = self.val_z_loss
+            return
+        self.val_history.append((step, loss))
+        record = {"step": step, "val/loss": loss, "train/tokens": self.tokens_seen}
+        if self.val_z_loss is not None:
+            record["val/z_loss"] = self.val_z_loss
+        self.metrics.log(record)
 
     def flush(self, wait: bool = False) -> None:
         """Write the records whose values reached the host (all pending ones when `wait`)."""
@@ -159,6 +207,8 @@ class Trainer:
         for record in self.records.flush(wait):
             if record["step"] in self.val_at:
                 record["val/loss"] = self.val_at[record["step"]]
+                if record["step"] in self.val_z_at:
+                    record["val/z_loss"] = self.val_z_at.pop(record["step"])
                 self.val_history.append((record["step"], self.val_at.pop(record["step"])))
             self.monitor.observe(record)
             self.metrics.log(record)
@@ -183,92 +233,43 @@ class Trainer:
     def save(self) -> Path | None:
         if not self.ddp.is_main:
             return None
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "rng": rng_state(),
-            "monitor": self.monitor.state_dict(),
-            "val_history": [list(v) for v in self.val_history],
-            "config": self.cfg.to_dict(),
-            "model_config": vars(self.model_config).copy(),
-            "data_key": self.data.cache_dir.name,
-            "tokenizer": (self.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
-            "wandb_id": self.wandb_id,
-            "elapsed": self.elapsed_before + (time.time() - self.t0),
-        }
+        state = run_state(self)
+        if hasattr(self, "metrics"):
+            self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
         path = save_checkpoint(state, checkpoint_path(self.run_dir, self.step))
         prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
         self.saved_step = self.step
         self.say(f"checkpoint: step {self.step} -> {path}")
         return path
 
-    def resume(self, found: tuple[Path, dict] | None) -> None:
-        path, state = found if found else (None, None)
+    def resume(self, found: tuple[Path, dict, list] | None) -> None:
+        path, state, self.damaged = found if found else (None, None, [])
         if state is not None:
+            if state["step"] > self.total_steps:
+                raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
+                                f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
+                                "(trainer.max_steps / max_tokens / epochs)")
             check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
-            load_states(state, model=self.model, optimizer=self.optimizer, scaler=self.scaler, monitor=self.monitor)
+            load_optimizer_state(self.optimizer, state["optimizer"], path)
+            load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
             self.step, self.tokens_seen = state["step"], state["tokens_seen"]
             self.val_history = [tuple(v) for v in state["val_history"]]
             self.elapsed_before = state.get("elapsed", 0.0)
             self.resumed_from, self.saved_step = path, self.step
             self.branched_from = path if is_branch(path, self.run_dir) else None
             self.wandb_id = None if self.branched_from else state.get("wandb_id")
-        if self.ddp.is_main:
-            continue_records(self.run_dir, path, self.step, self.say)
 
     # --- the end ---
 
     def finish(self, status: RunStatus, checkpoint: Path | None, wall: float, stop_signal: int | None = None,
                **extra) -> RunResult:
-        summary = self.summary(status, wall, checkpoint, stop_signal)
+        summary = run_summary(self, status, wall, checkpoint, stop_signal)
         summary.update(extra)
         if self.ddp.is_main:
             write_summary(self.run_dir, summary)
         self.metrics.close(summary)
         final = summary["final_val_loss"] if status == RunStatus.COMPLETED else math.inf
         return RunResult(status, final, summary, self.run_dir, checkpoint)
-
-    def summary(self, status: RunStatus, wall: float, ckpt: Path | None, stop_signal: int | None = None) -> dict:
-        verdict = self.monitor.verdict
-        vals = [v for _, v in self.val_history]
-        final = self.val_history[-1][1] if self.val_history and status == RunStatus.COMPLETED else None
-        entropy = self.data.meta.get("unigram_entropy_val")
-        train_seconds = self.elapsed_before + (time.time() - self.t0)
-        reasons = {RunStatus.DIVERGED: verdict.reason, RunStatus.STOPPED: self.stop_reason,
-                   RunStatus.INTERRUPTED: f"stopped by {signal.Signals(stop_signal).name}" if stop_signal else ""}
-        summary = {
-            "status": status.value,
-            "reason": reasons.get(status, ""),
-            "diverged_step": verdict.step if status == RunStatus.DIVERGED else None,
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "final_val_loss": final,
-            "best_val_loss": min(vals) if vals else None,
-            "initial_val_loss": self.val_history[0][1] if self.val_history and self.val_history[0][0] == 0 else None,
-            "unigram_entropy_val": entropy,
-            "val_loss_over_unigram_entropy": round(final / entropy, 4) if final and entropy else None,
-            "final_train_loss": self.last_record.get("train/loss"),
-            "tokens": self.tokens_seen,
-            "peak_lr": self.plan.peak_lr,
-            "configured_lr": self.cfg.optim.lr,
-            "schedule": self.plan.schedule.name,
-            "plan": self.plan.describe(),
-            "wall_time_s": round(wall, 2),
-            "train_time_s": round(train_seconds, 2),
-            "tok_per_s": round(self.tokens_seen / train_seconds, 1) if train_seconds > 0 else None,
-            "device": self.runtime.device_name(),
-            "precision": self.precision,
-            "world_size": self.ddp.world_size,
-            "n_params": self.model.num_params(),
-            "checkpoint": str(ckpt) if ckpt else None,
-            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-            "branched_from": str(self.branched_from) if self.branched_from else None,
-        }
-        summary.update(self.monitor.summary())
-        return summary
 
 
 def train(cfg: Config, run_dir: Path, quiet: bool = False) -> RunResult:
@@ -287,11 +288,10 @@ def advance(stepper) -> None:
 def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> list[RunResult]:
     """Train `runs` (one, or a stack sharing their length and intervals) to the end, with
     `stepper` doing each update; `extra` goes into every summary. A run that diverges or is
-    stopped by a watcher is finished at once and dropped from the stepper; the others go on."""
+    stopped by a watcher is finished at once and dropped from the stepper; the others go on.
+    Each run's folder is released when fit() returns, whatever happened."""
     first, tc = runs[0], runs[0].cfg.trainer
     results: dict[int, RunResult] = {}
-    for r in runs:
-        r.open(shared_process)
 
     def end(r: Trainer, status: RunStatus, stop_signal: int | None = None) -> None:
         ckpt = None
@@ -300,16 +300,20 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
         results[id(r)] = r.finish(status, ckpt, time.time() - t_start, stop_signal, **extra)
         stepper.drop(r)
 
-    t_start = time.time()
-    for r in runs:
-        r.t0 = t_start  # training time starts now for all, not at each run's announcement
-    try:
-        with StopSignals(first.ddp) as stop:
+    # The signal handlers go back only after every summary is written: a second signal while
+    # they are written is still just a request.
+    with StopSignals(first.ddp) as stop:
+        try:
+            for r in runs:
+                r.open(shared_process)
+            t_start = time.time()
+            for r in runs:
+                r.t0 = t_start  # training time starts now for all, not at each run's announcement
             while stepper.runs and stepper.step < first.total_steps:
                 step = stepper.step
                 if step % tc.eval_interval == 0:
                     for r, v in zip(list(stepper.runs), stepper.evaluate()):
-                        r.val_at[step] = v
+                        r.evaluated(step, v)
                 if stop.stop is not None:
                     break
                 if first.checkpoints and tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > 0:
@@ -330,16 +334,16 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                     end(r, RunStatus.DIVERGED)
             if stepper.runs and stop.stop is None:
                 for r, v in zip(list(stepper.runs), stepper.evaluate()):
-                    r.val_history.append((r.step, v))
-                    r.metrics.log({"step": r.step, "val/loss": v, "train/tokens": r.tokens_seen})
+                    r.evaluated(r.step, v, final=True)
             status = RunStatus.COMPLETED if stop.stop is None else RunStatus.INTERRUPTED
             for r in list(stepper.runs):
                 end(r, status, stop.stop)
-    finally:
-        for r in runs:  # a crash: close what is still open, as failed
-            if id(r) not in results and hasattr(r, "metrics"):
-                summary = {"status": RunStatus.FAILED.value, "step": r.step}
-                if r.ddp.is_main:
-                    write_summary(r.run_dir, summary)
-                r.metrics.close(summary, failed=True)
+        finally:
+            for r in runs:  # a crash: close what is still open, as failed
+                if id(r) not in results and hasattr(r, "metrics"):
+                    summary = {"status": RunStatus.FAILED.value, "step": r.step}
+                    if r.ddp.is_main:
+                        write_summary(r.run_dir, summary)
+                    r.metrics.close(summary, failed=True)
+                r.close()
     return [results[id(r)] for r in runs]

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-outputs/loss_prediction}
 IMAGES=docs/images
 COMMON="trainer.eval_interval=25 trainer.progress=false"
+NOTE=${NOTE:-"2-core CPU, default CPU model"}
 
 run() {  # run NAME OVERRIDES...
   local name=$1; shift
@@ -25,13 +26,19 @@ run wsd_linear scheduler=wsd scheduler.decay_shape=linear
 run multistep scheduler=multistep                           # 10x drops at 50% and 75%
 run cosine1200 scheduler=cosine_warmup trainer.max_steps=1200
 
+# Each law fitted from the end of the warmup (the papers' practice) and from step 200 (the start
+# that best forecast the fitted runs' own last 150 steps from their first 450).
 for law in multi_power momentum; do
-  python scripts/predict_loss.py fit "$RUNS/constant" "$RUNS/cosine" --law $law -o $IMAGES/loss_fit_$law.json
-  python scripts/predict_loss.py predict $IMAGES/loss_fit_$law.json \
-    --run "$RUNS/wsd_sqrt" "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_$law.png
+  for start in "" 200; do
+    name=$law${start:+_start$start}
+    python scripts/predict_loss.py fit "$RUNS/constant" "$RUNS/cosine" --law $law ${start:+--start $start} \
+      -o $IMAGES/loss_fit_$name.json --note "$NOTE"
+    python scripts/predict_loss.py predict $IMAGES/loss_fit_$name.json \
+      --run "$RUNS/wsd_sqrt" "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_$name.png --note "$NOTE"
+  done
 done
 
-python scripts/predict_loss.py optimize $IMAGES/loss_fit_multi_power.json -o $IMAGES/loss_optimized.json
+python scripts/predict_loss.py optimize $IMAGES/loss_fit_multi_power.json -o $IMAGES/loss_optimized.json --note "$NOTE"
 OPTIMIZED=$(python -c "import json; print(' '.join(json.load(open('$IMAGES/loss_optimized.json'))['overrides']))")
 for seed in 1337 1 2; do  # the cosine run above is seed 1337 (the default)
   [ $seed = 1337 ] || run cosine_s$seed scheduler=cosine_warmup seed=$seed

@@ -19,7 +19,9 @@ The laws: minigpt/loss_law.py; the rest: minigpt/loss_prediction.py; docs/loss_p
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -45,9 +47,36 @@ def compose(overrides: list[str]):
         try:
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as e:
-            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise UserError(f"{first} (overrides: {' '.join(overrides)})") from None
+            raise UserError(explain(e, overrides, hydra_compose)) from None
     return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+
+
+def explain(error, overrides: list[str], hydra_compose) -> str:
+    """One line for a refused override: an unknown key lists the valid keys beside it (as train.py does)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    text = str(error)
+    missing = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    if missing and (ROOT / "conf" / missing.group(1)).is_dir():
+        group, value = missing.groups()
+        options = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+        close = difflib.get_close_matches(value, options, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown {group} '{value}'{hint}; valid: {', '.join(options)}"
+    for o in overrides:
+        key = o.partition("=")[0].lstrip("+~")
+        if f"'{key}'" in text and "." in key:
+            parent, _, leaf = key.rpartition(".")
+            try:
+                node = OmegaConf.select(hydra_compose(config_name="config", overrides=[x for x in overrides if x != o]), parent)
+            except Exception:
+                node = None
+            if isinstance(node, DictConfig) and leaf not in node:
+                close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
+                hint = f" (did you mean '{parent}.{close[0]}'?)" if close else ""
+                return f"unknown config key '{key}'{hint}; valid keys under {parent}: {', '.join(sorted(node.keys()))}"
+    first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
+    return f"{first} (overrides: {' '.join(overrides)})"
 
 
 def plan(overrides: list[str]):
@@ -67,7 +96,7 @@ def cmd_fit(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     lp.plot_curves(figure, f"{law.name} law fitted to {len(curves)} runs: RMSE {fitted.rmse:.4f} nats on "
-                   f"{fitted.n_points} points", fitted, [(c.label, c.lrs, c) for c in curves])
+                   f"{fitted.n_points} points", fitted, [(c.label, c.lrs, c) for c in curves], note=args.note)
     print(f"{law.name}: " + ", ".join(f"{k}={v:.4g} (+-{fitted.stderr[k]:.2g})" for k, v in fitted.params.items()))
     print(f"RMSE {fitted.rmse:.4f} nats, largest error {fitted.max_error:.4f} on {fitted.n_points} points; "
           f"wrote {out} and {figure}")
@@ -89,7 +118,7 @@ def cmd_predict(args) -> int:
         jobs.append((Path(run_dir).name, curve.lrs, curve))
     out = Path(args.output)
     results = lp.plot_curves(out, f"predicted by the {fitted.law} law fitted to "
-                             f"{', '.join(r['label'] for r in fitted.runs)}", fitted, jobs, args.points)
+                             f"{', '.join(r['label'] for r in fitted.runs)}", fitted, jobs, args.points, note=args.note)
     data = out.with_suffix(".json")
     data.write_text(json.dumps({"fit": str(args.fit), "law": fitted.law, "predictions": results}, indent=2) + "\n")
     for r in results:
@@ -120,7 +149,8 @@ def cmd_optimize(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     lp.plot_curves(out.with_suffix(".png"), f"the best {args.family} schedule against cosine_warmup, predicted by the "
-                   f"{fitted.law} law", fitted, [("optimized", best, None), ("cosine_warmup", cosine, None)])
+                   f"{fitted.law} law", fitted, [("optimized", best, None), ("cosine_warmup", cosine, None)],
+                   note=args.note)
     print(f"best {args.family} schedule: predicted final loss {predicted:.4f} "
           f"(cosine_warmup: {result['cosine_predicted_final_loss']:.4f})")
     print(f"run it with:\n  {command}")
@@ -144,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--start", type=int, help="fit the losses from this step on (default: the end of the warmup)")
     f.add_argument("--restarts", type=int, default=12, help="random starting points of the fit")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--note", default="", help="a line for the figure's legend, e.g. the machine")
     f.set_defaults(handler=cmd_fit)
 
     p = verbs.add_parser("predict", help="predict the loss curves of schedules")
@@ -153,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", nargs="+", help="measured runs: predict their schedules and draw their losses")
     p.add_argument("--points", type=int, default=200, help="points of each predicted curve")
     p.add_argument("-o", "--output", default="predicted.png", help="the figure (the curves go to the same name .json)")
+    p.add_argument("--note", default="", help="a line for the figure's legend, e.g. the machine")
     p.set_defaults(handler=cmd_predict)
 
     o = verbs.add_parser("optimize", help="search the schedule with the lowest predicted final loss")
@@ -162,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="wsd: cooldown fraction, shape and floor; free: a monotone table of multipliers")
     o.add_argument("--knots", type=int, default=24, help="knots after the warmup (--family free)")
     o.add_argument("-o", "--output", default="optimized.json", help="the result (with the train.py command)")
+    o.add_argument("--note", default="", help="a line for the figure's legend, e.g. the machine")
     o.set_defaults(handler=cmd_optimize)
 
     args = parser.parse_args(argv)

@@ -107,6 +107,28 @@ CASES = [
      ["monitor.sharpness_every: expected an integer", "'often'"], True),
     ("unknown_weight_decay_mode", {"optim.weight_decay_mode": "decoupled"},
      ["optim.weight_decay_mode: must be one of coupled, independent", "'decoupled'"], True),
+    # Run integrity (issue 16): a folder holds one run; seeds, compile options, names and lengths
+    # are checked before anything is written.
+    ("fresh_run_into_a_folder_that_holds_a_run", {"_run_dir": "{earlier}"},
+     ["hydra.run.dir", "already holds a run", "trainer.resume=auto", "trainer.overwrite=true"], True),
+    ("negative_seed", {"seed": -1}, ["seed must be in [0, 9223372036854775807]", "got -1"], True),
+    ("seed_past_64_bits", {"seed": 18446744073709551616}, ["seed must be in [0,", "got 18446744073709551616"], True),
+    ("negative_split_seed", {"data.split_seed": -1}, ["data.split_seed must be in [0,", "got -1"], True),
+    # this one used to crash mid-run and overwrite the finished run's summary with "failed"
+    ("resume_auto_of_a_finished_run_with_a_bad_seed", {"_run_dir": "{earlier}", "trainer.resume": "auto", "seed": -1},
+     ["seed must be in [0,"], True),
+    ("resume_past_the_end_of_the_run", {"_run_dir": "{earlier}", "trainer.resume": "auto", "trainer.max_steps": 2},
+     ["trainer.resume", "step_0000004.pt is at step 4, past the end of this run (2 steps)"], True),
+    ("unknown_compile_backend", {"trainer.compile": True, "trainer.compile_backend": "inductr"},
+     ["trainer.compile_backend: unknown torch.compile backend 'inductr'", "did you mean 'inductor'"], True),
+    ("unknown_compile_mode", {"trainer.compile_mode": "fastest"},
+     ["trainer.compile_mode: must be one of default, reduce-overhead, max-autotune"], True),
+    ("data_name_with_a_path", {"data.name": "../../x"}, ["data.name: '../../x'", "must be a plain name"], True),
+    ("empty_run_dir", {"_run_dir": ""}, ["hydra.run.dir is empty", "hydra.run.dir=outputs/my-run"], False),
+    ("batch_ramp_start_above_the_batch", {"trainer.batch_ramp_start": 64, "trainer.batch_ramp_tokens": "1k"},
+     ["trainer.batch_ramp_start (64 sequences) is larger than the global batch it ramps up to (4"], True),
+    ("context_of_a_billion_tokens", {"model.block_size": 1_000_000_000},
+     ["fewer than one context window", "model.block_size=1000000000"], False),
 ]
 
 
@@ -152,8 +174,12 @@ def arguments(case, earlier, scratch, cache_dir) -> tuple[list[str], dict | None
     name, overrides, _, _ = _case(case)
     overrides = {k: fill(v) for k, v in overrides.items()}
     env = overrides.pop("_env", None)
-    target = Path(overrides.pop("_run_dir", scratch / "runs" / name))
-    return hydra_args(cache_dir, target, **overrides), env, target
+    target = overrides.pop("_run_dir", scratch / "runs" / name)
+    args = hydra_args(cache_dir, Path(target), **overrides)
+    if target == "":
+        args[-1] = "hydra.run.dir=''"
+        target = scratch / "runs" / name  # nothing is written anywhere: the working directory is not looked at
+    return args, env, Path(target)
 
 
 def refusal(args: list[str], run_dir: Path) -> tuple[str, bool]:

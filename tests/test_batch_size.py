@@ -21,7 +21,7 @@ def plan(micro=2, accum=4, world=1, start=None, ramp=None, block=10):
 # --- the scaling rule ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule, factor", [("none", 1.0), ("linear", 4.0), ("sqrt", 2.0)])
+@pytest.mark.parametrize("rule, factor", [("none", 1.0), ("linear", 4.0), ("sqrt_lr", 2.0), ("sqrt_adam", 2.0)])
 def test_scaling_rules(rule, factor):
     cfg = OptimConfig(lr=1e-3, lr_scaling=rule, reference_batch_tokens=None if rule == "none" else 1024)
     assert scaled_peak_lr(cfg, 4096) == pytest.approx(1e-3 * factor, rel=1e-12)
@@ -39,7 +39,7 @@ def test_same_global_batch_same_lr_whatever_the_ranks_and_accumulation(micro, ac
     tc = TrainerConfig(micro_batch_size=micro, grad_accum=accum)
     tokens = BatchPlan.from_config(tc, world, block_size=64).final_tokens
     assert tokens == 8 * 64
-    cfg = OptimConfig(lr=1e-3, lr_scaling="sqrt", reference_batch_tokens=2 * 64)
+    cfg = OptimConfig(lr=1e-3, lr_scaling="sqrt_lr", reference_batch_tokens=2 * 64)
     assert scaled_peak_lr(cfg, tokens) == pytest.approx(2e-3, rel=1e-12)
     # and trainer.batch_size=8 derives the accumulation that gives the same batch
     derived = BatchPlan.from_config(TrainerConfig(micro_batch_size=micro, batch_size=8), world, block_size=64)
@@ -82,8 +82,8 @@ def test_ramp_grows_linearly_in_whole_micro_batches():
     assert p.tokens_after(len(sizes)) == seen
     assert p.tokens_after(len(sizes) + 3) == seen + 3 * 160
     assert p.updates_for(seen) == len(sizes) and p.updates_for(seen + 1) == len(sizes) + 1
-    # start is rounded down to whole micro-batches per rank, and never above the full batch
-    assert plan(micro=2, accum=8, start=5, ramp="1k").start == 4 and plan(start=100, ramp="1k").start == 8
+    # start is rounded down to whole micro-batches per rank; a start of the full batch is no ramp
+    assert plan(micro=2, accum=8, start=5, ramp="1k").start == 4 and plan(start=8, ramp="1k").start == 8
     assert plan(micro=2, accum=4, world=2, start=1, ramp="1k").start == 4  # quantum: 2 x 2 ranks
 
 
@@ -92,6 +92,9 @@ def test_ramp_config_errors():
         plan(start=4)
     with pytest.raises(UserError, match="batch_ramp_start"):
         plan(start=0, ramp="1k")
+    # a start above the full batch was once clamped to it without a word
+    with pytest.raises(UserError, match=r"batch_ramp_start \(100 sequences\) is larger than the global batch .*\(8 "):
+        plan(start=100, ramp="1k")
 
 
 def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, tmp_path):

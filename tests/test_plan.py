@@ -25,7 +25,7 @@ def test_token_warmup_counts_the_global_batch_not_one_micro_batch():
 
 
 def test_lr_at_is_the_scaled_peak_times_the_schedule():
-    cfg = config_from_dict({**TOKEN_WARMUP, "optim": {"lr": 1e-3, "lr_scaling": "sqrt", "reference_batch_tokens": 2048}})
+    cfg = config_from_dict({**TOKEN_WARMUP, "optim": {"lr": 1e-3, "lr_scaling": "sqrt_lr", "reference_batch_tokens": 2048}})
     plan = RunPlan.build(cfg, world_size=2)
     assert plan.peak_lr == pytest.approx(2e-3)  # sqrt(8192 / 2048) = 2; the global batch does not depend on ranks
     assert plan.grad_accum == 2  # 64 sequences = 16 x 2 ranks x 2

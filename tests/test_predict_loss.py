@@ -172,6 +172,8 @@ BAD = {
     "unknown law": (["fit", "cos", "--law", "power_law"], "unknown law 'power_law'; valid: multi_power, momentum"),
     "refused override": (["predict", "fit.json", "--scheduler", "wsd", "scheduler.decay=1.5"],
                          "scheduler 'wsd': decay=1.5"),
+    "unknown key": (["predict", "fit.json", "--scheduler", "wsd", "scheduler.decya=0.1"],
+                    "unknown config key 'scheduler.decya' (did you mean 'scheduler.decay'?)"),
 }
 
 

@@ -341,7 +341,8 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path,
         save_checkpoint(small_state(6), checkpoint_path(tmp_path, 6))
     monkeypatch.undo()
     folder = tmp_path / "checkpoints"
-    assert checkpoint_like(folder) == ["step_0000003.pt"]  # no partial file, under any name
+    # no partial file, under any name, and no checksum of a checkpoint that does not exist
+    assert checkpoint_like(folder) == ["step_0000003.pt", "step_0000003.pt.sha256"]
     assert latest_checkpoint(tmp_path) == good
     state = load_checkpoint(good)
     assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.full((3,), 3.0))
@@ -364,7 +365,7 @@ def test_a_run_whose_save_fails_resumes_from_the_previous_checkpoint(make_config
         train(make_config(trainer__max_steps=6, **cfg), run_dir, quiet=True)
     monkeypatch.undo()
     assert calls == [2, 4]
-    assert checkpoint_like(run_dir / "checkpoints") == ["step_0000002.pt"]
+    assert checkpoint_like(run_dir / "checkpoints") == ["step_0000002.pt", "step_0000002.pt.sha256"]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
     result = train(make_config(trainer__max_steps=6, trainer__resume="auto", **cfg), run_dir, quiet=True)
     assert result.status == "completed" and result.summary["resumed_from"] == str(checkpoint_path(run_dir, 2))
@@ -378,7 +379,8 @@ def test_pruning_keeps_the_newest_checkpoints_by_step_and_never_the_newest(tmp_p
     (tmp_path / "checkpoints" / "step_0000001.pt.tmp").write_bytes(b"left by a crash")
     assert [checkpoint_step(p) for p in prune_checkpoints(tmp_path, 2)] == [3, 12]
     assert [checkpoint_step(p) for p in list_checkpoints(tmp_path)] == [9_999_999, 10_000_000]
-    assert checkpoint_like(tmp_path / "checkpoints") == ["step_10000000.pt", "step_9999999.pt"]  # .tmp gone
+    assert checkpoint_like(tmp_path / "checkpoints") == ["step_10000000.pt", "step_10000000.pt.sha256",
+                                                         "step_9999999.pt", "step_9999999.pt.sha256"]  # .tmp gone
     prune_checkpoints(tmp_path, 0)  # a keep below 1 still keeps the newest
     assert list_checkpoints(tmp_path) == [checkpoint_path(tmp_path, 10_000_000)]
     assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 10_000_000

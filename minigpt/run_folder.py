@@ -1,0 +1,214 @@
+"""Who may write into a run folder: one run per folder, one process at a time.
+
+A folder *holds a run* once a run has written its records there (metrics.jsonl, summary.json
+or a checkpoint). Such a folder may only be
+  - continued: `trainer.resume=auto`, or `trainer.resume=<one of its own checkpoints>` (a rewind);
+  - replaced, when asked for with `trainer.overwrite=true`: the old run's files are moved into
+    `replaced-<date>_<time>/` inside the folder, where nothing reads them, and the new run
+    starts in the emptied folder.
+Anything else (a second fresh run, a branch from another run's checkpoint) is refused with one
+line before anything is written, so two runs are never mixed in one metrics.jsonl.
+
+While a run is alive it holds a lock on its folder (`.minigpt.lock`, an `flock` that the
+kernel drops when the process ends, however it ends); the file names the holder (pid, host,
+start time). A second process is refused with one line naming the holder. A lock file left by
+a process that died holds no lock: the next run takes it over and says so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+from minigpt.checkpoint import CHECKPOINT_DIR, list_checkpoints
+from minigpt.errors import UserError
+from minigpt.metrics import METRICS_FILE, SUMMARY_FILE
+
+LOCK_FILE = ".minigpt.lock"
+REPLACED_PREFIX = "replaced-"
+# What Hydra writes into the folder before the run starts: the new run's, never moved aside.
+HYDRA_FILES = (".hydra",)
+
+
+class RunFolderInUse(UserError):
+    """The folder belongs to another run or another process: nothing of it may be touched,
+    not even its summary."""
+
+
+def run_contents(run_dir: Path) -> list[str]:
+    """What of a run a folder holds, e.g. ['metrics.jsonl (40 lines)', '2 checkpoints',
+    'summary.json (completed at step 40)']; empty for a folder that holds no run."""
+    run_dir = Path(run_dir)
+    found = []
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file():
+        with open(metrics, "rb") as f:
+            found.append(f"{METRICS_FILE} ({sum(1 for _ in f)} lines)")
+    checkpoints = list_checkpoints(run_dir)
+    if checkpoints:
+        found.append(f"{len(checkpoints)} checkpoint{'s' if len(checkpoints) > 1 else ''}")
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file():
+        import json
+
+        try:
+            s = json.loads(summary.read_text())
+            found.append(f"{SUMMARY_FILE} ({s.get('status')} at step {s.get('step')})")
+        except (ValueError, AttributeError):
+            found.append(SUMMARY_FILE)
+    return found
+
+
+def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse (RunFolderInUse) to start a run in a folder that holds another one, unless it
+    continues that run or `overwrite` asks to replace it. Writes nothing."""
+    run_dir = Path(run_dir)
+    if overwrite or not run_dir.is_dir():
+        return
+    if resume == "auto":
+        return
+    if resume is not None and Path(resume).resolve().parent.parent == run_dir.resolve():
+        return  # a rewind to one of its own checkpoints
+    found = run_contents(run_dir)
+    if not found:
+        return
+    what = "a branch from another run's checkpoint" if resume is not None else "a new run"
+    raise RunFolderInUse(
+        f"hydra.run.dir: '{run_dir}' already holds a run ({', '.join(found)}), and {what} would mix its records "
+        "with it; continue that run with trainer.resume=auto, replace it with trainer.overwrite=true (its files "
+        f"move to {run_dir}/{REPLACED_PREFIX}<date>_<time>/), or pick another hydra.run.dir")
+
+
+def set_aside_run(run_dir: Path) -> Path | None:
+    """Move the files of the run a folder holds into `replaced-<date>_<time>/` inside it (all but
+    Hydra's files of the new run, its log, the lock and earlier replaced runs); return the new
+    folder, or None if there was no run."""
+    run_dir = Path(run_dir)
+    if not run_contents(run_dir):
+        return None
+    target = run_dir / (REPLACED_PREFIX + time.strftime("%Y-%m-%d_%H-%M-%S"))
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir / (REPLACED_PREFIX + time.strftime("%Y-%m-%d_%H-%M-%S") + f"-{n}")
+    target.mkdir()
+    for entry in run_dir.iterdir():
+        name = entry.name
+        if (name in HYDRA_FILES or name == LOCK_FILE or name.endswith(".log") or name.startswith(REPLACED_PREFIX)
+                or entry == target):
+            continue
+        os.replace(entry, target / name)
+    return target
+
+
+class RunFolderLock:
+    """An exclusive lock on a run folder for the life of a run (see the module docstring)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+        self.took_over: str | None = None  # the holder named by a stale lock file, if any
+        self.unsupported: str | None = None  # why this file system gave no lock (the run goes on unlocked)
+
+    def acquire(self) -> "RunFolderLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunFolderInUse(
+                f"hydra.run.dir: '{self.path.parent}' is in use by another process ({holder or 'holder unknown'}); "
+                "wait for it to end, stop it, or pick another hydra.run.dir") from None
+        except OSError as e:  # a file system without flock: run unlocked rather than not at all
+            os.close(fd)
+            self.unsupported = e.strerror or str(e)
+            return self
+        self.took_over = _read_holder(fd) or None  # the lock was free, so whoever wrote this is gone
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                  .encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.ftruncate(self.fd, 0)  # an empty lock file: nobody to take over from
+        except OSError:
+            pass
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds the lock of a run folder now ('pid 123 on host h, since ...'), or None if
+    nobody does. Takes nothing: for checks before a run starts."""
+    path = Path(run_dir) / LOCK_FILE
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd) or "holder unknown"
+        except OSError:
+            return None
+        return None
+    finally:
+        os.close(fd)  # drops the shared lock taken for the test
+
+
+def _read_holder(fd: int) -> str:
+    return os.pread(fd, 400, 0).decode(errors="replace").strip()
+
+
+def probe_writable(folder: Path, key: str) -> None:
+    """Create and delete a file in `folder` (created if missing): a real write, which also catches
+    what permission bits do not (read-only mounts, a full disk of inodes, running as root)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".minigpt-write-test-{os.getpid()}"
+        with open(probe, "w") as f:
+            f.write("x")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{key}: cannot write to '{folder}' ({e.strerror or e}); make it writable or point "
+                        f"{key} somewhere writable") from None
+
+
+def claim_run_folder(run_dir: Path, tc, checkpoints: bool, cache_dir: Path, say) -> RunFolderLock:
+    """Take the run folder for one run, for its whole life (main rank): locked, checked for
+    another run (trainer.resume, trainer.overwrite) and for writability before anything is
+    written into it. Release the returned lock when the run ends."""
+    probe_writable(run_dir, "hydra.run.dir")
+    lock = RunFolderLock(run_dir).acquire()
+    try:
+        if lock.took_over:
+            say(f"run folder: took over the lock left by {lock.took_over} (no longer running)")
+        if lock.unsupported:
+            say(f"run folder: no lock on {run_dir} ({lock.unsupported}); make sure no other process writes into it")
+        check_run_folder(run_dir, tc.resume, tc.overwrite)
+        if tc.overwrite:
+            moved = set_aside_run(run_dir)
+            if moved:
+                say(f"run folder: trainer.overwrite=true: the run {run_dir} held moved to {moved}")
+        if checkpoints:
+            probe_writable(Path(run_dir) / CHECKPOINT_DIR, "hydra.run.dir")
+        probe_writable(Path(cache_dir), "data.cache_dir")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
