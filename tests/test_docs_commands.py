@@ -208,6 +208,12 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch):
         return  # scripts: started for real below, one per page, or by their own tests
     monkeypatch.chdir(workdir)
     monkeypatch.syspath_prepend(str(workdir))  # modules the docs ask users to write (scheduler.module)
+    # ... register their schedules on import: for this test only, not for the tests after it
+    from minigpt import schedules
+
+    monkeypatch.setattr(schedules, "_REGISTRY", dict(schedules._REGISTRY))
+    for name in [m for m in sys.modules if m.split(".")[0] in {p.parent.name for p in workdir.glob("*/*.py")}]:
+        monkeypatch.delitem(sys.modules, name)
     for placeholder in ("<corpus>", "<dataset>"):
         command = command.replace(placeholder, PLACEHOLDERS[placeholder](workdir))
     command = re.sub(r"<[^>]*>", "corpus", command)  # any other <...> in a train.py command: your files
