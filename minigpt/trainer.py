@@ -41,22 +41,21 @@ log = logging.getLogger("minigpt")
 
 class Trainer:
     """One run. `checkpoints=False` writes none (the LR range test trains a throwaway copy).
-
-    `watchers` are called with every record once it reaches the host; one that returns a
-    reason (a string) ends the run at the next step boundary with status `stopped`.
-    """
+    `watchers` see every record on the host; a reason one returns ends the run (`stopped`)."""
 
     def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False, checkpoints: bool = True):
         self.cfg, self.run_dir, self.checkpoints = cfg, Path(run_dir), checkpoints
-        self.watchers: list = []
+        self.watchers: list = []  # called with each record; one that returns a reason stops the run
         self.stop_reason: str | None = None
         tc = cfg.trainer
         self.say = (lambda msg: None) if quiet else log.info
         self.runtime = Runtime.start(tc)
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
-        # The folder is this run's alone for its whole life (minigpt/run_folder.py).
-        self.lock = (claim_run_folder(self.run_dir, tc, checkpoints, Path(cfg.data.cache_dir), self.say)
-                     if self.ddp.is_main else None)
+        self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
+        if self.ddp.is_main:
+            self.lock = claim_run_folder(self.run_dir, tc, checkpoints, Path(cfg.data.cache_dir), self.say)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._setup()
         except BaseException:
