@@ -181,6 +181,7 @@ def test_max_stack_splits_a_sweep_into_stacks(make_config, tmp_path):
     assert all(r.status == "completed" for r in results)
 
 
+@pytest.mark.slow  # train.py processes
 def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(tmp_path):
     from test_cli import one_line_error
 
