@@ -243,20 +243,21 @@ class Trainer:
 
     def resume(self, found: tuple[Path, dict, list] | None) -> None:
         path, state, self.damaged = found if found else (None, None, [])
-        if state is not None:
-            if state["step"] > self.total_steps:
-                raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
-                                f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
-                                "(trainer.max_steps / max_tokens / epochs)")
-            check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
-            load_optimizer_state(self.optimizer, state["optimizer"], path)
-            load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
-            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-            self.val_history = [tuple(v) for v in state["val_history"]]
-            self.elapsed_before = state.get("elapsed", 0.0)
-            self.resumed_from, self.saved_step = path, self.step
-            self.branched_from = path if is_branch(path, self.run_dir) else None
-            self.wandb_id = None if self.branched_from else state.get("wandb_id")
+        if state is None:
+            return self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0")
+        if state["step"] > self.total_steps:
+            raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
+                            f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
+                            "(trainer.max_steps / max_tokens / epochs)")
+        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
+        load_optimizer_state(self.optimizer, state["optimizer"], path)
+        load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.val_history = [tuple(v) for v in state["val_history"]]
+        self.elapsed_before = state.get("elapsed", 0.0)
+        self.resumed_from, self.saved_step = path, self.step
+        self.branched_from = path if is_branch(path, self.run_dir) else None
+        self.wandb_id = None if self.branched_from else state.get("wandb_id")
 
     # --- the end ---
 
