@@ -521,6 +521,17 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+def _exit_now(signum, frame):
+    """A signal while the process is already ending (Python's exit clean-up included): end it at
+    once with the signal's status, without a second message or a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(128 + signum)
+
+
 def main() -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_stopped)
@@ -539,13 +550,16 @@ def main() -> None:
         if STACKED:
             train_stacked_jobs(STACKED)
     except Stopped as e:
-        for sig in STOP_SIGNALS:  # a further signal while exiting: the default, no second message
-            signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _exit_now)
         name = signal.Signals(e.signum).name
         print(f"stopped by {name} outside training (during start-up or after the run ended); this stop saved no "
               "checkpoint: run the command again, with trainer.resume=auto to continue an earlier checkpoint",
               file=sys.stderr)
         sys.exit(128 + e.signum)
+    finally:  # however main ends, a further signal during the exit clean-up ends the process quietly
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _exit_now)
 
 
 if __name__ == "__main__":

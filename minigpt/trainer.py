@@ -189,8 +189,10 @@ class Trainer:
         # checked for another run before anything is written into it.
         self.lock = None
         if self.ddp.is_main:
-            probe_writable(self.run_dir, "hydra.run.dir")
+            probe_writable(self.run_dir, "hydra.run.dir")  # creates it
             self.lock = RunFolderLock(self.run_dir).acquire()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._setup()
         except BaseException:

@@ -334,3 +334,30 @@ def test_a_signal_during_data_preparation_is_one_line_and_128_plus_the_signal(ca
     assert "Traceback" not in err + out
     assert err.strip().splitlines()[-1].startswith(f"stopped by {signal.Signals(sig).name} outside training")
     assert not (run_dir / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_more_ctrl_c_while_a_stopped_run_exits_is_no_traceback(cache_dir, tmp_path):
+    """Ctrl-C, then Ctrl-C again and again while the run saves its checkpoint and exits (the
+    clean-up at exit included): status 130, no traceback, the checkpoint saved."""
+    run_dir = tmp_path / "run"
+    args = hydra_args(cache_dir, run_dir, **{**B, "trainer.max_steps": 400})
+    log = open(tmp_path / "out.txt", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.time() + 120
+    while len(read_metrics(run_dir)) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    while proc.poll() is None and time.time() < deadline:  # keep pressing it until the process is gone
+        time.sleep(0.01)
+        try:
+            proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            break
+    proc.wait(timeout=60)
+    out = (tmp_path / "out.txt").read_text()
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "Exception ignored" not in out, out[-3000:]
+    assert list_checkpoints(run_dir), out[-3000:]
+
