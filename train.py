@@ -29,7 +29,7 @@ from minigpt.errors import Stopped, UserError
 
 # The signals that stop a run. During training the trainer turns them into a stop at the next
 # step boundary (with a checkpoint); outside it they end the process at once, with one line.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)  # as the trainer's
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
