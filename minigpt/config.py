@@ -186,6 +186,9 @@ class TrainerConfig:
     resume: Optional[str] = None  # 'auto' (newest in the run directory) or a checkpoint path
     overwrite: bool = False  # replace a run the run directory holds (moved to replaced-<time>/) instead of refusing
     flush_every: int = 0  # per-step records copied to the host every N updates; 0: 1 on CPU, 32 on CUDA
+    # CUDA: warn about, or fail the run at, any host-device synchronisation inside the training
+    # step (torch.cuda.set_sync_debug_mode), after the first updates; ignored on a CPU
+    sync_debug: Optional[Literal["warn", "error"]] = None
     progress: bool = True  # tqdm progress bar
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
 

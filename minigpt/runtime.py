@@ -22,6 +22,7 @@ from minigpt.errors import UserError
 # SIGUSR2 is submitit's preemption / time-limit signal: under hydra/launcher=slurm the job then
 # requeues itself (minigpt/cli.py) and continues from the checkpoint saved at the stop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+SYNC_DEBUG_AFTER = 3  # updates of a process that trainer.sync_debug leaves unchecked (compile, allocation)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Runtime:
     ddp: Distributed
     device: torch.device
     precision: str  # fp32 | bf16 | fp16, resolved for the device
+    sync_debug: str | None = None  # trainer.sync_debug: warn | error on a host-device sync in the step
+    updates_run: int = 0  # updates this process has run (the first ones compile and allocate)
 
     @classmethod
     def start(cls, tc: TrainerConfig) -> "Runtime":
@@ -113,7 +116,7 @@ class Runtime:
             torch.backends.cuda.matmul.allow_tf32 = True  # leftover fp32 matmuls on tensor cores
             torch.backends.cudnn.allow_tf32 = True
         check_compile_backend(tc)
-        return cls(ddp, device, precision)
+        return cls(ddp, device, precision, tc.sync_debug)
 
     def wrap(self, model: torch.nn.Module, tc: TrainerConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(the module that trains: compiled and DDP-wrapped as configured, the module that
@@ -132,6 +135,23 @@ class Runtime:
     def autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    @contextlib.contextmanager
+    def sync_checked(self):
+        """Around one update and its record hand-off: with trainer.sync_debug on CUDA, torch
+        warns about (warn) or raises at (error) any operation that makes the host wait for the
+        GPU. The first SYNC_DEBUG_AFTER updates of a process are left alone: compilation and
+        first allocations may wait, and are not the loop being measured. No-op on a CPU."""
+        self.updates_run += 1
+        if self.sync_debug is None or self.device.type != "cuda" or self.updates_run <= SYNC_DEBUG_AFTER:
+            yield
+            return
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode(self.sync_debug)
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
 
     def device_name(self) -> str:
         return str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)

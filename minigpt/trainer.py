@@ -277,12 +277,12 @@ def train(cfg: Config, run_dir: Path, quiet: bool = False) -> RunResult:
 
 
 def advance(stepper) -> None:
-    """One update of the stepper's runs, then the periodic hand-off of their records to the host:
-    the body of fit()'s loop, also what scripts/bench.py times."""
-    stepper.train_step()
-    if stepper.step % stepper.runs[0].flush_every == 0:
-        for r in stepper.runs:
-            r.flush()
+    """One update and the periodic hand-off of records: fit()'s loop body, what bench.py times."""
+    with stepper.runs[0].runtime.sync_checked():  # trainer.sync_debug
+        stepper.train_step()
+        if stepper.step % stepper.runs[0].flush_every == 0:
+            for r in stepper.runs:
+                r.flush()
 
 
 def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> list[RunResult]:

@@ -123,6 +123,7 @@ CASES = [
      ["trainer.compile_backend: unknown torch.compile backend 'inductr'", "did you mean 'inductor'"], True),
     ("unknown_compile_mode", {"trainer.compile_mode": "fastest"},
      ["trainer.compile_mode: must be one of default, reduce-overhead, max-autotune"], True),
+    ("unknown_sync_debug", {"trainer.sync_debug": "loud"}, ["trainer.sync_debug: must be one of warn, error"], True),
     ("data_name_with_a_path", {"data.name": "../../x"}, ["data.name: '../../x'", "must be a plain name"], True),
     ("empty_run_dir", {"_run_dir": ""}, ["hydra.run.dir is empty", "hydra.run.dir=outputs/my-run"], False),
     ("batch_ramp_start_above_the_batch", {"trainer.batch_ramp_start": 64, "trainer.batch_ramp_tokens": "1k"},

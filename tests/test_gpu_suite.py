@@ -276,3 +276,34 @@ def test_dry_run_executes_every_stage_on_the_cpu(tmp_path):
     assert not list(out.rglob("*.pt"))
     # a dry run's figures never reach the docs
     assert docs.main([str(out), "--docs", str(ROOT / "README.md"), "--check"]) == 2
+
+
+# --- trainer.sync_debug: the check the smoke runs rely on ------------------------------------------
+
+
+def test_sync_debug_covers_updates_after_the_warm_up_and_restores_the_mode(monkeypatch):
+    import torch
+
+    from minigpt.runtime import SYNC_DEBUG_AFTER, Distributed, Runtime
+
+    modes = ["default"]
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    seen = []
+    rt = Runtime(Distributed(), torch.device("cuda"), "bf16", "error")
+    for _ in range(SYNC_DEBUG_AFTER + 2):
+        with rt.sync_checked():
+            seen.append(modes[-1])
+    assert seen == ["default"] * SYNC_DEBUG_AFTER + ["error", "error"]
+    assert modes[-1] == "default"  # restored after each update
+    with pytest.raises(RuntimeError):  # restored when the step raises, too
+        with rt.sync_checked():
+            raise RuntimeError("called a synchronizing CUDA operation")
+    assert modes[-1] == "default"
+    for off in (Runtime(Distributed(), torch.device("cuda"), "bf16", None),
+                Runtime(Distributed(), torch.device("cpu"), "fp32", "error")):
+        before = len(modes)
+        for _ in range(SYNC_DEBUG_AFTER + 2):
+            with off.sync_checked():
+                pass
+        assert len(modes) == before  # off, or on a CPU: never touched
