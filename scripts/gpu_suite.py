@@ -187,9 +187,12 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
     # 3. sweep: 8 small runs one after another vs stacked vs parallel
     sweep_dir = out / "sweep" / "runs"
     runs = 2 if dry_run else 8
-    sweep_args = ["--runs", str(runs), "--out", str(sweep_dir), *data]
+    # argparse wants the positional overrides in one group, after the options
+    sweep_args = ["--runs", str(runs), "--out", str(sweep_dir)]
     if dry_run:
-        sweep_args += ["--tiny", "--modes", "sequential,stacked", "trainer.max_steps=6", "trainer.eval_interval=6"]
+        sweep_args += ["--tiny", "--modes", "sequential,stacked", *data, "trainer.max_steps=6", "trainer.eval_interval=6"]
+    else:
+        sweep_args += data
     sweep = [Command("bench_sweep", python(str(ROOT / "scripts" / "bench_sweep.py"), *sweep_args),
                      check_sweep(sweep_dir / "bench.json", runs))]
 
