@@ -514,7 +514,7 @@ def _first_line(e: Exception) -> str:
 
 # The signals that stop a run. During training the trainer turns them into a stop at the next
 # step boundary (with a checkpoint); outside it they end the process at once, with one line.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)  # as the trainer's
 
 
 def _raise_stopped(signum, frame):

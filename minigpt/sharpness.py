@@ -59,12 +59,17 @@ def top_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.T
     and that iterate (unit norm), to start the next call from."""
     loss = loss_fn()
     grads = torch.autograd.grad(loss, params, create_graph=True)
+    # A gradient that does not depend on the weights (e.g. of a bias feeding the loss linearly) has
+    # no second derivative: its rows of H are zero.
+    curved = [i for i, g in enumerate(grads) if g.requires_grad]
     scale = [d.rsqrt() for d in preconditioner] if preconditioner is not None else [None] * len(params)
     v = _normalised(init)
     eigenvalue = 0.0
     for i in range(iters):
         u = [x * s if s is not None else x for x, s in zip(v, scale)]  # P^-1/2 v
-        hu = torch.autograd.grad(grads, params, grad_outputs=u, retain_graph=i < iters - 1)
+        hu = torch.autograd.grad([grads[k] for k in curved], params, grad_outputs=[u[k] for k in curved],
+                                 retain_graph=i < iters - 1, allow_unused=True)
+        hu = [h if h is not None else torch.zeros_like(p) for h, p in zip(hu, params)]
         sv = [h * s if s is not None else h for h, s in zip(hu, scale)]  # P^-1/2 H P^-1/2 v
         eigenvalue = float(sum((a * b).sum() for a, b in zip(v, sv)))
         v = _normalised(sv)

@@ -28,7 +28,9 @@ GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--
 # Scripts run shortened: later flags win over the documented ones.
 SCRIPT_SHORTEN = {"scripts/bench.py": ["--warmup", "1", "--steps", "2", "--repeats", "1"],
                   "scripts/bench_sweep.py": ["--runs", "2", "--modes", "sequential,stacked", "--out", "bench_sweep"],
-                  "scripts/sample.py": ["--max-new-tokens", "20"]}
+                  "scripts/sample.py": ["--max-new-tokens", "20"],
+                  "scripts/bench_data.py": ["--sizes", "1", "--file-mb", "1", "--rounds", "1", "--max-chars", "100000",
+                                            "--root", "bench-data", "--out", "bench_data.json"]}
 
 
 def is_gpu_command(command: str) -> bool:

@@ -42,6 +42,16 @@ def test_power_iteration_finds_the_top_eigenvalue_of_a_known_hessian():
     assert abs(float(v @ torch.linalg.eigh(A).eigenvectors[:, -1])) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_parameters_without_curvature_count_as_zero_rows_of_the_hessian():
+    """A bias entering the loss linearly has a gradient that does not depend on the weights."""
+    A = spd(3)
+    loss, params = quadratic(A)
+    bias = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    start = [torch.ones(3, dtype=torch.float64), torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)]
+    value, vector = top_eigenvalue(lambda: loss() + bias.sum(), params + [bias], None, iters=60, init=start)
+    assert value == pytest.approx(9.0, rel=1e-6) and vector[2].abs().max() < 1e-6
+
+
 def test_the_preconditioned_eigenvalue_is_that_of_P_inverse_H():
     A = spd(1)
     loss, params = quadratic(A)

@@ -102,3 +102,33 @@ def test_unfinished_runs_show_the_gap_so_far_and_count_for_no_signature():
     assert signatures(study)[0].holds == []  # a verdict needs finished runs
     text = "\n".join(signature_tables(study))
     assert "| pre-LN | 0.01 | 1 | 5.200 at step 300, interrupted | 5.010 at step 200, interrupted | 10: +0.390 at step 200, not finished |" in text
+
+
+def test_mechanism_figure_draws_each_instrument_and_masks_negative_eigenvalues(tmp_path):
+    import math
+
+    from minigpt.sweep.figures import plot_study_mechanism
+
+    runs = {}
+    for label, lr in (("no warmup", 0.01), ("warmup", 0.001)):
+        j = job("pre", 0.01, 0, 1, 5.0, lrs=[lr] * 20)
+        for r in j.records:
+            if "train/loss" in r:
+                r["train/max_attn_logit"] = 2.0 * r["step"]
+                if r["step"] % 5 == 0:
+                    r["train/sharpness"] = -3.0 if r["step"] == 5 else 100.0 + r["step"]
+                    r["train/sharpness_threshold"] = 38 / lr
+        runs[label] = [j]
+    fig_path = tmp_path / "mechanism.png"
+    fig = plot_study_mechanism(runs, 12, "test", fig_path)
+    assert fig_path.stat().st_size > 5000
+    loss_ax, lr_ax, sharp_ax, logit_ax = fig.axes
+    sharp = [ln for ln in sharp_ax.get_lines() if ln.get_label() == "no warmup"][0]
+    assert list(sharp.get_xdata()) == [0, 5, 10]  # steps before 12 only
+    y = list(sharp.get_ydata())
+    assert y[0] == 100.0 and math.isnan(y[1]) and y[2] == 110.0
+    thresholds = [ln for ln in sharp_ax.get_lines() if ln.get_label().startswith("Adam threshold")]
+    assert sorted(round(ln.get_ydata()[0]) for ln in thresholds) == [3800, 38000]
+    assert sharp_ax.get_yscale() == "log"
+    logits = [ln for ln in logit_ax.get_lines() if ln.get_label() == "warmup"][0]
+    assert list(logits.get_ydata()) == [2.0 * s for s in range(12)]

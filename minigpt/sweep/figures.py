@@ -181,10 +181,11 @@ def plot_study_early(study, lr, path) -> None:
     save_figure(fig, path)
 
 
-def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: int, title: str, path) -> None:
+def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: int, title: str, path):
     """The first steps with and without warmup, as the instruments saw them: training loss, LR,
     the preconditioned sharpness against Adam's stability threshold (Cohen et al. 2022), and the
-    largest attention logit. jobs_by_warmup: label -> runs (one line per run), no warmup first."""
+    largest attention logit. jobs_by_warmup: label -> runs (one line per run), no warmup first.
+    Returns the figure (after saving it to `path`)."""
     keys = [("train/loss", "training loss"), ("train/lr", "LR"), ("train/sharpness", "sharpness (log)"),
             ("train/max_attn_logit", "max attention logit")]
     fig = new_figure(7.5, 9.0)
@@ -196,6 +197,8 @@ def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: in
                 keep = [(st, v) for st, v in zip(steps, values) if st < steps_shown]
                 if not keep:
                     continue
+                if key == "train/sharpness":  # a negative (largest-magnitude) eigenvalue: a gap on the log axis
+                    keep = [(st, v if v > 0 else math.nan) for st, v in keep]
                 style = "o-" if key == "train/sharpness" else "-"
                 ax.plot([st for st, _ in keep], [v for _, v in keep], style, color=color, lw=0.9, ms=2.5, alpha=0.85,
                         label=label if k == 0 else None)
@@ -217,6 +220,7 @@ def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: in
     axes[-1].set_xlabel("step")
     fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
+    return fig
 
 
 def job_lrs(job):

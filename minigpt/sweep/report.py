@@ -100,8 +100,8 @@ def study_tables(study: Study) -> list[str]:
     rows = []
     for arch, w in study.arms():
         curve = study.curve(arch, w)
-        if len(curve) < len(study.lrs):
-            curve = {}  # a sensitivity over some of the LRs would not compare with the others'
+        if len(curve) < len(study.lrs) or len(study.lrs) < 2:
+            curve = {}  # over some of the LRs it would not compare with the others'; over one it is 0
         curve_all = study.curve(arch, w)
         cells = study.arm(arch, w)
         jobs = [j for c in cells.values() for j in c.jobs]

@@ -130,7 +130,7 @@ class Study:
 
 
 def build_study(jobs: Sequence[Job], early_steps: int | None = None) -> Study | None:
-    """Group the jobs by architecture, warmup and peak LR; None unless both LR and warmup vary."""
+    """Group the jobs by architecture, warmup and peak LR; None unless the warmup varies."""
     cells: dict = {}
     for j in jobs:
         lr = j.get("optim.lr")
@@ -141,7 +141,7 @@ def build_study(jobs: Sequence[Job], early_steps: int | None = None) -> Study | 
         cells.setdefault(key, Cell(*key)).jobs.append(j)
     lrs = sorted({k[2] for k in cells})
     warmups = sorted({k[1] for k in cells}, key=lambda w: (w is None, w or 0))
-    if len(lrs) < 2 or len(warmups) < 2:
+    if len(warmups) < 2 or not lrs:  # a study compares warmups, at one peak LR or several
         return None
     order = ["pre-LN", "post-LN", "pre-LN+QK-LN"]
     archs = sorted({k[0] for k in cells}, key=lambda a: (order.index(a) if a in order else len(order), a))
