@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 EOT = "<|endoftext|>"
+CHECK_CHARS = 500_000  # characters encoded both ways by encode_arrays(check=True)
 # The pre-tokenizer pattern of GPT-2, which tokenizers' ByteLevel pre-tokenizer uses.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -87,12 +88,14 @@ class BPETokenizer:
         (docs/performance.md). Its rule (merge the adjacent pair whose joined bytes have the
         lowest id) equals BPE's (apply the earliest learned merge) whenever ids follow merge
         order, as they do here, except where a token can be joined from two different pairs;
-        check=True encodes with both and keeps `tokenizers` for good if they ever differ."""
+        check=True also encodes the first CHECK_CHARS characters with `tokenizers` and keeps
+        `tokenizers` for good if the two differ."""
         fast = self.tiktoken_encoding()
         if fast is not None:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
             ids = fast.encode_ordinary_batch(texts, num_threads=threads or 1)
-            if not check or ids == [e.ids for e in self._tok.encode_batch_fast(texts)]:
+            probe = texts[:max(1, int(np.searchsorted(np.cumsum([len(t) for t in texts]), CHECK_CHARS)))]
+            if not check or ids[:len(probe)] == [e.ids for e in self._tok.encode_batch_fast(probe)]:
                 return [np.array(i, dtype=dtype) for i in ids]
             self._fast = False
         return [np.array(e.ids, dtype=dtype) for e in self._tok.encode_batch_fast(texts)]

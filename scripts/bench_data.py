@@ -33,16 +33,13 @@ import sysconfig
 import time
 from pathlib import Path
 
-FILE_MB = 35
-
-
 def stdlib_sources() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     return sorted(p for p in root.rglob("*.py") if not {"site-packages", "dist-packages"} & set(p.parts))
 
 
-def build_corpus(folder: Path, size_mb: int) -> Path:
-    """Files of about FILE_MB MB made of the stdlib sources, in all size_mb MB (kept for reuse)."""
+def build_corpus(folder: Path, size_mb: int, file_mb: int) -> Path:
+    """Files of about file_mb MB made of the stdlib sources, in all size_mb MB (kept for reuse)."""
     done = folder / ".complete"
     if done.exists():
         return folder
@@ -50,7 +47,7 @@ def build_corpus(folder: Path, size_mb: int) -> Path:
     folder.mkdir(parents=True)
     sources = stdlib_sources()
     texts = [p.read_bytes() for p in sources]
-    n_files = max(1, round(size_mb / FILE_MB))
+    n_files = max(1, round(size_mb / file_mb))
     per_file = size_mb * 10**6 // n_files
     for i in range(n_files):
         written, k = 0, (i * 97) % len(texts)
@@ -90,8 +87,8 @@ def prepare_in_child(config: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_corpus(root: Path, size_mb: int) -> dict:
-    folder = build_corpus(root / f"stdlib-{size_mb}MB", size_mb)
+def bench_corpus(root: Path, size_mb: int, file_mb: int) -> dict:
+    folder = build_corpus(root / f"stdlib-{size_mb}MB-{file_mb}", size_mb, file_mb)
     cache_dir = root / "cache"
     config = dict(source="files", paths=[str(folder)], name=f"bench{size_mb}", cache_dir=str(cache_dir))
     for old in cache_dir.glob(f"bench{size_mb}-*"):
@@ -121,19 +118,18 @@ def bench_corpus(root: Path, size_mb: int) -> dict:
 # --- encoders ---------------------------------------------------------------------------------
 
 
-def compare_encoders(root: Path, rounds: int) -> dict:
+def compare_encoders(root: Path, rounds: int, file_mb: int) -> dict:
     """Tokenize the same 20 MB in pieces every way; alternate the ways, report medians (MB/s)."""
     import numpy as np
 
-    from minigpt.corpus import stdlib_documents
     from minigpt.data import pieces
     from minigpt.tokenizer import BPETokenizer
 
-    folder = build_corpus(root / "stdlib-35MB", 35)
+    folder = build_corpus(root / f"stdlib-{file_mb}MB-{file_mb}", file_mb, file_mb)
     text = (folder / "part000.txt").read_text(errors="replace")[:20_000_000]
     chunks = list(pieces([text]))
     mb = sum(len(c.encode()) for c in chunks) / 1e6
-    tok = BPETokenizer.train(iter(d.text for d in stdlib_documents()), 4096)
+    tok = BPETokenizer.train(iter(chunks), 4096)
     threads = len(os.sched_getaffinity(0))
     batches = [chunks[i:i + 32] for i in range(0, len(chunks), 32)]
 
@@ -176,7 +172,7 @@ def compare_encoders(root: Path, rounds: int) -> dict:
 # --- tokenizer sample size ----------------------------------------------------------------------
 
 
-def entropy_by_sample(budgets: list[int]) -> list[dict]:
+def entropy_by_sample(budgets: list[int], max_chars: int) -> list[dict]:
     """Validation unigram entropy of the stdlib corpus for tokenizers trained on growing samples."""
     import tempfile
 
@@ -187,8 +183,8 @@ def entropy_by_sample(budgets: list[int]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for budget in budgets:
             t = time.time()
-            data = prepare_data(DataConfig(tokenizer_train_chars=int(budget), cache_dir=tmp), log=lambda m: None,
-                                progress=False)
+            data = prepare_data(DataConfig(tokenizer_train_chars=int(budget), max_chars=max_chars, cache_dir=tmp),
+                                log=lambda m: None, progress=False)
             meta = data.meta
             chars_per_token_val = sum(len(data.tokenizer.decode(data.val[i:i + 100_000]))
                                       for i in range(0, len(data.val), 100_000)) / meta["val_tokens"]
@@ -204,18 +200,18 @@ def entropy_by_sample(budgets: list[int]) -> list[dict]:
 # --- one long line ------------------------------------------------------------------------------
 
 
-def one_line_check(root: Path) -> dict:
-    """A ~35 MB file without a line break, prepared in pieces, against the ids of the whole text."""
+def one_line_check(root: Path, file_mb: int) -> dict:
+    """A file_mb MB file without a line break, prepared in pieces, against the ids of the whole text."""
     import numpy as np
 
     from minigpt.config import DataConfig
     from minigpt.data import prepare_data
 
-    folder = root / "one-line"
+    folder = root / f"one-line-{file_mb}"
     path = folder / "line.txt"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        text = (build_corpus(root / "stdlib-35MB", 35) / "part000.txt").read_text(errors="replace")
+        text = (build_corpus(root / f"stdlib-{file_mb}MB-{file_mb}", file_mb, file_mb) / "part000.txt").read_text(errors="replace")
         path.write_text(text.replace("\n", " "))
     t = time.time()
     data = prepare_data(DataConfig(source="files", paths=[str(path)], name="oneline", cache_dir=str(root / "cache")),
@@ -240,21 +236,23 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--entropy", type=float, nargs="*", default=[], help="tokenizer_train_chars values")
     parser.add_argument("--one-line", action="store_true")
+    parser.add_argument("--file-mb", type=int, default=35, help="size of each corpus file (and of the one-line file)")
+    parser.add_argument("--max-chars", type=int, default=0, help="--entropy: cut the stdlib corpus to this many characters")
     args = parser.parse_args()
 
     result = dict(machine=dict(cpus=len(os.sched_getaffinity(0)), platform=platform.platform(),
                                python=platform.python_version()), command=" ".join(sys.argv), corpora=[])
     for size in args.sizes:
-        row = bench_corpus(args.root, size)
+        row = bench_corpus(args.root, size, args.file_mb)
         result["corpora"].append(row)
         print({k: v for k, v in row.items() if k != "log"}, flush=True)
     if args.encoders:
-        result["encoders"] = compare_encoders(args.root, args.rounds)
+        result["encoders"] = compare_encoders(args.root, args.rounds, args.file_mb)
         print(result["encoders"]["mb_per_s"], flush=True)
     if args.entropy:
-        result["tokenizer_sample"] = entropy_by_sample(args.entropy)
+        result["tokenizer_sample"] = entropy_by_sample(args.entropy, args.max_chars)
     if args.one_line:
-        result["one_line"] = one_line_check(args.root)
+        result["one_line"] = one_line_check(args.root, args.file_mb)
         print(result["one_line"], flush=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -38,6 +38,14 @@ for law in multi_power momentum; do
   done
 done
 
+# With a WSD run among the fitted ones: does a cooldown in the data pin the decay term down?
+for law in multi_power momentum; do
+  python scripts/predict_loss.py fit "$RUNS/constant" "$RUNS/cosine" "$RUNS/wsd_sqrt" --law $law \
+    -o $IMAGES/loss_fit_${law}_3runs.json --note "$NOTE"
+  python scripts/predict_loss.py predict $IMAGES/loss_fit_${law}_3runs.json \
+    --run "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_${law}_3runs.png --note "$NOTE"
+done
+
 python scripts/predict_loss.py optimize $IMAGES/loss_fit_multi_power.json -o $IMAGES/loss_optimized.json --note "$NOTE"
 OPTIMIZED=$(python -c "import json; print(' '.join(json.load(open('$IMAGES/loss_optimized.json'))['overrides']))")
 for seed in 1337 1 2; do  # the cosine run above is seed 1337 (the default)

@@ -291,6 +291,23 @@ def test_a_diverging_run_stops_cleanly_with_the_step_and_reason(kind, make_confi
 
 
 @pytest.mark.slow
+def test_a_short_healthy_run_of_the_default_model_is_not_declared_stuck(make_config, tmp_path):
+    """`python train.py trainer.max_steps=60` was stopped at step 30 as stuck at the unigram level
+    although its loss was falling: the default model, the default stuck settings."""
+    cfg = make_config(model__n_layer=4, model__n_head=4, model__n_embd=128, model__block_size=128,
+                      trainer__micro_batch_size=16, trainer__max_steps=60, trainer__eval_interval=1000,
+                      monitor__stuck_after=MonitorConfig().stuck_after)
+    result = train(cfg, tmp_path, quiet=True)
+    losses = [r["train/loss"] for r in train_records(tmp_path)]
+    entropy = result.summary["unigram_entropy_val"]
+    # Half way, it is still above the unigram level (what the old rule called stuck) ...
+    assert np.mean(losses[11:31]) >= entropy - cfg.monitor.stuck_margin
+    # ... but falling, and it runs to the end.
+    assert np.mean(losses[40:60]) < np.mean(losses[0:20]) - 0.3
+    assert result.status == "completed" and len(losses) == 60 and result.summary["final_val_loss"] is not None
+
+
+@pytest.mark.slow
 def test_a_diverged_run_exits_3_alone_and_returns_inf_in_a_sweep(cache_dir, tmp_path):
     """Alone, a diverged run exits with status 3 (shell scripts, CI and Slurm see a failure); in
     a sweep it is recorded, the sweeper gets inf (caught by a Hydra callback) and the sweep goes on."""
@@ -385,7 +402,7 @@ def test_steps_skipped_by_the_fp16_gradient_scaler_are_logged(make_config, tmp_p
     stands in, and an infinite gradient at step 5 makes it skip that update."""
     trainer = Trainer(make_config(trainer__max_steps=8, trainer__eval_interval=1000), tmp_path, quiet=True)
     trainer.scaler = torch.amp.GradScaler("cpu")
-    trainer.fields.append("scaler_skipped")  # what __init__ does when it builds a scaler
+    trainer.records.fields.append("scaler_skipped")  # what __init__ does when it builds a scaler
     weight = trainer.model.transformer.wte.weight
     weight.register_hook(lambda g: g * math.inf if trainer.step == 5 else g)
     stepped = spy_optimizer_steps(trainer)
