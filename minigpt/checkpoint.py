@@ -10,7 +10,8 @@ trained on: `trainer.resume=auto` falls back to the newest intact one.
 
 A resumed run must build the same model from the same tokens as the run that wrote the
 checkpoint; `resume_config_changes` compares the two configs, refuses a change of the model's
-shape or of the data (tokenizer included) and lists the changes that are safe.
+shape or of the data (tokenizer included) and lists the changes that are safe. Resuming from
+a checkpoint of another run directory starts a branch (`continue_records`).
 """
 
 from __future__ import annotations
@@ -18,21 +19,28 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from minigpt.errors import UserError
 from minigpt.files import fsync_dir, write_atomic
+from minigpt.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
+from minigpt.model import GPTConfig
+from minigpt.runtime import rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_SUFFIX = ".sha256"
 DAMAGED_SUFFIX = ".damaged"  # a checkpoint that failed its check, kept for a person to look at
 _NAME = re.compile(r"step_(\d+)\.pt$")
 
-# Config keys a resume must keep: the model's shape (the saved weights would not fit another)
-# and everything under data. except where the cache lives (which tokens the run sees).
-FIXED_MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "norm_position", "qk_layernorm")
+# Config keys a resume must keep: the model's shape (the saved weights would not fit another:
+# every field of the model's config but the vocabulary, which the tokenizer fixes, and the
+# dropout and z-loss, which a resumed run may change) and everything under data. except where
+# the cache lives (which tokens the run sees).
+FIXED_MODEL_KEYS = tuple(f.name for f in fields(GPTConfig) if f.name not in ("vocab_size", "dropout", "z_loss"))
 MOVABLE_DATA_KEYS = ("cache_dir",)
 
 
@@ -175,7 +183,7 @@ def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
     """The safe changes between a checkpoint's config and a resumed run's, as 'key: old -> new'.
 
     Raises UserError naming every key that changes the model's shape or the data."""
-    old, cur = _flatten(saved), _flatten(new)
+    old, cur = flatten(saved), flatten(new)
     keys = sorted(set(old) | set(cur))
     changed = [k for k in keys if old.get(k) != cur.get(k) and k != "trainer.resume"]
     fixed = [k for k in changed if (k.startswith("model.") and k.split(".", 1)[1] in FIXED_MODEL_KEYS)
@@ -223,11 +231,123 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}"""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+# --- run state: resume and branch -----------------------------------------------------------
+
+
+def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, dict, list] | None:
+    """(path, state, damaged) of the checkpoint that trainer.resume names, after checking its
+    config against `config`; None for resume=auto in a folder without one. resume=auto takes
+    the newest intact checkpoint, passing over damaged newer ones (`damaged`: (path, why))."""
+    damaged = []
+    if resume == "auto":
+        path, state, damaged = newest_intact_checkpoint(run_dir)
+        for p, why in damaged:
+            say(f"resume: skipped {p.name}: {why}")
+        if path is None:
+            return None
+    else:
+        path = Path(resume)
+        state = load_checkpoint(path)
+    changes = resume_config_changes(state.get("config", {}), config, path)
+    if changes:
+        say("resume: config changes from the checkpoint: " + "; ".join(changes))
+    return path, state, damaged
+
+
+def run_state(run) -> dict:
+    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values."""
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "step": run.step,
+        "tokens_seen": run.tokens_seen,
+        "rng": rng_state(),
+        "monitor": run.monitor.state_dict(),
+        "val_history": [list(v) for v in run.val_history],
+        "config": run.cfg.to_dict(),
+        "model_config": vars(run.model_config).copy(),
+        "data_key": run.data.cache_dir.name,
+        "tokenizer": (run.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
+        "wandb_id": run.wandb_id,
+        "elapsed": run.elapsed_before + (time.time() - run.t0),
+    }
+
+
+def load_states(state: dict, **parts) -> None:
+    """Load a checkpoint's states into the run's parts (model, optimizer, scaler (None: none),
+    monitor), and its RNG state into this process."""
+    for name, part in parts.items():
+        if part is not None and state.get(name) is not None:
+            part.load_state_dict(state[name])
+    set_rng_state(state["rng"])
+
+
+def check_compatible(state: dict, path: Path, model_config: dict, data_key: str) -> None:
+    """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
+    saved = state.get("model_config", {})
+    diff = [f"model.{k} ({saved.get(k)} -> {model_config[k]})" for k in ("vocab_size", *FIXED_MODEL_KEYS)
+            if saved.get(k) != model_config[k]]
+    if diff:
+        raise UserError(f"trainer.resume: {path} is a checkpoint of another model: {', '.join(diff)}; "
+                        "resume with the model config it was trained with")
+    if state.get("data_key") != data_key:
+        raise UserError(f"trainer.resume: {path} was trained on other tokens: the same data config now gives "
+                        f"token cache {data_key}, not {state.get('data_key')} (the corpus files "
+                        "changed?); resume with the corpus it was trained on")
+
+
+def is_branch(path: Path, run_dir: Path) -> bool:
+    """Whether resuming `run_dir` from checkpoint `path` starts a branch (another run's checkpoint)."""
+    return Path(path).resolve().parent.parent != Path(run_dir).resolve()
+
+
+def continue_records(run_dir: Path, step: int, resumed_from: Path | None, branched_from: Path | None,
+                     damaged: list, say) -> None:
+    """Make the run folder's records those of this run up to its first step, just before
+    training (main rank only): nothing earlier in the start-up can fail after an earlier run's
+    records changed.
+
+    A fresh start (or a resume that found no checkpoint) drops the records of an attempt that
+    died before its first checkpoint; a resume drops the records after the checkpoint's step
+    and the checkpoints past it (a rewind), so every step is recorded once and resume=auto
+    never mixes two histories; a branch (e.g. a WSD cooldown off a stable phase) starts from the
+    parent's records up to its step. Unreadable lines of metrics.jsonl are set aside, never
+    dropped silently; damaged checkpoints are set aside too."""
+    run_dir = Path(run_dir)
+    for p, _ in damaged:
+        aside = set_aside_damaged(p)
+        say(f"resume: damaged checkpoint {p.name} set aside as {aside.name}")
+    if branched_from:
+        parent = [r for r in read_metrics(Path(branched_from).resolve().parent.parent) if r["step"] < step]
+        write_metrics(run_dir, parent)
+        say(f"branch: from {branched_from} at step {step}, a new run in {run_dir} ({len(parent)} records of the "
+            "parent copied)")
+        return
+    dropped, unreadable = truncate_metrics(run_dir, step)
+    later = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) > step]
+    for p in later:
+        p.unlink()
+    notes = []
+    if dropped:
+        notes.append(f"dropped {dropped} records " + ("of an earlier attempt" if step == 0 else "after it"))
+    if unreadable:
+        notes.append(f"{unreadable} unreadable line{'s' if unreadable > 1 else ''} of metrics.jsonl set aside in "
+                     f"{run_dir / UNREADABLE_FILE}")
+    if later:
+        notes.append(f"deleted {len(later)} later checkpoints")
+    if resumed_from:
+        say(f"resume: from {resumed_from} at step {step}" + "".join(f"; {n}" for n in notes))
+    elif notes:
+        say("records: " + "; ".join(notes))

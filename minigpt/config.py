@@ -220,18 +220,6 @@ class TrainerConfig:
         for key in ("ckpt_interval", "flush_every", "threads"):
             _check(getattr(self, key) >= 0, f"trainer.{key}", "must be >= 0", getattr(self, key))
 
-    def grad_accum_for(self, world_size: int) -> int:
-        """Micro-batches per update on each rank, so the global batch is what was asked."""
-        if self.batch_size is None:
-            return self.grad_accum
-        per_pass = self.micro_batch_size * world_size
-        if self.batch_size % per_pass:
-            raise UserError(
-                f"trainer.batch_size ({self.batch_size}) is not divisible by micro_batch_size x ranks "
-                f"({self.micro_batch_size} x {world_size} = {per_pass}); pick a multiple of {per_pass}"
-            )
-        return self.batch_size // per_pass
-
 
 @dataclass
 class MonitorConfig:

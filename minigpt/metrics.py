@@ -7,9 +7,11 @@ continues, so each step appears exactly once.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.config import LoggerConfig
@@ -19,6 +21,25 @@ from minigpt.files import write_atomic
 METRICS_FILE = "metrics.jsonl"
 UNREADABLE_FILE = "metrics.jsonl.unreadable"  # lines of metrics.jsonl that a resume could not read
 SUMMARY_FILE = "summary.json"
+
+
+class RunStatus(enum.StrEnum):
+    """How a run ended: summary.json's "status" (a string in the file, this enum in the code)."""
+
+    COMPLETED = "completed"
+    DIVERGED = "diverged"  # the monitor's verdict (monitor.stop_on_divergence)
+    INTERRUPTED = "interrupted"  # a stop signal; it saved a checkpoint to resume from
+    STOPPED = "stopped"  # a watcher ended it (the LR range test)
+    FAILED = "failed"  # an exception, or bad input inside a sweep
+
+
+@dataclass
+class RunResult:
+    status: RunStatus
+    final_val_loss: float  # inf unless completed
+    summary: dict  # as in summary.json
+    run_dir: Path
+    checkpoint: Path | None = None  # the checkpoint to resume or sample from
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -74,6 +95,16 @@ def write_metrics(run_dir: Path, records: list[dict]) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     write_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def completed_summary(run_dir: Path, step: int) -> dict | None:
+    """The folder's summary when it is of a run completed at `step` (a resume would only repeat it), else None."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    done = isinstance(summary, dict) and summary.get("status") == "completed" and summary.get("step") == step
+    return summary if done else None
 
 
 def write_failed_summary(run_dir: Path, summary: dict) -> bool:

@@ -18,7 +18,7 @@ Options that studies of training instability need:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,13 @@ class GPTConfig:
     norm_position: str = "pre"  # "pre" or "post"
     qk_layernorm: bool = False
     z_loss: float = 0.0  # coefficient of the z-loss term; 0 turns it off
+
+    @classmethod
+    def build(cls, model_cfg, vocab_size: int) -> "GPTConfig":
+        """From the run's model config (config.ModelConfig: a field of the same name for each
+        of ours) and the tokenizer's vocabulary size."""
+        return cls(vocab_size=vocab_size, **{f.name: getattr(model_cfg, f.name) for f in fields(cls)
+                                             if f.name != "vocab_size"})
 
     @property
     def padded_vocab_size(self) -> int:
@@ -177,6 +184,13 @@ class GPT(nn.Module):
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
         return n
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"{self.num_params():,} parameters (without position embeddings), {c.n_layer} layers, {c.n_embd} wide, "
+                f"{c.n_head} heads, context {c.block_size}, vocabulary {c.vocab_size} (padded to "
+                f"{c.padded_vocab_size}), {c.norm_position}-LN" + (", QK-layernorm" if c.qk_layernorm else "")
+                + (f", z-loss {c.z_loss}" if c.z_loss else ""))
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None, with_z_loss: bool = True):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from minigpt.config import OptimConfig
+from minigpt.errors import UserError
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device: torch.device,
@@ -64,3 +65,16 @@ def decay_coefficient(cfg: OptimConfig, peak_lr: float) -> float:
         return cfg.weight_decay / peak_lr
     return cfg.weight_decay
 
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict, path) -> None:
+    """A checkpoint's optimizer state, into an optimizer of the same groups; each group keeps this
+    run's LR multiplier (optim.lr_multipliers may change on a resume, the groups may not)."""
+    saved_groups = [g.get("name") for g in saved["param_groups"]]
+    groups = [g["name"] for g in optimizer.param_groups]
+    if saved_groups != groups:
+        raise UserError(f"trainer.resume: {path} has optimizer groups {saved_groups}, this run {groups} "
+                        "(optim.lr_multipliers set or unset since); resume with the multipliers it was trained with")
+    multipliers = [g["lr_mult"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, mult in zip(optimizer.param_groups, multipliers):  # this run's, not the checkpoint's
+        group["lr_mult"] = mult

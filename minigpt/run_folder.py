@@ -23,7 +23,7 @@ import socket
 import time
 from pathlib import Path
 
-from minigpt.checkpoint import list_checkpoints
+from minigpt.checkpoint import CHECKPOINT_DIR, list_checkpoints
 from minigpt.errors import UserError
 from minigpt.metrics import METRICS_FILE, SUMMARY_FILE
 
@@ -187,3 +187,28 @@ def probe_writable(folder: Path, key: str) -> None:
     except OSError as e:
         raise UserError(f"{key}: cannot write to '{folder}' ({e.strerror or e}); make it writable or point "
                         f"{key} somewhere writable") from None
+
+
+def claim_run_folder(run_dir: Path, tc, checkpoints: bool, cache_dir: Path, say) -> RunFolderLock:
+    """Take the run folder for one run, for its whole life (main rank): locked, checked for
+    another run (trainer.resume, trainer.overwrite) and for writability before anything is
+    written into it. Release the returned lock when the run ends."""
+    probe_writable(run_dir, "hydra.run.dir")
+    lock = RunFolderLock(run_dir).acquire()
+    try:
+        if lock.took_over:
+            say(f"run folder: took over the lock left by {lock.took_over} (no longer running)")
+        if lock.unsupported:
+            say(f"run folder: no lock on {run_dir} ({lock.unsupported}); make sure no other process writes into it")
+        check_run_folder(run_dir, tc.resume, tc.overwrite)
+        if tc.overwrite:
+            moved = set_aside_run(run_dir)
+            if moved:
+                say(f"run folder: trainer.overwrite=true: the run {run_dir} held moved to {moved}")
+        if checkpoints:
+            probe_writable(Path(run_dir) / CHECKPOINT_DIR, "hydra.run.dir")
+        probe_writable(Path(cache_dir), "data.cache_dir")
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -7,8 +7,9 @@ stacked along a new leading dimension and the model is called through
 `torch.func.vmap(functional_call(...))`: every layer becomes one batched kernel for all runs,
 so the same number of launches does M times the work.
 
-How: each run is an ordinary `Trainer` (its config, run directory, schedule, peak LR, monitor,
-records, checkpoints and summary); this module replaces only its step and its evaluation.
+How: each run is an ordinary `Trainer` (its config, run directory, plan, monitor, records,
+checkpoints and summary) and `trainer.fit` runs the loop; this module is only the stepper that
+replaces their step and their evaluation.
 Per run: its initialisation (seed), LR and beta1 from its own schedule, AdamW hyperparameters
 and state, gradient clipping and divergence verdict. Shared: model shape, data, batch, run
 length, precision and intervals (`check_stackable` says which key differs when they do not).
@@ -26,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -36,11 +36,12 @@ from torch.func import functional_call, vmap
 
 from minigpt.config import Config
 from minigpt.errors import UserError
-from minigpt.metrics import MetricsLogger, write_summary
+from minigpt.checkpoint import flatten
 from minigpt.model import GPT
 from minigpt.optim import decay_coefficient
-from minigpt.checkpoint import _flatten
-from minigpt.trainer import STOP_SIGNALS, RunResult, Trainer, _Pending
+from minigpt.records import PendingStep
+from minigpt.metrics import RunResult
+from minigpt.trainer import Trainer, fit
 
 log = logging.getLogger("minigpt")
 
@@ -52,7 +53,7 @@ def stack_groups(configs: list[Config]) -> list[list[int]]:
     """Indices of the runs that can share a stack (equal in every key but MAY_DIFFER), in order."""
     groups: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
-        shape = tuple(sorted((k, repr(v)) for k, v in _flatten(c.to_dict()).items() if not k.startswith(MAY_DIFFER)))
+        shape = tuple(sorted((k, repr(v)) for k, v in flatten(c.to_dict()).items() if not k.startswith(MAY_DIFFER)))
         groups.setdefault(shape, []).append(i)
     return list(groups.values())
 
@@ -61,7 +62,7 @@ def check_stackable(configs: list[Config]) -> None:
     """Raise UserError unless the runs can be trained as one stack (one line, naming the key)."""
     if not configs:
         raise UserError("no runs to stack")
-    flat = [_flatten(c.to_dict()) for c in configs]
+    flat = [flatten(c.to_dict()) for c in configs]
     for key in sorted(set().union(*flat)):
         if key.startswith(MAY_DIFFER):
             continue
@@ -88,17 +89,24 @@ def check_stackable(configs: list[Config]) -> None:
         raise UserError("stacked runs train in one process: launch them without torchrun")
 
 
-class StackedRuns:
+class StackedStepper:
+    """Steps the runs of one stack together; `runs` are the Trainers still in the stack, in
+    stack order (a run that ends is dropped from every stacked tensor)."""
+
     def __init__(self, configs: list[Config], run_dirs: list[Path], quiet: bool = False):
         check_stackable(configs)
-        self.runs = []
+        self.all = []
         try:
             for cfg, d in zip(configs, run_dirs):
-                self.runs.append(Trainer(cfg, Path(d), quiet=quiet))
+                self.all.append(Trainer(cfg, Path(d), quiet=quiet))
+            self._setup(quiet)
         except BaseException:
-            for r in self.runs:  # release the run folders already taken
+            for r in self.all:  # release the run folders already taken
                 r.close()
             raise
+
+    def _setup(self, quiet: bool) -> None:
+        self.runs = list(self.all)
         first = self.runs[0]
         if first.precision == "fp16":
             raise UserError("trainer.precision: fp16 (this GPU has no bf16) is not supported for stacked runs; "
@@ -109,10 +117,7 @@ class StackedRuns:
                             "resume them one by one with the default launcher")
         self.say = (lambda msg: None) if quiet else log.info
         self.device, self.step, self.total_steps = first.device, first.step, first.total_steps
-        self.grad_accum, self.tc = first.grad_accum, first.cfg.trainer
-        self.active = list(range(len(self.runs)))  # indices of the runs still in the stack, in stack order
-        self.stop_signal: int | None = None
-        self.results: list[RunResult | None] = [None] * len(self.runs)
+        self.grad_accum, self.tc = first.plan.grad_accum, first.cfg.trainer
 
         # The parameters in a fixed order, decayed ones first (AdamW decays the leading columns).
         named = list(first.model.named_parameters())  # tied weights appear once
@@ -145,7 +150,7 @@ class StackedRuns:
         optims = [r.cfg.optim for r in self.runs]
         # Adam's betas and eps after the batch-size rule (sqrt_adam scales them): the run plan's.
         self.beta2, self.eps = column([r.plan.beta2 for r in self.runs]), column([r.plan.eps for r in self.runs])
-        self.weight_decay = column([decay_coefficient(r.cfg.optim, r.peak_lr) for r in self.runs])
+        self.weight_decay = column([decay_coefficient(r.cfg.optim, r.plan.peak_lr) for r in self.runs])
         self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
         plans = [[r.plan.lr_at(t) for t in range(self.total_steps)] for r in self.runs]  # stacks count in steps
         self.lrs = [[lr for lr, _ in plan] for plan in plans]
@@ -166,7 +171,7 @@ class StackedRuns:
 
     def _build_views(self) -> None:
         """Parameters (leaves) and their gradients as views of the flat tensors."""
-        m = len(self.active)
+        m = len(self.runs)
         self.params, offset = {}, 0
         for name in self.names:
             n = math.prod(self.shapes[name])
@@ -183,14 +188,20 @@ class StackedRuns:
         self.batched_loss = vmap(loss_of, in_dims=(0, data_dim, data_dim), randomness="different")
 
     def _batches(self, get):
-        """(x, y) for every active run: one batch when all runs share a seed, else stacked."""
+        """(x, y) for every run in the stack: one batch when all runs share a seed, else stacked."""
         if self.shared_data:
-            return get(self.runs[self.active[0]])
-        pairs = [get(self.runs[i]) for i in self.active]
+            return get(self.runs[0])
+        pairs = [get(r) for r in self.runs]
         return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
-    def _keep(self, keep: list[int]) -> None:
-        """Drop the runs not in `keep` (positions in the stack) from every stacked tensor."""
+    def drop(self, run: Trainer) -> None:
+        """Take a run that ended out of every stacked tensor."""
+        keep = [k for k, r in enumerate(self.runs) if r is not run]
+        self.runs = [self.runs[k] for k in keep]
+        if not keep:
+            return
+        if run.ended() is not None:
+            self.say(f"stack: {run.run_dir.name} {run.ended()}; {len(keep)} carry on")
         index = torch.tensor(keep, device=self.device)
         with torch.no_grad():
             for name in ("flat", "flat_grad", "exp_avg", "exp_avg_sq", "adam_step", "beta2", "eps", "weight_decay",
@@ -198,23 +209,22 @@ class StackedRuns:
                 setattr(self, name, getattr(self, name).index_select(0, index).contiguous())
             self.lr_table = self.lr_table.index_select(1, index).contiguous()
             self.beta1_table = self.beta1_table.index_select(1, index).contiguous()
-        self.active = [self.active[k] for k in keep]
         self._build_views()
 
     # --- one optimizer step for every run ---
 
     def train_step(self) -> None:
-        step, first = self.step, self.runs[self.active[0]]
+        step, first, m = self.step, self.runs[0], len(self.runs)
         start = time.perf_counter()
         events = None
         if self.device.type == "cuda":
             events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             events[0].record()
-        loss_sum = torch.zeros(len(self.active), device=self.device)
-        loss_max = torch.full((len(self.active),), -math.inf, device=self.device)
+        loss_sum = torch.zeros(m, device=self.device)
+        loss_max = torch.full((m,), -math.inf, device=self.device)
         for micro in range(self.grad_accum):
             x, y = self._batches(lambda r: r.train_batches.train_batch(step, micro))
-            with first._autocast():
+            with first.runtime.autocast():
                 losses = self.batched_loss(self.params, x, y)  # (M,): each run's mean loss
             # Runs are independent, so the gradient of the sum is each run's own gradient.
             with warnings.catch_warnings():
@@ -229,13 +239,11 @@ class StackedRuns:
         if events is not None:
             events[1].record()
         seconds = None if events is not None else time.perf_counter() - start
-        for k, i in enumerate(self.active):
-            r = self.runs[i]
-            r.tokens_seen += r.tokens_per_step
-            beta1 = r.plan.lr_at(step)[1]
-            r.pending.append(_Pending(step, self.lrs[i][step], beta1, r.tokens_seen, r.global_batch, False, seconds,
-                                      events))
-            r.pending_values.append(values[k])
+        for k, r in enumerate(self.runs):
+            i = self.all.index(r)
+            r.tokens_seen += r.plan.tokens_per_step
+            r.records.add(PendingStep(step, self.lrs[i][step], r.plan.lr_at(step)[1], r.tokens_seen,
+                                      r.plan.global_batch, False, seconds, events), values[k])
             r.step += 1
         self.step += 1
 
@@ -262,136 +270,43 @@ class StackedRuns:
 
     @torch.no_grad()
     def evaluate(self) -> list[float]:
-        """Each active run's mean loss over the fixed validation windows."""
-        first = self.runs[self.active[0]]
+        """Each run's mean loss over the fixed validation windows."""
+        first = self.runs[0]
         self.template.eval()
-        total = torch.zeros(len(self.active), device=self.device, dtype=torch.float64)
+        total = torch.zeros(len(self.runs), device=self.device, dtype=torch.float64)
         for i in range(self.tc.eval_iters):
             x, y = self._batches(lambda r: r.val_batches.eval_batch(i))
-            with first._autocast():
+            with first.runtime.autocast():
                 total += self.batched_loss(self.params, x, y).double()
         self.template.train()
         return (total / self.tc.eval_iters).tolist()
 
-    # --- the run ---
-
-    def run(self) -> list[RunResult]:
-        tc = self.tc
-        for r in self.runs:
-            r.begin_records()
-            r._announce()
-            r.metrics = MetricsLogger(r.run_dir, r.cfg.logger, config=r.cfg.to_dict(), total_steps=r.total_steps,
-                                      start_step=r.step, wandb_id=r.wandb_id, progress=False,
-                                      run_name=r.cfg.run_name, shared_process=True)
-            r.wandb_id = r.metrics.wandb_id
-        self.say(f"stack: {len(self.runs)} runs trained together as one batched model "
-                 f"({'one batch for all' if self.shared_data else 'a batch per seed'})")
-        previous = self._install_signal_handlers()
-        t_start = time.time()
-        for r in self.runs:
-            r._t0 = t_start  # training time starts now for all, not at each run's announcement
-        try:
-            while self.step < self.total_steps and self.active:
-                if self.step % tc.eval_interval == 0:
-                    for i, v in zip(self.active, self.evaluate()):
-                        self.runs[i].val_at[self.step] = v
-                if self.stop_signal is not None:
-                    break
-                if tc.ckpt_interval and self.step % tc.ckpt_interval == 0 and self.step > 0:
-                    for i in self.active:
-                        if not self.runs[i]._resumed_here():
-                            self.runs[i]._drain()
-                            self._save(i)
-                self.train_step()
-                if self.step % self.runs[self.active[0]].flush_every == 0:
-                    self._flush_and_drop_diverged(wait=False, t_start=t_start)
-            self._flush_and_drop_diverged(wait=True, t_start=t_start)
-            if self.active:
-                if self.stop_signal is not None:
-                    for i in self.active:
-                        self.runs[i].stop_signal = self.stop_signal
-                    status = "interrupted"
-                else:
-                    status = "completed"
-                    for i, v in zip(self.active, self.evaluate()):
-                        r = self.runs[i]
-                        r.val_history.append((self.step, v))
-                        r.metrics.log({"step": self.step, "val/loss": v, "train/tokens": r.tokens_seen})
-                for i in list(self.active):
-                    self._finish(i, status, time.time() - t_start)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            for i, r in enumerate(self.runs):  # a crash: close what is still open, as failed
-                if self.results[i] is None and hasattr(r, "metrics"):
-                    summary = {"status": "failed", "step": r.step}
-                    write_summary(r.run_dir, summary)
-                    r.metrics.close(summary, failed=True)
-            for r in self.runs:
-                r.close()
-        return self.results
-
-    def _flush_and_drop_diverged(self, wait: bool, t_start: float) -> None:
-        for i in self.active:
-            self.runs[i]._flush(wait=wait)
-        stopped = [i for i in self.active if self.runs[i].monitor.verdict.diverged
-                   and self.runs[i].cfg.monitor.stop_on_divergence]
-        for i in stopped:
-            self.runs[i]._drain()
-            self._finish(i, "diverged", time.time() - t_start)
-        if stopped and self.active:
-            self.say(f"stack: {len(stopped)} run(s) diverged; {len(self.active)} carry on")
-
-    def _finish(self, i: int, status: str, wall: float) -> None:
-        r = self.runs[i]
-        checkpoint = None
-        if status in ("completed", "interrupted"):
-            checkpoint = r.resumed_from if r._resumed_here() else self._save(i)
-        summary = r._summary(status, wall, checkpoint)
-        summary["stacked_runs"] = len(self.runs)
-        write_summary(r.run_dir, summary)
-        r.metrics.close(summary)
-        final = summary["final_val_loss"] if status == "completed" else math.inf
-        self.results[i] = RunResult(status, final, summary, r.run_dir, checkpoint)
-        keep = [k for k, j in enumerate(self.active) if j != i]
-        if keep:
-            self._keep(keep)
-        else:
-            self.active = []
-
-    def _save(self, i: int) -> Path | None:
-        """Copy run i's slice into its Trainer's model and optimizer; save an ordinary checkpoint."""
-        r, k = self.runs[i], self.active.index(i)
-        own = dict(r.model.named_parameters())
+    def save(self, run: Trainer) -> Path | None:
+        """Copy the run's slice into its Trainer's model and optimizer; save an ordinary checkpoint."""
+        i, k = self.all.index(run), self.runs.index(run)
+        own = dict(run.model.named_parameters())
         with torch.no_grad():
             offset = 0
             for name in self.names:
                 n = math.prod(self.shapes[name])
                 p = own[name]
                 p.copy_(self.flat[k, offset:offset + n].view(self.shapes[name]))
-                r.optimizer.state[p] = {
+                run.optimizer.state[p] = {
                     "step": torch.tensor(float(self.adam_step[k])),
                     "exp_avg": self.exp_avg[k, offset:offset + n].view(self.shapes[name]).clone(),
                     "exp_avg_sq": self.exp_avg_sq[k, offset:offset + n].view(self.shapes[name]).clone(),
                 }
                 offset += n
         last = max(self.step - 1, 0)
-        for group in r.optimizer.param_groups:  # the LR and beta1 of the last update, as the trainer leaves them
+        for group in run.optimizer.param_groups:  # the LR and beta1 of the last update, as the trainer leaves them
             group["lr"] = self.lrs[i][last]
             group["betas"] = (self.beta1s[i][last], group["betas"][1])
-        return r.save()
+        return run.save()
 
-    def _install_signal_handlers(self) -> dict:
-        def request_stop(signum, frame):
-            self.stop_signal = signum
-
-        previous = {}
-        for sig in STOP_SIGNALS:
-            try:
-                previous[sig] = signal.signal(sig, request_stop)
-            except ValueError:  # not the main thread
-                pass
-        return previous
+    def run(self) -> list[RunResult]:
+        self.say(f"stack: {len(self.all)} runs trained together as one batched model "
+                 f"({'one batch for all' if self.shared_data else 'a batch per seed'})")
+        return fit(self.all, self, shared_process=True, stacked_runs=len(self.all))
 
 
 def train_stacked(configs: list[Config], run_dirs: list[Path], quiet: bool = False,
@@ -405,7 +320,7 @@ def train_stacked(configs: list[Config], run_dirs: list[Path], quiet: bool = Fal
         size = max_stack or len(group)
         for start in range(0, len(group), size):
             part = group[start:start + size]
-            done = StackedRuns([configs[i] for i in part], [run_dirs[i] for i in part], quiet=quiet).run()
+            done = StackedStepper([configs[i] for i in part], [run_dirs[i] for i in part], quiet=quiet).run()
             for i, result in zip(part, done):
                 results[i] = result
     return results

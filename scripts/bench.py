@@ -7,8 +7,8 @@
     python scripts/bench.py --preset cpu --compare-logging --repeats 5
 
 Each configuration is composed from conf/ exactly as train.py composes it (Hydra's compose
-API, the same overrides), built by the real minigpt Trainer, and run through Trainer.advance()
--- the body of train.py's loop: the optimizer step, the per-step record, the spike monitor and
+API, the same overrides), built by the real minigpt Trainer, and run through trainer.advance()
+-- the body of the training loop (minigpt/trainer.py fit()): the optimizer step, the per-step record, the spike monitor and
 metrics.jsonl. Evaluation and checkpoints are left out. The first --warmup steps (where
 torch.compile compiles) are timed separately; then --steps steps are timed. Each configuration
 runs in a fresh process, so its peak memory is its own.
@@ -86,7 +86,8 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
     import torch
 
     from minigpt.metrics import MetricsLogger
-    from minigpt.trainer import Trainer
+    from minigpt.stepper import ModelStepper
+    from minigpt.trainer import Trainer, advance
 
     cfg = config_from_dict(raw)
     with tempfile.TemporaryDirectory(prefix="minigpt-bench-") as run_dir:
@@ -102,18 +103,7 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
         trainer.metrics = MetricsLogger(Path(run_dir), cfg.logger, config=cfg.to_dict(),
                                         total_steps=trainer.total_steps, progress=False)
 
-        # Host time spent handing records over (device -> host copy, spike monitor, metrics.jsonl):
-        # on a CPU it adds to the step directly, so it is the logging cost measured without the
-        # noise of two timed runs.
-        flush_s = [0.0]
-        flush = trainer._flush
-
-        def timed_flush(wait: bool) -> None:
-            t = time.perf_counter()
-            flush(wait)
-            flush_s[0] += time.perf_counter() - t
-
-        trainer._flush = timed_flush
+        stepper = ModelStepper(trainer)
 
         def timed(n: int, logging: bool) -> float:
             """Seconds for n steps, from a drained device to a drained device."""
@@ -121,28 +111,31 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
             t0 = time.perf_counter()
             for _ in range(n):
                 if logging:
-                    trainer.advance()
+                    advance(stepper)
                 else:  # the same step, its per-step values never leave the device
-                    trainer.train_step()
-                    trainer.pending.clear()
-                    trainer.pending_values.clear()
+                    stepper.train_step()
+                    trainer.records.discard()
             if logging:
-                trainer._drain()
+                trainer.flush(wait=True)
             sync()
             return time.perf_counter() - t0
 
         warmup_s = timed(warmup, logging=True)
-        flush_s[0] = 0.0
+        # Host time spent handing records over (device -> host copy, spike monitor, metrics.jsonl):
+        # on a CPU it adds to the step directly, so it is the logging cost measured without the
+        # noise of two timed runs.
+        flush_before = trainer.flush_seconds
         on, off = [], []
         for _ in range(repeats if compare else 1):
             on.append(timed(steps, logging=True))
             if compare:
                 off.append(timed(steps, logging=False))
         trainer.metrics.close()
+        flush_seconds = trainer.flush_seconds - flush_before
 
     step_s = statistics.median(on) / steps
     logged_steps = steps * len(on)
-    tok_s = trainer.tokens_per_step / step_s
+    tok_s = trainer.plan.tokens_per_step / step_s
     peak = trainer.peak_flops
     if cuda:
         memory_mb = torch.cuda.max_memory_allocated(trainer.device) / 2**20
@@ -163,8 +156,8 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
         "vocab_size": trainer.model_config.padded_vocab_size,
         "n_params": trainer.model.num_params(),
         "micro_batch_size": tc.micro_batch_size,
-        "grad_accum": trainer.grad_accum,
-        "tokens_per_step": trainer.tokens_per_step,
+        "grad_accum": trainer.plan.grad_accum,
+        "tokens_per_step": trainer.plan.tokens_per_step,
         "warmup_steps": warmup,
         "timed_steps": steps,
         "ms_per_step": round(step_s * 1000, 3),
@@ -178,14 +171,14 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
         # What the warm-up took beyond the same number of steady steps: compilation (and
         # first-touch allocation, which is small next to it).
         "compile_s": round(max(0.0, warmup_s - warmup * step_s), 3) if tc.compile else None,
-        "record_host_ms_per_step": round(flush_s[0] / logged_steps * 1000, 4),
+        "record_host_ms_per_step": round(flush_seconds / logged_steps * 1000, 4),
     }
     if compare:
         off_s = statistics.median(off) / steps
         result.update({
             "repeats": repeats,
             "ms_per_step_logging_off": round(off_s * 1000, 3),
-            "tokens_per_s_logging_off": round(trainer.tokens_per_step / off_s, 1),
+            "tokens_per_s_logging_off": round(trainer.plan.tokens_per_step / off_s, 1),
             "logging_overhead_pct": round(100 * (step_s - off_s) / off_s, 2),
             "ms_per_step_all": [round(s / steps * 1000, 3) for s in on],
             "ms_per_step_logging_off_all": [round(s / steps * 1000, 3) for s in off],

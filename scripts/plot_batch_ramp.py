@@ -5,7 +5,7 @@
 Three runs of the same token budget and schedule: a constant batch; a GPT-3-style ramp with the
 schedule counted in updates (the LR curve is stretched over the extra small updates); and the
 same ramp with `trainer.schedule_unit=tokens` (the LR at every token is the planned one). Pure
-functions only (minigpt.batch_ramp, minigpt.schedules): nothing is trained.
+functions only (minigpt.plan, minigpt.schedules): nothing is trained.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from minigpt.batch_ramp import BatchPlan
+from minigpt.plan import BatchPlan
 from minigpt.config import TrainerConfig, parse_count
 from minigpt.plots import new_figure
 from minigpt.schedules import schedule_from_config

@@ -1,25 +1,28 @@
-"""Bad input through train.py: one line naming the key and what is accepted, exit status 2, no
-traceback, and nothing an earlier run wrote is touched.
+"""Bad input: one line naming the key and what is accepted, and nothing an earlier run wrote is
+touched.
 
 One completed earlier run (run directory, checkpoints, metrics, token cache) is made once and
-hashed; every bad input below then runs as a real `train.py` process (two at a time), and the
-earlier run's files must hash the same afterwards. Most inputs must be refused by the precheck,
-before Hydra creates a run directory or any data is read.
+hashed. Every bad input of the table is then checked in process, as train.py checks it: most
+must be refused by the precheck (minigpt/cli.py, before Hydra creates a run directory or any
+data is read), the others by the trainer. A few go through a real `train.py` process for the
+contract a user sees: exit status 2, one `error:` line, no traceback. Afterwards the earlier
+run's files must hash the same.
 """
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import hydra_args, run_train
+from conftest import hydra_args, nested, run_train, tiny_overrides
+from minigpt import cli
+from minigpt.config import config_from_dict
+from minigpt.errors import UserError
+from minigpt.trainer import train
 from test_cli import one_line_error
-
-pytestmark = pytest.mark.slow  # about 50 train.py processes, most refused in a second
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: CUDA is not bad input here")
 
@@ -156,51 +159,81 @@ def scratch(tmp_path_factory):
 def earlier(cache_dir, tmp_path_factory):
     """A completed earlier run with checkpoints, metrics and a token cache, hashed."""
     run_dir = tmp_path_factory.mktemp("earlier") / "run"
-    proc = run_train(hydra_args(cache_dir, run_dir, **{"trainer.max_steps": 4, "trainer.ckpt_interval": 2,
-                                                       "trainer.eval_interval": 2, "trainer.threads": 1}))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    overrides = {**tiny_overrides(cache_dir), "trainer.max_steps": 4, "trainer.ckpt_interval": 2,
+                 "trainer.eval_interval": 2, "trainer.threads": 1}
+    assert train(config_from_dict(nested(overrides)), run_dir, quiet=True).status == "completed"
     ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
     assert len(ckpts) == 2 and (run_dir / "metrics.jsonl").exists() and (run_dir / "summary.json").exists()
     return run_dir, ckpts[-1], tree_hashes(run_dir, cache_dir)
 
 
-@pytest.fixture(scope="module")
-def results(earlier, scratch, cache_dir):
-    """Every bad input run through train.py, two processes at a time."""
+def arguments(case, earlier, scratch, cache_dir) -> tuple[list[str], dict | None, Path]:
+    """(train.py's command-line arguments, environment, run directory) of a case."""
     run_dir, ckpt, _ = earlier
-    fill = lambda v: v.format(earlier=run_dir, ckpt=ckpt, tmp=scratch) if isinstance(v, str) else v
+    fill = lambda v: v.format(earlier=run_dir, ckpt=ckpt, tmp=scratch) if isinstance(v, str) else v  # noqa: E731
+    name, overrides, _, _ = _case(case)
+    overrides = {k: fill(v) for k, v in overrides.items()}
+    env = overrides.pop("_env", None)
+    target = overrides.pop("_run_dir", scratch / "runs" / name)
+    args = hydra_args(cache_dir, Path(target), **overrides)
+    if target == "":
+        args[-1] = "hydra.run.dir=''"
+        target = scratch / "runs" / name  # nothing is written anywhere: the working directory is not looked at
+    return args, env, Path(target)
 
-    def one(case):
-        name, overrides, _, _ = _case(case)
-        overrides = {k: fill(v) for k, v in overrides.items()}
-        env = overrides.pop("_env", None)
-        target = overrides.pop("_run_dir", scratch / "runs" / name)
-        args = hydra_args(cache_dir, Path(target), **overrides)
-        if target == "":
-            args[-1] = "hydra.run.dir=''"
-            target = scratch / "runs" / name  # nothing is written anywhere: the working directory is not looked at
-        target = Path(target)
-        return name, (run_train(args, env=env, timeout=300), target)
 
-    cases = [c for c in CASES if not (hasattr(c, "marks") and torch.cuda.is_available())]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, cases))
+def refusal(args: list[str], run_dir: Path) -> tuple[str, bool]:
+    """(the error line train.py prints, whether the precheck refused it), in this process:
+    the precheck first, then what a Hydra job does with the composed config."""
+    try:
+        cli.precheck(args)
+    except UserError as e:
+        return f"error: {e}", True
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[a for a in args if not a.startswith("hydra.")])
+    try:
+        train(config_from_dict(OmegaConf.to_container(cfg, resolve=True)), run_dir, quiet=True)
+    except UserError as e:
+        return f"error: {e}", False
+    raise AssertionError(f"not refused: {args}")
 
 
 @pytest.mark.parametrize("name, overrides, expected, precheck", CASES, ids=[_case(c)[0] for c in CASES])
-def test_bad_input_is_one_line_naming_the_key(name, overrides, expected, precheck, results, scratch, earlier):
-    proc, run_dir = results[name]
-    line = one_line_error(proc)  # exit status 2, one "error: " line on stderr, no traceback
+def test_bad_input_is_one_line_naming_the_key(name, overrides, expected, precheck, earlier, scratch, cache_dir,
+                                              monkeypatch):
+    args, env, run_dir = arguments((name, overrides, expected, precheck), earlier, scratch, cache_dir)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    line, refused_early = refusal(args, run_dir)
+    assert "\n" not in line
     for text in expected:
         assert text in line, (text, line)
+    assert refused_early or not precheck, f"{name}: refused by the trainer, not by the precheck"
     if precheck and run_dir != earlier[0]:
-        assert not run_dir.exists(), f"{name}: refused only after Hydra created {run_dir}"
+        assert not run_dir.exists(), f"{name}: refused only after {run_dir} was created"
     assert not (scratch / "pwned").exists()  # the malicious pickle never ran
-
-
-def test_nothing_of_the_earlier_run_was_touched(results, earlier, cache_dir):
-    run_dir, _, before = earlier
-    assert len(results) >= 20
-    after = tree_hashes(run_dir, cache_dir)
-    assert set(tree_hashes(run_dir)) == {p for p in before if p.startswith(str(run_dir))}  # no file added there
+    # nothing of the earlier run was touched
+    run_root, _, before = earlier
+    after = tree_hashes(run_root, cache_dir)
+    assert set(tree_hashes(run_root)) == {p for p in before if p.startswith(str(run_root))}  # no file added there
     assert {p: after.get(p) for p in before} == before  # every earlier file whole and unchanged
+
+
+# What a user sees, through real train.py processes: refused by the precheck (a bad value, an
+# unknown option) and by the trainer (an empty corpus), each with exit status 2 and one line.
+THROUGH_TRAIN_PY = ["non_numeric_lr", "unknown_scheduler", "empty_corpus"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", THROUGH_TRAIN_PY)
+def test_train_py_refuses_with_one_line_and_exit_status_2(name, earlier, scratch, cache_dir):
+    case = next(c for c in CASES if _case(c)[0] == name)
+    args, env, run_dir = arguments(case, earlier, scratch, cache_dir)
+    line = one_line_error(run_train(args, env=env, timeout=300))  # exit status 2, one line, no traceback
+    for text in _case(case)[2]:
+        assert text in line, (text, line)
+    if _case(case)[3]:
+        assert not run_dir.exists()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from minigpt.batch_ramp import BatchPlan
+from minigpt.plan import BatchPlan
 from minigpt.config import OptimConfig, TrainerConfig
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics
@@ -42,7 +42,8 @@ def test_same_global_batch_same_lr_whatever_the_ranks_and_accumulation(micro, ac
     cfg = OptimConfig(lr=1e-3, lr_scaling="sqrt_lr", reference_batch_tokens=2 * 64)
     assert scaled_peak_lr(cfg, tokens) == pytest.approx(2e-3, rel=1e-12)
     # and trainer.batch_size=8 derives the accumulation that gives the same batch
-    assert TrainerConfig(micro_batch_size=micro, batch_size=8).grad_accum_for(world) * micro * world == 8
+    derived = BatchPlan.from_config(TrainerConfig(micro_batch_size=micro, batch_size=8), world, block_size=64)
+    assert derived.final // derived.quantum * micro * world == 8
 
 
 def test_trainer_uses_records_and_reports_the_effective_lr(make_config, tmp_path):
@@ -114,7 +115,7 @@ def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, 
     # token accounting: each record's batch is the plan's, and tokens add up batch x context
     seen = 0
     for x in r:
-        assert x["train/batch_size"] == ramped.batches.batch_at(seen)
+        assert x["train/batch_size"] == ramped.plan.batches.batch_at(seen)
         seen += x["train/batch_size"] * 32
         assert x["train/tokens"] == seen
     assert r[0]["train/batch_size"] == 2 and r[-1]["train/batch_size"] == 8
@@ -127,7 +128,7 @@ def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, 
     for t, lr in matched:
         assert lr == pytest.approx(flat_lr[t], rel=1e-12), t
     for t, x in zip(before, r):  # in between, the schedule is read at tokens / full-batch tokens
-        assert x["train/lr"] == pytest.approx(ramped.peak_lr * ramped.schedule(t / 256), rel=1e-12)
+        assert x["train/lr"] == pytest.approx(ramped.plan.peak_lr * ramped.plan.schedule(t / 256), rel=1e-12)
     assert r[-1]["train/lr"] == pytest.approx(f[-1]["train/lr"], rel=0.02)  # both end at the floor
     peak = make_config().optim.lr
     assert r[0]["train/lr"] == pytest.approx(peak * 0.5)  # warmup of 2 full-batch steps: 1/2 at token 0

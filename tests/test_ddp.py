@@ -56,8 +56,8 @@ def _rank_main(rank, world, port, cfg_dict, run_dirs, out):
     trainer.step_model.register_comm_hook(None, counting_hook)
     result = trainer.run()
     params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-    torch.save({"params": params, "reductions": reductions, "grad_accum": trainer.grad_accum,
-                "status": result.status}, Path(out) / f"rank{rank}.pt")
+    torch.save({"params": params, "reductions": reductions, "grad_accum": trainer.plan.grad_accum,
+                "status": result.status.value}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 

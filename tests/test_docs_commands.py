@@ -1,9 +1,11 @@
-"""Every command in README.md and docs/*.md runs, so the documentation cannot drift from the code.
+"""Every command in README.md and docs/*.md is checked, so the documentation cannot drift from the code.
 
-Commands are collected from ```bash blocks and from inline `python ...` spans. CPU commands run
-for real in one shared working directory, in document order (a later command may use what an
-earlier one wrote), shortened with a tiny model and few steps. Commands that need a GPU (or the
-network) cannot run here: their overrides are composed and validated instead.
+Commands are collected from ```bash blocks and from inline `python ...` spans. Every train.py
+command is checked in process as train.py checks it (minigpt/cli.py precheck: every sweep value
+composed and validated); commands that need a GPU (or the network) are composed and type-checked
+instead. Every script a command names must exist. One command per page then runs for real
+(slow), shortened with a tiny model and few steps: the first one of the page that runs on a CPU
+without the outputs of an earlier command.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-NOT_RUN = {"python -m pytest"}  # the suite itself
+NOT_RUN = {"python -m pytest"}  # the suite itself (with any options)
 # Commands for a GPU, a cluster or the network: composed and validated, or (scripts) started with --help.
 GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--device cuda", "model=gpt2_small",
                "hydra/launcher=slurm", "--preset gpt2_small", "-c \"model=gpu_small")
@@ -73,7 +75,7 @@ def documented_commands() -> list[tuple[str, str]]:
             found.append((doc.name, " ".join(span.split())))
     unique = []
     for item in found:
-        if item[1] not in {c for _, c in unique} and item[1] not in NOT_RUN:
+        if item[1] not in {c for _, c in unique} and not item[1].startswith(tuple(NOT_RUN)):
             unique.append(item)
     return unique
 
@@ -90,15 +92,13 @@ def documented_files() -> dict[str, str]:
 
 
 COMMANDS = documented_commands()
-TINY_TOKENS_PER_STEP = 4 * 32  # micro-batch x context of conftest.tiny_overrides
+TINY_TOKENS_PER_STEP = 4 * 32  # micro-batch x context of conf/debug/tiny.yaml
 
 
 def shorten(args: list[str], cache_dir) -> list[str]:
-    """Tiny model and data; few steps unless the command's step numbers matter to it."""
-    tiny = {k: v for k, v in tiny_overrides(cache_dir).items()
-            if k not in ("scheduler.name", "trainer.max_steps", "trainer.eval_interval")}
+    """+debug=tiny (conf/debug/tiny.yaml); more steps where lengths in tokens would not fit in its 20."""
+    extra = ["+debug=tiny", f"data.cache_dir={cache_dir}"]
     keys = {a.split("=", 1)[0] for a in args}
-    extra = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in tiny.items()]
     # A command that sets its evaluation interval wants a curve of val losses (a loss-law fit): dense, 40 steps.
     dense = "trainer.eval_interval" in keys
     extra.append("trainer.eval_interval=2" if dense else "trainer.eval_interval=100")
@@ -107,7 +107,6 @@ def shorten(args: list[str], cache_dir) -> list[str]:
     elif dense and "trainer.max_steps" not in keys:
         extra.append("trainer.max_steps=40")
     elif "trainer.max_steps" not in keys:
-        # enough steps that lengths given in tokens or fractions stay inside the run
         tokens = [int(float(m) * 1000) for m in re.findall(r'([\d.]+)k tokens', " ".join(args))]
         extra.append(f"trainer.max_steps={max([20] + [t // TINY_TOKENS_PER_STEP + 10 for t in tokens])}")
     return args + extra
@@ -116,6 +115,8 @@ def shorten(args: list[str], cache_dir) -> list[str]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("docs-commands")
+    (folder / "corpus").mkdir()  # the docs' example of a corpus of your own (data.paths=[corpus/])
+    (folder / "corpus" / "notes.txt").write_text("A few lines of text stand in for a corpus of your own.\n" * 50)
     for name, text in documented_files().items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
@@ -198,30 +199,66 @@ def resolve_placeholders(command: str, cwd: Path) -> str | None:
     return command
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
+def test_documented_command_is_valid(doc, command, workdir, monkeypatch):
+    from minigpt import cli
+
+    argv = shlex.split(command)
+    script = argv[next(i for i, a in enumerate(argv) if a.endswith(".py"))]
+    assert (ROOT / script).is_file(), f"{doc}: {script} does not exist"
+    if script != "train.py":
+        return  # scripts: started for real below, one per page, or by their own tests
+    monkeypatch.chdir(workdir)
+    monkeypatch.syspath_prepend(str(workdir))  # modules the docs ask users to write (scheduler.module)
+    # ... register their schedules on import: for this test only, not for the tests after it
+    from minigpt import schedules
+
+    monkeypatch.setattr(schedules, "_REGISTRY", dict(schedules._REGISTRY))
+    for name in [m for m in sys.modules if m.split(".")[0] in {p.parent.name for p in workdir.glob("*/*.py")}]:
+        monkeypatch.delitem(sys.modules, name)
+    for placeholder in ("<corpus>", "<dataset>"):
+        command = command.replace(placeholder, PLACEHOLDERS[placeholder](workdir))
+    command = re.sub(r"<[^>]*>", "corpus", command)  # any other <...> in a train.py command: your files
+    argv = shlex.split(command)
+    args = [a for a in argv[argv.index(script) + 1:] if a != "..."]
+    if is_gpu_command(command) or compose(args).trainer.device == "cuda" or re.search(r"trainer.resume=(?!auto)", command):
+        return validate(args)  # (a resume from a checkpoint that an earlier command would have written)
+    cli.precheck(args)  # raises UserError with the line train.py would print
+
+
+READS_EARLIER_OUTPUT = ("trainer.resume", "scripts/report.py", "scripts/plot_run.py", "scripts/sample.py")
+
+
+def runs_on_its_own(command: str) -> bool:
+    """A CPU command that needs nothing an earlier command made (a run to read, placeholders)."""
+    if "<" in command or " [" in command or is_gpu_command(command) or any(r in command for r in READS_EARLIER_OUTPUT):
+        return False
+    argv = shlex.split(command)
+    return "train.py" not in argv or compose(argv[argv.index("train.py") + 1:]).trainer.device != "cuda"
+
+
+PAGES = {}
+for _doc, _command in COMMANDS:
+    if runs_on_its_own(_command):
+        PAGES.setdefault(_doc, _command)
+
+
+def test_every_page_has_a_command_that_runs():
+    assert set(PAGES) == {d for d, _ in COMMANDS}, {d for d, _ in COMMANDS} - set(PAGES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc, command", PAGES.items(), ids=[f"{d}:{c[:60]}" for d, c in PAGES.items()])
 def test_documented_command_runs(doc, command, workdir, cache_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=f"{ROOT}{os.pathsep}{workdir}")
     (workdir / "docs" / "images").mkdir(parents=True, exist_ok=True)
-    resolved = resolve_placeholders(command, workdir)
     argv = shlex.split(command)
     script_index = next(i for i, a in enumerate(argv) if a.endswith(".py"))
     script = ROOT / argv[script_index]
-    assert script.is_file(), f"{doc}: {argv[script_index]} does not exist"
-    args = argv[script_index + 1:]
-
     if argv[script_index] == "train.py":
-        if resolved is not None:
-            args = shlex.split(resolved)[script_index + 1:]
-        args = [a for a in args if a != "..."]
-        gpu = is_gpu_command(command) or compose(args).trainer.device == "cuda"
-        if gpu or resolved is None:
-            return validate(args)
-        args = shorten(pin_sweep(shlex.split(resolved)[script_index + 1:]), cache_dir)
-    elif resolved is None or " [" in command or is_gpu_command(command):
-        args = ["--help"]  # usage syntax, or a GPU run or its report: the script must at least start
+        args = shorten(pin_sweep(argv[script_index + 1:]), cache_dir)
     else:
-        args = shlex.split(resolved)[script_index + 1:] + SCRIPT_SHORTEN.get(argv[script_index], [])
+        args = argv[script_index + 1:] + SCRIPT_SHORTEN.get(argv[script_index], [])
     proc = subprocess.run([sys.executable, str(script), *args], cwd=workdir, capture_output=True, text=True,
                           timeout=600, env=env)
     assert proc.returncode == 0, f"{doc}: {command}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"

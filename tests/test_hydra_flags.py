@@ -7,7 +7,7 @@ import sys
 import pytest
 from hydra import compose
 
-import train
+from minigpt import cli
 from conftest import ROOT
 from minigpt.errors import UserError
 
@@ -25,14 +25,14 @@ def user_confs(tmp_path):
 
 def composed(argv):
     """The config Hydra composes for this command line, through the precheck's search path."""
-    args = train.read_command_line(argv)
-    with train._hydra_search_path(train._config_dirs(args)):
+    args = cli.read_command_line(argv)
+    with cli.hydra_search_path(cli.config_dirs(args)):
         return compose(args.config_name or "config", overrides=args.overrides)
 
 
 def test_config_dir_scheduler_and_model_are_used_like_shipped_ones(user_confs, tmp_path):
     argv = ["-cd", str(user_confs), "scheduler=mine", "model=mymodel", f"hydra.run.dir={tmp_path / 'run'}"]
-    train.precheck(argv)  # validates the user's files like any other (no "cannot read the command line")
+    cli.precheck(argv)  # validates the user's files like any other (no "cannot read the command line")
     cfg = composed(argv)
     assert cfg.scheduler.decay == 0.3 and cfg.scheduler.name == "wsd" and cfg.model.n_embd == 32
     for flags in (["--config-dir", str(user_confs)], [f"--config-dir={user_confs}"]):
@@ -41,31 +41,31 @@ def test_config_dir_scheduler_and_model_are_used_like_shipped_ones(user_confs, t
 
 def test_config_dir_options_are_listed_and_checked(user_confs):
     with pytest.raises(UserError, match=r"unknown scheduler 'mne' \(did you mean 'mine'\?\); valid: .*mine"):
-        train.precheck(["-cd", str(user_confs), "scheduler=mne"])
+        cli.precheck(["-cd", str(user_confs), "scheduler=mne"])
     (user_confs / "scheduler" / "bad.yaml").write_text("name: wsd\ndecay: 2.5\n")
     with pytest.raises(UserError, match="decay=2.5"):
-        train.precheck(["-cd", str(user_confs), "scheduler=bad"])
+        cli.precheck(["-cd", str(user_confs), "scheduler=bad"])
     with pytest.raises(UserError, match="--config-dir: 'no/such/dir' is not a folder"):
-        train.precheck(["--config-dir", "no/such/dir"])
+        cli.precheck(["--config-dir", "no/such/dir"])
 
 
 def test_config_name_and_config_path(tmp_path):
-    train.precheck(["-cn", "config", f"hydra.run.dir={tmp_path}"])
-    train.precheck(["--config-path", "conf", "--config-name", "config", f"hydra.run.dir={tmp_path}"])
+    cli.precheck(["-cn", "config", f"hydra.run.dir={tmp_path}"])
+    cli.precheck(["--config-path", "conf", "--config-name", "config", f"hydra.run.dir={tmp_path}"])
     assert composed(["-cp", str(ROOT / "conf"), "-cn", "config"]).model.name == "cpu"
     (tmp_path / "small.yaml").write_text("defaults:\n  - config\n  - _self_\n\ntrainer:\n  max_steps: 7\n")
     assert composed(["-cd", str(tmp_path), "-cn", "small"]).trainer.max_steps == 7
     with pytest.raises(UserError, match="nosuch"):
-        train.precheck(["-cn", "nosuch"])
+        cli.precheck(["-cn", "nosuch"])
     with pytest.raises(UserError, match="--config-path: 'nowhere' is not a folder"):
-        train.precheck(["-cp", "nowhere"])
+        cli.precheck(["-cp", "nowhere"])
 
 
 def test_multirun_flag_with_a_user_scheduler(user_confs):
-    extras = train.precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"])
+    extras = cli.precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"])
     assert any(e.startswith("hydra.job.config.override_dirname.exclude_keys=") and "optim.lr" in e for e in extras)
     with pytest.raises(UserError, match="unknown scheduler 'nope'"):
-        train.precheck(["--multirun", "-cd", str(user_confs), "scheduler=mine,nope"])
+        cli.precheck(["--multirun", "-cd", str(user_confs), "scheduler=mine,nope"])
 
 
 def test_arch_is_a_group_without_plus():
@@ -74,7 +74,7 @@ def test_arch_is_a_group_without_plus():
     assert composed([]).model.norm_position == "pre"  # no arch: the model file decides
     assert composed(["experiment=warmup_divergence_cpu", "arch=post_ln"]).model.norm_position == "post"
     with pytest.raises(UserError, match="unknown arch 'post'.*valid: post_ln, pre_ln, pre_ln_qk"):
-        train.precheck(["arch=post"])
+        cli.precheck(["arch=post"])
 
 
 def hydra(*argv):

@@ -402,7 +402,7 @@ def test_steps_skipped_by_the_fp16_gradient_scaler_are_logged(make_config, tmp_p
     stands in, and an infinite gradient at step 5 makes it skip that update."""
     trainer = Trainer(make_config(trainer__max_steps=8, trainer__eval_interval=1000), tmp_path, quiet=True)
     trainer.scaler = torch.amp.GradScaler("cpu")
-    trainer.fields.append("scaler_skipped")  # what __init__ does when it builds a scaler
+    trainer.records.fields.append("scaler_skipped")  # what __init__ does when it builds a scaler
     weight = trainer.model.transformer.wte.weight
     weight.register_hook(lambda g: g * math.inf if trainer.step == 5 else g)
     stepped = spy_optimizer_steps(trainer)

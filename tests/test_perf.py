@@ -12,7 +12,8 @@ import torch._dynamo
 
 from minigpt.metrics import MetricsLogger, read_metrics
 from minigpt.perf import flops_per_token, peak_flops, peak_flops_for_name
-from minigpt.trainer import Trainer
+from minigpt.stepper import ModelStepper
+from minigpt.trainer import Trainer, advance
 
 from conftest import ROOT, hydra_args
 
@@ -102,7 +103,7 @@ def warm_up_then_run(trainer):
     """Compile the training and the evaluation graphs, then finish the run with any
     recompilation turned into an error."""
     trainer.evaluate()
-    trainer.train_step()
+    ModelStepper(trainer).train_step()
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(error_on_recompile=True):
         result = trainer.run()
@@ -158,16 +159,17 @@ def test_cuda_step_loop_never_waits_for_the_gpu(precision, make_config, tmp_path
     trainer = Trainer(cfg, Path(tmp_path), quiet=True)
     trainer.metrics = MetricsLogger(Path(tmp_path), cfg.logger, config=cfg.to_dict(),
                                     total_steps=trainer.total_steps, progress=False)
+    stepper = ModelStepper(trainer)
     for _ in range(4):  # warm-up: allocator, kernels, pinned buffers
-        trainer.advance()
-    trainer._drain()
+        advance(stepper)
+    trainer.flush(wait=True)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(24):
-            trainer.advance()  # the step, and the asynchronous hand-off of records every 8 steps
+            advance(stepper)  # the step, and the asynchronous hand-off of records every 8 steps
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    trainer._drain()
+    trainer.flush(wait=True)
     trainer.metrics.close()
     records = [r for r in read_metrics(tmp_path) if "train/loss" in r]
     assert [r["step"] for r in records] == list(range(28))  # every step still on record

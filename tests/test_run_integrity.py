@@ -29,7 +29,8 @@ from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_failed_summary
 from minigpt.run_folder import LOCK_FILE, RunFolderInUse, RunFolderLock
-from minigpt.trainer import check_compile_backend, train
+from minigpt.runtime import check_compile_backend
+from minigpt.trainer import train
 
 # The tiny config B (with the test session's shared token cache and no progress bar).
 B = {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32, "data.max_chars": 200_000,

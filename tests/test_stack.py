@@ -11,7 +11,7 @@ import torch
 from conftest import hydra_args, run_train
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics
-from minigpt.stack import StackedRuns, stack_groups, train_stacked
+from minigpt.stack import StackedStepper, stack_groups, train_stacked
 from minigpt.trainer import Trainer, train
 from test_sweeps import summaries, wandb_records
 
@@ -143,9 +143,9 @@ def test_stacked_sweep_from_the_command_line(cache_dir, tmp_path):
 def test_a_signal_stops_every_run_of_the_stack_with_a_checkpoint(make_config, tmp_path):
     """Preemption (SIGUSR1 on Slurm) or Ctrl-C: the stack stops at the next step boundary, every
     run saves a checkpoint, and the stack resumes from them."""
-    stack = StackedRuns([make_config(trainer__max_steps=8, trainer__threads=1),
-                         make_config(trainer__max_steps=8, trainer__threads=1, optim__lr=1e-3)],
-                        [tmp_path / "a", tmp_path / "b"], quiet=True)
+    stack = StackedStepper([make_config(trainer__max_steps=8, trainer__threads=1),
+                             make_config(trainer__max_steps=8, trainer__threads=1, optim__lr=1e-3)],
+                            [tmp_path / "a", tmp_path / "b"], quiet=True)
     original = stack.train_step
 
     def step_then_signal():
@@ -181,6 +181,7 @@ def test_max_stack_splits_a_sweep_into_stacks(make_config, tmp_path):
     assert all(r.status == "completed" for r in results)
 
 
+@pytest.mark.slow  # train.py processes
 def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(tmp_path):
     from test_cli import one_line_error
 

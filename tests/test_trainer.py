@@ -6,7 +6,8 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.metrics import read_metrics
-from minigpt.trainer import Trainer, resolve_precision, train
+from minigpt.runtime import resolve_precision
+from minigpt.trainer import Trainer, train
 
 
 def final_params(trainer):
@@ -51,7 +52,7 @@ def test_schedule_advances_once_per_optimizer_step_and_logs_the_lr_used(make_con
     assert len(used) == 10 and [r["step"] for r in records] == list(range(10))  # one record per update
     for r, lrs in zip(records, used):
         assert all(lr == r["train/lr"] for lr in lrs)  # every group used the logged LR
-        assert r["train/lr"] == pytest.approx(cfg.optim.lr * trainer.schedule(r["step"]), rel=1e-12)
+        assert r["train/lr"] == pytest.approx(cfg.optim.lr * trainer.plan.schedule(r["step"]), rel=1e-12)
     assert used[0][0] > 0  # the project's warmup never spends an update at LR 0
     assert len({lrs[0] for lrs in used}) > 5  # the LR really changed from step to step
 

@@ -45,9 +45,9 @@ def test_independent_decay_follows_the_scaled_peak_lr_in_a_run(make_config, tmp_
     cfg = make_config(optim__weight_decay=1e-3, optim__weight_decay_mode="independent", optim__lr=1e-3,
                       optim__lr_scaling="linear", optim__reference_batch_tokens=64)
     t = Trainer(cfg, tmp_path, quiet=True)
-    assert t.peak_lr == pytest.approx(2e-3)  # 4 x 32 tokens against 64
+    assert t.plan.peak_lr == pytest.approx(2e-3)  # 4 x 32 tokens against 64
     decay, no_decay = t.optimizer.param_groups
-    assert decay["weight_decay"] * t.peak_lr == pytest.approx(1e-3) and no_decay["weight_decay"] == 0.0
+    assert decay["weight_decay"] * t.plan.peak_lr == pytest.approx(1e-3) and no_decay["weight_decay"] == 0.0
 
 
 def test_stacked_runs_apply_each_runs_decay_mode(make_config, tmp_path):

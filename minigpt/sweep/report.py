@@ -79,7 +79,8 @@ def lr_range_note(lrs: Sequence[float]) -> str:
     theirs = ", ".join(f"{lr:g}" for lr in WORTSMAN_LRS)
     missing = [lr for lr in WORTSMAN_LRS if not any(math.isclose(lr, x, rel_tol=1e-6) for x in lrs)]
     extra = [lr for lr in lrs if not any(math.isclose(lr, x, rel_tol=1e-6) for x in WORTSMAN_LRS)]
-    note = f"The sensitivity here averages over the {len(lrs)} peak LRs of this sweep ({ours}); Wortsman et al. average over {theirs}."
+    count = f"{len(lrs)} peak LR" + ("s" if len(lrs) != 1 else "")
+    note = f"The sensitivity here averages over the {count} of this sweep ({ours}); Wortsman et al. average over {theirs}."
     if missing:
         note += (" This sweep lacks " + ", ".join(f"{lr:g}" for lr in missing) + ", so its values are not on their "
                  "scale: every LR left out where all arms fail would add the same clipped loss to every arm.")

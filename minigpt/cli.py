@@ -1,0 +1,504 @@
+"""The command line: checking it before Hydra starts anything, and running one job.
+
+`train.py` is the entry: it reads the command line (`read_command_line`), calls `precheck`
+(every value a sweep would try is composed and validated here, so bad input ends with one line
+and exit status 2 before any directory is created), lets Hydra compose the config, and hands
+each job to `run_job`. Hydra is imported here to read the command line and compose configs for
+the check; the rest of the package never sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import math
+import os
+import shlex
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from minigpt.config import config_from_dict
+from minigpt.errors import UserError
+from minigpt.metrics import RunStatus, write_failed_summary
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Exit statuses of a single run: 0 completed, 1 a bug (traceback), 2 bad input (one line),
+# 3 diverged (summary.json says why), 128 + N stopped by signal N (resume with trainer.resume=auto).
+EXIT_DIVERGED = 3
+log = logging.getLogger("minigpt")
+
+
+# --- running one job of a run or a sweep ------------------------------------------------------
+
+
+def run_job(cfg: DictConfig, hc) -> float | None:
+    """Train (or LR-range-test) the composed config `cfg` of one Hydra job (`hc`: its HydraConfig);
+    returns the final validation loss, inf for a failed or diverged job, None for a stacked job
+    (trained later, with its stack: train_stacked_jobs)."""
+    from minigpt.run_folder import RunFolderInUse
+    from minigpt.trainer import train  # torch: seconds to import, so not before the check
+
+    submitit_job = _ranks_from_submitit()
+    if int(os.environ.get("RANK", "0")) > 0:
+        log.setLevel(logging.WARNING)  # under DDP, rank 0 speaks for all
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        if submitit_job and config.trainer.resume is None:
+            # A requeued job (preempted, or at its time limit) runs the same command again: it
+            # continues from its newest checkpoint; a first attempt finds none and starts at step 0.
+            config.trainer.resume = "auto"
+        if multirun and config.logger.group is None and not os.environ.get("WANDB_RUN_GROUP"):
+            config.logger.group = Path(hc.sweep.dir).name  # wandb runs of one sweep share a group
+        if config.task == "lr_range_test":
+            return _lr_range_test(config, run_dir)
+        if multirun and hc.runtime.choices.get("hydra/launcher") == "stacked":
+            STACKED.append((config, run_dir, hc.sweeper.get("max_batch_size")))
+            return None  # trained after the sweep has set up every job: see train_stacked_jobs()
+        result = train(config, run_dir)
+    except UserError as e:
+        if not multirun:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        log.error(f"job {hc.job.num} failed: {e}")
+        if not isinstance(e, RunFolderInUse):  # the folder is another run's: nothing of it is ours to write
+            write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": str(e)})
+        return math.inf
+    except Exception as e:
+        if not multirun:
+            raise
+        # One broken cell must not end the sweep: record why, move on to the next job.
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        log.error(f"job {hc.job.num} failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.txt'})")
+        write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
+        return math.inf
+
+    s = result.summary
+    if result.status == RunStatus.COMPLETED:
+        ratio = f" = {s['val_loss_over_unigram_entropy']:.3f} x the unigram entropy {s['unigram_entropy_val']:.3f}" \
+            if s.get("val_loss_over_unigram_entropy") else ""
+        log.info(f"done: final val loss {s['final_val_loss']:.4f}{ratio}; {s['tokens']:,} tokens in "
+                 f"{s['train_time_s']:.0f}s ({s['tok_per_s']:,.0f} tok/s); outputs in {run_dir}")
+    elif result.status == RunStatus.DIVERGED:
+        log.warning(f"diverged at step {s['diverged_step']}: {s['reason']}; metrics kept in {run_dir}")
+        if not multirun:  # a sweep records it (summary.json, inf for the sweeper) and goes on
+            sys.exit(EXIT_DIVERGED)
+    else:
+        signum = signal.Signals[s["reason"].split()[-1]]
+        if submitit_job and signum == signal.SIGUSR2:
+            _requeue(signum, result)  # does not return on the rank that requeues
+        overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~") in ("trainer.resume", "hydra.run.dir")]
+        command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+        if int(os.environ.get("RANK", "0")) == 0:  # one message, from the rank that saved
+            log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
+        sys.exit(128 + signum)
+    return result.final_val_loss
+
+
+def _lr_range_test(config, run_dir: Path) -> float:
+    from minigpt.lr_range_test import PLOT_FILE, run_lr_range_test
+
+    r = run_lr_range_test(config, run_dir)
+    log.info(f"lr range test: {len(r.losses)} steps, LR {r.lrs[0]:.3g} .. {r.lrs[-1]:.3g}; ended: {r.stop_reason}")
+    if r.suggested_lr is None:
+        log.warning("lr range test: too few steps for a suggestion; raise trainer.max_steps or optim.lr")
+        return math.inf
+    steepest = f"{r.steepest_lr:.3g}" if r.steepest_lr is not None else "n/a"
+    log.info(f"suggested peak LR: {r.suggested_lr:.3g} (minimum / 10; loss minimum at {r.min_lr:.3g}), "
+             f"steepest descent at {steepest}; plot: {run_dir / PLOT_FILE}")
+    return min(v for v in r.smoothed if math.isfinite(v))
+
+
+# Jobs of a sweep run with hydra/launcher=stacked: Hydra sets up each job (directory, .hydra/,
+# config), hydra_main() collects it here, and main() trains them together (minigpt/stack.py).
+STACKED: list = []
+
+
+def train_stacked_jobs(jobs: list) -> None:
+    from minigpt.stack import train_stacked
+
+    configs, run_dirs, max_stack = [j[0] for j in jobs], [j[1] for j in jobs], jobs[0][2]
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, logging.FileHandler):  # the last job's log file: closed with its job
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        else:  # the console: plain lines, as in a job (not Hydra's own format)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+    log_file = logging.FileHandler(run_dirs[0].parent / "stacked.log")
+    log_file.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    logging.getLogger().addHandler(log_file)
+    log.info(f"training {len(jobs)} jobs stacked" + (f", at most {max_stack} at once" if max_stack else ""))
+    try:
+        results = train_stacked(configs, run_dirs, max_stack=max_stack)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        text = traceback.format_exc()
+        for d in run_dirs:
+            (d / "error.txt").write_text(text)
+            write_failed_summary(d, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
+        log.error(f"stacked training failed: {type(e).__name__}: {e} (traceback in each job's error.txt)")
+        sys.exit(1)
+    for d, r in zip(run_dirs, results):
+        final = f"final val loss {r.final_val_loss:.4f}" if r.status == RunStatus.COMPLETED else r.summary.get("reason", "")
+        log.info(f"{d.name}: {r.status}; {final}")
+    stopped = [r for r in results if r.status == RunStatus.INTERRUPTED]
+    if stopped:  # a signal stopped the stack: every run saved a checkpoint
+        log.warning(f"{stopped[0].summary['reason']}: {len(stopped)} runs saved a checkpoint; to continue, run the "
+                    f"same command with hydra.sweep.dir={run_dirs[0].parent} trainer.resume=auto")
+        sys.exit(128 + signal.Signals[stopped[0].summary["reason"].split()[-1]])
+
+
+def _ranks_from_submitit() -> bool:
+    """True in a job of hydra-submitit-launcher. One with several tasks (hydra/launcher=slurm
+    with gpus_per_node > 1) runs one task per GPU: make each a DDP rank, with the variables
+    torchrun would set."""
+    if not ("SUBMITIT_EXECUTOR" in os.environ or "SUBMITIT_LOCAL_JOB_ID" in os.environ):
+        return False
+    import submitit
+
+    if "WORLD_SIZE" not in os.environ and submitit.JobEnvironment().num_tasks > 1:
+        # Each rank picks its GPU from LOCAL_RANK among all the job's GPUs: keep them visible.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
+def _requeue(signum: signal.Signals, result) -> None:
+    """Submitit's checkpoint/requeue protocol: Slurm sends SIGUSR2 before the time limit or a
+    preemption; the trainer has stopped at a step boundary and saved a checkpoint; now submitit's
+    own handler (restored when the trainer returned) resubmits the job with the same arguments and
+    exits. The requeued job runs with trainer.resume=auto and continues from that checkpoint."""
+    handler = signal.getsignal(signum)
+    if not callable(handler):
+        return  # no submitit handler installed: stop like any interrupted run
+    log.warning(f"{result.summary['reason']} at step {result.summary['step']}; checkpoint {result.checkpoint}; "
+                "requeuing the job through submitit, it will continue from that checkpoint")
+    handler(signum, None)
+
+
+# --- checking the command line before Hydra starts a run -----------------------------------
+
+
+def read_command_line(argv: list[str]):
+    """Hydra 1.3's command line, read by Hydra's own parser: --config-dir/-cd, --config-path/-cp,
+    --config-name/-cn, --cfg, --resolve, --package, --info, --multirun/-m, --shell-completion,
+    --help, --hydra-help, --version and the overrides. An unknown flag ends with argparse's usage
+    line and exit status 2, as in any Hydra app. Flags may come between overrides
+    (`a=1 -m b=2`); main() puts the overrides last before Hydra reads the command line again."""
+    from hydra._internal.utils import get_args_parser  # what @hydra.main parses sys.argv with
+
+    return get_args_parser().parse_intermixed_args(argv)
+
+
+def flags_then_overrides(argv: list[str], overrides: list[str]) -> list[str]:
+    """argv with the overrides moved after every flag: Hydra's own parser (argparse.parse_args)
+    reads the overrides as one run of positionals only."""
+    rest, pending = [], list(overrides)
+    for a in argv:
+        if pending and a == pending[0]:
+            pending.pop(0)
+        else:
+            rest.append(a)
+    return rest + list(overrides)
+
+
+def runs_a_job(args) -> bool:
+    """False for the flags that only print (--cfg, --info, help, completion): Hydra answers them."""
+    return not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+                or args.experimental_rerun)
+
+
+def precheck(argv: list[str]) -> list[str]:
+    """Compose and validate the config of every value a sweep would try; raise UserError.
+
+    ``argv`` is the command line (Hydra's flags and overrides). Returns overrides for Hydra's own
+    settings to add to the command line (job directory names of a sweep, the run directory shared
+    by the ranks of a torchrun launch)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = read_command_line(argv)
+    overrides = list(args.overrides)
+    conf_dirs = config_dirs(args)
+    config_name = args.config_name or "config"
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as e:
+        raise UserError(f"cannot read the command line: {_first_line(e)}; write overrides as key=value") from None
+
+    # Each sweep value is checked once, with every other override at its first value.
+    first = []
+    variants = []
+    for i, o in enumerate(parsed):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # interval() and other searches: checked by the sweeper itself
+                continue
+            first.append(f"{key}={values[0]}")
+            variants.extend((i, f"{key}={v}") for v in values[1:])
+        else:
+            first.append(o.input_line)
+    candidates = [first] + [first[:i] + [v] + first[i + 1:] for i, v in variants if i < len(first)]
+
+    with hydra_search_path(conf_dirs):
+        base = None
+        while candidates:
+            ovr = candidates.pop(0)
+            _check_groups(ovr, conf_dirs)
+            try:
+                cfg = compose(config_name=config_name, overrides=ovr, return_hydra_config=True)
+            except (HydraException, OmegaConfBaseException) as e:
+                raise UserError(_explain_compose_error(e, ovr, compose, config_name)) from None
+            mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
+            _check_config(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
+            if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
+                _check_stackable(cfg)
+            if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
+                base = cfg
+                candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
+    return _hydra_extras(args, parsed, base, parser)
+
+
+def config_dirs(args) -> list[Path]:
+    """Where configs are looked up, first match wins: --config-dir (prepended, as Hydra does),
+    then the primary config folder (conf/, or --config-path relative to train.py)."""
+    primary = CONF_DIR
+    if args.config_path is not None:
+        primary = Path(args.config_path) if Path(args.config_path).is_absolute() else CONF_DIR.parent / args.config_path
+        if not primary.is_dir():
+            raise UserError(f"--config-path: '{args.config_path}' is not a folder (looked for {primary.resolve()}); "
+                            "give the folder of your config.yaml, absolute or relative to train.py")
+    dirs = [primary.resolve()]
+    if args.config_dir is not None:
+        extra = Path(args.config_dir).resolve()
+        if not extra.is_dir():
+            raise UserError(f"--config-dir: '{args.config_dir}' is not a folder (looked for {extra}); give a folder "
+                            "with config groups in it, e.g. my_confs/scheduler/mine.yaml")
+        dirs.insert(0, extra)
+    return dirs
+
+
+@contextlib.contextmanager
+def hydra_search_path(conf_dirs: list[Path]):
+    """Hydra's compose API over the same search path that @hydra.main builds from the flags."""
+    from hydra._internal.hydra import Hydra  # the public initialize_config_dir takes one folder only
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_config_search_path(str(conf_dirs[-1]))
+    for extra in conf_dirs[:-1]:
+        search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _sweep_file_values(cfg: DictConfig, parser, on_command_line: set[str]) -> list[str]:
+    """`key=value` for each value of each sweep-file parameter the command line does not set."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    out = []
+    for key, value in params.items():
+        if key in on_command_line:
+            continue
+        try:
+            override = parser.parse_override(f"{key}={value}")
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(value)]
+        except Exception:  # interval() and other searches: checked by the sweeper itself
+            continue
+        out += [f"{key}={v}" for v in values]
+    return out
+
+
+def _hydra_extras(args, parsed, cfg: DictConfig, parser) -> list[str]:
+    argv = args.overrides
+    extras = []
+    mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
+    multirun = args.multirun or getattr(mode, "name", None) == "MULTIRUN"
+    if multirun and not any(a.startswith("hydra.job.config.override_dirname") for a in argv):
+        # Name each job's directory after what varies between jobs only: the overrides every job
+        # shares would make names long (past the 255-byte limit of a file name) and alike.
+        swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+        swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
+        shared = [o.key_or_group for o in parsed if not o.is_hydra_override() and o.get_key_element() not in swept]
+        exclude = dict.fromkeys(list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared)
+        extras.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in exclude) + "]")
+    if not multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(a.startswith("hydra.run.dir=") for a in argv):
+        # Every rank composes its own config: a time-stamped run directory could differ by a
+        # second between them. torchrun gives all ranks one run id (a fresh one with --standalone).
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+        if run_id == "none":
+            raise UserError("hydra.run.dir: under torchrun without --standalone or --rdzv-id the ranks cannot agree "
+                            "on a time-stamped run directory; pass hydra.run.dir=outputs/<name> (the same for every rank)")
+        extras.append(f"hydra.run.dir=outputs/${{run_name}}/torchrun-{run_id[:8]}")
+    return extras
+
+
+def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:
+    """An unknown option of a config group: one line with the valid ones and the closest."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        group = key.lstrip("+~")
+        folders = [d / group for d in conf_dirs if (d / group).is_dir()]
+        if group.startswith("hydra") or not folders or value in ("null", ""):
+            continue
+        options = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
+        if value not in options:
+            close = difflib.get_close_matches(value, options, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown {group} '{value}'{hint}; valid: {', '.join(options)}")
+
+
+# Config groups that Hydra plugins of the `sweeps` extra provide.
+PLUGIN_GROUPS = {"hydra/sweeper/optuna": "hydra-optuna-sweeper", "hydra/launcher/submitit": "hydra-submitit-launcher",
+                 "hydra/launcher/joblib": "hydra-joblib-launcher"}
+
+
+def _explain_compose_error(e, overrides, compose, config_name: str = "config") -> str:
+    text = str(e)
+    for group, package in PLUGIN_GROUPS.items():
+        if f"'{group}" in text:
+            return (f"'{group}' comes from the {package} plugin, which is not installed; "
+                    "install the sweeps extra: pip install -e '.[sweeps]'")
+    for o in overrides:
+        key = o.partition("=")[0]
+        if f"'{key}'" in text or f"'{key.lstrip('+~')}'" in text:
+            parent, _, leaf = key.lstrip("+~").rpartition(".")
+            try:
+                base = compose(config_name=config_name, overrides=[x for x in overrides if x != o])
+                node = OmegaConf.select(base, parent) if parent else base
+                valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+            except Exception:
+                valid = []
+            if valid and leaf not in valid:
+                close = difflib.get_close_matches(leaf, valid, n=1)
+                hint = f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+                return (f"unknown config key '{key.lstrip('+~')}'{hint}; valid keys under "
+                        f"{parent or 'the top level'}: {', '.join(valid)}")
+    return f"bad config: {_first_line(e)}"
+
+
+def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
+    """Typed validation, the schedule, the device and the output folder: all before any run."""
+    from minigpt.plan import RunPlan
+
+    task = {k: v for k, v in cfg.items() if k != "hydra"}
+    config = config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
+    tc = config.trainer
+    total = None
+    if tc.epochs is None:  # with epochs, the length is known only once the data is
+        total = RunPlan.build(config, int(os.environ.get("WORLD_SIZE", "1"))).total_steps
+    if config.logger.wandb:  # a bad WANDB_MODE in the environment is refused here, before the run
+        from minigpt.metrics import wandb_settings
+
+        wandb_settings(config.logger, Path("."), config.run_name)
+    if config.data.source == "files":
+        for p in config.data.paths:
+            if not Path(p).expanduser().exists():
+                raise UserError(f"data.paths: '{p}' does not exist (looked in {Path.cwd()}); give an existing file or folder")
+    run_dir = None
+    for key in ("run.dir", "sweep.dir"):
+        try:
+            out = OmegaConf.select(cfg.hydra, key)
+        except Exception:  # ${now:...} needs Hydra's runtime; the run will resolve it
+            continue
+        if out is None or not str(out).strip():
+            raise UserError(f"hydra.{key} is empty, which would write the run into the working directory; "
+                            f"give a folder, e.g. hydra.{key}=outputs/my-run")
+        _check_writable(Path(str(out)), f"hydra.{key}")
+        if key == "run.dir":
+            run_dir = Path(str(out))
+            _check_writable(run_dir / "checkpoints", "hydra.run.dir")
+    _check_writable(Path(config.data.cache_dir), "data.cache_dir")
+    if run_dir is not None and not multirun and int(os.environ.get("RANK", "0")) == 0:
+        _check_run_folder(run_dir, tc)
+
+    # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
+    import torch
+
+    from minigpt.runtime import check_compile_backend, check_cuda, resolve_precision
+
+    check_cuda(tc.device)
+    device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
+    resolve_precision(tc.precision, device)
+    check_compile_backend(tc)
+    if tc.resume is not None:
+        _check_resume(cfg, config, total)
+
+
+def _check_run_folder(run_dir: Path, tc) -> None:
+    """A folder that holds another run, or that a live process is writing into, is refused
+    before Hydra writes its config into it (minigpt/run_folder.py)."""
+    from minigpt.run_folder import RunFolderInUse, check_run_folder, lock_holder
+
+    holder = lock_holder(run_dir)
+    if holder:
+        raise RunFolderInUse(f"hydra.run.dir: '{run_dir}' is in use by another process ({holder}); wait for it to "
+                             "end, stop it, or pick another hydra.run.dir")
+    check_run_folder(run_dir, tc.resume, tc.overwrite)
+
+
+def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
+    """A resume from a file that is no checkpoint, a damaged one, or one of another model or data
+    or past the end of the run, is refused here, before Hydra writes into the run directory
+    (which, for resume=auto, is the earlier run's)."""
+    from minigpt.checkpoint import load_checkpoint, newest_intact_checkpoint, resume_config_changes
+
+    if config.trainer.resume == "auto":
+        try:
+            run_dir = Path(str(OmegaConf.select(cfg.hydra, "run.dir")))
+        except Exception:  # ${now:...}: a new folder, with nothing to resume
+            return
+        path, state, _ = newest_intact_checkpoint(run_dir, mmap=True)
+        if path is None:
+            return
+    else:
+        path = Path(config.trainer.resume)
+        state = load_checkpoint(path, mmap=True)  # mapped, not read: only the config is looked at
+    resume_config_changes(state.get("config", {}), config.to_dict(), path)
+    if total is not None and state["step"] > total:
+        raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run ({total} steps); "
+                        f"give a run length of at least {state['step']} steps (trainer.max_steps / max_tokens / epochs)")
+
+
+def _check_stackable(cfg: DictConfig) -> None:
+    """Options that stacked runs do not support: refused before Hydra sets up any job."""
+    from minigpt.stack import check_stackable
+
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        raise UserError("hydra/launcher=stacked trains a grid of jobs at once; a search (sweep=optuna) needs each "
+                        "result before it picks the next trial: use it with the default or the parallel launcher")
+    task = {k: v for k, v in cfg.items() if k != "hydra"}
+    check_stackable([config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))])
+
+
+def _check_writable(path: Path, key: str) -> None:
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise UserError(f"{key}: cannot write to '{path}' ('{existing}' is not a writable folder); "
+                        f"point {key} at a writable folder")
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+

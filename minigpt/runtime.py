@@ -1,0 +1,207 @@
+"""Where a run executes: device, precision, DDP ranks, RNG state, and stop signals.
+
+Everything here is about the process and the hardware, nothing about the model or the data:
+the trainer asks for a `Runtime` once and reads it from then on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from minigpt.config import TrainerConfig
+from minigpt.errors import UserError
+
+# SIGUSR2 is submitit's preemption / time-limit signal: under hydra/launcher=slurm the job then
+# requeues itself (minigpt/cli.py) and continues from the checkpoint saved at the stop.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_name: str) -> Distributed:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        use_cuda = device_name != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Distributed(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+
+
+def check_cuda(name: str) -> None:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                        "use trainer.device=cpu or trainer.device=auto")
+
+
+def resolve_device(name: str, ddp: Distributed) -> torch.device:
+    check_cuda(name)
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(ddp.local_rank)
+        return torch.device("cuda", ddp.local_rank)
+    return torch.device("cpu")
+
+
+def check_compile_backend(tc: TrainerConfig) -> None:
+    """An unknown torch.compile backend fails only when the model first runs, after the data is
+    prepared: refuse it up front. (The mode is checked with the config's other values.)"""
+    if not tc.compile:
+        return
+    import torch._dynamo
+
+    if tc.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):  # debug backends included
+        import difflib
+
+        usual = torch._dynamo.list_backends()
+        close = difflib.get_close_matches(tc.compile_backend, usual, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"trainer.compile_backend: unknown torch.compile backend {tc.compile_backend!r}{hint}; "
+                        f"valid: {', '.join(usual)}")
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if name == "auto":
+            return "bf16" if bf16_ok else "fp16"
+        if name == "bf16" and not bf16_ok:
+            raise UserError(f"trainer.precision=bf16 but {torch.cuda.get_device_name(device)} has no bf16 support; "
+                            "use trainer.precision=fp16 or fp32")
+        return name
+    if name == "fp16":
+        raise UserError("trainer.precision=fp16 needs a CUDA GPU (on the CPU there is no fp16 loss scaling); "
+                        "use trainer.precision=fp32 or bf16 on the CPU")
+    return "fp32" if name == "auto" else name
+
+
+@dataclass
+class Runtime:
+    ddp: Distributed
+    device: torch.device
+    precision: str  # fp32 | bf16 | fp16, resolved for the device
+
+    @classmethod
+    def start(cls, tc: TrainerConfig) -> "Runtime":
+        ddp = setup_distributed(tc.device)
+        device = resolve_device(tc.device, ddp)
+        precision = resolve_precision(tc.precision, device)
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # leftover fp32 matmuls on tensor cores
+            torch.backends.cudnn.allow_tf32 = True
+        check_compile_backend(tc)
+        return cls(ddp, device, precision)
+
+    def wrap(self, model: torch.nn.Module, tc: TrainerConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(the module that trains: compiled and DDP-wrapped as configured, the module that
+        evaluates: compiled only, as evaluation syncs nothing between ranks)."""
+        step_model = model
+        if tc.compile:
+            step_model = torch.compile(model, backend=tc.compile_backend, mode=tc.compile_mode)
+        eval_model = step_model
+        if self.ddp.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            step_model = DistributedDataParallel(
+                step_model, device_ids=[self.ddp.local_rank] if self.device.type == "cuda" else None)
+        return step_model, eval_model
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def device_name(self) -> str:
+        return str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 ask for a stop at the next step boundary, while installed.
+
+    `received` is what this process caught; `stop` is the stop every rank agreed on (under DDP
+    the ranks share what any of them caught at `agree`, so all of them stop at the same step)."""
+
+    def __init__(self, ddp: Distributed):
+        self.ddp = ddp
+        self.received: int | None = None
+        self.stop: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        def request_stop(signum, frame):
+            if self.received is not None:  # a second Ctrl-C: the stop is on its way, say so
+                os.write(2, f"\n{signal.Signals(signum).name}: already stopping; the checkpoint is being saved at "
+                            "the step boundary, then the run exits\n".encode())
+            self.received = signum
+            if not self.ddp.enabled:
+                self.stop = signum
+
+        for sig in STOP_SIGNALS:
+            try:
+                self.previous[sig] = signal.signal(sig, request_stop)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def agree(self, device: torch.device) -> None:
+        if not self.ddp.enabled:
+            return
+        flag = torch.tensor([self.received or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            self.stop = int(flag.item())
+
+
+# --- RNG state (saved in checkpoints: a resumed run draws the same random numbers) --------------
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate())}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x):  # a checkpoint holds lists, not tuples (weights_only loading)
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x

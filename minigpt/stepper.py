@@ -1,0 +1,133 @@
+"""One optimizer update of one model: the stepper that `trainer.fit` drives for an ordinary run.
+
+    lr, beta1 = plan.lr_at(step, tokens_seen)       # the schedule sees optimizer steps only
+    for each micro-batch: forward, backward (loss / accumulation), no DDP sync until the last
+    clip the global gradient norm, optimizer step, zero the gradients
+    hand the step's values (on the device) and facts (on the host) to the run's records
+
+(Many tiny runs as one batched model: minigpt/stack.py, the other stepper.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from minigpt.records import PendingStep
+
+
+class ModelStepper:
+    """Steps one run (a Trainer); reads its model, optimizer and scaler at every step, so a
+    test or a tool may swap them."""
+
+    def __init__(self, run):
+        self.runs = [run]  # the runs still training: this one, until it ends
+
+    @property
+    def step(self) -> int:
+        return self.runs[0].step
+
+    def evaluate(self) -> list[float]:
+        return [self.runs[0].evaluate()]
+
+    def save(self, run) -> Path | None:
+        return run.save()
+
+    def drop(self, run) -> None:
+        self.runs = [r for r in self.runs if r is not run]
+
+    def train_step(self) -> None:
+        r = self.runs[0]
+        cfg, step, ddp = r.cfg, r.step, r.runtime.ddp
+        lr, beta1 = r.plan.lr_at(step, r.tokens_seen)
+        accum = r.plan.batches.accum_at(r.tokens_seen)
+        for group in r.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]  # optim.lr_multipliers, on top of the schedule
+            if beta1 is not None:
+                group["betas"] = (beta1, group["betas"][1])
+
+        start = time.perf_counter()
+        events = None
+        if r.device.type == "cuda":
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
+        loss_sum = torch.zeros((), device=r.device)
+        loss_max = torch.full((), -math.inf, device=r.device)
+        z_sum = torch.zeros((), device=r.device)
+        z_loss_on = cfg.model.z_loss > 0
+        for micro in range(accum):
+            x, y = r.train_batches.train_batch(step, ddp.rank * accum + micro)
+            last = micro == accum - 1
+            sync = contextlib.nullcontext() if (last or not ddp.enabled) else r.step_model.no_sync()
+            with sync:
+                with r.runtime.autocast():
+                    _, loss = r.step_model(x, y)
+                scaled = loss / accum
+                (r.scaler.scale(scaled) if r.scaler is not None else scaled).backward()
+            loss = loss.detach().float()
+            if z_loss_on:  # the record's loss is the cross-entropy; the z term is recorded on its own
+                z = r.model.z_term.float()
+                z_sum += z
+                loss = loss - z
+            loss_sum += loss
+            loss_max = torch.maximum(loss_max, loss)
+        loss_mean = loss_sum / accum
+        if ddp.enabled:  # the record holds the global batch's loss on every rank
+            dist.all_reduce(loss_mean, op=dist.ReduceOp.SUM)
+            loss_mean /= ddp.world_size
+            dist.all_reduce(loss_max, op=dist.ReduceOp.MAX)
+
+        if r.scaler is not None:
+            r.scaler.unscale_(r.optimizer)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), clip).float()
+
+        skipped = cfg.monitor.skip_spikes and r.monitor.should_skip(loss_mean.item(), grad_norm.item())
+        extras = {}
+        if cfg.monitor.update_ratio:
+            before = [p.detach().clone() for p in r.model.parameters()]
+        if r.scaler is not None:
+            # The scaler lowers its scale exactly when it found inf/NaN gradients and skipped the
+            # update. No .item(): the comparison stays on the GPU. (With fused AdamW the skip
+            # itself happens on the GPU too; GradScaler syncs only for non-fused optimizers.)
+            scale_before = r.scaler._scale.clone()
+            if not skipped:
+                r.scaler.step(r.optimizer)
+            r.scaler.update()
+            extras["scaler_skipped"] = (r.scaler._scale < scale_before).float().squeeze()
+        elif not skipped:
+            r.optimizer.step()
+        r.optimizer.zero_grad(set_to_none=True)
+        if cfg.monitor.update_ratio:
+            params = list(r.model.parameters())
+            delta = torch.stack([torch.linalg.vector_norm(p.detach() - b) for p, b in zip(params, before)]).norm()
+            weight = torch.stack([torch.linalg.vector_norm(p.detach()) for p in params]).norm()
+            extras["update_ratio"] = delta / weight
+        if cfg.monitor.max_attn_logit:
+            extras["max_attn_logit"] = torch.stack([b.attn.max_logit for b in r.model.transformer.h]).max()
+        if cfg.monitor.logz:
+            extras["logz"] = r.model.logz_mean.float()
+        if z_loss_on:
+            z_mean = z_sum / accum
+            if ddp.enabled:
+                dist.all_reduce(z_mean, op=dist.ReduceOp.SUM)
+                z_mean /= ddp.world_size
+            extras["z_loss"] = z_mean
+        if r.sharpness is not None:  # after the update, with the preconditioner it used
+            value = r.sharpness.measure(r.model, r.optimizer) if r.sharpness.due(step) else math.nan
+            extras["sharpness"] = torch.tensor(value, device=r.device)
+
+        values = [loss_mean, loss_max, grad_norm] + [extras[f] for f in r.records.fields[3:]]
+        values = torch.stack([v.reshape(()) for v in values])
+        if events is not None:
+            events[1].record()
+        seconds = None if events is not None else time.perf_counter() - start
+        batch = accum * r.plan.batches.quantum
+        r.tokens_seen += batch * cfg.model.block_size
+        r.records.add(PendingStep(step, lr, beta1, r.tokens_seen, batch, skipped, seconds, events), values)
+        r.step += 1
