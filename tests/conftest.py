@@ -70,3 +70,18 @@ def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.Co
     full_env.update(env or {})
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def table_schedule_stays_here():
+    """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
+    names registered, so a test using this leaves the registry and the module as it found them."""
+    from minigpt import schedules
+
+    saved = dict(schedules._REGISTRY)
+    loaded = "minigpt.lr_table" in sys.modules
+    yield
+    schedules._REGISTRY.clear()
+    schedules._REGISTRY.update(saved)
+    if not loaded:
+        sys.modules.pop("minigpt.lr_table", None)

@@ -4,30 +4,20 @@ speed, and the table schedule the optimizer writes."""
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from minigpt import loss_law, schedules
+from minigpt import loss_law
 from minigpt.errors import UserError
 from minigpt.schedules import build_schedule, schedule_from_config
 
 PEAK, T, W = 5e-3, 600, 60
 
 
-@pytest.fixture(autouse=True)
-def table_schedule_stays_here():
-    """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
-    names registered, so each test here leaves the registry and the module as it found them."""
-    saved = dict(schedules._REGISTRY)
-    loaded = "minigpt.lr_table" in sys.modules
-    yield
-    schedules._REGISTRY.clear()
-    schedules._REGISTRY.update(saved)
-    if not loaded:
-        sys.modules.pop("minigpt.lr_table", None)
+# minigpt.lr_table registers "table" when imported: each test here leaves the registry as it was
+pytestmark = pytest.mark.usefixtures("table_schedule_stays_here")
 
 
 def schedule(kind: str, total: int = T, warmup: int = W) -> np.ndarray:

@@ -15,7 +15,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from minigpt import loss_law, schedules
+from minigpt import loss_law
 from minigpt import loss_prediction as lp
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
@@ -24,17 +24,8 @@ from minigpt.trainer import train
 SCRIPT = ROOT / "scripts" / "predict_loss.py"
 
 
-@pytest.fixture(autouse=True)
-def table_schedule_stays_here():
-    """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
-    names registered, so each test here leaves the registry and the module as it found them."""
-    saved = dict(schedules._REGISTRY)
-    loaded = "minigpt.lr_table" in sys.modules
-    yield
-    schedules._REGISTRY.clear()
-    schedules._REGISTRY.update(saved)
-    if not loaded:
-        sys.modules.pop("minigpt.lr_table", None)
+# minigpt.lr_table registers "table" when imported: each test here leaves the registry as it was
+pytestmark = pytest.mark.usefixtures("table_schedule_stays_here")
 TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "gamma": 0.5}
 
 
