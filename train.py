@@ -16,16 +16,30 @@ Examples:
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
-from minigpt import cli
-from minigpt.errors import Stopped, UserError
+def _ignore_stop_signals() -> None:
+    """The very end of the exit: after the last exit handler, Python puts the stop signals back to
+    their default action, so one more Ctrl-C there would kill the process by the signal instead of
+    letting it end with its own status. Ignored from here on; the process is ending anyway."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+# Registered before any import can register one: exit handlers run last-registered first, so
+# this one runs last.
+atexit.register(_ignore_stop_signals)
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from minigpt import cli  # noqa: E402
+from minigpt.errors import Stopped, UserError  # noqa: E402
 
 # The signals that stop a run. During training the trainer turns them into a stop at the next
 # step boundary (with a checkpoint); outside it they end the process at once, with one line.
