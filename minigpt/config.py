@@ -10,11 +10,11 @@ from __future__ import annotations
 import difflib
 import math
 import re
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
+from minigpt.coerce import coerce
 from minigpt.errors import UserError
 
 MAX_SEED = 2**63 - 1  # seeds of torch (which adds the rank), numpy and Python all fit
@@ -382,73 +382,8 @@ def _build(cls, raw, prefix: str):
         if is_dataclass(tp):
             kwargs[f.name] = _build(tp, raw[f.name], f"{prefix}{f.name}.")
         else:
-            kwargs[f.name] = _coerce(raw[f.name], tp, prefix + f.name)
+            kwargs[f.name] = coerce(raw[f.name], tp, prefix + f.name)
     return cls(**kwargs)
-
-
-def _coerce(value, tp, key: str):
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if value is None:
-        if tp is dict:
-            return {}
-        raise UserError(f"{key}: must be set ({_type_name(tp)}), got null")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}{hint}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            if item_tp is str and isinstance(value, str):
-                return [value]  # a single path where a list is expected
-            raise UserError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise UserError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            return int(value)
-        raise UserError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise UserError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"{key}: expected a string, got {value!r}")
-    if tp is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise UserError(f"{key}: expected a mapping, got {value!r}")
-    raise TypeError(f"config field {key} has an unsupported type {tp}")  # a bug, not bad input
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
 
 
 def _unknown_key(key: str, valid: list[str], prefix: str) -> str:

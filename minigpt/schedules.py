@@ -26,6 +26,7 @@ and nanoGPT exactly.
 """
 
 import bisect
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -33,12 +34,12 @@ import itertools
 import math
 import numbers
 import re
-import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from minigpt.coerce import coerce
 from minigpt.errors import UserError
 
 __all__ = [
@@ -104,6 +105,23 @@ def _qualname(fn) -> str:
 def list_schedules() -> list[str]:
     """The registered schedule names, sorted."""
     return sorted(_REGISTRY)
+
+
+def schedule_params(name: str) -> type:
+    """The parameter dataclass of the registered schedule `name` (UserError for an unknown name)."""
+    return _lookup(name).params
+
+
+@contextlib.contextmanager
+def registry_scope():
+    """Schedules registered inside the block are forgotten when it ends, and the registry is as it
+    was before: for tests, and for tools that import someone's schedule module for a while."""
+    saved = dict(_REGISTRY)
+    try:
+        yield
+    finally:
+        _REGISTRY.clear()
+        _REGISTRY.update(saved)
 
 
 def _lookup(name: Any, hint: str = "") -> _Entry:
@@ -421,7 +439,10 @@ def build_schedule(name: str, total_steps: int, *, conventions: str | None = "mi
         else:
             raise UserError(f"scheduler '{name}' needs parameter '{key}'; set it with scheduler.{key}=...")
         try:
-            values[key] = _coerce(raw, hints.get(key, Any), f.metadata.get("length", False), total_steps, key)
+            # The config's rules (minigpt/coerce.py); a length is whole steps from a count, a
+            # fraction or a percentage (tokens were converted by schedule_from_config).
+            lengths = (lambda v, k: to_steps(v, total_steps, None, k)) if f.metadata.get("length") else None
+            values[key] = coerce(raw, hints.get(key, Any), key, scalar=lengths)
         except UserError as e:
             raise UserError(f"scheduler '{name}': {e}") from None
 
@@ -545,51 +566,6 @@ def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | 
         except UserError as e:
             raise UserError(f"scheduler '{name}': {e}") from None
     return build_schedule(name, total_steps, conventions=conventions, **cfg)
-
-
-def _coerce(value: Any, hint: Any, is_length: bool, total_steps: int, key: str) -> Any:
-    """Check one parameter value against its type annotation (YAML and CLI give loose types)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) != 1:
-            return value  # a real union: the schedule's validate() decides
-        hint = rest[0]
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if value is None:
-        raise UserError(f"{key} must not be null")
-
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, Sequence):
-            raise UserError(f"{key}={value!r} must be a list")
-        element = args[0] if args else Any
-        return tuple(_coerce(v, element, is_length, total_steps, f"{key}[{i}]") for i, v in enumerate(value))
-    if is_length:
-        return to_steps(value, total_steps, None, key)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{key}={value!r} must be true or false")
-        return value
-    if hint is int:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-            return int(value)
-        raise UserError(f"{key}={value!r} must be an integer")
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                return float(value)  # '1e-3' arrives as a string from some YAML loaders
-            except ValueError:
-                pass
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{key}={value!r} must be a number")
-    if hint is str:
-        if not isinstance(value, str):
-            raise UserError(f"{key}={value!r} must be a string")
-        return value
-    return value
 
 
 # --------------------------------------------------------------------------------------------

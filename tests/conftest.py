@@ -73,15 +73,22 @@ def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.Co
 
 
 @pytest.fixture
+def schedule_registry_kept():
+    """Schedules registered during the test are forgotten after it."""
+    from minigpt import schedules
+
+    with schedules.registry_scope():
+        yield
+
+
+@pytest.fixture
 def table_schedule_stays_here():
     """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
     names registered, so a test using this leaves the registry and the module as it found them."""
     from minigpt import schedules
 
-    saved = dict(schedules._REGISTRY)
     loaded = "minigpt.lr_table" in sys.modules
-    yield
-    schedules._REGISTRY.clear()
-    schedules._REGISTRY.update(saved)
+    with schedules.registry_scope():
+        yield
     if not loaded:
         sys.modules.pop("minigpt.lr_table", None)

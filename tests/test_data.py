@@ -160,6 +160,14 @@ def test_bad_data_inputs_say_what_is_wrong(tmp_path):
 def test_hub_dataset_offline_gives_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The libraries read these variables once, when first imported; an earlier test may have
+    # imported them already (then they would try the network: 20 s of timeouts without one).
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(UserError) as err:
         load_documents(DataConfig(source="hub", hub_name="someone/not-downloaded", cache_dir=str(tmp_path)))
     assert "Hugging Face hub" in str(err.value) and "offline" in str(err.value) and "\n" not in str(err.value)
@@ -354,7 +362,9 @@ def test_progress_false_silences_every_bar_the_datasets_ones_included(tmp_path, 
     assert datasets.is_progress_bar_enabled()  # left as it was found
 
 
-def test_fast_encoder_gives_the_ids_of_tokenizers_and_steps_aside_when_it_would_not():
+def test_fast_encoder_gives_the_ids_of_tokenizers_and_steps_aside_when_it_would_not(monkeypatch):
+    import tiktoken
+
     tok = BPETokenizer.train(iter([d.text for d in stdlib_documents()[:40]] + SAMPLES), vocab_size=600)
     texts = SAMPLES + [d.text for d in stdlib_documents()[40:50]]
     fast = [a.tolist() for a in tok.encode_arrays(texts, np.int64)]
@@ -364,6 +374,7 @@ def test_fast_encoder_gives_the_ids_of_tokenizers_and_steps_aside_when_it_would_
         def encode_ordinary_batch(self, texts, num_threads):
             return [[1] * len(t) for t in texts]
 
-    tok._fast = Wrong()
-    ids = [a.tolist() for a in tok.encode_arrays(texts, np.int64, check=True)]
-    assert ids == [tok.encode(t) for t in texts] and not tok.uses_tiktoken
+    monkeypatch.setattr(tiktoken, "Encoding", lambda *args, **kwargs: Wrong())
+    checked = BPETokenizer(tok.backend)  # the same BPE; its tiktoken copy is built (wrongly) on first use
+    ids = [a.tolist() for a in checked.encode_arrays(texts, np.int64, check=True)]
+    assert ids == [tok.encode(t) for t in texts] and not checked.uses_tiktoken

@@ -201,7 +201,7 @@ def resolve_placeholders(command: str, cwd: Path) -> str | None:
 
 
 @pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
-def test_documented_command_is_valid(doc, command, workdir, monkeypatch):
+def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedule_registry_kept):
     from minigpt import cli
 
     argv = shlex.split(command)
@@ -211,10 +211,7 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch):
         return  # scripts: started for real below, one per page, or by their own tests
     monkeypatch.chdir(workdir)
     monkeypatch.syspath_prepend(str(workdir))  # modules the docs ask users to write (scheduler.module)
-    # ... register their schedules on import: for this test only, not for the tests after it
-    from minigpt import schedules
-
-    monkeypatch.setattr(schedules, "_REGISTRY", dict(schedules._REGISTRY))
+    # ... register their schedules on import: for this test only (schedule_registry_kept), not for the tests after it
     for name in [m for m in sys.modules if m.split(".")[0] in {p.parent.name for p in workdir.glob("*/*.py")}]:
         monkeypatch.delitem(sys.modules, name)
     for placeholder in ("<corpus>", "<dataset>"):

@@ -40,10 +40,8 @@ def close(a, b):
 @pytest.fixture
 def registry():
     """Let a test register schedules without leaking them into the others."""
-    saved = dict(schedules._REGISTRY)
-    yield
-    schedules._REGISTRY.clear()
-    schedules._REGISTRY.update(saved)
+    with schedules.registry_scope():
+        yield
 
 
 def test_list_schedules_is_sorted_and_complete():
@@ -323,12 +321,12 @@ def test_unknown_parameter_names_it_the_schedule_and_the_accepted_ones():
         ("cyclic", {"mode": "triangle"}, "did you mean 'triangular'"),
         ("cyclic", {"step_size_up": 0}, "accepted: 1 <= step_size_up"),
         ("lr_range_test", {"start_lr_ratio": 0.0}, "0.0 < start_lr_ratio <= 1.0"),
-        ("cosine_warmup", {"min_lr_ratio": True}, "min_lr_ratio=True must be a number"),
-        ("cosine_warmup", {"min_lr_ratio": "lots"}, "must be a number"),
-        ("cosine_warmup", {"warmup_shape": None}, "warmup_shape must not be null"),
-        ("one_cycle", {"three_phase": "yes"}, "three_phase='yes' must be true or false"),
-        ("cosine_restarts", {"cycles": 2.5, "period": None}, "cycles=2.5 must be an integer"),
-        ("multistep", {"milestones": 50}, "milestones=50 must be a list"),
+        ("cosine_warmup", {"min_lr_ratio": True}, "min_lr_ratio: expected a number, got True"),
+        ("cosine_warmup", {"min_lr_ratio": "lots"}, "min_lr_ratio: expected a number, got 'lots'"),
+        ("cosine_warmup", {"warmup_shape": None}, "warmup_shape: must be set (str), got null"),
+        ("one_cycle", {"three_phase": "yes"}, "three_phase: expected true or false, got 'yes'"),
+        ("cosine_restarts", {"cycles": 2.5, "period": None}, "cycles: expected an integer, got 2.5"),
+        ("multistep", {"milestones": 50}, "milestones: expected a list, got 50"),
     ],
 )
 def test_out_of_range_values_name_the_parameter_and_the_range(name, params, expected):
@@ -459,7 +457,7 @@ def test_every_schedule_has_a_config_and_every_config_a_schedule():
 @pytest.mark.parametrize("name", ALL)
 def test_config_keys_and_defaults_match_the_params_dataclass(name):
     cfg = load_yaml(CONF / f"{name}.yaml")
-    fields = dataclasses.fields(schedules._REGISTRY[name].params)
+    fields = dataclasses.fields(schedules.schedule_params(name))
     assert cfg["name"] == name and cfg["conventions"] == "minigpt"
     assert list(cfg) == ["name", "conventions"] + [f.name for f in fields]  # same keys, same order
     for f in fields:
