@@ -2,9 +2,9 @@
 
 The only file with @hydra.main: it checks the command line (minigpt/cli.py precheck: bad input
 ends here with one line and exit status 2, before any directory is created), lets Hydra compose
-conf/ into one config and hands each job to minigpt/cli.py run_job, which trains it. It returns
-the final validation loss (inf for a run that diverged or failed) so that Hydra sweepers can
-minimise it. Exit statuses: minigpt/cli.py.
+conf/ into one config, types it (minigpt/config.py) and hands each job to minigpt/cli.py run_job,
+which trains it. It returns the final validation loss (inf for a run that diverged or failed) so
+that Hydra sweepers can minimise it. Exit statuses: minigpt/cli.py.
 
 Examples:
     python train.py                                  # the CPU default on the stdlib corpus
@@ -36,9 +36,10 @@ atexit.register(_ignore_stop_signals)
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from minigpt import cli  # noqa: E402
+from minigpt.config import config_from_dict  # noqa: E402
 from minigpt.errors import Stopped, UserError  # noqa: E402
 
 # The signals that stop a run. During training the trainer turns them into a stop at the next
@@ -48,7 +49,15 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)  
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
-    return cli.run_job(cfg, HydraConfig.get())
+    # The LR of step t, from here: config.py types the composed config; plan.py (RunPlan, built
+    # from it by the trainer) holds the run's plan, lr_at(t), and apply(), the one writer of an LR
+    # into the optimizer; schedules.py holds the multiplier. docs/code_layout.md follows it.
+    hc = HydraConfig.get()
+    try:
+        config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    except UserError as e:
+        return cli.bad_input(e, hc)
+    return cli.run_job(config, hc)
 
 
 def _raise_stopped(signum, frame):

@@ -2,8 +2,8 @@
 
 `train.py` is the entry: it reads the command line (`read_command_line`), calls `precheck`
 (every value a sweep would try is composed and validated here, so bad input ends with one line
-and exit status 2 before any directory is created), lets Hydra compose the config, and hands
-each job to `run_job`. Hydra is imported here to read the command line and compose configs for
+and exit status 2 before any directory is created), lets Hydra compose the config, types it
+(config.py) and hands each job to `run_job`. Hydra is imported here to read the command line and compose configs for
 the check; the rest of the package never sees it.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from minigpt.config import config_from_dict
+from minigpt.config import Config, config_from_dict
 from minigpt.errors import UserError
 from minigpt.metrics import RunStatus, write_failed_summary
 
@@ -37,11 +37,10 @@ log = logging.getLogger("minigpt")
 # --- running one job of a run or a sweep ------------------------------------------------------
 
 
-def run_job(cfg: DictConfig, hc) -> float | None:
-    """Train (or LR-range-test) the composed config `cfg` of one Hydra job (`hc`: its HydraConfig);
+def run_job(config: Config, hc) -> float | None:
+    """Train (or LR-range-test) `config`, the typed config of one Hydra job (`hc`: its HydraConfig);
     returns the final validation loss, inf for a failed or diverged job, None for a stacked job
     (trained later, with its stack: train_stacked_jobs)."""
-    from minigpt.run_folder import RunFolderInUse
     from minigpt.trainer import train  # torch: seconds to import, so not before the check
 
     submitit_job = _ranks_from_submitit()
@@ -50,7 +49,6 @@ def run_job(cfg: DictConfig, hc) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
         if submitit_job and config.trainer.resume is None:
             # A requeued job (preempted, or at its time limit) runs the same command again: it
             # continues from its newest checkpoint; a first attempt finds none and starts at step 0.
@@ -64,13 +62,7 @@ def run_job(cfg: DictConfig, hc) -> float | None:
             return None  # trained after the sweep has set up every job: see train_stacked_jobs()
         result = train(config, run_dir)
     except UserError as e:
-        if not multirun:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        log.error(f"job {hc.job.num} failed: {e}")
-        if not isinstance(e, RunFolderInUse):  # the folder is another run's: nothing of it is ours to write
-            write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": str(e)})
-        return math.inf
+        return bad_input(e, hc)
     except Exception as e:
         if not multirun:
             raise
@@ -100,6 +92,20 @@ def run_job(cfg: DictConfig, hc) -> float | None:
             log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
         sys.exit(128 + signum)
     return result.final_val_loss
+
+
+def bad_input(e: UserError, hc) -> float:
+    """A job's bad input: one line and exit status 2, or in a sweep a failed job (its summary.json
+    says why, the sweeper gets inf) and the sweep goes on."""
+    if hc.mode != RunMode.MULTIRUN:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    from minigpt.run_folder import RunFolderInUse
+
+    log.error(f"job {hc.job.num} failed: {e}")
+    if not isinstance(e, RunFolderInUse):  # the folder is another run's: nothing of it is ours to write
+        write_failed_summary(Path(hc.runtime.output_dir), {"status": RunStatus.FAILED.value, "reason": str(e)})
+    return math.inf
 
 
 def _lr_range_test(config, run_dir: Path) -> float:

@@ -8,7 +8,9 @@
 It is derived here once and read everywhere else: the command-line check, the trainer, the
 stacked runs, the figures and the sweep report. `lr_at(step, tokens_seen)` is the LR and beta1
 of the update after `step` updates; `describe()` is what goes into summary.json, so a report
-reads the plan the trainer used instead of guessing it from the config.
+reads the plan the trainer used instead of guessing it from the config. `apply(optimizer, step,
+tokens_seen)` writes lr_at's values into the optimizer before each update: the LR of step t is
+config.py (the values) -> here (the plan) -> schedules.py (the multiplier), nowhere else.
 """
 
 from __future__ import annotations
@@ -223,6 +225,19 @@ class RunPlan:
         if beta1 is None and self.lr_scaling == "sqrt_adam":
             beta1 = self.beta1
         return self.peak_lr * self.schedule(position), beta1
+
+    def apply(self, optimizer, step: int, tokens_seen: int = 0) -> tuple[float, float | None]:
+        """Write the LR (and beta1, where lr_at gives one) of the update after `step` updates and
+        `tokens_seen` tokens into every parameter group of `optimizer`: the group's LR is lr_at's
+        times the group's optim.lr_multipliers factor ("lr_mult", minigpt/optim.py). The one place
+        that sets an optimizer's LR during a run (the trainer's stepper and the stacked runs call
+        it); returns lr_at's (LR, beta1), which the step's record carries."""
+        lr, beta1 = self.lr_at(step, tokens_seen)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+            if beta1 is not None:
+                group["betas"] = (beta1, group["betas"][1])
+        return lr, beta1
 
     @property
     def warmup_steps(self) -> int:

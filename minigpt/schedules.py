@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from minigpt.coerce import coerce
+from minigpt.config import coerce
 from minigpt.errors import UserError
 
 __all__ = [
@@ -439,7 +439,7 @@ def build_schedule(name: str, total_steps: int, *, conventions: str | None = "mi
         else:
             raise UserError(f"scheduler '{name}' needs parameter '{key}'; set it with scheduler.{key}=...")
         try:
-            # The config's rules (minigpt/coerce.py); a length is whole steps from a count, a
+            # The config's rules (config.coerce); a length is whole steps from a count, a
             # fraction or a percentage (tokens were converted by schedule_from_config).
             lengths = (lambda v, k: to_steps(v, total_steps, None, k)) if f.metadata.get("length") else None
             values[key] = coerce(raw, hints.get(key, Any), key, scalar=lengths)

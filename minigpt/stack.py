@@ -283,7 +283,7 @@ class StackedStepper:
 
     def save(self, run: Trainer) -> Path | None:
         """Copy the run's slice into its Trainer's model and optimizer; save an ordinary checkpoint."""
-        i, k = self.all.index(run), self.runs.index(run)
+        k = self.runs.index(run)
         own = dict(run.model.named_parameters())
         with torch.no_grad():
             offset = 0
@@ -297,10 +297,7 @@ class StackedStepper:
                     "exp_avg_sq": self.exp_avg_sq[k, offset:offset + n].view(self.shapes[name]).clone(),
                 }
                 offset += n
-        last = max(self.step - 1, 0)
-        for group in run.optimizer.param_groups:  # the LR and beta1 of the last update, as the trainer leaves them
-            group["lr"] = self.lrs[i][last]
-            group["betas"] = (self.beta1s[i][last], group["betas"][1])
+        run.plan.apply(run.optimizer, max(self.step - 1, 0))  # the LR and beta1 of the last update, as the trainer leaves them
         return run.save()
 
     def run(self) -> list[RunResult]:

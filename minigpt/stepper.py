@@ -1,6 +1,6 @@
 """One optimizer update of one model: the stepper that `trainer.fit` drives for an ordinary run.
 
-    lr, beta1 = plan.lr_at(step, tokens_seen)       # the schedule sees optimizer steps only
+    plan.apply(optimizer, step, tokens_seen)        # lr_at(step): the schedule sees optimizer steps only
     for each micro-batch: forward, backward (loss / accumulation), no DDP sync until the last
     clip the global gradient norm, optimizer step, zero the gradients
     hand the step's values (on the device) and facts (on the host) to the run's records
@@ -44,12 +44,8 @@ class ModelStepper:
     def train_step(self) -> None:
         r = self.runs[0]
         cfg, step, ddp = r.cfg, r.step, r.runtime.ddp
-        lr, beta1 = r.plan.lr_at(step, r.tokens_seen)
+        lr, beta1 = r.plan.apply(r.optimizer, step, r.tokens_seen)  # the schedule's LR (x lr_mult) into the groups
         accum = r.plan.batches.accum_at(r.tokens_seen)
-        for group in r.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]  # optim.lr_multipliers, on top of the schedule
-            if beta1 is not None:
-                group["betas"] = (beta1, group["betas"][1])
 
         start = time.perf_counter()
         events = None

@@ -1,9 +1,9 @@
-"""One rule set for loose values (minigpt/coerce.py): the run config and the schedule parameters
+"""One rule set for loose values (config.coerce): the run config and the schedule parameters
 accept and refuse the same values, with the same words."""
 
 import pytest
 
-from minigpt.coerce import coerce
+from minigpt.config import coerce
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.schedules import build_schedule
