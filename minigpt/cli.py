@@ -23,6 +23,7 @@ from pathlib import Path
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from minigpt import schedules
 from minigpt.config import Config, config_from_dict
 from minigpt.errors import UserError
 from minigpt.metrics import RunStatus, write_failed_summary
@@ -32,6 +33,27 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # 3 diverged (summary.json says why), 128 + N stopped by signal N (resume with trainer.resume=auto).
 EXIT_DIVERGED = 3
 log = logging.getLogger("minigpt")
+
+
+# --- the defaults, for Hydra ------------------------------------------------------------------
+
+
+def register_defaults() -> None:
+    """Hand the dataclass defaults to Hydra, so that the files in conf/ hold only what differs
+    and every key can still be set on the command line without '+'. conf/config.yaml lists
+    `dataclass_defaults` first (every key but the scheduler's: minigpt/config.py), and each
+    conf/scheduler/<name>.yaml lists `/scheduler_defaults/<name>` (its keys: schedules.config_defaults;
+    `custom`: name, conventions, module). Plain values, no types: config_from_dict checks them."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="dataclass_defaults", node={k: v for k, v in Config().to_dict().items() if k != "scheduler"})
+    for name in schedules.list_schedules():
+        store.store(group="scheduler_defaults", name=name, node=schedules.config_defaults(name))
+    store.store(group="scheduler_defaults", name="custom", node=schedules.config_defaults(None))
+
+
+register_defaults()  # on import: train.py, the precheck and every compose of this package come through here
 
 
 # --- running one job of a run or a sweep ------------------------------------------------------

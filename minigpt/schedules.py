@@ -517,6 +517,24 @@ def _apply_preset(name: str, conventions: str, fields: Mapping, params: Mapping)
     return out, _PRESET_LAG.get(conventions, 0)
 
 
+def config_defaults(name: str | None) -> dict:
+    """The ``scheduler`` config group of schedule ``name`` at its defaults, as plain values: its
+    name, ``conventions``, and every parameter at its dataclass default, except the keys a
+    convention preset fills, which are null (unset: the preset decides). ``name=None``: the keys
+    of a schedule of one's own (``scheduler=custom``): name, conventions and module.
+
+    The one source of the config's scheduler defaults: minigpt/cli.py hands them to Hydra, and a
+    conf/scheduler/<name>.yaml holds only what differs from them."""
+    if name is None:
+        return {"name": None, "conventions": "minigpt", "module": None}
+    out: dict[str, Any] = {"name": name, "conventions": "minigpt"}
+    for f in dataclasses.fields(schedule_params(name)):
+        if f.init:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out[f.name] = None if f.name in PRESET_KEYS else list(default) if isinstance(default, tuple) else default
+    return out
+
+
 def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | None) -> Schedule:
     """Build the schedule described by the ``scheduler`` config group.
 
@@ -587,11 +605,22 @@ _SKIPS = {"skip_start": (1, 0), "skip_end": (0, 1), "keep_both": (0, 0), "skip_b
 
 @dataclass(frozen=True)
 class WarmupParams:
-    """The warmup every *_warmup-style schedule shares."""
+    """The warmup every *_warmup-style schedule shares.
 
+    The parameters' comments here and below are the config's documentation too (the files in
+    conf/scheduler/ hold only what differs from these defaults). "null: from scheduler.conventions"
+    marks a PRESET_KEYS key: the config leaves it null and the preset fills it; the dataclass
+    default is the minigpt preset's value."""
+
+    # warmup length: steps (300), fraction of the run (0.05), "5%", "300 steps" or "2M tokens"
     warmup: int = length_field(0.1)
+    # linear | cosine | exponential (needs warmup_start_ratio > 0) | log (DeepSpeed) | 1-sqrt
     warmup_shape: str = "linear"
+    # null: from scheduler.conventions (minigpt: skip_start, step 0 at 1/W, peak at W-1 | hf: skip_end, start value at
+    # step 0, peak at W); or keep_both | skip_both
     warmup_convention: str = "skip_start"
+    # the warmup ramps up from this fraction of the peak LR (torch LinearLR start_factor); null: from
+    # scheduler.conventions (0)
     warmup_start_ratio: float = 0.0
 
     def validate(self, total_steps: int) -> None:
@@ -613,6 +642,8 @@ class WarmupParams:
 class DecayParams(WarmupParams):
     """A warmup followed by a decay whose ramp convention can be chosen."""
 
+    # null: from scheduler.conventions (minigpt: skip_start, floor at the last step T-1 | hf: skip_end, floor at T,
+    # past the run); or keep_both | skip_both
     decay_convention: str = "skip_start"
 
     def validate(self, total_steps: int) -> None:
@@ -719,6 +750,7 @@ def constant_warmup(step: float, total_steps: int, p: ConstantWarmupParams) -> f
 
 @dataclass(frozen=True)
 class CosineWarmupParams(DecayParams):
+    # floor of the decay, as a fraction of the peak LR; null: from scheduler.conventions (minigpt: 0.1 | hf: 0)
     min_lr_ratio: float = 0.1
 
     def validate(self, total_steps: int) -> None:
@@ -735,6 +767,7 @@ def cosine_warmup(step: float, total_steps: int, p: CosineWarmupParams) -> float
 
 @dataclass(frozen=True)
 class LinearWarmupParams(DecayParams):
+    # floor of the decay, as a fraction of the peak LR; null: from scheduler.conventions (minigpt: 0.1 | hf: 0)
     min_lr_ratio: float = 0.1
 
     def validate(self, total_steps: int) -> None:
@@ -750,7 +783,9 @@ def linear_warmup(step: float, total_steps: int, p: LinearWarmupParams) -> float
 
 @dataclass(frozen=True)
 class PolynomialParams(DecayParams):
+    # exponent of the decay, > 0; null: from scheduler.conventions (minigpt: 2.0 | hf: 1.0, HF's default)
     power: float = 2.0
+    # floor of the decay, as a fraction of the peak LR; null: from scheduler.conventions (minigpt: 0.1 | hf: 0)
     min_lr_ratio: float = 0.1
 
     def validate(self, total_steps: int) -> None:
@@ -771,6 +806,7 @@ def polynomial(step: float, total_steps: int, p: PolynomialParams) -> float:
 
 @dataclass(frozen=True)
 class InverseSqrtParams(DecayParams):
+    # steps over which the LR falls by 1/sqrt(2); null: the warmup length
     timescale: int | None = length_field(None)
 
     def validate(self, total_steps: int) -> None:
@@ -801,7 +837,9 @@ def _stages(p: WarmupParams, starts: Iterable[float], total_steps: int) -> dict[
 
 @dataclass(frozen=True)
 class StepParams(DecayParams):
+    # steps between two drops (a length, like warmup)
     step_size: int = length_field(0.3)
+    # factor applied at each drop, in (0, 1]
     gamma: float = 0.1
 
     def validate(self, total_steps: int) -> None:
@@ -824,7 +862,9 @@ def step_decay(step: float, total_steps: int, p: StepParams) -> float:
 
 @dataclass(frozen=True)
 class MultiStepParams(WarmupParams):
+    # absolute steps at which the LR drops (lengths: 500, 0.5, "50%", "2M tokens"), increasing
     milestones: tuple[int, ...] = length_field((0.5, 0.75))
+    # factor applied at each milestone, in (0, 1]
     gamma: float = 0.1
 
     def validate(self, total_steps: int) -> None:
@@ -853,7 +893,9 @@ def multistep(step: float, total_steps: int, p: MultiStepParams) -> float:
 
 @dataclass(frozen=True)
 class ExponentialParams(DecayParams):
+    # factor per step_size steps, in (0, 1]
     gamma: float = 0.5
+    # steps over which the LR is multiplied by gamma (a length, like warmup)
     step_size: int = length_field(0.1)
 
     def validate(self, total_steps: int) -> None:
@@ -871,12 +913,19 @@ def exponential(step: float, total_steps: int, p: ExponentialParams) -> float:
 
 @dataclass(frozen=True)
 class CosineRestartsParams(DecayParams):
+    # number of cycles that exactly fill the run after the warmup (HF num_cycles); set null to use period
     cycles: int | None = 3
+    # length of the first cycle (torch T_0, timm t_initial), a length like warmup; set cycles: null to use it
     period: int | None = length_field(None)
+    # each cycle is this many times longer than the one before (torch T_mult, timm cycle_mul), >= 1
     period_mult: float = 1.0
+    # the peak of cycle i is cycle_decay**i (timm cycle_decay), in (0, 1]
     cycle_decay: float = 1.0
+    # floor of the decay, as a fraction of the peak LR; null: from scheduler.conventions (minigpt: 0.1 | hf: 0)
     min_lr_ratio: float = 0.1
-    cycle_limit: int | None = None  # after this many cycles the LR stays at the floor (timm; null: no limit)
+    # after this many cycles the LR stays at the floor (timm's cycle_limit, whose default 1 means no restart); null:
+    # no limit
+    cycle_limit: int | None = None
 
     def validate(self, total_steps: int) -> None:
         super().validate(total_steps)
@@ -962,9 +1011,15 @@ def cosine_restarts(step: float, total_steps: int, p: CosineRestartsParams) -> f
 
 @dataclass(frozen=True)
 class WSDParams(DecayParams):
+    # length of the cooldown at the end of the run (a length, like warmup)
     decay: int = length_field(0.2)
+    # absolute step where the cooldown starts (replaces decay): branch a cooldown off a stable-phase checkpoint
     decay_start: int | None = length_field(None)
+    # linear | cosine | 1-sqrt (Hägele et al. 2024) | exponential (needs min_lr_ratio > 0); null: from
+    # scheduler.conventions (minigpt: 1-sqrt | hf: cosine, HF's default)
     decay_shape: str = "1-sqrt"
+    # floor reached at the end of the cooldown, as a fraction of the peak LR; null: from scheduler.conventions
+    # (minigpt: 0.1, a departure from Hägele et al. and HF, who cool down to 0 | hf: 0)
     min_lr_ratio: float = 0.1
 
     def validate(self, total_steps: int) -> None:
@@ -1002,14 +1057,25 @@ def wsd(step: float, total_steps: int, p: WSDParams) -> float:
 
 @dataclass(frozen=True)
 class OneCycleParams:
+    # share of the run spent rising, as torch: the peak is at step pct_start * total_steps - 1, fractional when that
+    # is (then between two steps, as torch)
     pct_start: float = 0.3
+    # or the rising phase as a length (300, "30%"), peak at step warmup - 1; replaces pct_start when set
     warmup: int | None = length_field(None)
+    # true: back down to the start LR at step 2*(pct_start*T)-2, then annihilate (Smith's original); false: fastai's
+    # two phases
     three_phase: bool = False
+    # cosine | linear (torch anneal_strategy cos | linear)
     anneal: str = "cosine"
+    # the LR starts at peak / div_factor, >= 1
     div_factor: float = 25.0
+    # the LR ends at peak / (div_factor * final_div_factor), >= 1
     final_div_factor: float = 1e4
+    # cycle Adam's beta1 between max_momentum and base_momentum, opposite to the LR
     cycle_momentum: bool = True
+    # beta1 at the peak LR
     base_momentum: float = 0.85
+    # beta1 at the start and at the end
     max_momentum: float = 0.95
 
     def validate(self, total_steps: int) -> None:
@@ -1092,10 +1158,15 @@ def one_cycle(step: float, total_steps: int, p: OneCycleParams) -> float:
 
 @dataclass(frozen=True)
 class CyclicParams:
+    # bottom of the cycle as a fraction of the peak LR (torch base_lr / max_lr); step 0 starts here
     base_lr_ratio: float = 0.1
+    # steps from the bottom to the peak (a length, like 300 or "10%")
     step_size_up: int = length_field(0.1)
+    # steps from the peak back to the bottom; null: same as step_size_up
     step_size_down: int | None = length_field(None)
+    # triangular | triangular2 (amplitude halves every cycle) | exp_range (amplitude times gamma**step)
     mode: str = "triangular"
+    # exp_range only: amplitude factor per step, in (0, 1]
     gamma: float = 1.0
 
     def validate(self, total_steps: int) -> None:
@@ -1136,7 +1207,9 @@ def cyclic(step: float, total_steps: int, p: CyclicParams) -> float:
 
 @dataclass(frozen=True)
 class LRRangeTestParams:
+    # multiplier at step 0 (> 0 for the exponential ramp)
     start_lr_ratio: float = 1e-4
+    # exponential (the same factor every step, as fastai lr_find) | linear
     shape: str = "exponential"
 
     def validate(self, total_steps: int) -> None:

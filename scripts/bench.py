@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
+from minigpt import cli  # noqa: E402
 from minigpt.config import config_from_dict  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 
@@ -60,7 +61,6 @@ PRESETS = {
 def compose(overrides: list[str], n_steps: int) -> dict:
     """The resolved config train.py would run with these overrides, as plain dicts."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
@@ -69,7 +69,7 @@ def compose(overrides: list[str], n_steps: int) -> dict:
     forced = [f"trainer.max_steps={n_steps}", "trainer.max_tokens=null", "trainer.epochs=null",
               "trainer.progress=false", "trainer.resume=null", "logger.wandb=false"]
     try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        with cli.hydra_search_path([cli.CONF_DIR]):  # conf/ over the dataclass defaults, as train.py composes it
             cfg = hydra_compose(config_name="config", overrides=overrides + forced)
     except (HydraException, OmegaConfBaseException) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)

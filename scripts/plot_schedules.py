@@ -4,7 +4,8 @@
     python scripts/plot_schedules.py --names wsd cosine_warmup --total-steps 500 2000 \
         --set wsd.decay_shape=cosine --set cosine_warmup.warmup="10%" --out /tmp/s.png
 
-Parameters not given with --set take their defaults (the values in conf/scheduler/<name>.yaml).
+Parameters not given with --set take their defaults (their dataclasses in minigpt/schedules.py,
+which scheduler=<name> composes too).
 Lengths accept the same forms as the configs: 300, 0.05, "5%", "300 steps", "2M tokens"
 (with --tokens-per-step).
 """

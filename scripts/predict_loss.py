@@ -36,14 +36,14 @@ from minigpt.errors import UserError  # noqa: E402
 def compose(overrides: list[str]):
     """train.py's config for these overrides, typed and validated (a UserError otherwise)."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from minigpt import cli
     from minigpt.config import config_from_dict
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with cli.hydra_search_path([cli.CONF_DIR]):  # conf/ over the dataclass defaults, as train.py composes it
         try:
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import subprocess
 import sys
@@ -52,6 +54,27 @@ def make_config(cache_dir):
         return config_from_dict(nested(merged))
 
     return make
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...]) -> dict:
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from minigpt import cli
+
+    with cli.hydra_search_path([cli.CONF_DIR]):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)))
+
+
+def composed(*overrides: str) -> dict:
+    """The config Hydra composes from conf/ for these overrides (unresolved plain dicts, a fresh copy)."""
+    return copy.deepcopy(_composed(tuple(overrides)))
+
+
+def composed_scheduler(name: str) -> dict:
+    """The scheduler group of `scheduler=<name>` as Hydra composes it: the file over the defaults."""
+    return composed(f"scheduler={name}")["scheduler"]
 
 
 def hydra_args(cache_dir, run_dir, **extra) -> list[str]:

@@ -190,10 +190,10 @@ def refusal(args: list[str], run_dir: Path) -> tuple[str, bool]:
         cli.precheck(args)
     except UserError as e:
         return f"error: {e}", True
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(cli.CONF_DIR), version_base="1.3"):
+    with cli.hydra_search_path([cli.CONF_DIR]):
         cfg = compose(config_name="config", overrides=[a for a in args if not a.startswith("hydra.")])
     try:
         train(config_from_dict(OmegaConf.to_container(cfg, resolve=True)), run_dir, quiet=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import composed_scheduler
 from minigpt import schedules
 from minigpt.errors import UserError
 from minigpt.schedules import (
@@ -444,39 +445,43 @@ def test_schedule_from_config_converts_lengths_once():
 # --------------------------------------------------------------------------------------------
 
 
-def load_yaml(path):
-    omegaconf = pytest.importorskip("omegaconf")  # what Hydra uses to read them
-    return omegaconf.OmegaConf.to_container(omegaconf.OmegaConf.load(path))
-
-
 def test_every_schedule_has_a_config_and_every_config_a_schedule():
     files = {p.stem for p in CONF.glob("*.yaml")}
     assert files - {"custom"} == set(list_schedules())
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_config_keys_and_defaults_match_the_params_dataclass(name):
-    cfg = load_yaml(CONF / f"{name}.yaml")
+def test_the_composed_scheduler_holds_every_parameter_at_its_dataclass_default(name):
+    cfg = composed_scheduler(name)  # what `scheduler=<name>` composes: the file (only what differs) over the defaults
     fields = dataclasses.fields(schedules.schedule_params(name))
     assert cfg["name"] == name and cfg["conventions"] == "minigpt"
-    assert list(cfg) == ["name", "conventions"] + [f.name for f in fields]  # same keys, same order
+    assert list(cfg) == ["name", "conventions"] + [f.name for f in fields]  # every key settable without '+', in order
     for f in fields:
-        # The keys a convention preset fills are left unset (null) in the files, so the preset decides.
+        # The keys a convention preset fills are left unset (null) in the config, so the preset decides.
         default = None if f.name in schedules.PRESET_KEYS else list(f.default) if isinstance(f.default, tuple) else f.default
         assert cfg[f.name] == default and type(cfg[f.name]) is type(default), f.name
-    for line in (CONF / f"{name}.yaml").read_text().splitlines():
-        if line and not line.startswith("#"):
-            assert "  # " in line or line.startswith("name:"), f"{name}.yaml: no comment on {line!r}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_parameter_is_explained_where_its_default_is(name):
+    """The config files no longer list the parameters: their comments in schedules.py are their documentation."""
+    import inspect
+
+    for f in dataclasses.fields(schedules.schedule_params(name)):
+        owner = next(c for c in schedules.schedule_params(name).__mro__ if f.name in c.__dict__.get("__annotations__", {}))
+        lines = inspect.getsource(owner).splitlines()
+        i = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{f.name}:"))
+        assert "  # " in lines[i] or lines[i - 1].strip().startswith("#"), f"{owner.__name__}.{f.name}: no comment"
 
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("total", [1000, 53])
 def test_config_defaults_build_and_pass_check_curve(name, total):
-    check_curve(schedule_from_config(load_yaml(CONF / f"{name}.yaml"), total, 4096))
+    check_curve(schedule_from_config(composed_scheduler(name), total, 4096))
 
 
 def test_custom_config_needs_name_and_module(tmp_path, monkeypatch, registry):
-    cfg = load_yaml(CONF / "custom.yaml")
+    cfg = composed_scheduler("custom")
     assert cfg == {"name": None, "conventions": "minigpt", "module": None}
     assert "scheduler.name is not set" in error(schedule_from_config, cfg, 100, None)
     assert "scheduler.module='no_such_module_xyz' cannot be imported" in error(

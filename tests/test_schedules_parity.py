@@ -20,14 +20,11 @@ from torch.optim import lr_scheduler  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
 import dataclasses  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-from omegaconf import OmegaConf  # noqa: E402
-
+from conftest import composed_scheduler  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 from minigpt.schedules import build_schedule, check_curve, schedule_from_config  # noqa: E402
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "scheduler"
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -449,8 +446,7 @@ def test_deepspeed_conventions_refuse_other_schedules():
 
 
 def shipped(name, **overrides):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    return {**cfg, **overrides}
+    return {**composed_scheduler(name), **overrides}
 
 
 @pytest.mark.parametrize("total,warmup", [(53, 7), (100, 0), (10, 10), (600, 60)])

@@ -4,21 +4,21 @@ variables, which win over our defaults (offline, project minigpt, wandb/ in the 
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
+from minigpt import cli
 from minigpt.config import LoggerConfig, config_from_dict
 from minigpt.errors import UserError
 from minigpt.metrics import MetricsLogger, wandb_settings
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 ENV = {"WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_MODE": "disabled",
        "WANDB_RUN_GROUP": "env-group", "WANDB_TAGS": "a, b", "WANDB_DIR": "/tmp/env-wandb"}
 
 
 def logger_from_command_line(*overrides) -> LoggerConfig:
     """The logger config as train.py gets it from Hydra: logger=wandb plus the given overrides."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with cli.hydra_search_path([cli.CONF_DIR]):
         cfg = compose("config", overrides=["logger=wandb", *overrides])
     return config_from_dict(OmegaConf.to_container(cfg, resolve=True)).logger
 

@@ -1,16 +1,15 @@
 """The warmup-divergence study: its configs compose, and on the CPU its signature shows for real."""
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 
-from conftest import ROOT
-from minigpt import schedules
+from minigpt import cli, schedules
 from minigpt.config import config_from_dict
 from omegaconf import OmegaConf
 
 
 def composed(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with cli.hydra_search_path([cli.CONF_DIR]):
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     return cfg
 
