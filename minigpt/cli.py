@@ -371,13 +371,21 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
     mode = OmegaConf.select(cfg, "hydra.mode")
     if not (args.multirun or getattr(mode, "name", None) == "MULTIRUN"):
         return
-    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
-        return  # a search names its trials as it goes: the trainer refuses a taken folder
     try:
         sweep_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir")))
     except Exception:  # ${now:...}: a new folder
         return
     if not sweep_dir.is_dir():
+        return
+    tc = cfg.trainer
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        # A search names its trials as it goes (number and sampled values), so any run already in
+        # the folder could be one of them: it gets a folder of its own.
+        taken = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and run_contents(d))
+        if taken and tc.resume is None and not tc.overwrite:
+            raise UserError(f"hydra.sweep.dir: '{sweep_dir}' already holds runs ({', '.join(taken[:3])}"
+                            f"{', ...' if len(taken) > 3 else ''}), and a search names its trials as it goes, so "
+                            "one could land in a folder that holds a run; give the search a new hydra.sweep.dir")
         return
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
     task = [o.input_line for o in parsed if not o.is_hydra_override()]
@@ -390,7 +398,6 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
     if any(a.startswith("hydra.job.config.override_dirname") for a in args.overrides):
         excludes = list(naming.exclude_keys)
     hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)})
-    tc = cfg.trainer
     for num, job in enumerate(jobs):
         job_overrides = parser.parse_overrides(job)
         values = {o.key_or_group: o.get_value_element_as_str() for o in job_overrides}

@@ -195,6 +195,21 @@ def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cac
         cli.precheck(sweep_command(cache_dir, grid, "sweep=lr_warmup")[1:])
 
 
+def test_a_search_into_a_folder_that_holds_runs_is_refused(cache_dir, tmp_path):
+    """A search cannot know its trials' folders (number and sampled values): any run in its
+    sweep folder could be one of them."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from minigpt import cli
+
+    sweep = tmp_path / "sweep"
+    (sweep / "1_optim.lr=0.003").mkdir(parents=True)
+    (sweep / "1_optim.lr=0.003" / "metrics.jsonl").write_text('{"step": 0}\n')
+    (sweep / "0_optim.lr=0.001").mkdir()  # a folder without a run is no obstacle
+    with pytest.raises(UserError, match=r"already holds runs \(1_optim.lr=0.003\), and a search names its trials"):
+        cli.precheck(sweep_command(cache_dir, sweep, "sweep=optuna", "hydra.sweeper.n_trials=2")[1:])
+    cli.precheck(sweep_command(cache_dir, tmp_path / "fresh", "sweep=optuna", "hydra.sweeper.n_trials=2")[1:])
+
+
 def test_a_sweep_job_folder_in_use_by_a_live_process_is_refused(cache_dir, tmp_path):
     from minigpt import cli
 
