@@ -297,7 +297,9 @@ def precheck(argv: list[str]) -> list[str]:
             if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
                 base = cfg
                 candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
-    return _hydra_extras(args, parsed, base, parser)
+    extras = _hydra_extras(args, parsed, base, parser)
+    _check_sweep_folders(args, parsed, base, parser)
+    return extras
 
 
 def config_dirs(args) -> list[Path]:
@@ -362,10 +364,7 @@ def _hydra_extras(args, parsed, cfg: DictConfig, parser) -> list[str]:
     if multirun and not any(a.startswith("hydra.job.config.override_dirname") for a in argv):
         # Name each job's directory after what varies between jobs only: the overrides every job
         # shares would make names long (past the 255-byte limit of a file name) and alike.
-        swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
-        swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
-        shared = [o.key_or_group for o in parsed if not o.is_hydra_override() and o.get_key_element() not in swept]
-        exclude = dict.fromkeys(list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared)
+        exclude = _job_name_excludes(parsed, cfg)
         extras.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in exclude) + "]")
     if not multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(a.startswith("hydra.run.dir=") for a in argv):
         # Every rank composes its own config: a time-stamped run directory could differ by a
@@ -376,6 +375,82 @@ def _hydra_extras(args, parsed, cfg: DictConfig, parser) -> list[str]:
                             "on a time-stamped run directory; pass hydra.run.dir=outputs/<name> (the same for every rank)")
         extras.append(f"hydra.run.dir=outputs/${{run_name}}/torchrun-{run_id[:8]}")
     return extras
+
+
+def _job_name_excludes(parsed, cfg: DictConfig) -> list[str]:
+    """The keys left out of a sweep job's folder name: Hydra's list plus the overrides that every
+    job shares (what varies between jobs names them)."""
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
+    shared = [o.key_or_group for o in parsed if not o.is_hydra_override() and o.get_key_element() not in swept]
+    return list(dict.fromkeys(list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared))
+
+
+def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
+    """Each job folder of a grid sweep that already holds another run, or that a live process
+    writes into, is refused before Hydra writes anything (it would rewrite that folder's .hydra/
+    before the trainer could refuse it). The folders are named as Hydra's basic sweeper and the
+    launchers name them: job number (the order of the grid) and the job's overrides."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    from minigpt.run_folder import RunFolderInUse, check_run_folder, lock_holder, run_contents
+
+    mode = OmegaConf.select(cfg, "hydra.mode")
+    if not (args.multirun or getattr(mode, "name", None) == "MULTIRUN"):
+        return
+    try:
+        sweep_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir")))
+    except Exception:  # ${now:...}: a new folder
+        return
+    if not sweep_dir.is_dir():
+        return
+    tc = cfg.trainer
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        # A search names its trials as it goes (number and sampled values), so any run already in
+        # the folder could be one of them: it gets a folder of its own.
+        taken = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and run_contents(d))
+        if taken and tc.resume is None and not tc.overwrite:
+            raise UserError(f"hydra.sweep.dir: '{sweep_dir}' already holds runs ({', '.join(taken[:3])}"
+                            f"{', ...' if len(taken) > 3 else ''}), and a search names its trials as it goes, so "
+                            "one could land in a folder that holds a run; give the search a new hydra.sweep.dir")
+        return
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    try:
+        jobs = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)[0]
+    except Exception:  # a sweep the basic sweeper cannot expand fails in Hydra, with its message
+        return
+    naming = cfg.hydra.job.config.override_dirname
+    excludes = _job_name_excludes(parsed, cfg)
+    if any(a.startswith("hydra.job.config.override_dirname") for a in args.overrides):
+        excludes = list(naming.exclude_keys)
+    hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)})
+    for num, job in enumerate(jobs):
+        job_overrides = parser.parse_overrides(job)
+        values = {o.key_or_group: o.get_value_element_as_str() for o in job_overrides}
+        hydra_cfg.hydra.job.num = num
+        hydra_cfg.hydra.job.override_dirname = get_overrides_dirname(
+            job_overrides, excludes, naming.item_sep, naming.kv_sep)
+        try:
+            job_dir = sweep_dir / str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))
+        except Exception:  # a subdir pattern that needs the job's run time: the trainer checks it
+            return
+        resume = values.get("trainer.resume", tc.resume)
+        resume = None if resume in (None, "null") else str(resume)
+        overwrite = str(values.get("trainer.overwrite", tc.overwrite)).lower() == "true"
+        varying = [o.input_line for o in job_overrides if o.key_or_group not in excludes]
+        job_name = f"job {num} of this sweep ({' '.join(varying) or 'no overrides'})"
+        holder = lock_holder(job_dir)
+        if holder:
+            raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which another process is "
+                            f"writing into ({holder}); wait for it to end, or pick another hydra.sweep.dir")
+        try:
+            check_run_folder(job_dir, resume, overwrite)
+        except RunFolderInUse:
+            raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which already holds a run "
+                            f"({', '.join(run_contents(job_dir))}); continue the sweep's runs with trainer.resume=auto, "
+                            "replace them with trainer.overwrite=true, or pick another hydra.sweep.dir") from None
 
 
 def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:

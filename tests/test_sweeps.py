@@ -160,6 +160,13 @@ def test_parallel_launcher_runs_jobs_at_the_same_time(cache_dir, tmp_path):
         assert [r["step"] for r in records if "train/loss" in r] == list(range(6))
     (start0, end0), (start1, end1) = (log_span(sweep / name / "train.log") for name in sorted(found))
     assert start0 < end1 and start1 < end0  # the two jobs' lifetimes overlap
+    # The same sweep again into the same folder: refused before Hydra rewrites any job's .hydra/.
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    again = run_train(["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optim.lr=1e-3,3e-3",
+                       *sweep_args(cache_dir, sweep, **{"trainer.max_steps": 6})], env=THIS_CHECKOUT)
+    assert again.returncode == 2
+    assert "job 0 of this sweep (optim.lr=0.001)" in one_line_error(again)
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
 
 
 # --- a sweep that goes wrong in every way -------------------------------------------------------
