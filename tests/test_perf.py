@@ -110,6 +110,7 @@ def warm_up_then_run(trainer):
     return graphs, result
 
 
+@pytest.mark.slow  # torch.compile (dynamo) traces the training and evaluation graphs: seconds
 def test_changing_the_lr_every_step_does_not_recompile(make_config, tmp_path):
     trainer = compiled_trainer(make_config, tmp_path)
     before, result = warm_up_then_run(trainer)
@@ -136,6 +137,7 @@ class LrAsArgument(torch.nn.Module):
         return self.compiled(x, y, self.optimizer.param_groups[0]["lr"])
 
 
+@pytest.mark.slow  # torch.compile, as above
 @pytest.mark.parametrize("design", ["lr_argument", "compiled_optimizer_step"])
 def test_the_recompile_check_catches_an_lr_baked_into_a_graph(design, make_config, tmp_path):
     trainer = compiled_trainer(make_config, tmp_path)

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import yaml
 from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from minigpt import loss_law
+from minigpt import cli, loss_law
 from minigpt import loss_prediction as lp
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
@@ -30,7 +29,7 @@ TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "ga
 
 
 def compose(overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with cli.hydra_search_path([cli.CONF_DIR]):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
     return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
 

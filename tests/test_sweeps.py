@@ -12,10 +12,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
 from conftest import ROOT, hydra_args, run_train
+from minigpt import cli
+from minigpt.errors import UserError
 from minigpt.schedules import list_schedules
 from test_cli import one_line_error
 
@@ -25,7 +27,7 @@ THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
 
 
 def compose_config(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with cli.hydra_search_path([cli.CONF_DIR]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
@@ -61,8 +63,10 @@ def test_sweep_files_are_multiruns_of_the_basic_sweeper(name):
 
 def test_every_value_of_a_sweep_file_is_checked_before_any_job(tmp_path):
     """constant has no warmup: all 16 jobs of the LR x warmup grid would fail, so none starts."""
-    line = one_line_error(run_train(["sweep=lr_warmup", "scheduler=constant", f"hydra.sweep.dir={tmp_path}/s"]))
-    assert "scheduler.warmup" in line
+    # In process, as train.py checks it before Hydra starts (its exit status and one line: test_bad_input).
+    with pytest.raises(UserError) as e:
+        cli.precheck(["sweep=lr_warmup", "scheduler=constant", f"hydra.sweep.dir={tmp_path}/s"])
+    assert "scheduler.warmup" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "s").exists()
 
 

@@ -49,6 +49,7 @@ def test_a_bad_wandb_mode_is_one_line(tmp_path):
         wandb_settings(LoggerConfig(wandb=True), tmp_path, "run", env={"WANDB_MODE": "sometimes"})
 
 
+@pytest.mark.slow  # a real (offline) wandb run: wandb starts its service process
 def test_an_offline_wandb_run_takes_project_group_tags_and_dir_from_the_environment(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     wandb_dir = tmp_path / "elsewhere"
