@@ -3,6 +3,7 @@ searching schedules (minigpt/loss_prediction.py) and scripts/predict_loss.py's v
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -167,19 +168,45 @@ BAD = {
 }
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """Runs and a fit for the bad-input cases, made once: no case may write anything into them."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    fake_run(folder / "cos", SHORT + ["scheduler=cosine_warmup"])
+    fake_run(folder / "nolr", SHORT, lr_records=False)
+    fake_run(folder / "sparse", ["trainer.max_steps=200"], every=100)
+    (folder / "fit.json").write_text(json.dumps(loss_law.Fit("multi_power", TRUE, {}, 0, 0, 0, 0).to_dict()))
+    return folder
+
+
+def listing(folder):
+    return sorted((p, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, case):
-    fake_run(tmp_path / "cos", SHORT + ["scheduler=cosine_warmup"])
-    fake_run(tmp_path / "nolr", SHORT, lr_records=False)
-    fake_run(tmp_path / "sparse", ["trainer.max_steps=200"], every=100)
-    (tmp_path / "fit.json").write_text(json.dumps(loss_law.Fit("multi_power", TRUE, {}, 0, 0, 0, 0).to_dict()))
-    before = sorted(p for p in tmp_path.rglob("*"))
+def test_bad_input_is_one_line_and_writes_nothing(bad_input_runs, case, monkeypatch, capsys):
+    """In process, through the script's main() (as its command line calls it; the process: below)."""
+    before = listing(bad_input_runs)
     args, message = BAD[case]
-    proc = run_script(*args, cwd=tmp_path)
+    monkeypatch.chdir(bad_input_runs)
+    spec = importlib.util.spec_from_file_location("predict_loss_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    status = script.main(list(args))
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert listing(bad_input_runs) == before
+
+
+@pytest.mark.slow
+def test_bad_input_from_the_command_line_exits_2_with_one_line(bad_input_runs):
+    before = listing(bad_input_runs)
+    args, message = BAD["unknown key"]
+    proc = run_script(*args, cwd=bad_input_runs)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
-    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert listing(bad_input_runs) == before
 
 
 def test_the_sweep_report_overlays_predicted_and_measured_curves(tmp_path):
