@@ -97,12 +97,25 @@ COMMANDS = documented_commands()
 TINY_TOKENS_PER_STEP = 4 * 32  # micro-batch x context of conf/debug/tiny.yaml
 
 
+MAX_STEPS = 40  # a documented run longer than this runs this many steps, its step intervals scaled alike
+
+
 def shorten(args: list[str], cache_dir) -> list[str]:
-    """+debug=tiny (conf/debug/tiny.yaml); more steps where lengths in tokens would not fit in its 20."""
+    """+debug=tiny (conf/debug/tiny.yaml); more steps where lengths in tokens would not fit in its 20;
+    a run of more than MAX_STEPS steps (trainer.max_steps=600) cut to MAX_STEPS, with its
+    checkpoint and evaluation intervals scaled alike (unless a schedule length is in steps)."""
     extra = ["+debug=tiny", f"data.cache_dir={cache_dir}"]
-    keys = {a.split("=", 1)[0] for a in args}
+    given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    keys = set(given)
     # A command that sets its evaluation interval wants a curve of val losses (a loss-law fit): dense, 40 steps.
     dense = "trainer.eval_interval" in keys
+    steps = given.get("trainer.max_steps", "")
+    if steps.isdigit() and int(steps) > MAX_STEPS and not any(k.startswith("scheduler.") and v.isdigit()
+                                                               for k, v in given.items()):
+        scaled = {"trainer.max_steps": MAX_STEPS}
+        if given.get("trainer.ckpt_interval", "").isdigit() and int(given["trainer.ckpt_interval"]) > 0:
+            scaled["trainer.ckpt_interval"] = max(1, round(int(given["trainer.ckpt_interval"]) * MAX_STEPS / int(steps)))
+        args = [f"{a.split('=', 1)[0]}={scaled[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in scaled else a for a in args]
     extra.append("trainer.eval_interval=2" if dense else "trainer.eval_interval=100")
     if "trainer.max_tokens" in keys:
         extra.append("trainer.max_tokens=3k")
