@@ -601,7 +601,13 @@ def _check_writable(path: Path, key: str) -> None:
 
 
 def _first_line(e: Exception) -> str:
-    lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[0] if lines else type(e).__name__
+    """The message's first line; when that only introduces the reason (Hydra's "In 'sweep/x':
+    ConfigKeyError raised while composing config:"), the reason's line too."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
