@@ -3,6 +3,7 @@
 import pytest
 from hydra import compose
 
+from conftest import ROOT
 from minigpt import cli, schedules
 from minigpt.config import config_from_dict
 from omegaconf import OmegaConf
