@@ -75,7 +75,7 @@ def test_single_document_is_cut_at_a_line_break():
 
 
 def test_cache_is_reused_and_invalidated(tmp_path):
-    cfg = DataConfig(max_chars=150_000, vocab_size=400, cache_dir=str(tmp_path))
+    cfg = DataConfig(max_chars=60_000, vocab_size=400, cache_dir=str(tmp_path))
     messages = []
     first = prepare_data(cfg, log=messages.append, progress=False)
     assert any("wrote token cache" in m for m in messages)
@@ -85,9 +85,9 @@ def test_cache_is_reused_and_invalidated(tmp_path):
     assert second.cache_dir == first.cache_dir
     assert np.array_equal(np.asarray(first.train), np.asarray(second.train))
     # Anything that decides the tokens gives a new cache: vocabulary, split, the text itself.
-    for changed in (DataConfig(max_chars=150_000, vocab_size=420, cache_dir=str(tmp_path)),
-                    DataConfig(max_chars=150_000, vocab_size=400, split_seed=3, cache_dir=str(tmp_path)),
-                    DataConfig(max_chars=140_000, vocab_size=400, cache_dir=str(tmp_path))):
+    for changed in (DataConfig(max_chars=60_000, vocab_size=420, cache_dir=str(tmp_path)),
+                    DataConfig(max_chars=60_000, vocab_size=400, split_seed=3, cache_dir=str(tmp_path)),
+                    DataConfig(max_chars=50_000, vocab_size=400, cache_dir=str(tmp_path))):
         assert prepare_data(changed, log=quiet, progress=False).cache_dir != first.cache_dir
     # A cache left half-written (meta.json missing or a file cut short) is rebuilt, not trusted.
     (first.cache_dir / "meta.json").unlink()
