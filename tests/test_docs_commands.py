@@ -103,7 +103,8 @@ MAX_STEPS = 40  # a documented run longer than this runs this many steps, its st
 def shorten(args: list[str], cache_dir) -> list[str]:
     """+debug=tiny (conf/debug/tiny.yaml); more steps where lengths in tokens would not fit in its 20;
     a run of more than MAX_STEPS steps (trainer.max_steps=600) cut to MAX_STEPS, with its
-    checkpoint and evaluation intervals scaled alike (unless a schedule length is in steps)."""
+    checkpoint interval scaled alike (unless a schedule length is in steps); a global batch
+    (trainer.batch_size) in 4 micro-batches."""
     extra = ["+debug=tiny", f"data.cache_dir={cache_dir}"]
     given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
     keys = set(given)
@@ -116,6 +117,9 @@ def shorten(args: list[str], cache_dir) -> list[str]:
         if given.get("trainer.ckpt_interval", "").isdigit() and int(given["trainer.ckpt_interval"]) > 0:
             scaled["trainer.ckpt_interval"] = max(1, round(int(given["trainer.ckpt_interval"]) * MAX_STEPS / int(steps)))
         args = [f"{a.split('=', 1)[0]}={scaled[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in scaled else a for a in args]
+    batch = given.get("trainer.batch_size", "")
+    if batch.isdigit() and int(batch) % 4 == 0 and "trainer.micro_batch_size" not in keys:
+        extra.append(f"trainer.micro_batch_size={int(batch) // 4}")  # 4 micro-batches per update, not 16 of tiny's 4
     extra.append("trainer.eval_interval=2" if dense else "trainer.eval_interval=100")
     if "trainer.max_tokens" in keys:
         extra.append("trainer.max_tokens=3k")
