@@ -126,10 +126,10 @@ def check_warmup(sweep_dir: Path) -> Callable[[], dict]:
 
     def check() -> dict:
         cells = []
-        for job in sorted(p for p in sweep_dir.iterdir() if (p / "summary.json").exists()):
+        for job in sorted(p for p in sweep_dir.glob("*/*") if (p / "summary.json").exists()):
             s = json.loads((job / "summary.json").read_text())
             overrides = (job / ".hydra" / "overrides.yaml")
-            cells.append({"job": job.name, "status": s.get("status"), "final_val_loss": s.get("final_val_loss"),
+            cells.append({"job": f"{job.parent.name}/{job.name}", "status": s.get("status"), "final_val_loss": s.get("final_val_loss"),
                           "peak_lr": s.get("peak_lr"), "diverged_step": s.get("diverged_step"),
                           "overrides": overrides.read_text() if overrides.exists() else None})
         assert cells, f"{sweep_dir}: no job finished"
@@ -197,7 +197,9 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
                      check_sweep(sweep_dir / "bench.json", runs))]
 
     # 4. warmup: the headline cells of the GPU study (pre-LN without/with a short warmup at a
-    # high LR, post-LN without/with a long one; 3 seeds each), then the report of what finished
+    # high LR, post-LN without/with a long one; 3 seeds each), then the report of what finished.
+    # Each architecture's sweep has a folder of its own: jobs are named by what varies within a
+    # sweep, so two sweeps in one folder would claim the same job folders (and be refused).
     warm_dir = out / "warmup" / "sweep"
     if dry_run:
         cell = ["experiment=warmup_divergence", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
@@ -209,7 +211,7 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
     cells = {"pre_ln": ["arch=pre_ln", "optim.lr=1e-2", "scheduler.warmup=0,0.1"],
              "post_ln": ["arch=post_ln", "optim.lr=1e-3", "scheduler.warmup=0,0.5"]}
     warmup = [Command(f"warmup_{name}", python(str(ROOT / "train.py"), "-m", *cell, *args, *data, *quiet,
-                                               f"hydra.sweep.dir={warm_dir}"), reserve_s=60)
+                                               f"hydra.sweep.dir={warm_dir / name}"), reserve_s=60)
               for name, args in cells.items()]
     warmup.append(Command("warmup_report", python(str(ROOT / "scripts" / "report.py"), str(warm_dir), "--out",
                                                   str(out / "warmup" / "report")), check_warmup(warm_dir)))
