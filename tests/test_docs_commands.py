@@ -237,7 +237,8 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
     monkeypatch.chdir(workdir)
     monkeypatch.syspath_prepend(str(workdir))  # modules the docs ask users to write (scheduler.module)
     # ... register their schedules on import: for this test only (schedule_registry_kept), not for the tests after it
-    for name in [m for m in sys.modules if m.split(".")[0] in {p.parent.name for p in workdir.glob("*/*.py")}]:
+    packages = {p.parent.name for p in workdir.glob("*/*.py")}
+    for name in [m for m in sys.modules if m.split(".")[0] in packages]:
         monkeypatch.delitem(sys.modules, name)
     for placeholder in ("<corpus>", "<dataset>"):
         command = command.replace(placeholder, PLACEHOLDERS[placeholder](workdir))

@@ -57,6 +57,7 @@ def test_a_failed_command_does_not_stop_the_stage_or_the_suite(tmp_path):
     assert json.loads((tmp_path / "suite.json").read_text())["stages"]["second"]["status"] == "passed"
 
 
+@pytest.mark.slow  # processes that sleep into their time limits
 def test_a_stage_past_its_budget_is_killed_and_the_next_stage_runs(tmp_path):
     stages = [suite.Stage("slow", 1.5, [suite.Command("sleeper", py("import time; time.sleep(30)")),
                                         suite.Command("never", py("print(1)"))]),
@@ -69,6 +70,7 @@ def test_a_stage_past_its_budget_is_killed_and_the_next_stage_runs(tmp_path):
     assert result["stages"]["next"]["status"] == "passed"
 
 
+@pytest.mark.slow  # processes that sleep into their time limits
 def test_time_reserved_for_a_later_command_is_kept_for_it(tmp_path):
     stage = suite.Stage("s", 3.0, [suite.Command("cells", py("import time; time.sleep(30)"), reserve_s=2.0),
                                    suite.Command("report", py("print('report')"))])
@@ -77,6 +79,7 @@ def test_time_reserved_for_a_later_command_is_kept_for_it(tmp_path):
     assert out["commands"][0]["wall_s"] < 2.5  # cut at the budget less the reserve
 
 
+@pytest.mark.slow  # processes that sleep into their time limits
 def test_the_suite_budget_caps_every_stage(tmp_path):
     stages = [suite.Stage("a", 100, [suite.Command("sleeper", py("import time; time.sleep(30)"))]),
               suite.Stage("b", 100, [suite.Command("late", py("print(1)"))])]

@@ -82,6 +82,7 @@ def hydra(*argv):
                           timeout=120)
 
 
+@pytest.mark.slow  # its own processes
 def test_print_flags_cfg_resolve_package_info_and_shell_completion(user_confs):
     out = hydra("-cd", str(user_confs), "scheduler=mine", "--cfg", "job", "--resolve", "--package", "scheduler")
     assert out.returncode == 0, out.stderr

@@ -73,6 +73,7 @@ def test_script_reports_bad_input_in_one_line(tmp_path, script, capsys, argv, ex
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow  # its own processes
 def test_script_runs_headless(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
     out = tmp_path / "all.png"

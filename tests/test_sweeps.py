@@ -70,6 +70,63 @@ def test_every_value_of_a_sweep_file_is_checked_before_any_job(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choice(tmp_path, monkeypatch):
+    """Values of plain keys are applied to a composition of the group choices, as Hydra applies
+    them; each new set of group choices is composed. A bad value anywhere in the grid is refused."""
+    import hydra
+
+    composed = []
+    real = hydra.compose
+    monkeypatch.setattr(hydra, "compose", lambda **kw: composed.append(kw["overrides"]) or real(**kw))
+    out = f"hydra.sweep.dir={tmp_path}/s"
+    cli.precheck(["-m", "optim.lr=1e-3,3e-3,1e-2", "seed=1,2,3", "scheduler.warmup=0,'64k tokens'", out])
+    cli.precheck(["-m", "optim.lr=1e-4,3e-4", "trainer.max_steps=50", out])  # the same (no) group choices
+    assert len(composed) <= 1  # none where an earlier test of this process composed the defaults
+    composed.clear()
+    cli.precheck(["-m", "scheduler=wsd,inverse_sqrt,polynomial", "optim.lr=1e-3,3e-3", "seed=11", out])
+    assert sorted(composed) == [["scheduler=inverse_sqrt"], ["scheduler=polynomial"], ["scheduler=wsd"]]
+    with pytest.raises(UserError) as e:  # the third value of the second key
+        cli.precheck(["-m", "optim.lr=1e-3,3e-3", "trainer.max_steps=100,200,-5", out])
+    assert "trainer.max_steps" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError) as e:  # a key the group's file lacks: refused as Hydra refuses it
+        cli.precheck(["-m", "scheduler=wsd,constant", "scheduler.decay=0.1", out])
+    assert "scheduler.decay" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optim.lr=0.02", "seed=7", "scheduler.warmup='64k tokens'"],
+    ["scheduler=wsd", "model.n_layer=3", "trainer.max_steps=null", "run_name=mine", "hydra.run.dir=out/x"],
+    ["data=files", "data.paths=[a.txt,b.txt]", "arch=post_ln", "optim.lr=1e-3", "optim.lr=2e-3"],
+    ["sweep=warmup_divergence_cpu", "hydra/launcher=stacked", "trainer.eval_interval=5", "hydra.sweep.dir=s"],
+    ["experiment=warmup_divergence_cpu", "++seed=3"],  # a ++ override: Hydra composes it all
+])
+def test_the_precheck_composes_what_hydra_composes(overrides, tmp_path, monkeypatch):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    monkeypatch.chdir(tmp_path)  # a working directory of its own: composed afresh here
+    with cli.hydra_search_path([cli.CONF_DIR]):
+        ours = cli.compose_config("config", overrides, [cli.CONF_DIR], OverridesParser.create())
+        again = cli.compose_config("config", overrides, [cli.CONF_DIR], OverridesParser.create())
+        hydras = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    assert OmegaConf.to_container(ours) == OmegaConf.to_container(hydras)
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(hydras)
+    again.seed = 12345  # a copy: what one caller changes, the next one does not see
+    with cli.hydra_search_path([cli.CONF_DIR]):
+        assert cli.compose_config("config", overrides, [cli.CONF_DIR], OverridesParser.create()).seed == hydras.seed
+
+
+def test_a_changed_config_file_is_composed_again(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mine.yaml").write_text("n_layer: 3\n")
+    dirs = [tmp_path, cli.CONF_DIR]
+    with cli.hydra_search_path(dirs):
+        assert cli.compose_config("config", ["model=mine", "seed=2"], dirs, OverridesParser.create()).model.n_layer == 3
+        (tmp_path / "model" / "mine.yaml").write_text("n_layer: 5\n")
+        assert cli.compose_config("config", ["model=mine", "seed=2"], dirs, OverridesParser.create()).model.n_layer == 5
+
+
 def test_optuna_sweep_file_composes():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweeper = compose_config(["sweep=optuna"]).hydra.sweeper
@@ -79,6 +136,7 @@ def test_optuna_sweep_file_composes():
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 1337
 
 
+@pytest.mark.slow  # its own processes
 def test_a_missing_plugin_is_named_in_one_line(tmp_path):
     """Without the sweeps extra (simulated: an empty hydra_plugins package hides the installed ones)."""
     (tmp_path / "hydra_plugins").mkdir()
