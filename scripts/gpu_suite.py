@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -156,8 +157,11 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
         run_cfg = ["model=gpu_tiny", "trainer=gpu", "trainer.compile=true", "trainer.eval_interval=25",
                    "trainer.eval_iters=5", "monitor.stuck_after=0"]
         smoke_steps, precisions = 50, ["bf16", "fp16"]
+    # the files that hold gpu tests: collecting the whole suite to pick them takes seconds
+    gpu_tests = [str(p) for p in sorted((ROOT / "tests").glob("test_*.py"))
+                 if re.search(r"^@pytest\.mark\.gpu\b", p.read_text(), re.M)]
     smoke = [Command("pytest_gpu", python("-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                                          str(ROOT / "tests"), "-o", "addopts=", "-rs"))]
+                                          *gpu_tests, "-o", "addopts=", "-rs"))]
     for precision in precisions:
         run_dir = out / "smoke" / f"run_{precision}"
         smoke.append(Command(f"run_{precision}", python(

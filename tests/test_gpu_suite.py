@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,10 @@ def test_the_real_stages_cover_every_promised_measurement(tmp_path):
     assert sum(s.budget_s for s in stages) <= 20 * 60
     text = {s.name: [" ".join(c.argv) for c in s.commands] for s in stages}
     assert any("-m gpu" in c for c in text["smoke"])
+    pytest_gpu = next(c for c in stages[0].commands if c.name == "pytest_gpu").argv
+    holders = [p for p in (ROOT / "tests").glob("test_*.py") if re.search(r"^@pytest\.mark\.gpu\b", p.read_text(), re.M)]
+    assert holders and all(str(p) in pytest_gpu for p in holders)  # every file with a gpu test, and only those
+    assert len([a for a in pytest_gpu if a.endswith(".py")]) == len(holders)
     runs = [c for c in text["smoke"] if "train.py" in c]
     assert len(runs) == 2 and all("trainer.sync_debug=error" in c and "trainer.compile=true" in c for c in runs)
     assert {c.split("trainer.precision=")[1].split()[0] for c in runs} == {"bf16", "fp16"}
