@@ -31,10 +31,13 @@ def test_suggestions_find_the_steepest_descent_and_the_minimum():
 
 
 @pytest.mark.slow
-def test_range_test_stops_at_the_blow_up_and_leaves_the_model_untouched(cache_dir, tmp_path):
-    # A checkpoint to start from, then the range test from it.
+def test_range_test_stops_at_the_blow_up_and_leaves_the_model_untouched(cache_dir, make_config, tmp_path):
+    # A checkpoint to start from (trained in process: the config hydra_args gives train.py), then
+    # the range test from it through train.py.
+    from minigpt.trainer import train
+
     parent = tmp_path / "parent"
-    assert run_train(hydra_args(cache_dir, parent, **{"trainer.max_steps": 4})).returncode == 0
+    assert train(make_config(trainer__max_steps=4), parent, quiet=True).status == "completed"
     ckpt = next((parent / "checkpoints").glob("*.pt"))
     digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
 
