@@ -1,10 +1,10 @@
 """Train a GPT from scratch:  python train.py [group=option ...] [key=value ...]
 
-The only file with @hydra.main: it checks the command line (minigpt/cli.py precheck: bad input
+The only file with @hydra.main: it checks the command line (minigpt/launch/cli.py precheck: bad input
 ends here with one line and exit status 2, before any directory is created), lets Hydra compose
-conf/ into one config, types it (minigpt/config.py) and hands each job to minigpt/cli.py run_job,
+conf/ into one config, types it (minigpt/config.py) and hands each job to minigpt/launch/cli.py run_job,
 which trains it. It returns the final validation loss (inf for a run that diverged or failed) so
-that Hydra sweepers can minimise it. Exit statuses: minigpt/cli.py.
+that Hydra sweepers can minimise it. Exit statuses: minigpt/launch/cli.py.
 
 Examples:
     python train.py                                  # the CPU default on the stdlib corpus
@@ -38,7 +38,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from minigpt import cli  # noqa: E402
+from minigpt.launch import cli  # noqa: E402
 from minigpt.config import config_from_dict  # noqa: E402
 from minigpt.errors import Stopped, UserError  # noqa: E402
 

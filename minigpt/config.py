@@ -259,7 +259,7 @@ class MonitorConfig:
     max_attn_logit: bool = False  # largest pre-softmax attention logit of the step's last micro-batch
     logz: bool = False  # mean log-partition of the output softmax
     # Top eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N steps
-    # (minigpt/sharpness.py); null: off. Each measurement costs about 2 + 2 x sharpness_iters
+    # (minigpt/run/sharpness.py); null: off. Each measurement costs about 2 + 2 x sharpness_iters
     # forward/backward passes of one micro-batch.
     sharpness_every: Optional[int] = None
     sharpness_iters: int = 8  # power-iteration steps per measurement
@@ -321,7 +321,7 @@ class LRRangeTestConfig:
 class Config:
     seed: int = 1337
     run_name: str = "run"
-    task: Literal["train", "lr_range_test"] = "train"  # lr_range_test: see minigpt/lr_range_test.py
+    task: Literal["train", "lr_range_test"] = "train"  # lr_range_test: see minigpt/studies/lr_range_test.py
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

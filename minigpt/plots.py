@@ -1,4 +1,4 @@
-"""Plots of one run: its schedule, its LR range test, its records (sweeps: minigpt/sweep/figures.py).
+"""Plots of one run: its schedule, its LR range test, its records (sweeps: minigpt/studies/sweep/figures.py).
 
 matplotlib is imported inside the functions, and only through its Agg canvas (no pyplot), so
 importing minigpt stays cheap, plotting works on headless machines, and the global backend of

@@ -523,7 +523,7 @@ def config_defaults(name: str | None) -> dict:
     convention preset fills, which are null (unset: the preset decides). ``name=None``: the keys
     of a schedule of one's own (``scheduler=custom``): name, conventions and module.
 
-    The one source of the config's scheduler defaults: minigpt/cli.py hands them to Hydra, and a
+    The one source of the config's scheduler defaults: minigpt/launch/cli.py hands them to Hydra, and a
     conf/scheduler/<name>.yaml holds only what differs from them."""
     if name is None:
         return {"name": None, "conventions": "minigpt", "module": None}

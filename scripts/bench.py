@@ -8,13 +8,13 @@
 
 Each configuration is composed from conf/ exactly as train.py composes it (Hydra's compose
 API, the same overrides), built by the real minigpt Trainer, and run through trainer.advance()
--- the body of the training loop (minigpt/trainer.py fit()): the optimizer step, the per-step record, the spike monitor and
+-- the body of the training loop (minigpt/run/trainer.py fit()): the optimizer step, the per-step record, the spike monitor and
 metrics.jsonl. Evaluation and checkpoints are left out. The first --warmup steps (where
 torch.compile compiles) are timed separately; then --steps steps are timed. Each configuration
 runs in a fresh process, so its peak memory is its own.
 
 Reported per configuration: ms per step, tokens/s, MFU (FLOPs per token 6N + 12*L*C*T over the
-device's dense bf16 peak from minigpt/perf.py; null on a CPU or an unknown GPU), peak memory
+device's dense bf16 peak from minigpt/run/perf.py; null on a CPU or an unknown GPU), peak memory
 (CUDA: max_memory_allocated; CPU: the process's peak resident set size) and the compile time
 (the warm-up's time beyond what the same number of timed steps takes; null without compile).
 
@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from minigpt import cli  # noqa: E402
+from minigpt.launch import cli  # noqa: E402
 from minigpt.config import config_from_dict  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 
@@ -85,9 +85,9 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
 
     import torch
 
-    from minigpt.metrics import MetricsLogger
-    from minigpt.stepper import ModelStepper
-    from minigpt.trainer import Trainer, advance
+    from minigpt.run.metrics import MetricsLogger
+    from minigpt.run.stepper import ModelStepper
+    from minigpt.run.trainer import Trainer, advance
 
     cfg = config_from_dict(raw)
     with tempfile.TemporaryDirectory(prefix="minigpt-bench-") as run_dir:

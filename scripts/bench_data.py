@@ -69,7 +69,7 @@ CHILD = r"""
 import json, resource, sys, time
 t0 = time.time()
 from minigpt.config import DataConfig
-from minigpt.data import prepare_data
+from minigpt.data.cache import prepare_data
 args = json.loads(sys.argv[1])
 logs = []
 data = prepare_data(DataConfig(**args), log=logs.append, progress=False)
@@ -122,8 +122,8 @@ def compare_encoders(root: Path, rounds: int, file_mb: int) -> dict:
     """Tokenize the same 20 MB in pieces every way; alternate the ways, report medians (MB/s)."""
     import numpy as np
 
-    from minigpt.data import pieces
-    from minigpt.tokenizer import BPETokenizer
+    from minigpt.data.cache import pieces
+    from minigpt.data.tokenizer import BPETokenizer
 
     folder = build_corpus(root / f"stdlib-{file_mb}MB-{file_mb}", file_mb, file_mb)
     text = (folder / "part000.txt").read_text(errors="replace")[:20_000_000]
@@ -177,7 +177,7 @@ def entropy_by_sample(budgets: list[int], max_chars: int) -> list[dict]:
     import tempfile
 
     from minigpt.config import DataConfig
-    from minigpt.data import prepare_data
+    from minigpt.data.cache import prepare_data
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +205,7 @@ def one_line_check(root: Path, file_mb: int) -> dict:
     import numpy as np
 
     from minigpt.config import DataConfig
-    from minigpt.data import prepare_data
+    from minigpt.data.cache import prepare_data
 
     folder = root / f"one-line-{file_mb}"
     path = folder / "line.txt"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from minigpt.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics  # noqa: E402
+from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics  # noqa: E402
 from minigpt.plots import plot_run  # noqa: E402
 
 

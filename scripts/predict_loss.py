@@ -13,7 +13,7 @@ train.py's overrides, starting from the first fitted run's own overrides (so the
 length are the fitted runs' unless changed), and writes the predicted curves and final losses
 (.json) and one figure. `optimize` searches the schedule with the lowest predicted final loss at
 the same peak LR, run length and warmup and writes the train.py command that runs it.
-The laws: minigpt/loss_law.py; the rest: minigpt/loss_prediction.py; docs/loss_prediction.md.
+The laws: minigpt/studies/loss_law.py; the rest: minigpt/studies/loss_prediction.py; docs/loss_prediction.md.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from minigpt import loss_law  # noqa: E402
-from minigpt import loss_prediction as lp  # noqa: E402
+from minigpt.studies import loss_law  # noqa: E402
+from minigpt.studies import loss_prediction as lp  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def compose(overrides: list[str]):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from minigpt import cli
+    from minigpt.launch import cli
     from minigpt.config import config_from_dict
 
     with cli.hydra_search_path([cli.CONF_DIR]):  # conf/ over the dataclass defaults, as train.py composes it

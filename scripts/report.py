@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from minigpt.errors import UserError  # noqa: E402
-from minigpt.loss_law import load_fit  # noqa: E402
-from minigpt.sweep.report import write_report  # noqa: E402
+from minigpt.studies.loss_law import load_fit  # noqa: E402
+from minigpt.studies.sweep.report import write_report  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -14,10 +14,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from minigpt.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from minigpt.run.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
-from minigpt.tokenizer import tokenizer_from_json  # noqa: E402
+from minigpt.data.tokenizer import tokenizer_from_json  # noqa: E402
 
 
 def main(argv=None) -> int:

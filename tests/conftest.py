@@ -97,7 +97,7 @@ def _composed(overrides: tuple[str, ...]) -> dict:
     from hydra import compose
     from omegaconf import OmegaConf
 
-    from minigpt import cli
+    from minigpt.launch import cli
 
     with cli.hydra_search_path([cli.CONF_DIR]):
         return OmegaConf.to_container(compose("config", overrides=list(overrides)))
@@ -142,12 +142,12 @@ def schedule_registry_kept():
 
 @pytest.fixture
 def table_schedule_stays_here():
-    """minigpt.lr_table registers "table" when imported; test_schedules wants only the built-in
+    """minigpt.studies.lr_table registers "table" when imported; test_schedules wants only the built-in
     names registered, so a test using this leaves the registry and the module as it found them."""
     from minigpt import schedules
 
-    loaded = "minigpt.lr_table" in sys.modules
+    loaded = "minigpt.studies.lr_table" in sys.modules
     with schedules.registry_scope():
         yield
     if not loaded:
-        sys.modules.pop("minigpt.lr_table", None)
+        sys.modules.pop("minigpt.studies.lr_table", None)

@@ -3,7 +3,7 @@ touched.
 
 One completed earlier run (run directory, checkpoints, metrics, token cache) is made once and
 hashed. Every bad input of the table is then checked in process, as train.py checks it: most
-must be refused by the precheck (minigpt/cli.py, before Hydra creates a run directory or any
+must be refused by the precheck (minigpt/launch/cli.py, before Hydra creates a run directory or any
 data is read), the others by the trainer. A few go through a real `train.py` process for the
 contract a user sees: exit status 2, one `error:` line, no traceback. Afterwards the earlier
 run's files must hash the same.
@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from conftest import hydra_args, nested, run_train, tiny_overrides
-from minigpt import cli
+from minigpt.launch import cli
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.trainer import train
+from minigpt.run.trainer import train
 from test_cli import one_line_error
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: CUDA is not bad input here")

@@ -7,9 +7,9 @@ import pytest
 from minigpt.plan import BatchPlan
 from minigpt.config import OptimConfig, TrainerConfig
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics
+from minigpt.run.metrics import read_metrics
 from minigpt.plan import scaled_peak_lr
-from minigpt.trainer import Trainer
+from minigpt.run.trainer import Trainer
 
 
 def plan(micro=2, accum=4, world=1, start=None, ramp=None, block=10):

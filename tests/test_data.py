@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from minigpt.config import DataConfig
-from minigpt.corpus import Document, load_documents, stdlib_documents
-from minigpt.data import (Batches, cache_key, prepare_data, split_documents,
+from minigpt.data.corpus import Document, load_documents, stdlib_documents
+from minigpt.data.cache import (Batches, cache_key, prepare_data, split_documents,
                           unigram_entropy)
 from minigpt.errors import UserError
-from minigpt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
 SAMPLES = [
     "def f(x):\n    return x ** 2  # square\n",
@@ -228,7 +228,7 @@ def test_split_is_stratified_by_folder():
 
 def test_pieces_tokenize_to_the_tokens_of_the_whole():
     """Long documents are tokenized in pieces cut where no token can span: same ids as whole."""
-    from minigpt.data import pieces
+    from minigpt.data.cache import pieces
 
     docs = stdlib_documents()[:30]
     tok = BPETokenizer.train(iter([d.text for d in docs]), vocab_size=700)
@@ -245,12 +245,12 @@ def test_pieces_tokenize_to_the_tokens_of_the_whole():
 
 
 def test_a_one_line_file_is_read_and_tokenized_in_pieces(tmp_path, monkeypatch):
-    import minigpt.corpus
-    import minigpt.data
+    import minigpt.data.corpus
+    import minigpt.data.cache
 
-    monkeypatch.setattr(minigpt.corpus, "READ_CHARS", 5_000)  # small pieces: many cuts in a small file
-    monkeypatch.setattr(minigpt.data, "PIECE_CHARS", 2_000)
-    monkeypatch.setattr(minigpt.data, "BATCH_CHARS", 9_000)
+    monkeypatch.setattr(minigpt.data.corpus, "READ_CHARS", 5_000)  # small pieces: many cuts in a small file
+    monkeypatch.setattr(minigpt.data.cache, "PIECE_CHARS", 2_000)
+    monkeypatch.setattr(minigpt.data.cache, "BATCH_CHARS", 9_000)
     text = " ".join(d.text.replace("\n", " ") for d in stdlib_documents()[:10])[:200_000]
     (tmp_path / "line.txt").write_text(text)
     cfg = DataConfig(source="files", paths=[str(tmp_path / "line.txt")], vocab_size=500, cache_dir=str(tmp_path / "c"))
@@ -285,9 +285,9 @@ def test_interrupted_preparation_leaves_no_cache_that_is_used(tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(self, texts, dtype, check)
 
-    import minigpt.data
+    import minigpt.data.cache
 
-    monkeypatch.setattr(minigpt.data, "BATCH_CHARS", 20_000)
+    monkeypatch.setattr(minigpt.data.cache, "BATCH_CHARS", 20_000)
     real = BPETokenizer.encode_arrays
     monkeypatch.setattr(BPETokenizer, "encode_arrays", fail_on_second_batch)
     with pytest.raises(KeyboardInterrupt):

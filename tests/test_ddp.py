@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, hydra_args
 from minigpt.config import config_from_dict
-from minigpt.metrics import read_metrics
-from minigpt.trainer import Trainer, train
+from minigpt.run.metrics import read_metrics
+from minigpt.run.trainer import Trainer, train
 
 pytestmark = pytest.mark.slow
 

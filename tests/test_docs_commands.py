@@ -1,7 +1,7 @@
 """Every command in README.md and docs/*.md is checked, so the documentation cannot drift from the code.
 
 Commands are collected from ```bash blocks and from inline `python ...` spans. Every train.py
-command is checked in process as train.py checks it (minigpt/cli.py precheck: every sweep value
+command is checked in process as train.py checks it (minigpt/launch/cli.py precheck: every sweep value
 composed and validated); commands that need a GPU (or the network) are composed and type-checked
 instead. Every script a command names must exist. One command per page then runs for real
 (slow), shortened with a tiny model and few steps: the first one of the page that runs on a CPU
@@ -165,7 +165,7 @@ def compose(args: list[str]):
 def _compose(overrides: tuple[str, ...]):
     from hydra import compose as hydra_compose
 
-    from minigpt import cli
+    from minigpt.launch import cli
 
     with cli.hydra_search_path([cli.CONF_DIR]):
         return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
@@ -227,7 +227,7 @@ def resolve_placeholders(command: str, cwd: Path) -> str | None:
 
 @pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
 def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedule_registry_kept):
-    from minigpt import cli
+    from minigpt.launch import cli
 
     argv = shlex.split(command)
     script = argv[next(i for i, a in enumerate(argv) if a.endswith(".py"))]

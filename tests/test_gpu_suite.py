@@ -292,7 +292,7 @@ def test_dry_run_executes_every_stage_on_the_cpu(tmp_path):
 def test_sync_debug_covers_updates_after_the_warm_up_and_restores_the_mode(monkeypatch):
     import torch
 
-    from minigpt.runtime import SYNC_DEBUG_AFTER, Distributed, Runtime
+    from minigpt.run.runtime import SYNC_DEBUG_AFTER, Distributed, Runtime
 
     modes = ["default"]
     monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])

@@ -7,7 +7,7 @@ import sys
 import pytest
 from hydra import compose
 
-from minigpt import cli
+from minigpt.launch import cli
 from conftest import ROOT
 from minigpt.errors import UserError
 

@@ -1,4 +1,4 @@
-"""The loss laws (minigpt/loss_law.py): hand-computed values, fits that recover known parameters,
+"""The loss laws (minigpt/studies/loss_law.py): hand-computed values, fits that recover known parameters,
 speed, and the table schedule the optimizer writes."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from minigpt import loss_law
+from minigpt.studies import loss_law
 from minigpt.errors import UserError
 from minigpt.schedules import build_schedule, schedule_from_config
 
 PEAK, T, W = 5e-3, 600, 60
 
 
-# minigpt.lr_table registers "table" when imported: each test here leaves the registry as it was
+# minigpt.studies.lr_table registers "table" when imported: each test here leaves the registry as it was
 pytestmark = pytest.mark.usefixtures("table_schedule_stays_here")
 
 
@@ -136,7 +136,7 @@ def test_exact_below_the_merge_threshold(monkeypatch):
 
 
 def test_the_table_schedule_interpolates_its_knots_and_refuses_bad_tables():
-    import minigpt.lr_table  # noqa: F401  (registers "table")
+    import minigpt.studies.lr_table  # noqa: F401  (registers "table")
 
     s = schedule_from_config({"name": "table", "knots": [0, 0.5, 1.0], "values": [0.1, 1.0, 0.0]}, 10, None)
     assert [round(s(t), 6) for t in range(10)] == [0.1, 0.28, 0.46, 0.64, 0.82, 1.0, 0.8, 0.6, 0.4, 0.2]

@@ -22,9 +22,9 @@ import torch
 from hydra import compose
 
 from conftest import ROOT
-from minigpt import cli
+from minigpt.launch import cli
 from minigpt.plan import RunPlan
-from minigpt.trainer import Trainer
+from minigpt.run.trainer import Trainer
 
 
 def layout_files() -> list[str]:

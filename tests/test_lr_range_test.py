@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import hydra_args, run_train
-from minigpt.lr_range_test import smooth, suggest
+from minigpt.studies.lr_range_test import smooth, suggest
 
 
 def test_smoothing_is_a_bias_corrected_ema():
@@ -34,7 +34,7 @@ def test_suggestions_find_the_steepest_descent_and_the_minimum():
 def test_range_test_stops_at_the_blow_up_and_leaves_the_model_untouched(cache_dir, make_config, tmp_path):
     # A checkpoint to start from (trained in process: the config hydra_args gives train.py), then
     # the range test from it through train.py.
-    from minigpt.trainer import train
+    from minigpt.run.trainer import train
 
     parent = tmp_path / "parent"
     assert train(make_config(trainer__max_steps=4), parent, quiet=True).status == "completed"

@@ -1,4 +1,4 @@
-"""Spike and divergence detection (minigpt/monitor.py) on synthetic series, and the per-step
+"""Spike and divergence detection (minigpt/run/monitor.py) on synthetic series, and the per-step
 records of real (tiny) runs: divergence, gradient accumulation, skipping, the fp16 scaler and
 the optional metrics."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from minigpt.config import MonitorConfig
-from minigpt.metrics import read_metrics
-from minigpt.monitor import Monitor, RollingZ
-from minigpt.trainer import Trainer, train
+from minigpt.run.metrics import read_metrics
+from minigpt.run.monitor import Monitor, RollingZ
+from minigpt.run.trainer import Trainer, train
 
 from conftest import ROOT, hydra_args, run_train
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics
+from minigpt.run.metrics import read_metrics
 from minigpt.plan import RunPlan
-from minigpt.stack import check_stackable
-from minigpt.trainer import Trainer
+from minigpt.run.stack import check_stackable
+from minigpt.run.trainer import Trainer
 
 BASE = {"trainer": {"micro_batch_size": 4, "max_steps": 10}, "model": {"block_size": 32}}  # 128 tokens per update
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch._dynamo
 
-from minigpt.metrics import MetricsLogger, read_metrics
-from minigpt.perf import flops_per_token, peak_flops, peak_flops_for_name
-from minigpt.stepper import ModelStepper
-from minigpt.trainer import Trainer, advance
+from minigpt.run.metrics import MetricsLogger, read_metrics
+from minigpt.run.perf import flops_per_token, peak_flops, peak_flops_for_name
+from minigpt.run.stepper import ModelStepper
+from minigpt.run.trainer import Trainer, advance
 
 from conftest import ROOT, hydra_args
 

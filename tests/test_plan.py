@@ -8,9 +8,9 @@ import yaml
 
 from minigpt.config import config_from_dict
 from minigpt.plan import RunPlan
-from minigpt.sweep.jobs import find_jobs
-from minigpt.sweep.statistics import warmup_steps
-from minigpt.trainer import Trainer
+from minigpt.studies.sweep.jobs import find_jobs
+from minigpt.studies.sweep.statistics import warmup_steps
+from minigpt.run.trainer import Trainer
 
 # 64 sequences of 128 tokens per update = 8192 tokens; the micro-batch is 16, so 4 accumulation steps.
 TOKEN_WARMUP = {"trainer": {"batch_size": 64, "micro_batch_size": 16, "max_steps": 100},

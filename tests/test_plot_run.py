@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minigpt.plots import plot_run
-from minigpt.trainer import train
+from minigpt.run.trainer import train
 
 from conftest import ROOT
 

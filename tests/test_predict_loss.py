@@ -1,5 +1,5 @@
 """Loss prediction on minigpt runs: reading runs (also resumed ones), planning a config's LRs,
-searching schedules (minigpt/loss_prediction.py) and scripts/predict_loss.py's verbs and errors."""
+searching schedules (minigpt/studies/loss_prediction.py) and scripts/predict_loss.py's verbs and errors."""
 
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ from hydra import compose as hydra_compose
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from minigpt import cli, loss_law
-from minigpt import loss_prediction as lp
+from minigpt.launch import cli
+from minigpt.studies import loss_law
+from minigpt.studies import loss_prediction as lp
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.trainer import train
+from minigpt.run.trainer import train
 
 SCRIPT = ROOT / "scripts" / "predict_loss.py"
 
 
-# minigpt.lr_table registers "table" when imported: each test here leaves the registry as it was
+# minigpt.studies.lr_table registers "table" when imported: each test here leaves the registry as it was
 pytestmark = pytest.mark.usefixtures("table_schedule_stays_here")
 TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "gamma": 0.5}
 
@@ -210,7 +211,7 @@ def test_bad_input_from_the_command_line_exits_2_with_one_line(bad_input_runs):
 
 
 def test_the_sweep_report_overlays_predicted_and_measured_curves(tmp_path):
-    from minigpt.sweep.report import write_report
+    from minigpt.studies.sweep.report import write_report
 
     sweep = tmp_path / "sweep"
     truths = {}

@@ -1,4 +1,4 @@
-"""scripts/report.py and minigpt/sweep/: the sweep table, the study tables and the LR sensitivity."""
+"""scripts/report.py and minigpt/studies/sweep/: the sweep table, the study tables and the LR sensitivity."""
 
 import json
 import math
@@ -11,9 +11,9 @@ import yaml
 
 from conftest import ROOT, run_train, tiny_overrides
 from minigpt.errors import UserError
-from minigpt.sweep.jobs import find_jobs
-from minigpt.sweep.report import write_report
-from minigpt.sweep.statistics import build_study, clipped_loss, lr_sensitivity
+from minigpt.studies.sweep.jobs import find_jobs
+from minigpt.studies.sweep.report import write_report
+from minigpt.studies.sweep.statistics import build_study, clipped_loss, lr_sensitivity
 
 REPORT = ROOT / "scripts" / "report.py"
 

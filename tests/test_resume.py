@@ -24,15 +24,15 @@ import pytest
 import torch
 
 from conftest import ROOT, hydra_args, nested, run_train, tiny_overrides
-from minigpt import checkpoint as ckpt_mod
-from minigpt import data as data_mod
+from minigpt.run import checkpoint as ckpt_mod
+from minigpt.data import cache as data_mod
 from minigpt.config import config_from_dict
-from minigpt.checkpoint import (checkpoint_path, checkpoint_step, latest_checkpoint, list_checkpoints, load_checkpoint,
+from minigpt.run.checkpoint import (checkpoint_path, checkpoint_step, latest_checkpoint, list_checkpoints, load_checkpoint,
                                 prune_checkpoints, resume_config_changes, save_checkpoint)
-from minigpt.data import prepare_data
+from minigpt.data.cache import prepare_data
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics
-from minigpt.trainer import Trainer, train
+from minigpt.run.metrics import read_metrics
+from minigpt.run.trainer import Trainer, train
 
 STEPS = 24
 CKPT_EVERY = 3

@@ -23,14 +23,14 @@ import pytest
 
 from conftest import ROOT, hydra_args, nested, tiny_overrides
 from minigpt import schedules
-from minigpt.checkpoint import (DamagedCheckpoint, checkpoint_path, list_checkpoints, load_checkpoint,
+from minigpt.run.checkpoint import (DamagedCheckpoint, checkpoint_path, list_checkpoints, load_checkpoint,
                                 prune_checkpoints, save_checkpoint)
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_failed_summary
-from minigpt.run_folder import LOCK_FILE, RunFolderInUse, RunFolderLock
-from minigpt.runtime import check_compile_backend
-from minigpt.trainer import train
+from minigpt.run.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_failed_summary
+from minigpt.run.folder import LOCK_FILE, RunFolderInUse, RunFolderLock
+from minigpt.run.runtime import check_compile_backend
+from minigpt.run.trainer import train
 
 # The issue's tiny config B (with the test session's shared token cache and no progress bar).
 B = {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32, "data.max_chars": 200_000,
@@ -130,7 +130,7 @@ def test_a_resume_keeps_the_records_after_a_garbled_line(config_b, tmp_path, cap
 
 
 def hold_lock(run_dir: Path) -> subprocess.Popen:
-    code = ("import sys, time; from minigpt.run_folder import RunFolderLock; "
+    code = ("import sys, time; from minigpt.run.folder import RunFolderLock; "
             "RunFolderLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -165,7 +165,7 @@ def sweep_command(cache_dir, sweep_dir, *extra) -> list[str]:
 def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cache_dir, tmp_path):
     """Job folders are named by number and overrides (0_optim.lr=0.001): the precheck names them
     as Hydra will and refuses a taken one, before Hydra rewrites its .hydra/."""
-    from minigpt import cli
+    from minigpt.launch import cli
 
     sweep = tmp_path / "sweep"
     taken = sweep / "1_optim.lr=0.003"
@@ -199,7 +199,7 @@ def test_a_search_into_a_folder_that_holds_runs_is_refused(cache_dir, tmp_path):
     """A search cannot know its trials' folders (number and sampled values): any run in its
     sweep folder could be one of them."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    from minigpt import cli
+    from minigpt.launch import cli
 
     sweep = tmp_path / "sweep"
     (sweep / "1_optim.lr=0.003").mkdir(parents=True)
@@ -211,7 +211,7 @@ def test_a_search_into_a_folder_that_holds_runs_is_refused(cache_dir, tmp_path):
 
 
 def test_a_sweep_job_folder_in_use_by_a_live_process_is_refused(cache_dir, tmp_path):
-    from minigpt import cli
+    from minigpt.launch import cli
 
     sweep = tmp_path / "sweep"
     job = sweep / "0_optim.lr=0.001"
@@ -357,7 +357,7 @@ def test_resuming_past_the_end_of_the_run_is_refused(config_b, tmp_path):
 
 
 def test_a_context_longer_than_the_data_is_refused_before_the_model_is_built(config_b, tmp_path, monkeypatch):
-    import minigpt.trainer as trainer_mod
+    import minigpt.run.trainer as trainer_mod
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built")

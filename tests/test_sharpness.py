@@ -1,4 +1,4 @@
-"""Sharpness (minigpt/sharpness.py): the top eigenvalue of the Adam-preconditioned Hessian,
+"""Sharpness (minigpt/run/sharpness.py): the top eigenvalue of the Adam-preconditioned Hessian,
 checked on quadratics whose Hessian is known, against torch's own AdamW, and in a run."""
 
 import math
@@ -9,9 +9,9 @@ import torch
 
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics
-from minigpt.sharpness import adam_preconditioner, stability_threshold, top_eigenvalue
-from minigpt.trainer import train
+from minigpt.run.metrics import read_metrics
+from minigpt.run.sharpness import adam_preconditioner, stability_threshold, top_eigenvalue
+from minigpt.run.trainer import train
 
 
 def quadratic(A):

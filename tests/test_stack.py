@@ -1,4 +1,4 @@
-"""Stacked runs (minigpt/stack.py): M runs trained as one batched model must each take exactly
+"""Stacked runs (minigpt/run/stack.py): M runs trained as one batched model must each take exactly
 the steps they would take alone, and leave the same records, checkpoints and summary."""
 
 import json
@@ -10,9 +10,9 @@ import torch
 
 from conftest import hydra_args, run_train
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics
-from minigpt.stack import StackedStepper, stack_groups, train_stacked
-from minigpt.trainer import Trainer, train
+from minigpt.run.metrics import read_metrics
+from minigpt.run.stack import StackedStepper, stack_groups, train_stacked
+from minigpt.run.trainer import Trainer, train
 from test_sweeps import summaries, wandb_records
 
 
@@ -189,7 +189,7 @@ def test_max_stack_splits_a_sweep_into_stacks(make_config, tmp_path):
 def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(args, words, tmp_path):
     """Refused by train.py's precheck, in one line, before the sweep folder exists (the exit
     status and the missing traceback of such a refusal: tests/test_bad_input.py)."""
-    from minigpt import cli
+    from minigpt.launch import cli
 
     if "sweep=optuna" in args:
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -16,7 +16,7 @@ from hydra import compose
 from omegaconf import OmegaConf
 
 from conftest import ROOT, hydra_args, run_train
-from minigpt import cli
+from minigpt.launch import cli
 from minigpt.errors import UserError
 from minigpt.schedules import list_schedules
 from test_cli import one_line_error

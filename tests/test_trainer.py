@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics
-from minigpt.runtime import resolve_precision
-from minigpt.trainer import Trainer, train
+from minigpt.run.metrics import read_metrics
+from minigpt.run.runtime import resolve_precision
+from minigpt.run.trainer import Trainer, train
 
 
 def final_params(trainer):

@@ -7,10 +7,10 @@ import pytest
 from hydra import compose
 from omegaconf import OmegaConf
 
-from minigpt import cli
+from minigpt.launch import cli
 from minigpt.config import LoggerConfig, config_from_dict
 from minigpt.errors import UserError
-from minigpt.metrics import MetricsLogger, wandb_settings
+from minigpt.run.metrics import MetricsLogger, wandb_settings
 
 ENV = {"WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_MODE": "disabled",
        "WANDB_RUN_GROUP": "env-group", "WANDB_TAGS": "a, b", "WANDB_DIR": "/tmp/env-wandb"}

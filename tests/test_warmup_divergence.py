@@ -4,7 +4,8 @@ import pytest
 from hydra import compose
 
 from conftest import ROOT
-from minigpt import cli, schedules
+from minigpt.launch import cli
+from minigpt import schedules
 from minigpt.config import config_from_dict
 from omegaconf import OmegaConf
 
@@ -63,7 +64,7 @@ def test_cpu_study_grid_spans_half_decades_and_runs_two_at_a_time():
     # (its precheck then asks for the instruments it cannot record to be off).
     stacked = composed(["sweep=warmup_divergence_cpu", "hydra/launcher=stacked"])
     assert "n_jobs" not in stacked.hydra.launcher and product(dict(stacked.hydra.sweeper.params)) == 135
-    from minigpt import cli
+    from minigpt.launch import cli
     from minigpt.errors import UserError
     with pytest.raises(UserError, match="not supported for stacked runs; turn it off"):
         cli.precheck(["sweep=warmup_divergence_cpu", "hydra/launcher=stacked", "hydra.sweep.dir=unused"])
@@ -91,8 +92,8 @@ HEADLINE_CUT = ["sweep=warmup_divergence_cpu", "arch=pre_ln", "optim.lr=1e-2", "
 @pytest.mark.slow
 def test_headline_cut_shows_the_pre_ln_lasting_gap_on_every_seed(cache_dir, tmp_path):
     from conftest import run_train
-    from minigpt.sweep.jobs import find_jobs
-    from minigpt.sweep.statistics import build_study, seed_pairs, signatures, trains_well
+    from minigpt.studies.sweep.jobs import find_jobs
+    from minigpt.studies.sweep.statistics import build_study, seed_pairs, signatures, trains_well
 
     sweep = tmp_path / "cut"
     proc = run_train([*HEADLINE_CUT, f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep}"],

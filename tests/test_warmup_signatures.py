@@ -1,13 +1,13 @@
-"""The study's signatures, seed by seed (minigpt/sweep/statistics.py): lasting gap, rescue, the
+"""The study's signatures, seed by seed (minigpt/studies/sweep/statistics.py): lasting gap, rescue, the
 early window compared at equal steps and at equal LR exposure, and the sensitivity per seed."""
 
 from pathlib import Path
 
 import pytest
 
-from minigpt.sweep.jobs import Job
-from minigpt.sweep.report import lr_range_note, signature_tables
-from minigpt.sweep.statistics import build_study, early_window, seed_pairs, sensitivity_per_seed, signatures
+from minigpt.studies.sweep.jobs import Job
+from minigpt.studies.sweep.report import lr_range_note, signature_tables
+from minigpt.studies.sweep.statistics import build_study, early_window, seed_pairs, sensitivity_per_seed, signatures
 
 ENTROPY = 6.5  # trains well: <= 0.8 x 6.5 = 5.2; fails: diverged, stuck, or >= 6.4
 
@@ -107,7 +107,7 @@ def test_unfinished_runs_show_the_gap_so_far_and_count_for_no_signature():
 def test_mechanism_figure_draws_each_instrument_and_masks_negative_eigenvalues(tmp_path):
     import math
 
-    from minigpt.sweep.figures import plot_study_mechanism
+    from minigpt.studies.sweep.figures import plot_study_mechanism
 
     runs = {}
     for label, lr in (("no warmup", 0.01), ("warmup", 0.001)):

@@ -7,8 +7,8 @@ import torch
 from minigpt.config import OptimConfig, config_from_dict
 from minigpt.errors import UserError
 from minigpt.optim import build_optimizer
-from minigpt.stack import train_stacked
-from minigpt.trainer import Trainer, train
+from minigpt.run.stack import train_stacked
+from minigpt.run.trainer import Trainer, train
 
 
 class TwoParams(torch.nn.Module):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from minigpt.checkpoint import checkpoint_path
-from minigpt.metrics import read_metrics
-from minigpt.trainer import Trainer
+from minigpt.run.checkpoint import checkpoint_path
+from minigpt.run.metrics import read_metrics
+from minigpt.run.trainer import Trainer
 
 
 def wsd(**params):

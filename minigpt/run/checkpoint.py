@@ -27,9 +27,9 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.files import fsync_dir, write_atomic
-from minigpt.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
+from minigpt.run.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
 from minigpt.model import GPTConfig
-from minigpt.runtime import rng_state, set_rng_state
+from minigpt.run.runtime import rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_SUFFIX = ".sha256"

@@ -27,9 +27,17 @@ from omegaconf import DictConfig, OmegaConf
 from minigpt import schedules
 from minigpt.config import Config, config_from_dict
 from minigpt.errors import UserError
-from minigpt.metrics import RunStatus, write_failed_summary
+from minigpt.run.metrics import RunStatus, write_failed_summary
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+def _conf_dir() -> Path:
+    """conf/ of the checkout this package sits in, or the copy a (non-editable) install carries as
+    package data (pyproject.toml maps conf/ to minigpt.conf)."""
+    here = Path(__file__).resolve()
+    checkout = here.parents[2] / "conf"
+    return checkout if (checkout / "config.yaml").is_file() else here.parents[1] / "conf"
+
+
+CONF_DIR = _conf_dir()
 # Exit statuses of a single run: 0 completed, 1 a bug (traceback), 2 bad input (one line),
 # 3 diverged (summary.json says why), 128 + N stopped by signal N (resume with trainer.resume=auto).
 EXIT_DIVERGED = 3
@@ -64,7 +72,7 @@ def run_job(config: Config, hc) -> float | None:
     """Train (or LR-range-test) `config`, the typed config of one Hydra job (`hc`: its HydraConfig);
     returns the final validation loss, inf for a failed or diverged job, None for a stacked job
     (trained later, with its stack: train_stacked_jobs)."""
-    from minigpt.trainer import train  # torch: seconds to import, so not before the check
+    from minigpt.run.trainer import train  # torch: seconds to import, so not before the check
 
     submitit_job = _ranks_from_submitit()
     if int(os.environ.get("RANK", "0")) > 0:
@@ -123,7 +131,7 @@ def bad_input(e: UserError, hc) -> float:
     if hc.mode != RunMode.MULTIRUN:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    from minigpt.run_folder import RunFolderInUse
+    from minigpt.run.folder import RunFolderInUse
 
     log.error(f"job {hc.job.num} failed: {e}")
     if not isinstance(e, RunFolderInUse):  # the folder is another run's: nothing of it is ours to write
@@ -132,7 +140,7 @@ def bad_input(e: UserError, hc) -> float:
 
 
 def _lr_range_test(config, run_dir: Path) -> float:
-    from minigpt.lr_range_test import PLOT_FILE, run_lr_range_test
+    from minigpt.studies.lr_range_test import PLOT_FILE, run_lr_range_test
 
     r = run_lr_range_test(config, run_dir)
     log.info(f"lr range test: {len(r.losses)} steps, LR {r.lrs[0]:.3g} .. {r.lrs[-1]:.3g}; ended: {r.stop_reason}")
@@ -146,12 +154,12 @@ def _lr_range_test(config, run_dir: Path) -> float:
 
 
 # Jobs of a sweep run with hydra/launcher=stacked: Hydra sets up each job (directory, .hydra/,
-# config), hydra_main() collects it here, and main() trains them together (minigpt/stack.py).
+# config), hydra_main() collects it here, and main() trains them together (minigpt/run/stack.py).
 STACKED: list = []
 
 
 def train_stacked_jobs(jobs: list) -> None:
-    from minigpt.stack import train_stacked
+    from minigpt.run.stack import train_stacked
 
     configs, run_dirs, max_stack = [j[0] for j in jobs], [j[1] for j in jobs], jobs[0][2]
     for handler in list(logging.getLogger().handlers):
@@ -460,7 +468,7 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.config_loader_impl import get_overrides_dirname
 
-    from minigpt.run_folder import RunFolderInUse, check_run_folder, lock_holder, run_contents
+    from minigpt.run.folder import RunFolderInUse, check_run_folder, lock_holder, run_contents
 
     mode = OmegaConf.select(cfg, "hydra.mode")
     if not (args.multirun or getattr(mode, "name", None) == "MULTIRUN"):
@@ -574,7 +582,7 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     if tc.epochs is None:  # with epochs, the length is known only once the data is
         total = RunPlan.build(config, int(os.environ.get("WORLD_SIZE", "1"))).total_steps
     if config.logger.wandb:  # a bad WANDB_MODE in the environment is refused here, before the run
-        from minigpt.metrics import wandb_settings
+        from minigpt.run.metrics import wandb_settings
 
         wandb_settings(config.logger, Path("."), config.run_name)
     if config.data.source == "files":
@@ -601,7 +609,7 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
     import torch
 
-    from minigpt.runtime import check_compile_backend, check_cuda, resolve_precision
+    from minigpt.run.runtime import check_compile_backend, check_cuda, resolve_precision
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -613,8 +621,8 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
 
 def _check_run_folder(run_dir: Path, tc) -> None:
     """A folder that holds another run, or that a live process is writing into, is refused
-    before Hydra writes its config into it (minigpt/run_folder.py)."""
-    from minigpt.run_folder import RunFolderInUse, check_run_folder, lock_holder
+    before Hydra writes its config into it (minigpt/run/folder.py)."""
+    from minigpt.run.folder import RunFolderInUse, check_run_folder, lock_holder
 
     holder = lock_holder(run_dir)
     if holder:
@@ -627,7 +635,7 @@ def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
     """A resume from a file that is no checkpoint, a damaged one, or one of another model or data
     or past the end of the run, is refused here, before Hydra writes into the run directory
     (which, for resume=auto, is the earlier run's)."""
-    from minigpt.checkpoint import load_checkpoint, newest_intact_checkpoint, resume_config_changes
+    from minigpt.run.checkpoint import load_checkpoint, newest_intact_checkpoint, resume_config_changes
 
     if config.trainer.resume == "auto":
         try:
@@ -648,7 +656,7 @@ def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
 
 def _check_stackable(cfg: DictConfig) -> None:
     """Options that stacked runs do not support: refused before Hydra sets up any job."""
-    from minigpt.stack import check_stackable
+    from minigpt.run.stack import check_stackable
 
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
         raise UserError("hydra/launcher=stacked trains a grid of jobs at once; a search (sweep=optuna) needs each "

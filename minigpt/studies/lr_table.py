@@ -2,7 +2,7 @@
 
 What `scripts/predict_loss.py optimize` writes, and a way to run any hand-drawn curve:
 
-    python train.py scheduler=custom scheduler.module=minigpt.lr_table scheduler.name=table \\
+    python train.py scheduler=custom scheduler.module=minigpt.studies.lr_table scheduler.name=table \\
         '+scheduler.knots=[0,0.1,0.8,1.0]' '+scheduler.values=[0.01,1.0,1.0,0.1]'
 
 Knots are lengths like any schedule's (steps, fractions of the run, "2M tokens"), converted to

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 from minigpt.plots import new_figure, save_figure
-from minigpt.sweep.statistics import warmup_label
+from minigpt.studies.sweep.statistics import warmup_label
 
 _LEGEND_MAX = 16  # more lines than this get no legend: it would hide the curves
 
@@ -232,7 +232,7 @@ def job_lrs(job):
 
 
 def plot_predicted_curves(jobs, labels: dict, fit, path) -> list[tuple[str, float, float | None]]:
-    """Each job's validation loss (dots) against the loss curve a fitted law (minigpt/loss_law.py)
+    """Each job's validation loss (dots) against the loss curve a fitted law (minigpt/studies/loss_law.py)
     predicts from the job's LRs alone (lines). Returns (job, predicted final, measured final)."""
     import numpy as np
 

@@ -70,7 +70,7 @@ def suggest(lrs: list[float], smoothed: list[float], skip_start: int) -> tuple[f
 
 def run_lr_range_test(cfg: Config, run_dir: Path, quiet: bool = False) -> RangeTestResult:
     from minigpt.plots import plot_lr_range_test
-    from minigpt.trainer import Trainer
+    from minigpt.run.trainer import Trainer
 
     if cfg.scheduler.get("name") != "lr_range_test":
         raise UserError(f"task=lr_range_test needs scheduler=lr_range_test, got scheduler={cfg.scheduler.get('name')}; "

@@ -36,12 +36,12 @@ from torch.func import functional_call, vmap
 
 from minigpt.config import Config
 from minigpt.errors import UserError
-from minigpt.checkpoint import flatten
+from minigpt.run.checkpoint import flatten
 from minigpt.model import GPT
 from minigpt.optim import decay_coefficient
-from minigpt.records import PendingStep
-from minigpt.metrics import RunResult
-from minigpt.trainer import Trainer, fit
+from minigpt.run.records import PendingStep
+from minigpt.run.metrics import RunResult
+from minigpt.run.trainer import Trainer, fit
 
 log = logging.getLogger("minigpt")
 

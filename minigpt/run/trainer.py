@@ -17,24 +17,24 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from minigpt.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
+from minigpt.run.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
                                 load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
-from minigpt.data import Batches, prepare_data
+from minigpt.data.cache import Batches, prepare_data
 from minigpt.errors import UserError
-from minigpt.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
+from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
-from minigpt.monitor import Monitor
+from minigpt.run.monitor import Monitor
 from minigpt.optim import build_optimizer, load_optimizer_state
-from minigpt.perf import flops_per_token, peak_flops
+from minigpt.run.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
-from minigpt.records import RecordSchema, StepRecords
-from minigpt.run_folder import claim_run_folder
-from minigpt.runtime import Runtime, StopSignals
-from minigpt.sharpness import SharpnessProbe
-from minigpt.stepper import ModelStepper
-from minigpt.summary import run_summary
+from minigpt.run.records import RecordSchema, StepRecords
+from minigpt.run.folder import claim_run_folder
+from minigpt.run.runtime import Runtime, StopSignals
+from minigpt.run.sharpness import SharpnessProbe
+from minigpt.run.stepper import ModelStepper
+from minigpt.run.summary import run_summary
 
 log = logging.getLogger("minigpt")
 

@@ -8,11 +8,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from minigpt.errors import UserError
-from minigpt.sweep.figures import (
+from minigpt.studies.sweep.figures import (
     plot_predicted_curves, plot_study_early, plot_study_lr, plot_study_mechanism, plot_sweep_curves,
 )
-from minigpt.sweep.jobs import Job, best_job, find_jobs, job_label, varying_overrides
-from minigpt.sweep.statistics import (
+from minigpt.studies.sweep.jobs import Job, best_job, find_jobs, job_label, varying_overrides
+from minigpt.studies.sweep.statistics import (
     AT_UNIGRAM, LASTING_GAP, TRAINS_WELL, Study, build_study, early_window, failed_to_train, lr_sensitivity, outcome,
     pick_high_lr,
     seed_pairs, sensitivity_per_seed, signatures, warmup_label,
@@ -295,7 +295,7 @@ def early_lrs(study: Study) -> dict[str, float]:
 def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_lr: float | None = None,
                  fit=None) -> dict:
     """Read a sweep, write report.md and its figures into out_dir (default <sweep>/report); return the paths.
-    With `fit` (a minigpt.loss_law.Fit) each job's measured curve is drawn against the predicted one."""
+    With `fit` (a minigpt.studies.loss_law.Fit) each job's measured curve is drawn against the predicted one."""
     jobs = find_jobs(sweep_dir)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)

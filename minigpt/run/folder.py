@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from minigpt.errors import UserError
-from minigpt.metrics import METRICS_FILE, SUMMARY_FILE
+from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE
 
 LOCK_FILE = ".minigpt.lock"
 REPLACED_PREFIX = "replaced-"
@@ -46,7 +46,7 @@ def run_contents(run_dir: Path) -> list[str]:
     if metrics.is_file():
         with open(metrics, "rb") as f:
             found.append(f"{METRICS_FILE} ({sum(1 for _ in f)} lines)")
-    from minigpt.checkpoint import list_checkpoints  # here: the lock alone needs no torch (seconds to import)
+    from minigpt.run.checkpoint import list_checkpoints  # here: the lock alone needs no torch (seconds to import)
 
     checkpoints = list_checkpoints(run_dir)
     if checkpoints:
@@ -207,7 +207,7 @@ def claim_run_folder(run_dir: Path, tc, checkpoints: bool, cache_dir: Path, say)
             if moved:
                 say(f"run folder: trainer.overwrite=true: the run {run_dir} held moved to {moved}")
         if checkpoints:
-            from minigpt.checkpoint import CHECKPOINT_DIR
+            from minigpt.run.checkpoint import CHECKPOINT_DIR
 
             probe_writable(Path(run_dir) / CHECKPOINT_DIR, "hydra.run.dir")
         probe_writable(Path(cache_dir), "data.cache_dir")

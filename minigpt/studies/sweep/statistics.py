@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.plan import RunPlan
-from minigpt.sweep.jobs import Job, number
+from minigpt.studies.sweep.jobs import Job, number
 
 # --- the LR sensitivity of Wortsman et al. 2023 -----------------------------------------------
 

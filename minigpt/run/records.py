@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from minigpt.config import Config
-from minigpt.sharpness import stability_threshold
+from minigpt.run.sharpness import stability_threshold
 
 # Values every step produces, in this order; optional ones (monitor.*) follow when enabled.
 BASE_FIELDS = ("loss", "loss_max", "grad_norm")

@@ -5,7 +5,7 @@
     clip the global gradient norm, optimizer step, zero the gradients
     hand the step's values (on the device) and facts (on the host) to the run's records
 
-(Many tiny runs as one batched model: minigpt/stack.py, the other stepper.)
+(Many tiny runs as one batched model: minigpt/run/stack.py, the other stepper.)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from minigpt.records import PendingStep
+from minigpt.run.records import PendingStep
 
 
 class ModelStepper:

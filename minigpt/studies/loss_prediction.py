@@ -1,4 +1,4 @@
-"""Using a fitted loss law (minigpt/loss_law.py) on minigpt runs: read a run's curve, plan the
+"""Using a fitted loss law (minigpt/studies/loss_law.py) on minigpt runs: read a run's curve, plan the
 LRs of a config, draw fitted and predicted curves, and search for the schedule with the lowest
 predicted final loss. scripts/predict_loss.py is the command line on top of it.
 
@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from minigpt import loss_law
+from minigpt.studies import loss_law
 from minigpt.errors import UserError
-from minigpt.metrics import read_metrics
+from minigpt.run.metrics import read_metrics
 
 Composer = Callable[[list[str]], object]  # train.py overrides -> a validated minigpt.config.Config
 
@@ -140,7 +140,7 @@ def search_free(fit: loss_law.Fit, compose: Composer, base: list[str], knots: in
     """A free monotone schedule: after the warmup, the multiplier at `knots` evenly spaced steps,
     each at most the one before (a running product of factors in [0, 1]), linear in between;
     minimised by L-BFGS-B from a few starting shapes. The warmup, peak LR and run length stay
-    those of `base`. Written as the `table` schedule (minigpt/lr_table.py) with knots as fractions
+    those of `base`. Written as the `table` schedule (minigpt/studies/lr_table.py) with knots as fractions
     of the run; returns its overrides and the predicted final loss of what train.py will run."""
     from scipy.optimize import minimize
 
@@ -167,7 +167,7 @@ def search_free(fit: loss_law.Fit, compose: Composer, base: list[str], knots: in
     values = np.concatenate([[1.0], np.cumprod(best.x)])
     steps = ([0, warmup_end - 1] if warmup_end > 1 else [0] if warmup_end else []) + positions.tolist()
     head = [float(warmup[0]), float(warmup[-1])] if warmup_end > 1 else [float(warmup[0])] if warmup_end else []
-    overrides = ["scheduler=custom", "scheduler.module=minigpt.lr_table", "scheduler.name=table",
+    overrides = ["scheduler=custom", "scheduler.module=minigpt.studies.lr_table", "scheduler.name=table",
                  "+scheduler.knots=[" + ",".join(f"{s / total:.6g}" for s in steps) + "]",
                  "+scheduler.values=[" + ",".join(f"{v:.5g}" for v in head + values.tolist()) + "]"]
     return overrides, final_loss(fit, planned_lrs(compose(merge_overrides(base, overrides))))

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from minigpt.errors import UserError
-from minigpt.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
+from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 ERROR_FILE = "error.txt"
 

@@ -6,7 +6,7 @@ import signal
 import time
 from pathlib import Path
 
-from minigpt.metrics import RunStatus
+from minigpt.run.metrics import RunStatus
 
 
 def run_summary(run, status: RunStatus, wall: float, ckpt: Path | None, stop_signal: int | None = None) -> dict:

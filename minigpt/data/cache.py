@@ -1,6 +1,6 @@
 """Data: corpus -> train/validation split -> tokenizer -> token cache -> batches.
 
-Preparation streams the corpus (minigpt/corpus.py) and never holds it in memory: a first pass
+Preparation streams the corpus (minigpt/data/corpus.py) and never holds it in memory: a first pass
 measures every document (its length and folder), which decides the split; a second feeds a
 bounded sample of the training documents to the BPE trainer (`data.tokenizer_train_chars`); a
 third tokenizes in batches of pieces on all cores and appends 16-bit ids to the token files.
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from minigpt.config import DataConfig
-from minigpt.corpus import Document, corpus_fingerprint, empty_corpus, iter_documents, stratum
+from minigpt.data.corpus import Document, corpus_fingerprint, empty_corpus, iter_documents, stratum
 from minigpt.errors import UserError
 from minigpt.files import replace_durably
-from minigpt.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
+from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
 # The tokens of a given corpus and settings are those of format 2 (the first streaming version
 # gives the same ids); only the key that names the cache directory changed.

@@ -1,0 +1,1 @@
+"""Data: corpora, the tokenizer, the token cache and the batches drawn from it."""
