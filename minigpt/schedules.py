@@ -33,7 +33,9 @@ import importlib
 import itertools
 import math
 import numbers
+import os
 import re
+import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -535,6 +537,26 @@ def config_defaults(name: str | None) -> dict:
     return out
 
 
+def import_schedule_module(module: str) -> None:
+    """Import `module` (scheduler.module), with the working directory importable, as `python -m`
+    makes it: `python <checkout>/train.py scheduler.module=my_pkg.scheds` run from a project folder
+    finds my_pkg/ there. The folder goes last on sys.path, so it shadows no installed package."""
+    cwd = os.getcwd()
+    if cwd not in (os.path.abspath(entry) for entry in sys.path):
+        sys.path.append(cwd)
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        missing = getattr(e, "name", None)
+        if missing and (module == missing or module.startswith(missing + ".")):
+            # The module itself (or its package) is not there, not an import inside it.
+            raise UserError(
+                f"scheduler.module={module!r} cannot be imported: {e} (looked in the working directory {cwd} and on "
+                f"sys.path); run from the folder that holds {missing.split('.')[0]}/, install it (pip install -e), "
+                "or add the folder that holds it to PYTHONPATH") from None
+        raise UserError(f"scheduler.module={module!r} cannot be imported: {e} (raised while importing it)") from None
+
+
 def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | None) -> Schedule:
     """Build the schedule described by the ``scheduler`` config group.
 
@@ -548,10 +570,7 @@ def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | 
     if module is not None:
         if not isinstance(module, str) or not module:
             raise UserError(f"scheduler.module={module!r} must be a dotted module path, e.g. my_pkg.schedules")
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise UserError(f"scheduler.module={module!r} cannot be imported: {e}") from None
+        import_schedule_module(module)
     if name is None:
         raise UserError(
             "scheduler.name is not set: pick one with scheduler=<name> (or, for your own schedule, "

@@ -548,3 +548,40 @@ def test_package_imports_neither_hydra_nor_matplotlib():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_schedule_module_found_in_the_working_directory(tmp_path, monkeypatch, registry):
+    """`python <checkout>/train.py scheduler.module=pkg.mod` from a project folder: the folder is
+    importable, as for `python -m` (issue 27)."""
+    project = tmp_path / "project"
+    (project / "proj_pkg_xyz").mkdir(parents=True)
+    (project / "proj_pkg_xyz" / "__init__.py").write_text("")
+    (project / "proj_pkg_xyz" / "scheds.py").write_text(textwrap.dedent(
+        """
+        from dataclasses import dataclass
+        from minigpt.schedules import register_schedule
+
+        @dataclass(frozen=True)
+        class P:
+            def validate(self, total_steps):
+                pass
+
+        @register_schedule("test_from_cwd", P)
+        def f(step, total_steps, p):
+            return 0.25
+        """))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(project))])
+    monkeypatch.chdir(project)
+    s = schedule_from_config({"name": "test_from_cwd", "module": "proj_pkg_xyz.scheds"}, 10, None)
+    assert s(3) == 0.25
+    assert sys.path[-1] == str(project)  # last: it shadows no installed package
+
+
+def test_schedule_module_not_found_says_where_it_looked(tmp_path, monkeypatch, registry):
+    monkeypatch.chdir(tmp_path)
+    message = error(schedule_from_config, {"name": "x", "module": "absent_pkg_xyz.scheds"}, 10, None)
+    assert f"looked in the working directory {tmp_path}" in message
+    assert "absent_pkg_xyz/" in message and "PYTHONPATH" in message and "pip install -e" in message
+    (tmp_path / "broken_mod_xyz.py").write_text("import not_a_module_xyz\n")
+    message = error(schedule_from_config, {"name": "x", "module": "broken_mod_xyz"}, 10, None)
+    assert "No module named 'not_a_module_xyz'" in message and "raised while importing it" in message
