@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -157,20 +158,68 @@ def test_bad_data_inputs_say_what_is_wrong(tmp_path):
         Batches(np.arange(10), block_size=16, batch_size=2, seed=0, device=torch.device("cpu"))
 
 
-def test_hub_dataset_offline_gives_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # The libraries read these variables once, when first imported; an earlier test may have
-    # imported them already (then they would try the network: 20 s of timeouts without one).
-    import datasets.config
-    import huggingface_hub.constants
+def test_hub_dataset_offline_gives_one_clear_line_at_once(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE set, or no network: one line in about a second (not the hub libraries'
+    retries), naming HF_HUB_OFFLINE=1, a local copy and data=files; the failed preparation leaves
+    no cache that the next run would call interrupted (issue 27)."""
+    import time
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    from minigpt.data.cache import check_hub_data
+
+    cfg = DataConfig(source="hub", hub_name="someone/not-downloaded", cache_dir=str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
     with pytest.raises(UserError) as err:
-        load_documents(DataConfig(source="hub", hub_name="someone/not-downloaded", cache_dir=str(tmp_path)))
-    assert "Hugging Face hub" in str(err.value) and "offline" in str(err.value) and "\n" not in str(err.value)
+        prepare_data(cfg, log=quiet, progress=False)
+    message = str(err.value)
+    assert time.perf_counter() - t < 2
+    assert "HF_HUB_OFFLINE=1 is set" in message and "HF_HUB_OFFLINE=1 included" in message
+    assert "data=files" in message and "local copy" in message and "\n" not in message
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no half-built cache left behind
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE=1 is set"):
+        check_hub_data(cfg)  # the precheck's form: before any folder is made
+
+    # No offline variable, no network: a refused connection (a port nobody listens on) answers at once.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nobody listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"https://127.0.0.1:{port}")
+    t = time.perf_counter()
+    with pytest.raises(UserError, match=f"no connection to 127.0.0.1:{port} within 1 s") as err:
+        check_hub_data(cfg)
+    assert time.perf_counter() - t < 2 and "data=files" in str(err.value)
+
+    # A hub dataset whose token cache is built needs no network; a preparation that fails on a row
+    # (a bad input found by the data) leaves no cache behind either. Rows stand in for the hub's.
+    import minigpt.data.corpus
+
+    rows = [Document(f"x#{i}", text=f"row {i} " * 20) for i in range(40)]
+
+    def hub_rows(cfg):
+        for i, doc in enumerate(rows):
+            if i == 30 and cfg.text_field != "text":
+                raise UserError(f"data.text_field: no column '{cfg.text_field}'")
+            yield doc
+
+    monkeypatch.setattr(minigpt.data.corpus, "hub_documents", hub_rows)
+    # progress=True below: progress=False imports datasets (seconds) to quiet its bars
+    monkeypatch.delenv("HF_ENDPOINT")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    built = DataConfig(source="hub", hub_name="someone/downloaded", vocab_size=300, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(UserError, match="no column 'body'"):
+        prepare_data(replace(built, text_field="body"), log=quiet, progress=True, check_hub=False)
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.is_dir()] == []
+    prepare_data(built, log=quiet, progress=True, check_hub=False)  # as where the hub was reachable
+    check_hub_data(built)
+    messages = []
+    prepare_data(built, log=messages.append, progress=True)
+    assert len(messages) == 1 and messages[0].startswith("data: reusing token cache")
 
 
 def test_batches_are_reproducible_and_sliced_from_one_global_batch():

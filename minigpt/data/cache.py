@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from array import array
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import numpy as np
 import torch
 
 from minigpt.config import DataConfig
-from minigpt.data.corpus import Document, corpus_fingerprint, empty_corpus, iter_documents, stratum
+from minigpt.data.corpus import (Document, check_hub_reachable, corpus_fingerprint, empty_corpus, iter_documents,
+                                 stratum)
 from minigpt.errors import UserError
 from minigpt.files import replace_durably
 from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
@@ -242,10 +244,14 @@ def cache_key(cfg: DataConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True) -> TokenData:
-    """Load the token cache for this corpus and these settings, building it if needed."""
+def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True,
+                 check_hub: bool = True) -> TokenData:
+    """Load the token cache for this corpus and these settings, building it if needed.
+    check_hub=False skips the hub's reachability check (tests that stand in for the hub)."""
     from filelock import FileLock
 
+    if check_hub:
+        check_hub_data(cfg)  # offline without a token cache: one line at once
     with _datasets_progress(progress if cfg.source == "hub" else None):
         key = cache_key(cfg)
         root = Path(cfg.cache_dir)
@@ -262,7 +268,13 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
             else:
                 if cache.exists():
                     log(f"data: token cache {cache} {problem}; rebuilding it")
-                meta = _build_cache(cfg, cache, log, progress)
+                try:
+                    meta = _build_cache(cfg, cache, log, progress)
+                except Exception:
+                    # A preparation that failed (a download, a bad row) leaves nothing the next run
+                    # would take for an interrupted one; a stop signal (not an Exception) leaves it.
+                    shutil.rmtree(cache, ignore_errors=True)
+                    raise
                 tokenizer = load_tokenizer(cache / "tokenizer.json")
     dtype = np.dtype(meta["dtype"])
     return TokenData(
@@ -272,6 +284,15 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
         meta=meta,
         cache_dir=cache,
     )
+
+
+def check_hub_data(cfg: DataConfig) -> None:
+    """For the precheck: a hub dataset without a token cache here must be reachable (one line at
+    once if not: corpus.check_hub_reachable); one whose cache is built needs no network."""
+    if cfg.source != "hub":
+        return
+    if check_cache(Path(cfg.cache_dir) / f"{cfg.name}-{cache_key(cfg)}")[0] is None:
+        check_hub_reachable(cfg)
 
 
 @contextlib.contextmanager

@@ -238,8 +238,61 @@ def _pdf_text(path: Path) -> str:
 # --- the hub ---------------------------------------------------------------------------------
 
 
+OFFLINE_VALUES = {"1", "on", "yes", "true"}  # what huggingface_hub and datasets read as set
+HUB_CHECK_TIMEOUT_S = 1.0
+
+
+def hub_offline_reason(cfg: DataConfig) -> str | None:
+    """Why the hub dataset `cfg` cannot be streamed here, or None: HF_HUB_OFFLINE or
+    HF_DATASETS_OFFLINE set, or no TCP connection to the hub (or the HTTPS proxy) within a second.
+    A local dataset folder (data.hub_name=<folder>) needs no network. The check never waits longer:
+    the name lookup runs in a daemon thread, so a hung resolver cannot hold the run either."""
+    if Path(cfg.hub_name).expanduser().exists():
+        return None
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in OFFLINE_VALUES:
+            return f"{var}={os.environ[var]} is set"
+    import threading
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlsplit(proxy or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect():
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(f"{type(e).__name__}: {e}")
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(HUB_CHECK_TIMEOUT_S + 0.2)
+    if outcome and outcome[0] is None:
+        return None
+    why = outcome[0] if outcome else "no answer"
+    return f"no connection to {host}:{port} within {HUB_CHECK_TIMEOUT_S:.0f} s ({why})"
+
+
+def check_hub_reachable(cfg: DataConfig) -> None:
+    """One line, at once, for a hub dataset that cannot be streamed here (instead of the hub
+    libraries' retries, half a minute without network)."""
+    reason = hub_offline_reason(cfg)
+    if reason is not None:
+        raise UserError(
+            f"data.hub_name={cfg.hub_name}: the Hugging Face hub cannot be reached ({reason}) and this dataset has no "
+            f"token cache in data.cache_dir={cfg.cache_dir} yet; prepare it once where there is network (a later "
+            "run, HF_HUB_OFFLINE=1 included, reuses the token cache; copy it here with its folder), or train on a "
+            "local copy of its text: data=files data.paths=[<your copy>]")
+
+
 def hub_documents(cfg: DataConfig) -> Iterator[Document]:
     """Rows of a hub dataset, streamed: nothing is downloaded whole or held in memory."""
+    check_hub_reachable(cfg)  # before importing datasets (seconds)
     import datasets
 
     try:

@@ -617,6 +617,10 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     check_compile_backend(tc)
     if tc.resume is not None:
         _check_resume(cfg, config, total)
+    if config.data.source == "hub":  # offline without a token cache: one line now, not retries later
+        from minigpt.data.cache import check_hub_data
+
+        check_hub_data(config.data)
 
 
 def _check_run_folder(run_dir: Path, tc) -> None:
