@@ -194,6 +194,10 @@ class TrainerConfig:
     # step (torch.cuda.set_sync_debug_mode), after the first updates; ignored on a CPU
     sync_debug: Optional[Literal["warn", "error"]] = None
     progress: bool = True  # tqdm progress bar
+    # Print the run's plan (schedule with its phases and floor, tokens, epochs, batch, parameters,
+    # memory estimate), draw schedule.png, and stop: no data prepared, no model built, nothing
+    # trained (minigpt/run/dry_run.py). A sweep prints one line per job.
+    dry_run: bool = False
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
 
     def validate(self):

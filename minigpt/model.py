@@ -50,6 +50,18 @@ class GPTConfig:
         # A multiple of 64 gives the output matmul shapes that tensor cores like.
         return (self.vocab_size + 63) // 64 * 64
 
+    def num_params(self, non_embedding: bool = True) -> int:
+        """GPT.num_params() of this config, counted from the shapes without building the model
+        (the dry run's count; tests check it against the built model's)."""
+        C, b = self.n_embd, int(self.bias)
+        norm = C * (1 + b)  # a LayerNorm's gain (and bias)
+        head = C // self.n_head
+        attn = C * 3 * C + 3 * C * b + C * C + C * b + (2 * head * (1 + b) if self.qk_layernorm else 0)
+        mlp = C * 4 * C + 4 * C * b + 4 * C * C + C * b
+        n = self.n_layer * (2 * norm + attn + mlp) + self.padded_vocab_size * C  # wte, tied to lm_head
+        n += norm if self.norm_position == "pre" else 0  # ln_f
+        return n if non_embedding else n + self.block_size * C
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):

@@ -270,13 +270,15 @@ class RunPlan:
             "lr_multipliers": self.lr_multipliers,
         }
 
-    def lines(self, micro_batch_size: int, world_size: int, train_tokens: int) -> list[str]:
-        """The plan in words, as the trainer announces it."""
+    def lines(self, micro_batch_size: int, world_size: int, train_tokens: int | None) -> list[str]:
+        """The plan in words, as the trainer announces it (train_tokens None: the data is not
+        prepared yet, so the epochs are not known; the dry run)."""
         b, unit = self.batches, self.schedule_unit
-        epochs = self.total_tokens / max(1, train_tokens)
+        epochs = f"{self.total_tokens / max(1, train_tokens):.2f} epochs" if train_tokens is not None else "epochs unknown"
         out = [f"run: {self.total_steps} steps x {'up to ' if b.ramp_tokens else ''}{self.tokens_per_step:,} tokens "
                f"({micro_batch_size} x {self.grad_accum} accumulation x {world_size} ranks x {b.block_size}) = "
-               f"{self.total_tokens:,} tokens, {epochs:.2f} epochs" + (" (with the batch ramp)" if b.ramp_tokens else "")]
+               f"{self.total_tokens:,} tokens, {epochs}, global batch {self.global_batch} sequences"
+               + (" (with the batch ramp)" if b.ramp_tokens else "")]
         if b.ramp_tokens:
             out.append(f"batch ramp: {b.start} -> {b.final} sequences over the first {b.ramp_tokens:,} tokens, then "
                        f"{b.final} per update; schedule counted in tokens ({self.schedule_steps} full-batch steps)"

@@ -86,6 +86,8 @@ def run_job(config: Config, hc) -> float | None:
             config.trainer.resume = "auto"
         if multirun and config.logger.group is None and not os.environ.get("WANDB_RUN_GROUP"):
             config.logger.group = Path(hc.sweep.dir).name  # wandb runs of one sweep share a group
+        if config.trainer.dry_run:
+            return _dry_run(config, run_dir, multirun, hc)
         if config.task == "lr_range_test":
             return _lr_range_test(config, run_dir)
         if multirun and hc.runtime.choices.get("hydra/launcher") == "stacked":
@@ -137,6 +139,27 @@ def bad_input(e: UserError, hc) -> float:
     if not isinstance(e, RunFolderInUse):  # the folder is another run's: nothing of it is ours to write
         write_failed_summary(Path(hc.runtime.output_dir), {"status": RunStatus.FAILED.value, "reason": str(e)})
     return math.inf
+
+
+def _dry_run(config: Config, run_dir: Path, multirun: bool, hc) -> None:
+    """trainer.dry_run=true: the plan in words (one line per job of a sweep), schedule.png and
+    plan.json in the run folder; nothing else happens (minigpt/run/dry_run.py)."""
+    import torch
+
+    from minigpt.run.dry_run import dry_run, write_dry_run
+    from minigpt.run.runtime import resolve_precision
+
+    tc = config.trainer
+    device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
+    result = dry_run(config, int(os.environ.get("WORLD_SIZE", "1")), resolve_precision(tc.precision, device))
+    write_dry_run(result, run_dir)
+    if multirun:
+        log.info(f"dry run, job {hc.job.num} ({hc.job.override_dirname or 'no overrides'}): {result.line}")
+    else:
+        for line in result.lines:
+            log.info(line)
+        log.info(f"dry run: nothing prepared, built or trained; the planned LR is drawn in {run_dir / 'schedule.png'}")
+    return None
 
 
 def _lr_range_test(config, run_dir: Path) -> float:
