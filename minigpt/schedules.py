@@ -557,6 +557,26 @@ def import_schedule_module(module: str) -> None:
         raise UserError(f"scheduler.module={module!r} cannot be imported: {e} (raised while importing it)") from None
 
 
+def apply_scoped_keys(cfg: dict, name: str) -> dict:
+    """The scheduler keys of schedule `name`: the plain ones, and those scoped to it, which win
+    (``scheduler.wsd.decay=0.3`` is ``{"wsd": {"decay": 0.3}}`` here). Keys scoped to another
+    schedule are left out: a sweep over several schedules gives each its own keys
+    (docs/sweeps.md). A scope that names no schedule is refused with the closest name."""
+    out, scoped = {}, {}
+    for key, value in cfg.items():
+        (scoped if isinstance(value, Mapping) else out)[key] = value
+    names = list_schedules()
+    for scope, keys in scoped.items():
+        if scope not in names:
+            close = difflib.get_close_matches(str(scope), names, n=1)
+            hint = f" (did you mean 'scheduler.{close[0]}'?)" if close else ""
+            raise UserError(f"scheduler.{scope}: '{scope}' is no schedule{hint}; keys of one schedule only are written "
+                            f"scheduler.<schedule>.<key>, e.g. scheduler.wsd.decay=0.3; schedules: {', '.join(names)}")
+    for key, value in scoped.get(name, {}).items():
+        out[key] = value
+    return out
+
+
 def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | None) -> Schedule:
     """Build the schedule described by the ``scheduler`` config group.
 
@@ -583,6 +603,7 @@ def schedule_from_config(cfg: Mapping, total_steps: int, tokens_per_step: int | 
         else " (for a schedule of your own, set scheduler.module to the module that registers it)"
     )
     entry = _lookup(name, hint)
+    cfg = apply_scoped_keys(cfg, name)
     if tokens_per_step is not None and (
         isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, numbers.Integral) or tokens_per_step < 1
     ):

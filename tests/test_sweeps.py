@@ -350,3 +350,54 @@ def test_optuna_sweep_minimises_the_returned_val_loss(cache_dir, tmp_path):
     best = min(found.values(), key=lambda s: s["final_val_loss"])
     assert result.best_value == pytest.approx(best["final_val_loss"])
     assert result.best_params["optim.lr"] == pytest.approx(best["configured_lr"])
+
+
+def test_a_key_of_some_schedules_only_is_scoped_to_them(tmp_path, cache_dir):
+    """Issue 27: `scheduler.decay=0.3` in a sweep over cosine_warmup and wsd names the jobs and the
+    schedule that lack it and the scoped form; `scheduler.wsd.decay=0.3` gives it to wsd only."""
+    from minigpt.schedules import schedule_from_config
+
+    out = f"hydra.sweep.dir={tmp_path}/s"
+    with pytest.raises(UserError) as e:
+        cli.precheck(["-m", "scheduler=cosine_warmup,wsd,constant", "scheduler.decay=0.3", out])
+    assert str(e.value).startswith("scheduler.decay: the jobs with scheduler=cosine_warmup cannot take it: schedule "
+                                   "cosine_warmup has no key 'decay' (wsd has it); give it to the schedules that have "
+                                   "it only with scheduler.wsd.decay=0.3 (docs/sweeps.md)")
+    cli.precheck(["-m", "scheduler=cosine_warmup,wsd", "scheduler.wsd.decay=0.3", "scheduler.wsd.warmup=5", out])
+    assert cli.scope_schedule_keys(["scheduler.wsd.decay=0.3", "scheduler.warmup=5", "+scheduler.x.y=1"]) == \
+        ["+scheduler.wsd.decay=0.3", "scheduler.warmup=5", "+scheduler.x.y=1"]
+    with pytest.raises(UserError, match=r"scheduler.wsdd: 'wsdd' is no schedule \(did you mean 'scheduler.wsd'\?\)"):
+        cli.precheck(["-m", "scheduler=cosine_warmup,wsd", "scheduler.wsdd.decay=0.3", out])
+    with pytest.raises(UserError, match="scheduler 'wsd' has no parameter 'decayy'"):
+        cli.precheck(["-m", "scheduler=cosine_warmup,wsd", "scheduler.wsd.decayy=0.3", out])
+
+    # What each job gets: its own scoped keys (over the plain ones), none of another schedule's.
+    for name in ("cosine_warmup", "wsd"):
+        with cli.hydra_search_path([cli.CONF_DIR]):
+            cfg = compose("config", overrides=[f"scheduler={name}", "+scheduler.wsd.decay=0.3"])
+        raw = OmegaConf.to_container(cfg.scheduler)
+        assert raw["wsd"] == {"decay": 0.3}
+        s = schedule_from_config(raw, 100, None)
+        assert s.name == name and (s.params.decay == 30 if name == "wsd" else not hasattr(s.params, "decay"))
+
+
+def test_a_second_command_shares_the_sweep_folder_without_colliding(tmp_path):
+    """Jobs of another command in the folder (`0_seed=1` of `scheduler=cosine_warmup seed=1,2`):
+    this command's jobs are named by all their overrides; the same command again is refused (or
+    resumed) as before."""
+    sweep = tmp_path / "s"
+    for num, seed in ((0, 1), (1, 2)):  # what the first command left: a run in each job folder
+        job = sweep / f"{num}_seed={seed}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- scheduler=cosine_warmup\n- seed={seed}\n"
+                                                       f"- data.cache_dir=/x\n")
+        (job / "metrics.jsonl").write_text('{"step": 0}\n')
+    second = ["-m", "scheduler=wsd", "scheduler.wsd.decay=0.3", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+    extras = cli.precheck(second)
+    (names,) = [e for e in extras if e.startswith("hydra.job.config.override_dirname.exclude_keys=")]
+    assert "'scheduler'" not in names and "'scheduler.wsd.decay'" not in names and "'data.cache_dir'" in names
+    same = ["-m", "scheduler=cosine_warmup", "seed=1,2", "data.cache_dir=/y", f"hydra.sweep.dir={sweep}"]
+    with pytest.raises(UserError, match=r"job 0 of this sweep \(seed=1\) would write into .*already holds a run"):
+        cli.precheck(same)
+    (names,) = [e for e in cli.precheck([*same, "trainer.resume=auto"]) if "exclude_keys" in e]
+    assert "'scheduler'" in names  # resumed under the first command's names

@@ -267,7 +267,7 @@ def flags_then_overrides(argv: list[str], overrides: list[str]) -> list[str]:
             pending.pop(0)
         else:
             rest.append(a)
-    return rest + list(overrides)
+    return rest + scope_schedule_keys(list(overrides))
 
 
 def runs_a_job(args) -> bool:
@@ -288,7 +288,7 @@ def precheck(argv: list[str]) -> list[str]:
     from omegaconf.errors import OmegaConfBaseException
 
     args = read_command_line(argv)
-    overrides = list(args.overrides)
+    overrides = scope_schedule_keys(list(args.overrides))
     conf_dirs = config_dirs(args)
     config_name = args.config_name or "config"
     parser = OverridesParser.create()
@@ -321,7 +321,8 @@ def precheck(argv: list[str]) -> list[str]:
             try:
                 cfg = compose_config(config_name, ovr, conf_dirs, parser)
             except (HydraException, OmegaConfBaseException) as e:
-                raise UserError(_explain_compose_error(e, ovr, compose, config_name)) from None
+                message = _explain_compose_error(e, ovr, compose, config_name)
+                raise UserError(_name_the_schedule(message, ovr, parsed)) from None
             mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
             _check_config(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
             if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
@@ -329,9 +330,8 @@ def precheck(argv: list[str]) -> list[str]:
             if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
                 base = cfg
                 candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
-    extras = _hydra_extras(args, parsed, base, parser)
-    _check_sweep_folders(args, parsed, base, parser)
-    return extras
+    full_names = _check_sweep_folders(args, parsed, base, parser)
+    return _hydra_extras(args, parsed, base, parser, full_names)
 
 
 # Values Hydra reads while it composes (more config folders, the environment it records).
@@ -453,15 +453,16 @@ def _sweep_file_values(cfg: DictConfig, parser, on_command_line: set[str]) -> li
     return out
 
 
-def _hydra_extras(args, parsed, cfg: DictConfig, parser) -> list[str]:
+def _hydra_extras(args, parsed, cfg: DictConfig, parser, full_names: bool = False) -> list[str]:
     argv = args.overrides
     extras = []
     mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
     multirun = args.multirun or getattr(mode, "name", None) == "MULTIRUN"
     if multirun and not any(a.startswith("hydra.job.config.override_dirname") for a in argv):
         # Name each job's directory after what varies between jobs only: the overrides every job
-        # shares would make names long (past the 255-byte limit of a file name) and alike.
-        exclude = _job_name_excludes(parsed, cfg)
+        # shares would make names long (past the 255-byte limit of a file name) and alike. In a
+        # sweep folder that holds another command's jobs, by all of its overrides (full_names).
+        exclude = _job_name_excludes(parsed, cfg, full_names)
         extras.append("hydra.job.config.override_dirname.exclude_keys=[" + ",".join(f"'{k}'" for k in exclude) + "]")
     if not multirun and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not any(a.startswith("hydra.run.dir=") for a in argv):
         # Every rank composes its own config: a time-stamped run directory could differ by a
@@ -474,20 +475,29 @@ def _hydra_extras(args, parsed, cfg: DictConfig, parser) -> list[str]:
     return extras
 
 
-def _job_name_excludes(parsed, cfg: DictConfig) -> list[str]:
+def _job_name_excludes(parsed, cfg: DictConfig, full_names: bool = False) -> list[str]:
     """The keys left out of a sweep job's folder name: Hydra's list plus the overrides that every
-    job shares (what varies between jobs names them)."""
+    job shares (what varies between jobs names them); with full_names, Hydra's list only."""
+    if full_names:
+        return list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or [])
     swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
     swept |= set(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
     shared = [o.key_or_group for o in parsed if not o.is_hydra_override() and o.get_key_element() not in swept]
     return list(dict.fromkeys(list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared))
 
 
-def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
+def _check_sweep_folders(args, parsed, cfg: DictConfig, parser, full_names: bool = False) -> bool:
     """Each job folder of a grid sweep that already holds another run, or that a live process
     writes into, is refused before Hydra writes anything (it would rewrite that folder's .hydra/
     before the trainer could refuse it). The folders are named as Hydra's basic sweeper and the
-    launchers name them: job number (the order of the grid) and the job's overrides."""
+    launchers name them: job number (the order of the grid) and the job's overrides.
+
+    A second command into the same sweep folder (`scheduler=wsd scheduler.decay=0.3 seed=1,2`
+    after `scheduler=cosine_warmup seed=1,2`) would name its jobs as the first did (`0_seed=1`:
+    what varies between its own jobs). When a job's folder holds a run of other overrides (its
+    .hydra/overrides.yaml), this command's jobs are named by all their overrides instead
+    (`0_scheduler.decay=0.3,scheduler=wsd,seed=1`), so both commands' jobs share the folder, and
+    True is returned (the names to give Hydra: _hydra_extras)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.config_loader_impl import get_overrides_dirname
 
@@ -495,13 +505,13 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
 
     mode = OmegaConf.select(cfg, "hydra.mode")
     if not (args.multirun or getattr(mode, "name", None) == "MULTIRUN"):
-        return
+        return False
     try:
         sweep_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir")))
     except Exception:  # ${now:...}: a new folder
-        return
+        return False
     if not sweep_dir.is_dir():
-        return
+        return False
     tc = cfg.trainer
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
         # A search names its trials as it goes (number and sampled values), so any run already in
@@ -511,16 +521,17 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
             raise UserError(f"hydra.sweep.dir: '{sweep_dir}' already holds runs ({', '.join(taken[:3])}"
                             f"{', ...' if len(taken) > 3 else ''}), and a search names its trials as it goes, so "
                             "one could land in a folder that holds a run; give the search a new hydra.sweep.dir")
-        return
+        return False
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
     task = [o.input_line for o in parsed if not o.is_hydra_override()]
     try:
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)[0]
     except Exception:  # a sweep the basic sweeper cannot expand fails in Hydra, with its message
-        return
+        return False
     naming = cfg.hydra.job.config.override_dirname
-    excludes = _job_name_excludes(parsed, cfg)
-    if any(a.startswith("hydra.job.config.override_dirname") for a in args.overrides):
+    excludes = _job_name_excludes(parsed, cfg, full_names)
+    named_by_user = any(a.startswith("hydra.job.config.override_dirname") for a in args.overrides)
+    if named_by_user:
         excludes = list(naming.exclude_keys)
     hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)})
     for num, job in enumerate(jobs):
@@ -532,7 +543,12 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
         try:
             job_dir = sweep_dir / str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))
         except Exception:  # a subdir pattern that needs the job's run time: the trainer checks it
-            return
+            return full_names
+        if not full_names and not named_by_user and run_contents(job_dir) and \
+                _another_commands_job(job_dir, job_overrides, list(naming.exclude_keys)):
+            print(f"sweep: '{sweep_dir}' holds jobs of another command ('{job_dir.name}' ran other overrides); this "
+                  "command's jobs are named by all their overrides", file=sys.stderr)
+            return _check_sweep_folders(args, parsed, cfg, parser, full_names=True)
         resume = values.get("trainer.resume", tc.resume)
         resume = None if resume in (None, "null") else str(resume)
         overwrite = str(values.get("trainer.overwrite", tc.overwrite)).lower() == "true"
@@ -548,6 +564,33 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
             raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which already holds a run "
                             f"({', '.join(run_contents(job_dir))}); continue the sweep's runs with trainer.resume=auto, "
                             "replace them with trainer.overwrite=true, or pick another hydra.sweep.dir") from None
+    return full_names
+
+
+def _another_commands_job(job_dir: Path, job_overrides, ignored: list[str]) -> bool:
+    """Whether the run in `job_dir` ran other overrides than this job (paths, trainer.resume and
+    the other keys Hydra leaves out of names aside): then it is another command's job, not this one
+    run before."""
+    recorded = job_dir / ".hydra" / "overrides.yaml"
+    if not recorded.is_file():
+        return False
+    try:
+        theirs = OmegaConf.to_container(OmegaConf.load(recorded))
+    except Exception:
+        return False
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    def kept(lines) -> set[str]:
+        out = set()
+        for o in OverridesParser.create().parse_overrides(list(lines)):
+            if not o.is_hydra_override() and o.key_or_group not in ignored:
+                out.add(f"{o.key_or_group}={o.get_value_element_as_str()}")
+        return out
+
+    try:
+        return kept(theirs) != kept(o.input_line for o in job_overrides)
+    except Exception:
+        return False
 
 
 def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:
@@ -592,6 +635,41 @@ def _explain_compose_error(e, overrides, compose, config_name: str = "config") -
                 return (f"unknown config key '{key.lstrip('+~')}'{hint}; valid keys under "
                         f"{parent or 'the top level'}: {', '.join(valid)}")
     return f"bad config: {_first_line(e)}"
+
+
+def scope_schedule_keys(overrides: list[str]) -> list[str]:
+    """`scheduler.<schedule>.<key>=v` (a key of one schedule only, docs/sweeps.md) as Hydra must
+    be given it: `+scheduler.<schedule>.<key>=v` (no schedule's config holds the scope, so Hydra
+    adds it; schedules.apply_scoped_keys reads it). Schedule parameters are flat, so any key two
+    levels under `scheduler` is such a scope."""
+    out = []
+    for o in overrides:
+        key = o.partition("=")[0]
+        out.append(f"+{o}" if key.startswith("scheduler.") and key.count(".") >= 2 and "=" in o else o)
+    return out
+
+
+def _name_the_schedule(message: str, ovr: list[str], parsed) -> str:
+    """An unknown `scheduler.<key>` in a sweep over several schedules: say which schedule (and so
+    which jobs) lack it, which have it, and how to give it to those only."""
+    swept = [o for o in parsed if o.key_or_group == "scheduler" and o.is_sweep_override()]
+    if not message.startswith("unknown config key 'scheduler.") or not swept:
+        return message
+    key = message.split("'")[1].removeprefix("scheduler.")
+    current = next((o.partition("=")[2] for o in ovr if o.startswith("scheduler=")), None)
+    if current is None or "." in key:
+        return message
+    try:
+        names = list(swept[0].sweep_string_iterator())
+    except Exception:
+        return message
+    having = [n for n in names if n in schedules.list_schedules() and key in schedules.config_defaults(n)]
+    valid = message.rpartition("valid keys under scheduler: ")[2]
+    value = next((o.partition("=")[2] for o in ovr if o.lstrip("+").startswith(f"scheduler.{key}=")), "<value>")
+    scoped = " ".join(f"scheduler.{n}.{key}={value}" for n in having) or f"scheduler.<schedule>.{key}={value}"
+    return (f"scheduler.{key}: the jobs with scheduler={current} cannot take it: schedule {current} has no key '{key}'"
+            f"{' (' + ', '.join(having) + ' has it)' if having else ''}; give it to the schedules that have it only "
+            f"with {scoped} (docs/sweeps.md); {current}'s keys: {valid}")
 
 
 def _check_config(cfg: DictConfig, multirun: bool = False) -> None:

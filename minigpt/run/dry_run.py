@@ -97,7 +97,9 @@ def _one_line(plan: RunPlan | None, cfg: Config, n_params: int, train_tokens: in
                f"{n_params:,} parameters; memory ~{_mb(memory['total'])}"
     d = plan.schedule.describe()
     epochs = f"{plan.total_tokens / train_tokens:.2f} epochs" if train_tokens else "epochs unknown (no token cache)"
-    return (f"{plan.schedule.name}, {plan.total_steps} steps x {plan.global_batch} sequences = {plan.total_tokens:,} "
+    bounds = sorted(d["phases"].items(), key=lambda kv: kv[1]) + [("", plan.schedule.total_steps)]
+    phases = ", ".join(f"{label} {a}..{b - 1}" for (label, a), (_, b) in zip(bounds, bounds[1:]) if a < b)
+    return (f"{plan.schedule.name} ({phases}), {plan.total_steps} steps x {plan.global_batch} sequences = {plan.total_tokens:,} "
             f"tokens, {epochs}; peak {plan.peak_lr * d['peak']:.3g} at step {d['peak_step']}, floor "
             f"{plan.peak_lr * d['floor']:.3g} at step {d['floor_step']}; {n_params:,} parameters; "
             f"memory ~{_mb(memory['total'])}")
