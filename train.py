@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shlex
 import signal
 import sys
 
@@ -80,8 +81,11 @@ def main() -> None:
         signal.signal(sig, _raise_stopped)
     try:
         argv = sys.argv[1:]
+        os.environ[cli.COMMAND_ENV] = shlex.join(argv)  # a stopped sweep's resume command (job processes inherit it)
         args = cli.read_command_line(argv)
         extras = []
+        if args.help:
+            cli.hide_internal_groups_from_help()
         if cli.runs_a_job(args):
             try:
                 extras = cli.precheck(argv)

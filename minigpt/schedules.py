@@ -335,6 +335,10 @@ class Schedule:
         line += f", {self.conventions} conventions): " if self.conventions != "minigpt" else "): "
         line += (", ".join(spans) + "; ") if spans else ""
         line += f"start {d['start'] * peak_lr:.3g}, peak {d['peak'] * peak_lr:.3g} at step {d['peak_step']}"
+        if d["floor"] >= d["peak"]:  # nothing below the peak after it: no floor to speak of
+            if d["peak_step"] == self.total_steps - 1:
+                return line + " (the last step: it only rises)"
+            return line + ", held there to the end"
         line += f", floor {d['floor'] * peak_lr:.3g} at step {d['floor_step']}"
         if d["floor_step"] != self.total_steps - 1:
             line += f", final {d['final'] * peak_lr:.3g}"

@@ -38,8 +38,9 @@ def parse_value(text: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--names", nargs="+", help="schedules to draw (default: every registered one)")
-    ap.add_argument("--total-steps", nargs="+", type=int, default=[1000], help="run length(s) in steps")
+    # extend: `--names a --names b` draws (and prints the line of) both, as `--names a b` does
+    ap.add_argument("--names", nargs="+", action="extend", help="schedules to draw (default: every registered one)")
+    ap.add_argument("--total-steps", nargs="+", type=int, action="extend", help="run length(s) in steps (default 1000)")
     ap.add_argument("--peak-lr", type=float, default=1.0, help="peak LR (default 1.0: draw the multiplier)")
     ap.add_argument("--tokens-per-step", type=int, help="tokens per optimizer step, for lengths given in tokens")
     ap.add_argument("--set", action="append", default=[], metavar="NAME.PARAM=VALUE", help="override a parameter")
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
         for module in args.module:
             importlib.import_module(module)
         names = args.names or list_schedules()
+        args.total_steps = args.total_steps or [1000]
         overrides: dict[str, dict] = {}
         for item in args.set:
             name, _, rest = item.partition(".")

@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from minigpt.run.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
+from minigpt.run.checkpoint import checkpoint_to_read  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.data.tokenizer import tokenizer_from_json  # noqa: E402
@@ -33,18 +33,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="recompute the full context at every token")
     args = parser.parse_args(argv)
     try:
-        path = Path(args.checkpoint)
-        if path.is_dir():
-            path = latest_checkpoint(path)
-            if path is None:
-                raise UserError(f"{args.checkpoint}: no checkpoint in this run directory")
-        state = load_checkpoint(path)
+        path, state = checkpoint_to_read(args.checkpoint)
         if args.temperature < 0 or args.top_k < 0 or args.max_new_tokens < 1:
             raise UserError("--temperature and --top-k must be >= 0 and --max-new-tokens >= 1")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    print(f"loaded {path} (step {state['step']})", file=sys.stderr)  # which one a run folder gave
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     model.to(args.device).eval()

@@ -248,6 +248,11 @@ def test_describe_and_summary_line():
     w = build_schedule("wsd", 100, warmup=10, decay=20).describe()
     assert w["phases"] == {"warmup": 0, "stable": 10, "decay": 80}
     assert "final" in build_schedule("cyclic", 100).summary_line(1.0)  # the floor is not the end
+    # No floor where nothing comes below the peak after it (issue 27: not "floor 1 at step 99").
+    assert build_schedule("lr_range_test", 100).summary_line(1e-2) == \
+        "lr_range_test (100 steps): start 1e-06, peak 0.01 at step 99 (the last step: it only rises)"
+    assert build_schedule("constant_warmup", 100, warmup=10).summary_line(1.0).endswith(
+        "start 0.1, peak 1 at step 9, held there to the end")
 
 
 def test_step_must_be_a_non_negative_number():

@@ -54,6 +54,12 @@ def test_script_draws_chosen_schedules_with_overrides(tmp_path, script, capsys):
     printed = capsys.readouterr().out
     assert "multistep (1000 steps): warmup 0..99, stage 1 100..299, stage 2 300..599" in printed
     assert is_png(out)
+    # Each flag given twice adds to the first (issue 27: every schedule's line, not the last one's).
+    assert script(["--names", "wsd", "--names", "constant", "--total-steps", "100", "--total-steps", "50",
+                   "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:4]] == ["wsd (100 steps)", "wsd (50 steps)", "constant (100 steps)",
+                                                          "constant (50 steps)"]
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,8 @@ def run_job(config: Config, hc) -> float | None:
         log.setLevel(logging.WARNING)  # under DDP, rank 0 speaks for all
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun and hc.runtime.choices.get("hydra/launcher") == "parallel":
+        _name_the_job_in_console_lines(hc.job.num)
     try:
         if submitit_job and config.trainer.resume is None:
             # A requeued job (preempted, or at its time limit) runs the same command again: it
@@ -119,21 +121,56 @@ def run_job(config: Config, hc) -> float | None:
         signum = signal.Signals[s["reason"].split()[-1]]
         if submitit_job and signum == signal.SIGUSR2:
             _requeue(signum, result)  # does not return on the rank that requeues
-        overrides = [o for o in hc.overrides.task if not o.split("=")[0].lstrip("+~") in ("trainer.resume", "hydra.run.dir")]
-        command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+        command = resume_command(hc, run_dir, multirun)
         if int(os.environ.get("RANK", "0")) == 0:  # one message, from the rank that saved
-            log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume with:\n  {command}")
+            what = "the sweep (its finished jobs stay as they are, the others continue or start)" if multirun else ""
+            log.warning(f"{s['reason']} at step {s['step']}; checkpoint {result.checkpoint}. Resume {what or 'with'}"
+                        f"{' with' if what else ''}:\n  {command}")
         sys.exit(128 + signum)
     return result.final_val_loss
+
+
+# The command line as typed (train.py's main() sets it; job processes of the parallel and Slurm
+# launchers inherit it), for the resume command of a stopped sweep.
+COMMAND_ENV = "MINIGPT_COMMAND_LINE"
+
+
+def resume_command(hc, run_dir: Path, multirun: bool) -> str:
+    """The command that continues a stopped run: in a sweep, the sweep's own command line into the
+    same sweep folder (every job resumes or starts; finished ones say so); else the job's overrides
+    into its run folder."""
+    typed = os.environ.get(COMMAND_ENV)
+    drop = ("trainer.resume", "hydra.run.dir", "hydra.sweep.dir", "hydra.job.config.override_dirname.exclude_keys")
+    if multirun and typed is not None:
+        argv = [a for a in shlex.split(typed) if a.partition("=")[0].lstrip("+~") not in drop]
+        return shlex.join(["python", "train.py", *argv, f"hydra.sweep.dir={hc.sweep.dir}", "trainer.resume=auto"])
+    overrides = [o for o in hc.overrides.task if o.split("=")[0].lstrip("+~") not in drop]
+    return shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "trainer.resume=auto"])
+
+
+def _name_the_job_in_console_lines(num: int) -> None:
+    """Jobs of the parallel launcher write to one console at once: each of their lines starts with
+    the job's number (the job's train.log, its own file, stays as it is)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            fmt = handler.formatter._fmt if handler.formatter is not None else "%(message)s"
+            handler.setFormatter(logging.Formatter(f"[job {num}] {fmt}"))
 
 
 def bad_input(e: UserError, hc) -> float:
     """A job's bad input: one line and exit status 2, or in a sweep a failed job (its summary.json
     says why, the sweeper gets inf) and the sweep goes on."""
+    from minigpt.run.folder import RunFolderInUse, run_contents
+
     if hc.mode != RunMode.MULTIRUN:
+        run_dir = Path(hc.runtime.output_dir)
+        if not isinstance(e, RunFolderInUse) and run_dir.is_dir() and not run_contents(run_dir):
+            # Bad input found inside the run (by the data, say): the folder Hydra made says why,
+            # so that a report lists it as failed rather than incomplete. A folder that holds a
+            # run keeps what it holds.
+            write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": str(e)})
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    from minigpt.run.folder import RunFolderInUse
 
     log.error(f"job {hc.job.num} failed: {e}")
     if not isinstance(e, RunFolderInUse):  # the folder is another run's: nothing of it is ours to write
@@ -208,13 +245,65 @@ def train_stacked_jobs(jobs: list) -> None:
         log.error(f"stacked training failed: {type(e).__name__}: {e} (traceback in each job's error.txt)")
         sys.exit(1)
     for d, r in zip(run_dirs, results):
-        final = f"final val loss {r.final_val_loss:.4f}" if r.status == RunStatus.COMPLETED else r.summary.get("reason", "")
-        log.info(f"{d.name}: {r.status}; {final}")
+        log.info(job_result_line(d.name, r.summary))
     stopped = [r for r in results if r.status == RunStatus.INTERRUPTED]
     if stopped:  # a signal stopped the stack: every run saved a checkpoint
         log.warning(f"{stopped[0].summary['reason']}: {len(stopped)} runs saved a checkpoint; to continue, run the "
                     f"same command with hydra.sweep.dir={run_dirs[0].parent} trainer.resume=auto")
         sys.exit(128 + signal.Signals[stopped[0].summary["reason"].split()[-1]])
+
+
+def job_result_line(name: str, summary: dict | None) -> str:
+    """One job's line of the table that ends a sweep: its folder, how it ended, its final val loss
+    or the reason."""
+    if summary is None:
+        return f"{name}: no summary.json (stopped before it ended, or still running)"
+    status = summary.get("status")
+    if status == RunStatus.COMPLETED.value and summary.get("final_val_loss") is not None:
+        return f"{name}: {status}; final val loss {summary['final_val_loss']:.4f}"
+    return f"{name}: {status}; {summary.get('reason', '')}"
+
+
+def sweep_result_lines(sweep_dir: Path) -> list[str]:
+    """job_result_line of every job folder of a sweep folder (those with a .hydra/), in job order."""
+    import json
+
+    def number(d: Path) -> tuple:
+        head = d.name.partition("_")[0]
+        return (int(head), d.name) if head.isdigit() else (10**9, d.name)
+
+    lines = []
+    for d in sorted((d for d in Path(sweep_dir).iterdir() if (d / ".hydra").is_dir()), key=number):
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = None
+        lines.append(job_result_line(d.name, summary))
+    return lines
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - Hydra 1.3 has it
+    Callback = object
+
+
+class SweepSummary(Callback):
+    """Ends a sweep with one line per job (conf/hydra/default.yaml registers it): what the stacked
+    launcher prints, for every launcher. The stacked jobs are trained after Hydra's sweep ends
+    (train_stacked_jobs prints their lines)."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if OmegaConf.select(config, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if not sweep_dir.is_dir():
+            return
+        lines = sweep_result_lines(sweep_dir)
+        if lines:
+            print(f"sweep {sweep_dir}: {len(lines)} jobs", flush=True)
+            for line in lines:
+                print(f"  {line}", flush=True)
 
 
 def _ranks_from_submitit() -> bool:
@@ -268,6 +357,24 @@ def flags_then_overrides(argv: list[str], overrides: list[str]) -> list[str]:
         else:
             rest.append(a)
     return rest + scope_schedule_keys(list(overrides))
+
+
+# Config groups that only hold defaults for other files (conf/scheduler/<name>.yaml lists
+# /scheduler_defaults/<name>): not choices for the user, so --help leaves them out.
+INTERNAL_GROUPS = ("scheduler_defaults",)
+
+
+def hide_internal_groups_from_help() -> None:
+    """--help lists every config group Hydra knows (Hydra.format_config_groups): leave out
+    INTERNAL_GROUPS, as Hydra leaves out its own hydra/ groups."""
+    from hydra._internal.hydra import Hydra
+
+    listed = Hydra.format_config_groups
+
+    def format_config_groups(self, predicate, compact=True):
+        return listed(self, lambda group: predicate(group) and group not in INTERNAL_GROUPS, compact)
+
+    Hydra.format_config_groups = format_config_groups
 
 
 def runs_a_job(args) -> bool:
@@ -619,6 +726,12 @@ def _explain_compose_error(e, overrides, compose, config_name: str = "config") -
         if f"'{group}" in text:
             return (f"'{group}' comes from the {package} plugin, which is not installed; "
                     "install the sweeps extra: pip install -e '.[sweeps]'")
+    if "Could not append to config. An item is already at" in text:
+        for o in overrides:
+            key, _, value = o.partition("=")
+            if key.startswith("+") and not key.startswith("++") and f"'{key[1:]}'" in text:
+                return (f"{key[1:]} is already in the config: drop the + ({key[1:]}={value}); '+' adds a key that no "
+                        "config file holds")
     for o in overrides:
         key = o.partition("=")[0]
         if f"'{key}'" in text or f"'{key.lstrip('+~')}'" in text:

@@ -159,6 +159,35 @@ def newest_intact_checkpoint(run_dir: Path, mmap: bool = False) -> tuple[Path | 
     return None, None, skipped
 
 
+def checkpoint_to_read(given: str | Path) -> tuple[Path, dict]:
+    """(path, state) of the checkpoint a tool reads (scripts/sample.py, exports): a checkpoint
+    file, or a run folder's newest intact checkpoint. Its own one-line UserErrors: nothing here
+    is a resume, so none speaks of trainer.resume."""
+    path = Path(given)
+    if not path.exists():
+        raise UserError(f"'{given}' does not exist; give a run folder (its newest checkpoint is read) or a "
+                        "checkpoint file (<run folder>/checkpoints/step_*.pt)")
+    if path.is_dir():
+        try:
+            found, state, _ = newest_intact_checkpoint(path)
+        except DamagedCheckpoint as e:
+            raise UserError(f"'{given}': every checkpoint of this run folder is damaged "
+                            f"({str(e).partition('(')[2].rpartition(')')[0]})") from None
+        if found is None:
+            jobs = sorted(d.name for d in path.iterdir() if d.is_dir() and list_checkpoints(d))
+            hint = (f"; it is a sweep folder: give one of its jobs, e.g. '{path / jobs[0]}'" if jobs else
+                    "; a run writes one at its end and every trainer.ckpt_interval steps: give a run that got that far")
+            raise UserError(f"'{given}' holds no checkpoint (no {CHECKPOINT_DIR}/step_*.pt){hint}")
+        return found, state
+    try:
+        return path, load_checkpoint(path)
+    except DamagedCheckpoint as e:
+        raise UserError(f"'{given}' is damaged: {_reason(e, path)}") from None
+    except UserError as e:
+        reason = _reason(e, path)
+        raise UserError(f"'{given}' is {reason}" if reason != str(e) else f"'{given}': not a readable checkpoint") from None
+
+
 def set_aside_damaged(path: Path) -> Path:
     """Rename a damaged checkpoint (and its checksum) out of the way: no longer a checkpoint of the
     run, still there to look at."""

@@ -166,6 +166,7 @@ class MetricsLogger:
         self.wandb = None
         self.wandb_id = wandb_id
         self.bar = None
+        self.log_redirect = None  # console log lines through tqdm.write while the bar is up
         if not enabled:
             return
         settings = wandb_settings(cfg, self.run_dir, run_name) if cfg.wandb else None
@@ -183,8 +184,13 @@ class MetricsLogger:
             self.wandb_id = self.wandb.id
         if progress:
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+            # While the bar is up, log lines to the console (checkpoint, evaluation, ...) go above it
+            # through tqdm.write instead of sharing its line.
+            self.log_redirect = logging_redirect_tqdm()
+            self.log_redirect.__enter__()
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -229,6 +235,9 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.log_redirect is not None:
+            self.log_redirect.__exit__(None, None, None)
+            self.log_redirect = None
         if not self.file.closed:
             self.sync()
             self.file.close()

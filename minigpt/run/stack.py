@@ -98,7 +98,7 @@ class StackedStepper:
         self.all = []
         try:
             for cfg, d in zip(configs, run_dirs):
-                self.all.append(Trainer(cfg, Path(d), quiet=quiet))
+                self.all.append(Trainer(cfg, Path(d), quiet=quiet, label=Path(d).name))  # stacked.log names the job
             self._setup(quiet)
         except BaseException:
             for r in self.all:  # release the run folders already taken

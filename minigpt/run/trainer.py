@@ -43,12 +43,14 @@ class Trainer:
     """One run. `checkpoints=False` writes none (the LR range test trains a throwaway copy).
     `watchers` see every record on the host; a reason one returns ends the run (`stopped`)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False, checkpoints: bool = True):
+    def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False, checkpoints: bool = True,
+                 label: str | None = None):
         self.cfg, self.run_dir, self.checkpoints = cfg, Path(run_dir), checkpoints
         self.watchers: list = []  # called with each record; one that returns a reason stops the run
         self.stop_reason: str | None = None
         tc = cfg.trainer
-        self.say = (lambda msg: None) if quiet else log.info
+        # label: the run's name in front of each of its lines, where runs share one log (stacked runs)
+        self.say = (lambda msg: None) if quiet else log.info if label is None else (lambda msg: log.info(f"[{label}] {msg}"))
         self.runtime = Runtime.start(tc)
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
