@@ -103,3 +103,31 @@ def test_another_tokenizer_is_refused(parent, make_config, tmp_path):
     with pytest.raises(UserError, match="another tokenizer.*data.tokenizer=byte"):
         check_tokenizer(state, Path("a.pt"), '{"version": "1.0", "model": {}}')
     check_tokenizer(state, Path("a.pt"), '{"kind": "byte"}')  # the byte tokenizer of any corpus: accepted
+
+
+
+@pytest.mark.slow
+def test_init_from_in_stacked_runs(parent, make_config, tmp_path):
+    """Stacked runs are built as Trainers, so each starts from the checkpoint's weights."""
+    from minigpt.run.stack import train_stacked
+
+    _, a = parent
+    configs = [make_config(trainer__max_steps=2, trainer__init_from=str(a.checkpoint), scheduler={"name": name})
+               for name in ("constant", "cosine_warmup")]
+    for result in train_stacked(configs, [tmp_path / "s0", tmp_path / "s1"], quiet=True):
+        assert result.summary["initial_val_loss"] == pytest.approx(a.final_val_loss, abs=1e-5)
+        assert result.summary["init_from"]["step"] == 6
+
+
+@pytest.mark.slow
+def test_init_from_in_the_lr_range_test(parent, make_config, tmp_path):
+    import json
+
+    from minigpt.studies.lr_range_test import run_lr_range_test
+
+    _, a = parent
+    cfg = make_config(task="lr_range_test", scheduler={"name": "lr_range_test"}, trainer__max_steps=3,
+                      trainer__init_from=str(a.checkpoint))
+    run_lr_range_test(cfg, tmp_path / "range", quiet=True)
+    summary = json.loads((tmp_path / "range" / "summary.json").read_text())
+    assert summary["initial_val_loss"] == pytest.approx(a.final_val_loss, abs=1e-6)
