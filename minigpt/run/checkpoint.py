@@ -168,6 +168,8 @@ def checkpoint_to_read(given: str | Path) -> tuple[Path, dict]:
         raise UserError(f"'{given}' does not exist; give a run folder (its newest checkpoint is read) or a "
                         "checkpoint file (<run folder>/checkpoints/step_*.pt)")
     if path.is_dir():
+        if path.name == CHECKPOINT_DIR and not (path / CHECKPOINT_DIR).is_dir():
+            path = path.parent  # the run's checkpoints/ folder itself
         try:
             found, state, _ = newest_intact_checkpoint(path)
         except DamagedCheckpoint as e:
@@ -310,6 +312,7 @@ def run_state(run) -> dict:
         "data_key": run.data.cache_dir.name,
         "tokenizer": (run.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
         "wandb_id": run.wandb_id,
+        "init_from": run.init_origin,  # where a run begun with trainer.init_from took its weights (or None)
         "elapsed": run.elapsed_before + (time.time() - run.t0),
     }
 
