@@ -6,7 +6,6 @@ import itertools
 import json
 import signal
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -53,10 +52,9 @@ def test_dry_run_plans_without_data_or_model(make_config, cache_dir, monkeypatch
     import minigpt.run.dry_run
 
     cfg = make_config(trainer__max_steps=200, optim__lr=2e-3, scheduler={"name": "wsd", "decay": 0.2})
-    prepare_data(cfg.data, log=lambda m: None, progress=False)  # a built cache: the epochs are known
+    meta = prepare_data(cfg.data, log=lambda m: None, progress=False).meta  # a built cache: the epochs are known
     monkeypatch.setattr(minigpt.data.cache, "prepare_data", lambda *a, **k: pytest.fail("data prepared"))
     monkeypatch.setattr(minigpt.run.dry_run, "GPT", lambda *a, **k: pytest.fail("model built"), raising=False)
-    meta = json.loads(next(Path(cache_dir).glob("*/meta.json")).read_text())
     r = dry_run(cfg)
     assert r.train_tokens == meta["train_tokens"] and r.vocab_size == meta["vocab_size"]
     assert r.n_params == GPTConfig.build(cfg.model, meta["vocab_size"]).num_params()
