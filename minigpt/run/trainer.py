@@ -40,6 +40,16 @@ from minigpt.run.summary import run_summary
 log = logging.getLogger("minigpt")
 
 
+def batch_stderr(total: float, total_sq: float, n: float) -> float | None:
+    """The standard error of a mean over n batch values, from their sum and sum of squares: how far
+    another draw of n validation windows could move the mean (None for a single batch)."""
+    if n < 2:
+        return None
+    mean = total / n
+    variance = max(total_sq / n - mean**2, 0.0) * n / (n - 1)
+    return math.sqrt(variance / n)
+
+
 class Trainer:
     """One run. `checkpoints=False` writes none (the LR range test trains a throwaway copy).
     `watchers` see every record on the host; a reason one returns ends the run (`stopped`)."""
@@ -139,6 +149,7 @@ class Trainer:
         self.flush_seconds = 0.0  # host time spent handing records over (scripts/bench.py reads it)
         self.val_at: dict[int, float] = {}
         self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
+        self.val_stderr_at: dict[int, float] = {}  # val/loss_stderr of the evaluations (none with eval_iters=1)
         self.val_z_loss: float | None = None
         self.val_stderr: float | None = None  # standard error of the last evaluation's mean, over its batches
         self.last_record: dict = {}
@@ -206,9 +217,7 @@ class Trainer:
         self.model.train()
         self.val_z_loss = float(total[2] / total[1]) if z_on else None
         n, mean = float(total[1]), float(total[0] / total[1])
-        # The batches' spread: how far another draw of eval_iters windows could move the mean.
-        variance = max(float(total[3]) / n - mean**2, 0.0) * n / (n - 1) if n > 1 else None
-        self.val_stderr = math.sqrt(variance / n) if variance is not None else None
+        self.val_stderr = batch_stderr(float(total[0]), float(total[3]), n)
         return mean
 
     def evaluate_only(self) -> RunResult:
@@ -221,6 +230,8 @@ class Trainer:
             step = self.init_origin["step"]
             loss = self.evaluate()
             record = {"step": step, "val/loss": loss}
+            if self.val_stderr is not None:
+                record["val/loss_stderr"] = self.val_stderr
             if self.val_z_loss is not None:
                 record["val/z_loss"] = self.val_z_loss
             self.metrics.log(record)
@@ -253,9 +264,13 @@ class Trainer:
             self.val_at[step] = loss
             if self.val_z_loss is not None:
                 self.val_z_at[step] = self.val_z_loss
+            if self.val_stderr is not None:
+                self.val_stderr_at[step] = self.val_stderr
             return
         self.val_history.append((step, loss))
         record = {"step": step, "val/loss": loss, "train/tokens": self.tokens_seen}
+        if self.val_stderr is not None:
+            record["val/loss_stderr"] = self.val_stderr
         if self.val_z_loss is not None:
             record["val/z_loss"] = self.val_z_loss
         self.metrics.log(record)
@@ -266,6 +281,8 @@ class Trainer:
         for record in self.records.flush(wait):
             if record["step"] in self.val_at:
                 record["val/loss"] = self.val_at[record["step"]]
+                if record["step"] in self.val_stderr_at:
+                    record["val/loss_stderr"] = self.val_stderr_at.pop(record["step"])
                 if record["step"] in self.val_z_at:
                     record["val/z_loss"] = self.val_z_at.pop(record["step"])
                 self.val_history.append((record["step"], self.val_at.pop(record["step"])))
