@@ -71,6 +71,24 @@ class Job:
         return finitenumber(value)
 
     @property
+    def val_loss_stderr(self) -> float | None:
+        """The standard error of the final validation loss over its batches (val/loss_stderr), for a completed run."""
+        if self.final_val_loss is None:
+            return None
+        value = finitenumber((self.summary or {}).get("val_loss_stderr"))
+        if value is None and self.val_records:
+            value = finitenumber(self.val_records[-1].get("val/loss_stderr"))
+        return value
+
+    @property
+    def seed(self) -> str:
+        """The job's seed as written in its config (or its overrides); '?' when neither says."""
+        value = self.get("seed")
+        if value is None:
+            value = dict(o.split("=", 1) for o in self.overrides if "=" in o).get("seed")
+        return "?" if value is None else str(value)
+
+    @property
     def best_val_loss(self) -> float | None:
         values = [finitenumber(r["val/loss"]) for r in self.val_records]
         values = [v for v in values if v is not None]
@@ -259,6 +277,24 @@ def find_jobs(sweep_dir) -> list[Job]:
         raise UserError(f"no job directories under '{sweep_dir}' (a job directory holds .hydra/, summary.json, "
                         "metrics.jsonl or error.txt); give the folder `python train.py -m ...` wrote")
     return sorted((read_job(d, root) for d in dirs), key=_sort_key)
+
+
+def find_jobs_in(folders: Sequence) -> list[Job]:
+    """The jobs of one or more folders (sweeps or single runs). With several, each job is named
+    by its folder as given (and its job directory inside a sweep): `outputs/run-a`, `multirun/x/3`."""
+    if len(folders) == 1:
+        return find_jobs(folders[0])
+    jobs: list[Job] = []
+    for folder in folders:
+        prefix = str(folder).rstrip("/") or str(folder)
+        for j in find_jobs(folder):
+            j.name = prefix if j.path == Path(folder) else f"{prefix}/{j.name}"
+            jobs.append(j)
+    names = [j.name for j in jobs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"the folders hold the same job twice ({', '.join(repeated)}); give each folder once")
+    return jobs
 
 
 def varying_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
