@@ -482,7 +482,7 @@ def test_loss_figure_has_one_colour_per_arm_and_says_smoothed_only_when_smoothed
         ax = fig.axes[0]
         labels = ax.get_legend_handles_labels()[1]
         assert labels == [f"{a.label} (2 seeds)" for a in arms]  # one line per arm, not per job
-        assert ("smoothed" in ax.get_ylabel()) == smoothed, ax.get_ylabel()
+        assert ("smoothed" in ax.get_title()) == smoothed, ax.get_title()
         assert len(ax.collections) == len(arms)  # one band over the seeds per arm
     line = ax.get_lines()[0]  # the long arm's mean over its two seeds (before smoothing: their average)
     assert line.get_ydata()[0] == pytest.approx(6.0)

@@ -78,11 +78,11 @@ def plot_sweep_curves(arms: Sequence[tuple[str, Sequence]], key: str, path) -> N
         ax.set_ylabel("learning rate")
         ax.set_title("learning rate of every arm")
     else:
-        training = f"training, mean over seeds, smoothed over {smoothed} steps" if smoothed > 1 else \
-            "training, mean over seeds"
-        ax.set_ylabel(f"loss (lines: {training}; band: lowest to highest seed; dots: validation; x: diverged)",
-                      fontsize=8)
-        ax.set_title("loss of every arm")
+        training = f"training loss, mean over seeds, smoothed over {smoothed} steps" if smoothed > 1 else \
+            "training loss, mean over seeds"
+        ax.set_ylabel("loss")
+        ax.set_title(f"loss of every arm\nlines: {training}; band: lowest to highest seed\n"
+                     "dots: validation loss, mean over seeds; x: diverged", fontsize=9)
         _clip_loss_axis(ax, all_jobs)
     ax.grid(alpha=0.3)
     if 0 < len(arms) <= _LEGEND_MAX:
