@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -312,7 +312,3 @@ def job_label(job: Job, keys: Sequence[str]) -> str:
     d = dict(o.split("=", 1) if "=" in o else (o, "") for o in job.overrides)
     return " ".join(f"{k}={d[k]}" for k in keys if k in d) or job.name
 
-
-def best_job(jobs: Iterable[Job]) -> Job | None:
-    done = [j for j in jobs if j.final_val_loss is not None]
-    return min(done, key=lambda j: j.final_val_loss) if done else None
