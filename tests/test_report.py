@@ -8,11 +8,17 @@ import sys
 
 import pytest
 import yaml
+from scipy import stats
 
 from conftest import ROOT, run_train, tiny_overrides
 from minigpt.errors import UserError
-from minigpt.studies.sweep.jobs import find_jobs
-from minigpt.studies.sweep.report import write_report
+from minigpt.studies.sweep.arms import (
+    Arm, Difference, build_arms, compare_sweep, paired_difference, rank_arms, seeds_needed, t_quantile,
+    welch_difference,
+)
+from minigpt.studies.sweep.figures import plot_sweep_curves
+from minigpt.studies.sweep.jobs import find_jobs, find_jobs_in
+from minigpt.studies.sweep.report import report_markdown, warmup_study_of, write_report
 from minigpt.studies.sweep.statistics import build_study, clipped_loss, lr_sensitivity
 
 REPORT = ROOT / "scripts" / "report.py"
@@ -244,16 +250,6 @@ def test_report_on_a_real_multirun_with_a_diverged_job(cache_dir, tmp_path):
 
 # --- arms over seeds: the statistics against scipy, and sweeps whose answer is known ----------------
 
-from scipy import stats  # noqa: E402
-
-from minigpt.studies.sweep.arms import (  # noqa: E402
-    Arm, build_arms, compare, compare_sweep, paired_difference, rank_arms, seeds_needed, t_quantile,
-    welch_difference,
-)
-from minigpt.studies.sweep.figures import plot_sweep_curves  # noqa: E402
-from minigpt.studies.sweep.jobs import find_jobs_in  # noqa: E402
-from minigpt.studies.sweep.report import report_markdown, warmup_study_of  # noqa: E402
-
 
 def arms_text(sweep, baseline=None):
     """report.md's text without its figures (drawing them is what takes the time)."""
@@ -281,10 +277,12 @@ def test_paired_and_welch_intervals_are_scipys():
 
 
 def test_seeds_needed_is_where_the_half_width_reaches_the_difference():
+    def half_width(k, sd, paired):  # of the 95% interval with k seeds per arm
+        return stats.t.ppf(0.975, k - 1 if paired else 2 * (k - 1)) * sd * math.sqrt((1 if paired else 2) / k)
+
     for sd, d, paired in ((0.02, 0.01, True), (0.02, 0.01, False), (0.047, 0.012, False), (0.005, 0.05, True)):
         n = seeds_needed(sd, d, paired)
-        half = lambda k: stats.t.ppf(0.975, k - 1 if paired else 2 * (k - 1)) * sd * math.sqrt((1 if paired else 2) / k)  # noqa: E731
-        assert half(n) <= d and (n == 2 or half(n - 1) > d), (sd, d, paired, n)
+        assert half_width(n, sd, paired) <= d and (n == 2 or half_width(n - 1, sd, paired) > d), (sd, d, paired, n)
     assert seeds_needed(0.02, 0.01, True) == 18  # (t sd / d)^2 with t(17) = 2.11: 17.8
     assert seeds_needed(0.02, 0.01, False) == 32  # 2 (t sd / d)^2 with t(62) = 1.999: 31.97
     assert seeds_needed(0.02, 0.0, True) is None and seeds_needed(0.0, 0.01, False) == 2
@@ -489,8 +487,6 @@ def test_loss_figure_has_one_colour_per_arm_and_says_smoothed_only_when_smoothed
 
 
 def test_ranking_shows_ties_tier_by_tier():
-    from minigpt.studies.sweep.arms import Difference
-
     arms = [Arm(x, {}, []) for x in "abcd"]
     means = {"a": 1.0, "b": 1.1, "c": 1.5, "d": 1.6}
     within = {("b", "a"), ("d", "c")}

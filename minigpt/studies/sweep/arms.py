@@ -192,7 +192,7 @@ class Arm:
         by_seed: dict[str, list[float]] = {}
         for j in self.jobs:
             if j.final_val_loss is not None:
-                by_seed.setdefault(j.seed, []).append(j.final_val_loss)
+                by_seed.setdefault(_seed_of(j), []).append(j.final_val_loss)
         return {s: statistics.fmean(v) for s, v in sorted(by_seed.items(), key=lambda kv: _seed_order(kv[0]))}
 
     def stderrs(self) -> dict[str, float]:
@@ -200,7 +200,7 @@ class Arm:
         out = {}
         for j in self.jobs:
             if j.final_val_loss is not None and j.val_loss_stderr is not None:
-                out.setdefault(j.seed, j.val_loss_stderr)
+                out.setdefault(_seed_of(j), j.val_loss_stderr)
         return out
 
     @property
@@ -225,6 +225,11 @@ class Arm:
 
     def unfinished(self) -> list[Job]:
         return [j for j in self.jobs if j.final_val_loss is None]
+
+
+def _seed_of(job: Job) -> str:
+    """The seed that pairs runs; a job whose folder does not say its seed pairs with no other."""
+    return job.seed if job.seed != "?" else f"? ({job.name})"
 
 
 def _seed_order(seed: str):
