@@ -265,11 +265,15 @@ def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, di
     return path, state, damaged
 
 
-def run_state(run) -> dict:
-    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values."""
+def run_state(run, train_point: list | None = None) -> dict:
+    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values. `train_point`:
+    schedule-free AdamW's training weights (the model holds its evaluation point then)."""
     return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
+        "train_point": train_point,
+        "ema": run.ema.state_dict() if run.ema is not None else None,  # optim.ema's average
+        "val_history_ema": [list(v) for v in run.val_history_ema],
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "step": run.step,
         "tokens_seen": run.tokens_seen,
