@@ -188,6 +188,10 @@ def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
     changed = [k for k in keys if old.get(k) != cur.get(k) and k != "trainer.resume"]
     fixed = [k for k in changed if (k.startswith("model.") and k.split(".", 1)[1] in FIXED_MODEL_KEYS)
              or (k.startswith("data.") and k.split(".", 1)[1] not in MOVABLE_DATA_KEYS)]
+    if "optim.name" in changed:  # the optimizer's state is of another kind
+        raise UserError(f"trainer.resume: {path} was trained with optim={old.get('optim.name')}, whose state another "
+                        f"optimizer cannot take (optim.name: {old.get('optim.name')} -> {cur.get('optim.name')}); resume "
+                        f"with optim={old.get('optim.name')}")
     if fixed:
         diffs = ", ".join(f"{k} ({old.get(k)!r} -> {cur.get(k)!r})" for k in fixed)
         raise UserError(f"trainer.resume: the model shape, data and tokenizer must stay as in {path}, but {diffs}; "
