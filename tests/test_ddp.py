@@ -99,23 +99,6 @@ def test_two_ranks_take_the_same_steps_as_one_process(make_config, tmp_path):
     assert sorted(p.name for p in (tmp_path / "rank1").iterdir()) == []
 
 
-def test_muon_gi_adam_and_the_weight_average_under_two_ranks_match_one_process(make_config, tmp_path):
-    """Muon, GI-Adam's first-gradient moment and the average see the all-reduced gradient: every
-    rank steps alike, and the run ends where one process ends (issue 29)."""
-    extra = {"optim__name": "muon", "optim__lr": 0.02, "optim__lr_multipliers__embedding": 0.25,
-             "optim__lr_multipliers__head": 0.25, "optim__lr_multipliers__norms_biases": 0.25,
-             "optim__muon__momentum_warmup": 3, "optim__adam_init": "grad", "optim__ema": 2}
-    single = train(make_config(**GLOBAL, **extra), tmp_path / "single", quiet=True)
-    cfg = make_config(**GLOBAL, **extra)
-    run_dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
-    mp.spawn(_rank_main, args=(2, free_port(), cfg.to_dict(), run_dirs, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert torch.equal(ranks[0]["params"], ranks[1]["params"]) and ranks[0]["status"] == "completed"
-    summary = json.loads((tmp_path / "rank0" / "summary.json").read_text())
-    assert summary["final_val_loss"] == pytest.approx(single.final_val_loss, abs=1e-4)
-    assert summary["final_val_loss_ema"] == pytest.approx(single.summary["final_val_loss_ema"], abs=1e-4)
-
-
 def test_torchrun_command_line(cache_dir, tmp_path):
     """`torchrun --standalone --nproc_per_node=2 train.py ...`: one run directory, shared by both
     ranks, logged once, with the losses of one process at the same global batch."""
