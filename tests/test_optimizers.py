@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from conftest import nested, tiny_overrides
-from minigpt.config import OptimConfig, config_from_dict
+from minigpt.config import ModelConfig, OptimConfig, config_from_dict
 from minigpt.errors import UserError
 from minigpt.model import GPT, GPTConfig
-from minigpt.config import ModelConfig
 from minigpt.optim import (MuonWithAdamW, WeightAverage, build_optimizer, check_precision, eval_point,
                            init_second_moment)
 from minigpt.run import trainer as trainer_mod
@@ -270,6 +269,7 @@ def test_a_resumed_run_is_bitwise_the_uninterrupted_one(name, extra, config, tmp
     assert reference.status == "completed"
     resumed = train(config(**common, **{"trainer.resume": str(checkpoint_path(tmp_path / "reference", 3))}),
                     tmp_path / "resumed", quiet=True)
+    assert resumed.status == "completed" and resumed.summary["resumed_from"].endswith("step_0000003.pt")
     ref_records, records = read_metrics(tmp_path / "reference"), read_metrics(tmp_path / "resumed")
     assert [r["step"] for r in records] == list(range(7))
     assert [deterministic(r) for r in records] == [deterministic(r) for r in ref_records]

@@ -25,7 +25,7 @@ from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.run.monitor import Monitor
-from minigpt.optim import (WeightAverage, build_optimizer, check_precision, eval_point, load_optimizer_state)
+from minigpt.optim import WeightAverage, build_optimizer, check_precision, eval_point, load_optimizer_state
 from minigpt.run.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
