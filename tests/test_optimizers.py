@@ -320,7 +320,7 @@ def test_fp16_is_refused_for_optimizers_torch_has_not_fused():
 
 
 @pytest.mark.parametrize("extra, text", [
-    ({"optim.name": "muon"}, "optim=muon is not supported for stacked runs"),
+    (MUON, "optim=muon is not supported for stacked runs"),  # named before its LR multipliers
     ({"optim.ema": 2}, "optim.ema is not supported for stacked runs"),
 ])
 def test_the_stacked_launcher_refuses_what_it_cannot_vectorise(config, tmp_path, extra, text):

@@ -79,11 +79,11 @@ def check_stackable(configs: list[Config]) -> None:
                    # the stacked loss is one number per run: the z term would stay inside val/loss
                    ("model.z_loss", cfg.model.z_loss > 0)]
     for c in configs:
-        # The stack's AdamW has one LR per run: per-group multipliers would need one per tensor.
-        unsupported += [("optim.lr_multipliers", c.optim.lr_multipliers.non_default())]
         # Only AdamW (GI-Adam included) is written out over the flat (M, P) tensors here; the weight
         # average would need a stacked evaluation of its own.
         unsupported += [(f"optim={c.optim.name}", c.optim.name != "adamw"), ("optim.ema", c.optim.ema is not None)]
+        # The stack's AdamW has one LR per run: per-group multipliers would need one per tensor.
+        unsupported += [("optim.lr_multipliers", c.optim.lr_multipliers.non_default())]
         unsupported += [(f"monitor.{k}", getattr(c.monitor, k)) for k in ("skip_spikes", "update_ratio",
                                                                           "max_attn_logit", "logz", "sharpness_every")]
     for name, on in unsupported:
