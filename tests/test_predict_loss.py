@@ -293,6 +293,7 @@ def test_optimize_on_a_poorly_identified_fit_warns_and_prints_no_command(tmp_pat
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(lp, "WSD_FRACTIONS", (0.2, 0.5))  # a small grid: the guard is what is tested here
     monkeypatch.setattr(lp, "WSD_FLOORS", (0.0, 0.1))
+    monkeypatch.setattr(lp, "plot_curves", lambda *a, **k: [])  # the figure is tested elsewhere; it costs seconds
     covariance = np.diag([1e-6, 1e-6, 1e-6, 1e6, 1e-6, 1e-6, 1e-6]).tolist()  # B: +-1000x (in log B)
     fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0, 0, 0, 0, procedure="bounded", unidentified=["B"],
                        covariance=covariance, runs=[{"label": "cos", "lr_min": 5e-4, "lr_max": 5e-3}])
