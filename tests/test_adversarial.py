@@ -128,3 +128,213 @@ def test_train_py_with_max_steps_1e30_under_1_gb_is_one_line_and_exit_2(tmp_path
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "trainer.max_steps" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+# --- 2. no link in a run or cache folder is followed --------------------------------------------
+
+
+@pytest.fixture
+def tiny(cache_dir):
+    def make(**overrides):
+        merged = {**tiny_overrides(cache_dir), "trainer.max_steps": 4, "model.n_layer": 1}
+        merged.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return config_from_dict(nested(merged))
+
+    return make
+
+
+def important(tmp_path) -> Path:
+    target = tmp_path / "important"
+    target.write_text("years of notes\n")
+    return target
+
+
+@pytest.mark.parametrize("kind", ["link", "folder", "fifo"])
+def test_a_lock_path_that_is_not_a_regular_file_is_refused_in_one_line(tiny, tmp_path, kind):
+    from minigpt.run.folder import LOCK_FILE
+    from minigpt.run.trainer import train
+
+    run_dir = tmp_path / "R"
+    run_dir.mkdir()
+    target = important(tmp_path)
+    lock = run_dir / LOCK_FILE
+    {"link": lambda: lock.symlink_to(target), "folder": lock.mkdir, "fifo": lambda: os.mkfifo(lock)}[kind]()
+    expected = r"the lock file '.*\.minigpt\.lock' is (a symbolic link|not a)"
+    with pytest.raises(UserError, match=expected) as e:  # the precheck
+        cli.precheck([f"hydra.run.dir={run_dir}", "trainer.max_steps=4"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=expected):  # and the trainer's claim
+        train(tiny(), run_dir, quiet=True)
+    assert target.read_text() == "years of notes\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+
+
+def test_links_planted_as_the_runs_temporaries_are_replaced_never_written_through(tiny, tmp_path, monkeypatch):
+    from minigpt.run.trainer import train
+
+    run_dir = tmp_path / "R"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    target = important(tmp_path)
+    planted = ["summary.json.tmp", "metrics.jsonl.tmp", "schedule.png.tmp", "checkpoints/step_0000004.pt.tmp",
+               "checkpoints/step_0000004.pt.sha256.tmp", "checkpoints/step_0000002.pt.tmp"]
+    for name in planted:
+        (run_dir / name).symlink_to(target)
+    # the write test's name was .minigpt-write-test-<pid>: a link under it was written through
+    (run_dir / f".minigpt-write-test-{os.getpid()}").symlink_to(target)
+    result = train(tiny(trainer__ckpt_interval=2), run_dir, quiet=True)
+    assert result.status == "completed"
+    assert target.read_text() == "years of notes\n"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    # each temporary the run wrote replaced its link (metrics.jsonl is rewritten only at a resume)
+    assert [name for name in planted if (run_dir / name).is_symlink()] == ["metrics.jsonl.tmp"]
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "metrics.jsonl.unreadable"])
+def test_a_link_planted_as_a_file_the_run_appends_to_is_refused(tiny, tmp_path, name):
+    from minigpt.run.metrics import truncate_metrics
+    from minigpt.run.trainer import train
+
+    run_dir = tmp_path / "R"
+    run_dir.mkdir()
+    target = important(tmp_path)
+    (run_dir / name).symlink_to(target)
+    with pytest.raises(UserError, match=rf"'{run_dir / name}' is a symbolic link"):
+        if name == "metrics.jsonl":
+            train(tiny(), run_dir, quiet=True)
+        else:
+            (run_dir / "metrics.jsonl").write_text('{"step": 0}\ngarbled\n')
+            truncate_metrics(run_dir, 1)
+    assert target.read_text() == "years of notes\n"
+
+
+# --- 3. overwrite moves only the run's own files -------------------------------------------------
+
+
+def test_overwrite_moves_only_the_runs_files_and_refuses_a_folder_holding_more(tiny, tmp_path):
+    from minigpt.run.folder import lock_holder
+    from minigpt.run.trainer import train
+
+    run_dir = tmp_path / "R"
+    train(tiny(trainer__ckpt_interval=2), run_dir, quiet=True)
+    (run_dir / "notes.txt").write_text("mine\n")
+    (run_dir / ".git").mkdir()
+    before = sorted(p.name for p in run_dir.iterdir())
+    for args in ([f"hydra.run.dir={run_dir}", "trainer.overwrite=true", "trainer.max_steps=4"],):
+        with pytest.raises(UserError, match=r"overwrite=true moves only a run's own files, and '.*R' also holds "
+                                            r"\.git/, notes\.txt; move those"):
+            cli.precheck(args)
+    with pytest.raises(UserError, match=r"also holds \.git/, notes\.txt"):
+        train(tiny(trainer__overwrite=True), run_dir, quiet=True)
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing moved
+    (run_dir / "notes.txt").unlink()
+    (run_dir / ".git").rmdir()
+    (run_dir / "train.log").write_text("the launcher's log\n")
+    assert train(tiny(trainer__overwrite=True), run_dir, quiet=True).status == "completed"
+    (aside,) = [p for p in run_dir.iterdir() if p.name.startswith("replaced-")]
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "metrics.jsonl", "schedule.png", "summary.json"]
+    assert (run_dir / "train.log").read_text() == "the launcher's log\n"
+    assert lock_holder(run_dir) is None
+
+
+def test_overwrite_refuses_a_folder_with_a_live_run_below_naming_it(tiny, tmp_path):
+    from minigpt.run.folder import RunFolderLock
+    from minigpt.run.trainer import train
+
+    outer = tmp_path / "R"
+    train(tiny(), outer, quiet=True)
+    (outer / "inner").mkdir()
+    # flock locks belong to an open file: the lock held here is seen by the check's own open
+    with RunFolderLock(outer / "inner"):
+        with pytest.raises(UserError, match=rf"would move a live run below '.*R': inner/ \(in use by pid {os.getpid()}"):
+            train(tiny(trainer__overwrite=True), outer, quiet=True)
+    assert (outer / "metrics.jsonl").is_file() and not any(p.name.startswith("replaced-") for p in outer.iterdir())
+
+
+# --- 5. token caches checked by content ------------------------------------------------------------
+
+
+def byte_data(tmp_path, **extra):
+    from minigpt.config import DataConfig
+
+    return DataConfig(tokenizer="byte", max_chars=60_000, cache_dir=str(tmp_path / "cache"), **extra)
+
+
+def flip_keeping_size_and_mtime(path: Path, position: int, new_id: int) -> None:
+    st = path.stat()
+    ids = np.fromfile(path, dtype=np.uint16)
+    assert ids[position] != new_id
+    ids[position] = new_id
+    ids.tofile(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("full", [True, False])
+def test_ids_changed_to_other_valid_ids_are_found_at_the_next_reuse(tmp_path, monkeypatch, full):
+    from minigpt.data import cache as cache_mod
+
+    if not full:  # a large cache: the sampled blocks (the first one holds id 0's neighbours)
+        monkeypatch.setattr(cache_mod, "FULL_HASH_BYTES", 0)
+    lines = []
+    first = cache_mod.prepare_data(byte_data(tmp_path), log=lines.append, progress=False)
+    original = np.array(first.train)
+    flip_keeping_size_and_mtime(first.cache_dir / "train.bin", 10, (int(original[10]) + 1) % 256)
+    again = cache_mod.prepare_data(byte_data(tmp_path), log=lines.append, progress=False)
+    assert any("train.bin differs" in line and "rebuilding it" in line for line in lines), lines
+    assert np.array_equal(np.array(again.train), original)
+
+
+def test_an_id_outside_the_vocabulary_never_reaches_the_model():
+    import torch
+
+    from minigpt.data.cache import Batches
+
+    tokens = np.full(200, 7, dtype=np.uint16)
+    tokens[50:60] = 300  # past a byte tokenizer's 257 ids, with the file's size and stamp unchanged
+    batches = Batches(tokens, 16, 8, seed=0, device=torch.device("cpu"), vocab_size=257)
+    with pytest.raises(UserError, match=r"the train split holds id 300, outside the vocabulary of 257"):
+        for step in range(50):
+            batches.train_batch(step, 0)
+
+
+def test_a_resume_hashes_the_token_files_whole_and_compares_them_with_the_checkpoints(tiny, tmp_path, monkeypatch):
+    from minigpt.data import cache as cache_mod
+    from minigpt.run.checkpoint import check_compatible, checkpoint_path, load_checkpoint
+    from minigpt.run.trainer import train
+
+    run_dir = tmp_path / "R"
+    private = {"data__cache_dir": str(tmp_path / "cache"), "data__tokenizer": "byte", "data__max_chars": 60_000}
+    monkeypatch.setattr(cache_mod, "SAMPLE_BYTES", 16)  # blocks small enough to miss the middle of the file
+    train(tiny(**private), run_dir, quiet=True)
+    # an id changed between the sampled blocks of a large cache: a reuse does not see it, a resume does
+    monkeypatch.setattr(cache_mod, "FULL_HASH_BYTES", 0)
+    (cache,) = (tmp_path / "cache").glob("stdlib-*")
+    ids = np.fromfile(cache / "train.bin", dtype=np.uint16)
+    flip_keeping_size_and_mtime(cache / "train.bin", len(ids) // 2 + 5, (int(ids[len(ids) // 2 + 5]) + 1) % 256)
+    with pytest.raises(UserError, match=r"trainer.resume: the token cache .* changed after it was written: train.bin "
+                                        "differs from the SHA-256"):
+        train(tiny(**private, trainer__max_steps=6, trainer__resume="auto"), run_dir, quiet=True)
+    state = load_checkpoint(checkpoint_path(run_dir, 4))
+    assert set(state["data_sha256"]) == {"train.bin", "val.bin"}
+    check_compatible(state, Path("x.pt"), state["model_config"], state["data_key"], state["data_sha256"])
+    other = {**state["data_sha256"], "train.bin": "0" * 64}
+    with pytest.raises(UserError, match="token files of cache .* have other SHA-256 hashes"):
+        check_compatible(state, Path("x.pt"), state["model_config"], state["data_key"], other)
+
+
+# --- 8. this process' trouble is not the cache's damage ----------------------------------------------
+
+
+@pytest.mark.parametrize("error", [ImportError("no module named tokenizers"), MemoryError()])
+def test_an_import_or_memory_error_leaves_a_healthy_cache_as_it_was(tmp_path, monkeypatch, error):
+    from minigpt.data import cache as cache_mod
+
+    data = cache_mod.prepare_data(byte_data(tmp_path), log=lambda m: None, progress=False)
+    meta = (data.cache_dir / "meta.json").read_text()
+
+    def fails(path):
+        raise error
+
+    monkeypatch.setattr(cache_mod, "load_tokenizer", fails)
+    with pytest.raises(type(error)):
+        cache_mod.prepare_data(byte_data(tmp_path), log=lambda m: None, progress=False)
+    assert (data.cache_dir / "meta.json").read_text() == meta  # it used to be deleted and the cache rebuilt

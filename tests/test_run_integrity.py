@@ -363,8 +363,8 @@ def test_a_context_longer_than_the_data_is_refused_before_the_model_is_built(con
         raise AssertionError("the model was built")
 
     monkeypatch.setattr(trainer_mod, "GPT", no_model)
-    with pytest.raises(UserError, match=r"fewer than one context window \(model.block_size=1000000000 plus 1\)"):
-        train(config_b(model__block_size=1_000_000_000), tmp_path / "X", quiet=True)
+    with pytest.raises(UserError, match=r"fewer than one context window \(model.block_size=1000000 plus 1\)"):
+        train(config_b(model__block_size=1_000_000), tmp_path / "X", quiet=True)
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from minigpt import schedules
 from minigpt.config import Config, config_from_dict
 from minigpt.errors import UserError
+from minigpt.files import open_append, write_atomic
 from minigpt.run.metrics import RunStatus, write_failed_summary
 
 def _conf_dir() -> Path:
@@ -98,7 +99,7 @@ def run_job(config: Config, hc) -> float | None:
         if not multirun:
             raise
         # One broken cell must not end the sweep: record why, move on to the next job.
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        write_atomic(run_dir / "error.txt", traceback.format_exc())
         log.error(f"job {hc.job.num} failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.txt'})")
         write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
         return math.inf
@@ -168,7 +169,7 @@ def train_stacked_jobs(jobs: list) -> None:
             handler.close()
         else:  # the console: plain lines, as in a job (not Hydra's own format)
             handler.setFormatter(logging.Formatter("%(message)s"))
-    log_file = logging.FileHandler(run_dirs[0].parent / "stacked.log")
+    log_file = logging.StreamHandler(open_append(run_dirs[0].parent / "stacked.log"))  # never through a link
     log_file.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(log_file)
     log.info(f"training {len(jobs)} jobs stacked" + (f", at most {max_stack} at once" if max_stack else ""))
@@ -180,7 +181,7 @@ def train_stacked_jobs(jobs: list) -> None:
     except Exception as e:
         text = traceback.format_exc()
         for d in run_dirs:
-            (d / "error.txt").write_text(text)
+            write_atomic(d / "error.txt", text)
             write_failed_summary(d, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
         log.error(f"stacked training failed: {type(e).__name__}: {e} (traceback in each job's error.txt)")
         sys.exit(1)
@@ -521,7 +522,9 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
                             f"writing into ({holder}); wait for it to end, or pick another hydra.sweep.dir")
         try:
             check_run_folder(job_dir, resume, overwrite)
-        except RunFolderInUse:
+        except RunFolderInUse as e:
+            if overwrite:  # the job's folder holds more than its run: overwrite would move that too
+                raise UserError(f"hydra.sweep.dir: {job_name}: {str(e).removeprefix('hydra.run.dir: ')}") from None
             raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which already holds a run "
                             f"({', '.join(run_contents(job_dir))}); continue the sweep's runs with trainer.resume=auto, "
                             "replace them with trainer.overwrite=true, or pick another hydra.sweep.dir") from None

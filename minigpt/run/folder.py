@@ -17,19 +17,29 @@ a process that died holds no lock: the next run takes it over and says so.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import re
 import socket
+import stat
+import tempfile
 import time
 from pathlib import Path
 
 from minigpt.errors import UserError
+from minigpt.files import refuse_link
 from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE
 
 LOCK_FILE = ".minigpt.lock"
 REPLACED_PREFIX = "replaced-"
 # What Hydra writes into the folder before the run starts: the new run's, never moved aside.
 HYDRA_FILES = (".hydra",)
+# What a run writes into its folder (besides Hydra's files, its log and the lock): all that
+# trainer.overwrite=true moves aside; their temporaries (<name>.tmp) go with them.
+RUN_FILES = ("metrics.jsonl", "metrics.jsonl.unreadable", "summary.json", "schedule.png", "error.txt",
+             "lr_range_test.json", "lr_range_test.png", "checkpoints", "wandb")
+_CHECKPOINT_ENTRY = re.compile(r"step_\d+\.pt(\.sha256)?(\.damaged)?(\.sha256)?(\.tmp)?$")
 
 
 class RunFolderInUse(UserError):
@@ -43,6 +53,7 @@ def run_contents(run_dir: Path) -> list[str]:
     run_dir = Path(run_dir)
     found = []
     metrics = run_dir / METRICS_FILE
+    refuse_link(metrics)
     if metrics.is_file():
         with open(metrics, "rb") as f:
             found.append(f"{METRICS_FILE} ({sum(1 for _ in f)} lines)")
@@ -65,9 +76,13 @@ def run_contents(run_dir: Path) -> list[str]:
 
 def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> None:
     """Refuse (RunFolderInUse) to start a run in a folder that holds another one, unless it
-    continues that run or `overwrite` asks to replace it. Writes nothing."""
+    continues that run or `overwrite` asks to replace it (and the folder holds nothing but that
+    run: see foreign_entries). Writes nothing."""
     run_dir = Path(run_dir)
-    if overwrite or not run_dir.is_dir():
+    if not run_dir.is_dir():
+        return
+    if overwrite:
+        check_overwrite(run_dir)
         return
     if resume == "auto":
         return
@@ -83,13 +98,52 @@ def check_run_folder(run_dir: Path, resume: str | None, overwrite: bool) -> None
         f"move to {run_dir}/{REPLACED_PREFIX}<date>_<time>/), or pick another hydra.run.dir")
 
 
+def foreign_entries(run_dir: Path) -> list[str]:
+    """What a folder holds that is not of the run in it (RUN_FILES, their temporaries, Hydra's
+    files, logs, the lock, earlier replaced runs): sources, data, a .git/, other runs' folders.
+    A checkpoints/ folder holding anything but checkpoints counts too."""
+    run_dir = Path(run_dir)
+    found = []
+    for entry in sorted(run_dir.iterdir()):
+        name = entry.name
+        if (name in HYDRA_FILES or name == LOCK_FILE or name.endswith(".log") or name.startswith(REPLACED_PREFIX)
+                or name.startswith(".minigpt-write-test-")):
+            continue
+        if name in RUN_FILES or (name.endswith(".tmp") and name[:-4] in RUN_FILES):
+            if name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
+                found += [f"checkpoints/{p.name}" for p in sorted(entry.iterdir()) if not _CHECKPOINT_ENTRY.match(p.name)]
+            continue
+        found.append(name + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
+    return found
+
+
+def check_overwrite(run_dir: Path) -> None:
+    """trainer.overwrite=true moves only the run's own files: a folder that also holds anything
+    else (or a live run in a folder below) is refused in one line naming it, before anything moves.
+    It used to move everything, a .git/ and other runs' folders (a live one ended split in two)."""
+    run_dir = Path(run_dir)
+    if not run_contents(run_dir):
+        return  # nothing to move
+    foreign = foreign_entries(run_dir)
+    live = [f"{name} (in use by {holder})" for name in foreign if name.endswith("/")
+            and (holder := lock_holder(run_dir / name.rstrip("/")))]
+    if live:
+        raise RunFolderInUse(f"hydra.run.dir: trainer.overwrite=true would move a live run below '{run_dir}': "
+                             f"{', '.join(live)}; pick another hydra.run.dir (a run folder must not hold other runs)")
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunFolderInUse(f"hydra.run.dir: trainer.overwrite=true moves only a run's own files, and '{run_dir}' also "
+                             f"holds {shown}; move those elsewhere, or pick another hydra.run.dir")
+
+
 def set_aside_run(run_dir: Path) -> Path | None:
-    """Move the files of the run a folder holds into `replaced-<date>_<time>/` inside it (all but
-    Hydra's files of the new run, its log, the lock and earlier replaced runs); return the new
-    folder, or None if there was no run."""
+    """Move the files of the run a folder holds (RUN_FILES and their temporaries) into
+    `replaced-<date>_<time>/` inside it; return the new folder, or None if there was no run.
+    Refused (check_overwrite) when the folder holds anything else."""
     run_dir = Path(run_dir)
     if not run_contents(run_dir):
         return None
+    check_overwrite(run_dir)
     target = run_dir / (REPLACED_PREFIX + time.strftime("%Y-%m-%d_%H-%M-%S"))
     n = 1
     while target.exists():
@@ -98,10 +152,8 @@ def set_aside_run(run_dir: Path) -> Path | None:
     target.mkdir()
     for entry in run_dir.iterdir():
         name = entry.name
-        if (name in HYDRA_FILES or name == LOCK_FILE or name.endswith(".log") or name.startswith(REPLACED_PREFIX)
-                or entry == target):
-            continue
-        os.replace(entry, target / name)
+        if name in RUN_FILES or (name.endswith(".tmp") and name[:-4] in RUN_FILES):
+            os.replace(entry, target / name)
     return target
 
 
@@ -115,7 +167,7 @@ class RunFolderLock:
         self.unsupported: str | None = None  # why this file system gave no lock (the run goes on unlocked)
 
     def acquire(self) -> "RunFolderLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(self.path, "hydra.run.dir")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,9 +208,9 @@ def lock_holder(run_dir: Path) -> str | None:
     """Who holds the lock of a run folder now ('pid 123 on host h, since ...'), or None if
     nobody does. Takes nothing: for checks before a run starts."""
     path = Path(run_dir) / LOCK_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    fd = os.open(path, os.O_RDONLY)
+    fd = open_lock_file(path, "hydra.run.dir", create=False)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -172,7 +224,29 @@ def lock_holder(run_dir: Path) -> str | None:
 
 
 def _read_holder(fd: int) -> str:
-    return os.pread(fd, 400, 0).decode(errors="replace").strip()
+    """The holder line a lock file names (the first line, printable characters only: the file is
+    ours, but a line from anywhere else must not reach the log whole)."""
+    text = os.pread(fd, 200, 0).decode(errors="replace").splitlines()
+    return "".join(c for c in (text[0] if text else "") if c.isprintable()).strip()
+
+
+def open_lock_file(path: Path, key: str, create: bool = True) -> int:
+    """A lock file opened read-write (read-only when `create` is False) without following a link;
+    a path that is a link, a folder, another kind of file or cannot be opened is refused in one
+    line naming it (it used to truncate a linked file, or end in a traceback)."""
+    flags = (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        kind = "a symbolic link" if e.errno == errno.ELOOP else f"not a lock file minigpt can open ({e.strerror})"
+        raise UserError(f"{key}: the lock file '{path}' is {kind}; minigpt never follows a link there or locks "
+                        "anything but its own regular file: remove it (or fix its permissions), or pick another "
+                        "folder") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{key}: the lock file '{path}' is not a regular file (a FIFO, a device or a socket); remove "
+                        "it, or pick another folder")
+    return fd
 
 
 def probe_writable(folder: Path, key: str) -> None:
@@ -181,10 +255,12 @@ def probe_writable(folder: Path, key: str) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".minigpt-write-test-{os.getpid()}"
-        with open(probe, "w") as f:
-            f.write("x")
-        probe.unlink()
+        # A fresh name, created exclusively (tempfile: O_EXCL, and no link is followed): a link
+        # planted under a predictable name used to be written through.
+        fd, probe = tempfile.mkstemp(prefix=".minigpt-write-test-", dir=folder)
+        os.write(fd, b"x")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UserError(f"{key}: cannot write to '{folder}' ({e.strerror or e}); make it writable or point "
                         f"{key} somewhere writable") from None

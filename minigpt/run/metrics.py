@@ -16,7 +16,7 @@ from pathlib import Path
 
 from minigpt.config import LoggerConfig
 from minigpt.errors import UserError
-from minigpt.files import write_atomic
+from minigpt.files import open_append, refuse_link, write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 UNREADABLE_FILE = "metrics.jsonl.unreadable"  # lines of metrics.jsonl that a resume could not read
@@ -54,6 +54,7 @@ def read_metrics_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
     kill, a line garbled by a disk or by a second writer, `null`) is unreadable: it is returned
     apart and never hides the records after it. Blank lines are skipped."""
     path = Path(run_dir) / METRICS_FILE
+    refuse_link(path)  # the run's own file: a link would read (and set aside) another file's lines
     if not path.exists():
         return [], []
     records, unreadable = [], []
@@ -79,7 +80,7 @@ def truncate_metrics(run_dir: Path, step: int) -> tuple[int, int]:
     records, unreadable = read_metrics_lines(run_dir)
     kept = [r for r in records if r["step"] < step]
     if unreadable:
-        with open(Path(run_dir) / UNREADABLE_FILE, "a") as f:
+        with open_append(Path(run_dir) / UNREADABLE_FILE) as f:
             f.write("".join(line + "\n" for line in unreadable))
             f.flush()
             os.fsync(f.fileno())
@@ -169,7 +170,7 @@ class MetricsLogger:
         if not enabled:
             return
         settings = wandb_settings(cfg, self.run_dir, run_name) if cfg.wandb else None
-        self.file = open(self.run_dir / METRICS_FILE, "a")
+        self.file = open_append(self.run_dir / METRICS_FILE)  # never through a link (minigpt/files.py)
         if settings and settings["mode"] != "disabled":
             import wandb
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from minigpt.run.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
                                 load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
-from minigpt.data.cache import Batches, prepare_data
+from minigpt.data.cache import Batches, prepare_data, verify_tokens
 from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
@@ -76,9 +76,10 @@ class Trainer:
             self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
         meta = self.data.meta
         # Every context window must fit in the splits: checked before a model of that context is built.
-        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
+        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train",
+                                     meta["vocab_size"])
         self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
-                                   "validation")
+                                   "validation", meta["vocab_size"])
         self.model_config = GPTConfig.build(mc, meta["vocab_size"])
         torch.manual_seed(cfg.seed)
         self.model = GPT(self.model_config).to(self.device)  # the uncompiled module: checkpoints use it
@@ -249,7 +250,11 @@ class Trainer:
             raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
                             f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
                             "(trainer.max_steps / max_tokens / epochs)")
-        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
+        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name, self.data.meta.get("sha256"))
+        changed = verify_tokens(self.data.cache_dir, self.data.meta, full=True)  # every resume: the whole files
+        if changed:
+            raise UserError(f"trainer.resume: the token cache {self.data.cache_dir} changed after it was written: "
+                            f"{changed}; delete it so that the next start rebuilds it, then resume")
         load_optimizer_state(self.optimizer, state["optimizer"], path)
         load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
