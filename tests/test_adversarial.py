@@ -338,3 +338,26 @@ def test_an_import_or_memory_error_leaves_a_healthy_cache_as_it_was(tmp_path, mo
     with pytest.raises(type(error)):
         cache_mod.prepare_data(byte_data(tmp_path), log=lambda m: None, progress=False)
     assert (data.cache_dir / "meta.json").read_text() == meta  # it used to be deleted and the cache rebuilt
+
+
+# --- 6. a checkpoint whose checksum was deleted -------------------------------------------------------
+
+
+def test_a_checkpoint_without_its_checksum_beside_checked_ones_is_not_loaded_silently(tmp_path):
+    import torch
+
+    from minigpt.run.checkpoint import (DamagedCheckpoint, checkpoint_path, checksum_path, load_checkpoint,
+                                        newest_intact_checkpoint, save_checkpoint)
+
+    for step in (2, 4):
+        save_checkpoint({"model": {"w": torch.ones(2) * step}, "step": step}, checkpoint_path(tmp_path, step))
+    checksum_path(checkpoint_path(tmp_path, 4)).unlink()
+    with pytest.raises(DamagedCheckpoint, match=r"step_0000004.pt.sha256 is missing, while the run's other "
+                                                r"checkpoints have one \(e.g. step_0000002.pt.sha256\)"):
+        load_checkpoint(checkpoint_path(tmp_path, 4))
+    path, state, skipped = newest_intact_checkpoint(tmp_path)
+    assert path == checkpoint_path(tmp_path, 2) and state["step"] == 2
+    assert [p.name for p, _ in skipped] == ["step_0000004.pt"]
+    # a run saved before checksums existed (none has one) still loads
+    checksum_path(checkpoint_path(tmp_path, 2)).unlink()
+    assert load_checkpoint(checkpoint_path(tmp_path, 4))["step"] == 4

@@ -89,15 +89,20 @@ def file_sha256(path: Path) -> str:
 
 
 def checkpoint_damage(path: Path) -> str | None:
-    """Why a checkpoint file cannot be trusted (empty, or its bytes differ from its stored
-    SHA-256), or None. A checkpoint without a checksum file (saved before minigpt stored them)
-    is not called damaged here; loading it still has to succeed."""
+    """Why a checkpoint file cannot be trusted (empty, its bytes differ from its stored SHA-256,
+    or its checksum file is missing while other checkpoints beside it have one), or None. A
+    checkpoint without a checksum file in a folder where none has one (saved before minigpt
+    stored them) is not called damaged here; loading it still has to succeed."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             return "the file is empty"
         stored = checksum_path(path)
         if not stored.is_file():
+            others = [p.name for p in path.parent.glob(f"step_*.pt{CHECKSUM_SUFFIX}") if p != stored]
+            if others:  # minigpt wrote this run's checkpoints with checksums: this one's was deleted
+                return (f"its checksum file {stored.name} is missing, while the run's other checkpoints have one "
+                        f"(e.g. {sorted(others)[-1]}), so its bytes cannot be checked")
             return None
         expected = stored.read_text().split()[0] if stored.read_text().strip() else ""
         actual = file_sha256(path)
