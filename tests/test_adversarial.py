@@ -361,3 +361,147 @@ def test_a_checkpoint_without_its_checksum_beside_checked_ones_is_not_loaded_sil
     # a run saved before checksums existed (none has one) still loads
     checksum_path(checkpoint_path(tmp_path, 2)).unlink()
     assert load_checkpoint(checkpoint_path(tmp_path, 4))["step"] == 4
+
+
+# --- 10. values that cannot mean anything ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, value", [
+    ("optim.eps", math.inf), ("optim.eps", math.nan), ("optim.weight_decay", math.inf),
+    ("optim.weight_decay", math.nan), ("optim.grad_clip", math.inf), ("model.z_loss", math.inf),
+    ("model.z_loss", math.nan), ("monitor.loss_limit", math.nan), ("monitor.loss_limit", math.inf),
+    ("monitor.spike_k", math.inf), ("monitor.stuck_min_drop", math.inf), ("monitor.stuck_margin", math.nan),
+    ("monitor.skip_k", math.inf), ("lr_range_test.stop_factor", math.inf), ("trainer.epochs", math.inf),
+    ("model.n_layer", 10**9), ("model.n_embd", 2**20), ("model.block_size", 2**30),
+    ("trainer.micro_batch_size", 10**9), ("trainer.grad_accum", 10**9), ("trainer.batch_size", 2**40),
+    ("trainer.threads", 10**6), ("data.cache_dir", ""), ("data.cache_dir", "  "),
+])
+def test_a_meaningless_value_is_refused_in_one_line_naming_its_key(key, value):
+    overrides = {"trainer.max_steps": None, key: value} if key == "trainer.epochs" else {key: value}
+    if key == "model.n_embd":
+        overrides["model.n_head"] = 1
+    with pytest.raises(UserError, match=rf"^{key.replace('.', '[.]')}") as e:
+        config_from_dict(nested(overrides))
+    assert "\n" not in str(e.value)
+
+
+def test_an_empty_cache_dir_is_refused_by_the_precheck_as_an_empty_run_dir_is(tmp_path):
+    with pytest.raises(UserError, match="data.cache_dir is empty, which would put the token caches into the working"):
+        cli.precheck(["data.cache_dir=", f"hydra.run.dir={tmp_path / 'r'}"])
+    assert not (tmp_path / "r").exists()
+
+
+# --- 9. bad input that ended in a traceback ---------------------------------------------------------
+
+
+def test_a_python_tag_in_a_config_dir_file_is_one_line_and_constructs_nothing(tmp_path):
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    flag = tmp_path / "ran"
+    (tmp_path / "conf" / "model" / "evil.yaml").write_text(
+        f'n_layer: !!python/object/apply:os.system ["touch {flag}"]\n')
+    with pytest.raises(UserError, match=r"a config file cannot be read in .*evil.yaml, line 1: could not determine "
+                                        r"a constructor for the tag .*python/object/apply:os.system"):
+        cli.precheck(["--config-dir", str(tmp_path / "conf"), "model=evil", f"hydra.run.dir={tmp_path / 'r'}"])
+    assert not flag.exists() and not (tmp_path / "r").exists()
+
+
+def test_a_model_larger_than_the_machine_is_refused_before_it_is_built(tmp_path):
+    with pytest.raises(UserError, match=r"model: 1024 layers of width 65536 need at least [\d,.]+ GiB .* more than "
+                                        r"this machine's memory"):
+        cli.precheck(["model.n_layer=1024", "model.n_embd=65536", "model.n_head=1", f"hydra.run.dir={tmp_path}/r"])
+
+
+def test_an_allocation_failure_while_building_the_model_is_one_line(monkeypatch):
+    import torch
+
+    from minigpt.run import trainer
+
+    def cannot(config):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4398046511104 bytes.\nmore")
+
+    monkeypatch.setattr(trainer, "GPT", cannot)
+    with pytest.raises(UserError, match=r"model: cannot allocate the model on cpu \(\[enforce fail .* can't allocate"):
+        trainer.build_model(None, torch.device("cpu"))
+
+
+def predict_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_loss_script", ROOT / "scripts" / "predict_loss.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+FIT = {"law": "multi_power", "params": {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6,
+                                       "gamma": 0.5}, "overrides": ["trainer.max_steps=50"]}
+
+
+@pytest.mark.parametrize("case", ["train/lr", "overrides.yaml", "params", "overrides", "-o"])
+def test_malformed_inputs_of_predict_loss_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys, case):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    lr = '"fast"' if case == "train/lr" else "0.001"
+    (run_dir / "metrics.jsonl").write_text("".join(f'{{"step": {s}, "train/lr": {lr}, "val/loss": 3.0}}\n'
+                                                   for s in range(3)))
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- [unclosed\n" if case == "overrides.yaml" else "- a=1\n")
+    fit = dict(FIT)
+    if case == "params":
+        fit["params"] = {**FIT["params"], "alpha": [1, 2]}
+    if case == "overrides":
+        fit["overrides"] = {"trainer.max_steps": 50}
+    (tmp_path / "fit.json").write_text(json.dumps(fit))
+    readonly = tmp_path / "ro"
+    readonly.write_text("a file where a folder should be")
+    args = {"train/lr": ["fit", str(run_dir)], "overrides.yaml": ["fit", str(run_dir)],
+            "params": ["predict", str(tmp_path / "fit.json"), "--scheduler", "wsd"],
+            "overrides": ["predict", str(tmp_path / "fit.json"), "--scheduler", "wsd"],
+            "-o": ["predict", str(tmp_path / "fit.json"), "--scheduler", "wsd", "-o", str(readonly / "out.png")]}[case]
+    monkeypatch.chdir(tmp_path)
+    assert predict_script().main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert {"train/lr": "train/lr of step 0 in", "overrides.yaml": "overrides.yaml' is not readable YAML",
+            "params": "its params, stderr or runs do not read", "overrides": "'overrides' must be a list",
+            "-o": "ro: File exists; check the paths given"}[case] in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["epochs=inf", "lock is a folder"])
+def test_train_py_ends_bad_input_with_one_line_and_exit_2(tmp_path, case):
+    run_dir = tmp_path / "r"
+    args = [f"hydra.run.dir={run_dir}"]
+    if case == "epochs=inf":
+        args += ["trainer.max_steps=null", "trainer.epochs=inf"]
+    else:
+        (run_dir / ".minigpt.lock").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
+
+
+# --- 12. a fit file names no code to import ---------------------------------------------------------
+
+
+def test_predict_and_optimize_refuse_a_scheduler_module_from_a_fit_file(tmp_path, monkeypatch, capsys):
+    planted = tmp_path / "planted_schedule.py"
+    flag = tmp_path / "imported"
+    planted.write_text(f"open({str(flag)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fit = {**FIT, "overrides": ["trainer.max_steps=50", "scheduler=custom", "scheduler.module=planted_schedule",
+                                "scheduler.name=x"]}
+    (tmp_path / "fit.json").write_text(json.dumps(fit))
+    script = predict_script()
+    for args in (["predict", str(tmp_path / "fit.json"), "--scheduler", "wsd", "-o", str(tmp_path / "p.png")],
+                 ["optimize", str(tmp_path / "fit.json"), "-o", str(tmp_path / "o.json")]):
+        assert script.main(args) == 2
+        err = capsys.readouterr().err
+        assert "sets scheduler.module=planted_schedule, and composing it would import (run) that module's code" in err
+    assert not flag.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["fit.json", "planted_schedule.py"]
+    # minigpt's own table schedule (what optimize --family free writes) is still taken
+    from minigpt.studies import loss_prediction as lp
+
+    own = ["scheduler=custom", "scheduler.module=minigpt.studies.lr_table", "scheduler.name=table"]
+    assert lp.fit_overrides({"overrides": own}, "fit.json") == own

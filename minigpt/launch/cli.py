@@ -21,6 +21,7 @@ import sys
 import traceback
 from pathlib import Path
 
+import yaml
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -300,6 +301,8 @@ def precheck(argv: list[str]) -> list[str]:
                 cfg = compose_config(config_name, ovr, conf_dirs, parser)
             except (HydraException, OmegaConfBaseException) as e:
                 raise UserError(_explain_compose_error(e, ovr, compose, config_name)) from None
+            except yaml.YAMLError as e:  # e.g. a python tag in a --config-dir file: refused, never constructed
+                raise UserError(yaml_error_line(e)) from None
             mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
             _check_config(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
             if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
@@ -618,8 +621,49 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
     resolve_precision(tc.precision, device)
     check_compile_backend(tc)
+    check_model_fits(config, device)
     if tc.resume is not None:
         _check_resume(cfg, config, total)
+
+
+# --- issue 28: sizes the config accepts but no machine can hold ---------------------------------
+
+
+def model_bytes(config) -> int:
+    """Bytes a run of this model needs at least: fp32 weights, gradients and AdamW's two moments
+    (16 bytes a parameter), before any activation. Parameters: 12 d^2 per block (attention 4 d^2,
+    MLP 8 d^2) and the token and position embeddings (the output layer is the token embedding)."""
+    mc = config.model
+    vocab = 257 if config.data.tokenizer == "byte" else config.data.vocab_size
+    params = 12 * mc.n_layer * mc.n_embd ** 2 + (vocab + mc.block_size) * mc.n_embd
+    return 16 * params
+
+
+def check_model_fits(config, device) -> None:
+    """A model whose weights and optimizer state alone exceed the device's memory is refused in
+    one line here; it used to pass the precheck (model.n_layer=1e9) and end in an allocation
+    failure's traceback, or the OOM killer, when the trainer built it."""
+    import torch
+
+    need = model_bytes(config)
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device.index or 0).total_memory, "the GPU's memory"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    if need > have:
+        mc = config.model
+        raise UserError(f"model: {mc.n_layer} layers of width {mc.n_embd} need at least {need / 2**30:,.1f} GiB for "
+                        f"weights, gradients and AdamW moments (16 bytes a parameter), more than {where} "
+                        f"({have / 2**30:,.1f} GiB); use a smaller model.n_layer / model.n_embd / data.vocab_size")
+
+
+def yaml_error_line(e) -> str:
+    """One line for a config file YAML refuses (a !!python tag among them: a safe loader
+    constructs no objects), naming the file and line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" in {mark.name}, line {mark.line + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or _first_line(e)
+    return f"a config file cannot be read{where}: {problem}; config files hold plain YAML values only"
 
 
 def _check_run_folder(run_dir: Path, tc) -> None:

@@ -82,7 +82,7 @@ class Trainer:
                                    "validation", meta["vocab_size"])
         self.model_config = GPTConfig.build(mc, meta["vocab_size"])
         torch.manual_seed(cfg.seed)
-        self.model = GPT(self.model_config).to(self.device)  # the uncompiled module: checkpoints use it
+        self.model = build_model(self.model_config, self.device)  # the uncompiled module: checkpoints use it
         self.model.record_logz = cfg.monitor.logz
         for block in self.model.transformer.h:
             block.attn.record_max_logit = cfg.monitor.max_attn_logit
@@ -352,3 +352,18 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                     r.metrics.close(summary, failed=True)
                 r.close()
     return [results[id(r)] for r in runs]
+
+
+def build_model(model_config, device: torch.device):
+    """The GPT on its device; an allocation that fails (a model the precheck's estimate let
+    through, memory taken by others) is one line, not a traceback."""
+    try:
+        return GPT(model_config).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        reason = type(e).__name__
+    except RuntimeError as e:
+        if "alloc" not in str(e).lower():
+            raise
+        reason = str(e).splitlines()[0][:200]
+    raise UserError(f"model: cannot allocate the model on {device} ({reason}); use a smaller model.n_layer / "
+                    "model.n_embd / data.vocab_size, or free memory") from None
