@@ -505,3 +505,17 @@ def test_predict_and_optimize_refuse_a_scheduler_module_from_a_fit_file(tmp_path
 
     own = ["scheduler=custom", "scheduler.module=minigpt.studies.lr_table", "scheduler.name=table"]
     assert lp.fit_overrides({"overrides": own}, "fit.json") == own
+
+
+# --- 11. every step once, whatever metrics.jsonl held ---------------------------------------------
+
+
+def test_truncate_metrics_keeps_each_step_once_in_order_and_drops_negative_steps(tmp_path):
+    from minigpt.run.metrics import read_metrics, truncate_metrics
+
+    lines = [{"step": 0, "v": "a"}, {"step": 1, "v": "a"}, {"step": -3, "v": "x"}, {"step": 1, "v": "b"},
+             {"step": 2, "v": "a"}, {"step": 0, "v": "b"}, {"step": 7, "v": "late"}, {"step": 2, "v": "b"}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert truncate_metrics(tmp_path, 3) == (5, 0)
+    assert read_metrics(tmp_path) == [{"step": 0, "v": "b"}, {"step": 1, "v": "b"}, {"step": 2, "v": "b"}]
+    assert truncate_metrics(tmp_path, 3) == (0, 0)  # a clean file is left as it is

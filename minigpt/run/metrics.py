@@ -73,18 +73,23 @@ def read_metrics_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
 
 
 def truncate_metrics(run_dir: Path, step: int) -> tuple[int, int]:
-    """Keep only the records of steps before `step`; return (records dropped, lines set aside).
+    """Keep only the records of steps 0..step-1, each step once, in step order; return (records
+    dropped, lines set aside).
 
-    Unreadable lines are not dropped silently: they are appended to metrics.jsonl.unreadable
-    (UNREADABLE_FILE) in the run folder, for a person to look at."""
+    A step recorded more than once (a file minigpt did not write alone: an appended copy, a
+    second writer) keeps its last record, the newest write; records of negative steps go. So
+    "every step appears exactly once" holds whatever the file held. Unreadable lines are not
+    dropped silently: they are appended to metrics.jsonl.unreadable (UNREADABLE_FILE) in the run
+    folder, for a person to look at."""
     records, unreadable = read_metrics_lines(run_dir)
-    kept = [r for r in records if r["step"] < step]
+    last = {r["step"]: r for r in records if 0 <= r["step"] < step}
+    kept = [last[s] for s in sorted(last)]
     if unreadable:
         with open_append(Path(run_dir) / UNREADABLE_FILE) as f:
             f.write("".join(line + "\n" for line in unreadable))
             f.flush()
             os.fsync(f.fileno())
-    if unreadable or len(kept) != len(records):
+    if unreadable or kept != records:
         write_metrics(run_dir, kept)
     return len(records) - len(kept), len(unreadable)
 
