@@ -519,3 +519,41 @@ def test_truncate_metrics_keeps_each_step_once_in_order_and_drops_negative_steps
     assert truncate_metrics(tmp_path, 3) == (5, 0)
     assert read_metrics(tmp_path) == [{"step": 0, "v": "b"}, {"step": 1, "v": "b"}, {"step": 2, "v": "b"}]
     assert truncate_metrics(tmp_path, 3) == (0, 0)  # a clean file is left as it is
+
+
+# --- 7. corpus files that change during preparation ----------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["added", "deleted", "edited"])
+def test_a_corpus_file_changed_during_preparation_is_refused_and_the_cache_left_incomplete(tmp_path, monkeypatch,
+                                                                                           change):
+    from minigpt.config import DataConfig
+    from minigpt.data import cache as cache_mod
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.txt").write_text(f"document {i} " * 400 + "\n")
+    cfg = DataConfig(source="files", paths=[str(corpus)], tokenizer="byte", cache_dir=str(tmp_path / "cache"))
+    real = cache_mod.survey
+
+    def survey_then_change(*args, **kwargs):
+        found = real(*args, **kwargs)
+        if change == "added":
+            (corpus / "doc0a.txt").write_text("a new document\n")
+        elif change == "deleted":
+            (corpus / "doc2.txt").unlink()
+        else:
+            with open(corpus / "doc4.txt", "a") as f:
+                f.write("more text\n")
+        return found
+
+    monkeypatch.setattr(cache_mod, "survey", survey_then_change)
+    with pytest.raises(cache_mod.CorpusChanged, match="the corpus changed while it was being prepared"):
+        cache_mod.prepare_data(cfg, log=lambda m: None, progress=False)
+    assert not list((tmp_path / "cache").glob("*/meta.json"))
+    monkeypatch.setattr(cache_mod, "survey", real)
+    data = cache_mod.prepare_data(cfg, log=lambda m: None, progress=False)  # the corpus as it is now
+    assert data.cache_dir.name.endswith(cache_mod.cache_key(cfg))
+    text = "".join(chr(i) for i in np.concatenate([data.train, data.val]) if i < 256)
+    assert ("a new document" in text) == (change == "added") and ("document 2" in text) == (change != "deleted")

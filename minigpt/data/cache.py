@@ -108,6 +108,7 @@ def _cut_point(text: str, lo: int, hi: int) -> int:
 class Survey:
     """What the first pass learned: which documents count, how long they are, their folders."""
     positions: np.ndarray  # index in iter_documents() of every non-empty document kept
+    id_hashes: np.ndarray  # a 64-bit hash of its id: the later passes check they read the same documents
     lengths: np.ndarray  # its characters (the last one cut short by data.max_chars)
     strata: np.ndarray  # the rank of its folder among all folders, in sorted order
     characters: int
@@ -117,7 +118,7 @@ def survey(cfg: DataConfig, progress: bool = False) -> Survey:
     """Read every document once: drop empty ones, apply data.max_chars, note lengths and folders."""
     from tqdm import tqdm
 
-    positions, lengths, folder_codes = array("q"), array("q"), array("q")
+    positions, lengths, folder_codes, id_hashes = array("q"), array("q"), array("q"), array("q")
     folders: dict[str, int] = {}
     total = 0
     with tqdm(desc="data: reading", unit="char", unit_scale=True, disable=not progress, mininterval=1) as bar:
@@ -134,6 +135,7 @@ def survey(cfg: DataConfig, progress: bool = False) -> Survey:
             if cfg.max_chars:
                 n = min(n, cfg.max_chars - total)
             positions.append(i)
+            id_hashes.append(_id_hash(doc.id))
             lengths.append(n)
             folder_codes.append(folders.setdefault(stratum(doc.id), len(folders)))
             total += n
@@ -142,9 +144,25 @@ def survey(cfg: DataConfig, progress: bool = False) -> Survey:
     rank_of_code = np.empty(len(folders), dtype=np.int64)
     for rank, name in enumerate(sorted(folders)):
         rank_of_code[folders[name]] = rank
-    return Survey(np.frombuffer(positions, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64),
+    return Survey(np.frombuffer(positions, dtype=np.int64), np.frombuffer(id_hashes, dtype=np.int64),
+                  np.frombuffer(lengths, dtype=np.int64),
                   rank_of_code[np.frombuffer(folder_codes, dtype=np.int64)],
                   total)
+
+
+def _id_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", errors="replace"), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+class CorpusChanged(UserError):
+    """Files of the corpus were added, removed or changed while it was being prepared."""
+
+
+def corpus_changed(cfg: DataConfig, what: str) -> CorpusChanged:
+    return CorpusChanged(f"data: the corpus changed while it was being prepared ({what}); the token cache was not "
+                         "completed (a file added, deleted or edited during preparation would shift or mix the "
+                         "documents of the split): run again once the corpus files stay put")
 
 
 def validation_mask(strata: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
@@ -224,6 +242,9 @@ def plan_parts(cfg: DataConfig, found: Survey, val: np.ndarray, single_cut: int 
             return
         if i != found.positions[k]:
             continue
+        if _id_hash(doc.id) != found.id_hashes[k]:  # files listed again: one added or deleted since the survey
+            raise corpus_changed(cfg, f"the document read in place {k} is '{doc.id}', not the one the first pass read "
+                                      "there")
         length = int(found.lengths[k])
         if single_cut is not None:
             yield Part(doc, 0, single_cut, "train")
@@ -268,7 +289,17 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
             else:
                 if cache.exists():
                     log(f"data: token cache {cache} {problem}; rebuilding it")
-                meta = _build_cache(cfg, cache, log, progress)
+                # The files' names, sizes and times before and after: a change in between (a file
+                # added, deleted or edited during the minutes of preparation) would leave tokens
+                # that match neither the key computed before nor the corpus after.
+                stamp = corpus_fingerprint(cfg, content=False) if cfg.source != "hub" else None
+                try:
+                    meta = _build_cache(cfg, cache, log, progress)
+                except FileNotFoundError as e:  # listed, then deleted before it was read
+                    raise corpus_changed(cfg, f"'{e.filename}' was deleted") from None
+                if stamp is not None and corpus_fingerprint(cfg, content=False) != stamp:
+                    (cache / "meta.json").unlink(missing_ok=True)  # incomplete: the next start rebuilds it
+                    raise corpus_changed(cfg, "a file's name, size or modification time differs from before")
                 tokenizer = load_tokenizer(cache / "tokenizer.json")
     dtype = np.dtype(meta["dtype"])
     return TokenData(
