@@ -271,7 +271,7 @@ class MonitorConfig:
     # entropy of the validation tokens minus stuck_margin and has dropped less than
     # stuck_min_drop nats over the last stuck_window steps (judged from stuck_after of the run on).
     loss_limit: Optional[float] = None
-    patience: int = 50
+    patience: int = 50  # capped at a tenth of the run, at least 5 steps (minigpt/run/monitor.py), and said so
     stuck_after: float = 0.1  # fraction of the run before which nobody is called stuck; 0 turns the check off
     stuck_margin: float = 0.1
     stuck_window: int = 100  # steps over which a stuck run fails to improve; 0 turns the check off

@@ -557,3 +557,49 @@ def test_a_corpus_file_changed_during_preparation_is_refused_and_the_cache_left_
     assert data.cache_dir.name.endswith(cache_mod.cache_key(cfg))
     text = "".join(chr(i) for i in np.concatenate([data.train, data.val]) if i < 256)
     assert ("a new document" in text) == (change == "added") and ("document 2" in text) == (change != "deleted")
+
+
+# --- also seen: the divergence patience scales with the run -------------------------------------------
+
+
+def test_a_short_run_that_blows_up_is_diverged_not_completed():
+    from minigpt.config import MonitorConfig
+    from minigpt.run.monitor import Monitor
+
+    monitor = Monitor(MonitorConfig(stuck_after=0.0), total_steps=41)
+    assert monitor.patience == 5 and "patience 5 steps for this 41-step run" in monitor.patience_note()
+    for step in range(41):
+        monitor.observe({"step": step, "train/loss": 5.0 if step < 30 else 7e7, "train/grad_norm": 1.0})
+    assert monitor.verdict.diverged and monitor.verdict.step == 34
+    assert "for 5 consecutive steps" in monitor.verdict.reason
+    long = Monitor(MonitorConfig(), total_steps=10_000)
+    assert long.patience == 50 and long.patience_note() is None
+
+
+# --- also seen: a finished cache on a read-only mount -------------------------------------------------
+
+
+def test_a_finished_cache_on_a_read_only_mount_is_read_and_a_missing_one_refused(tmp_path, monkeypatch):
+    import errno
+
+    from minigpt.data import cache as cache_mod
+
+    data_cfg = byte_data(tmp_path)
+    cache_mod.prepare_data(data_cfg, log=lambda m: None, progress=False)
+    assert cache_mod.complete_cache(data_cfg)
+    real_open = os.open
+
+    def read_only(path, flags, *args):  # what a read-only mount answers to a file being created
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(cache_mod.os, "open", read_only)
+    lines = []
+    data = cache_mod.prepare_data(data_cfg, log=lines.append, progress=False)
+    assert len(data.train) > 0 and lines[-1].endswith(", read-only")
+    other = byte_data(tmp_path, split_seed=1)  # a cache that was never prepared
+    assert not cache_mod.complete_cache(other)
+    with pytest.raises(UserError, match=r"data.cache_dir: '.*cache' cannot be written \(read-only\?\), and the token "
+                                        r"cache this run needs, stdlib-\w+, is missing"):
+        cache_mod.prepare_data(other, log=lambda m: None, progress=False)

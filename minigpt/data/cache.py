@@ -18,10 +18,13 @@ an interrupted or damaged run left behind is rebuilt.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import math
 import os
+import stat
 import re
 import time
 from array import array
@@ -35,7 +38,7 @@ import torch
 from minigpt.config import DataConfig
 from minigpt.data.corpus import Document, corpus_fingerprint, empty_corpus, iter_documents, stratum
 from minigpt.errors import UserError
-from minigpt.files import open_new, replace_durably, write_atomic
+from minigpt.files import not_followed, open_new, replace_durably, write_atomic
 from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
 # The tokens of a given corpus and settings are those of format 2 (the first streaming version
@@ -271,8 +274,6 @@ def cache_key(cfg: DataConfig) -> str:
 
 def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True) -> TokenData:
     """Load the token cache for this corpus and these settings, building it if needed."""
-    from filelock import FileLock
-
     with _datasets_progress(progress if cfg.source == "hub" else None):
         key = cache_key(cfg)
         root = Path(cfg.cache_dir)
@@ -282,10 +283,15 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
             raise UserError(f"data.cache_dir: cannot create '{root}' ({e.strerror}); "
                             "set data.cache_dir to a writable folder") from None
         cache = root / f"{cfg.name}-{key}"
-        with FileLock(str(root / f".{cfg.name}-{key}.lock")):  # parallel jobs of a sweep share caches
+        with cache_lock(root / f".{cfg.name}-{key}.lock") as locked:  # parallel jobs of a sweep share caches
             meta, tokenizer, problem = check_cache(cache)
             if meta is not None:
-                log(f"data: reusing token cache {cache} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
+                log(f"data: reusing token cache {cache} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)"
+                    + ("" if locked else ", read-only"))
+            elif not locked:
+                raise UserError(f"data.cache_dir: '{root}' cannot be written (read-only?), and the token cache this run "
+                                f"needs, {cache.name}, {'is missing' if not cache.exists() else problem}; "
+                                "prepare it where data.cache_dir is writable, or point data.cache_dir elsewhere")
             else:
                 if cache.exists():
                     log(f"data: token cache {cache} {problem}; rebuilding it")
@@ -309,6 +315,41 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
         meta=meta,
         cache_dir=cache,
     )
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path):
+    """An exclusive flock on a cache's lock file for the block; yields True, or False when the
+    folder cannot be written (a read-only mount, no permission): a complete cache is then read
+    without a lock (nobody can write it either), and a missing one is refused by the caller. The
+    lock file is opened without following a link (minigpt/files.py): a link planted under its
+    name was truncated through."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            yield False
+            return
+        raise not_followed(path, e) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise not_followed(path, OSError(errno.EINVAL, "not a regular file"))
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for another job preparing the same cache
+        yield True
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def complete_cache(cfg: DataConfig) -> bool:
+    """Whether data.cache_dir already holds a finished token cache for this config (for a
+    read-only data.cache_dir, which can serve a run only then). Cheap for data.cache_key=stat;
+    a content key reads the whole corpus, so it is not computed here (False)."""
+    if cfg.cache_key == "content" or cfg.source == "hub":
+        return False
+    try:
+        return (Path(cfg.cache_dir) / f"{cfg.name}-{cache_key(cfg)}" / "meta.json").is_file()
+    except (OSError, UserError):
+        return False
 
 
 @contextlib.contextmanager

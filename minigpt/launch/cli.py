@@ -608,7 +608,7 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
         if key == "run.dir":
             run_dir = Path(str(out))
             _check_writable(run_dir / "checkpoints", "hydra.run.dir")
-    _check_writable(Path(config.data.cache_dir), "data.cache_dir")
+    check_cache_dir(config.data)
     if run_dir is not None and not multirun and int(os.environ.get("RANK", "0")) == 0:
         _check_run_folder(run_dir, tc)
 
@@ -655,6 +655,18 @@ def check_model_fits(config, device) -> None:
         raise UserError(f"model: {mc.n_layer} layers of width {mc.n_embd} need at least {need / 2**30:,.1f} GiB for "
                         f"weights, gradients and AdamW moments (16 bytes a parameter), more than {where} "
                         f"({have / 2**30:,.1f} GiB); use a smaller model.n_layer / model.n_embd / data.vocab_size")
+
+
+def check_cache_dir(data) -> None:
+    """data.cache_dir must be writable, unless it already holds the finished token cache this
+    run reads (a read-only mount of prepared caches: the run only reads them)."""
+    try:
+        _check_writable(Path(data.cache_dir), "data.cache_dir")
+    except UserError:
+        from minigpt.data.cache import complete_cache  # torch: only on this path
+
+        if not complete_cache(data):
+            raise
 
 
 def yaml_error_line(e) -> str:

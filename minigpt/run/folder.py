@@ -266,7 +266,7 @@ def probe_writable(folder: Path, key: str) -> None:
                         f"{key} somewhere writable") from None
 
 
-def claim_run_folder(run_dir: Path, tc, checkpoints: bool, cache_dir: Path, say) -> RunFolderLock:
+def claim_run_folder(run_dir: Path, tc, checkpoints: bool, cache_dir: Path, say, cache_readable=None) -> RunFolderLock:
     """Take the run folder for one run, for its whole life (main rank): locked, checked for
     another run (trainer.resume, trainer.overwrite) and for writability before anything is
     written into it. Release the returned lock when the run ends."""
@@ -286,7 +286,11 @@ def claim_run_folder(run_dir: Path, tc, checkpoints: bool, cache_dir: Path, say)
             from minigpt.run.checkpoint import CHECKPOINT_DIR
 
             probe_writable(Path(run_dir) / CHECKPOINT_DIR, "hydra.run.dir")
-        probe_writable(Path(cache_dir), "data.cache_dir")
+        try:
+            probe_writable(Path(cache_dir), "data.cache_dir")
+        except UserError:
+            if not (cache_readable and cache_readable()):  # a finished cache on a read-only mount is read only
+                raise
     except BaseException:
         lock.release()
         raise

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from minigpt.run.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
                                 load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
-from minigpt.data.cache import Batches, prepare_data, verify_tokens
+from minigpt.data.cache import Batches, complete_cache, prepare_data, verify_tokens
 from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
@@ -53,7 +53,8 @@ class Trainer:
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
         if self.ddp.is_main:
-            self.lock = claim_run_folder(self.run_dir, tc, checkpoints, Path(cfg.data.cache_dir), self.say)
+            self.lock = claim_run_folder(self.run_dir, tc, checkpoints, Path(cfg.data.cache_dir), self.say,
+                                         cache_readable=lambda: complete_cache(cfg.data))
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -96,6 +97,8 @@ class Trainer:
                                          (self.plan.beta1, self.plan.beta2, self.plan.eps))
         self.total_steps = self.plan.total_steps
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        if self.monitor.patience_note():
+            self.say(self.monitor.patience_note())
         self.sharpness = None
         if cfg.monitor.sharpness_every:
             # One fixed training batch (that of step 0) for every measurement.
