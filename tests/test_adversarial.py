@@ -603,3 +603,53 @@ def test_a_finished_cache_on_a_read_only_mount_is_read_and_a_missing_one_refused
     with pytest.raises(UserError, match=r"data.cache_dir: '.*cache' cannot be written \(read-only\?\), and the token "
                                         r"cache this run needs, stdlib-\w+, is missing"):
         cache_mod.prepare_data(other, log=lambda m: None, progress=False)
+
+
+# --- 4. the run folder is claimed before Hydra writes into it ----------------------------------------
+
+
+@pytest.fixture
+def claims_kept_here(monkeypatch):
+    """The claim's token goes into the environment (for jobs in other processes): kept to this test."""
+    from minigpt.run.folder import CLAIM_ENV, release_early_claims
+
+    monkeypatch.delenv(CLAIM_ENV, raising=False)
+    yield CLAIM_ENV
+    release_early_claims()
+
+
+def test_the_precheck_returns_holding_the_run_folders_lock_and_hands_it_to_the_run(tiny, tmp_path, cache_dir,
+                                                                                  claims_kept_here, monkeypatch):
+    from minigpt.run.folder import RunFolderInUse, RunFolderLock, lock_holder
+    from minigpt.run.trainer import train
+
+    run_dir = tmp_path / "R"
+    cli.precheck([f"hydra.run.dir={run_dir}", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
+    # held from here, through Hydra's writes of .hydra/ and the log, to the end of the run
+    assert lock_holder(run_dir).startswith(f"pid {os.getpid()} on host ")
+    with pytest.raises(RunFolderInUse, match="is in use by another process"):
+        with monkeypatch.context() as m:
+            m.delenv(claims_kept_here)  # a second launch: no claim of this launcher
+            RunFolderLock(run_dir).acquire()
+    assert train(tiny(), run_dir, quiet=True).status == "completed"  # the run takes the precheck's lock over
+    assert lock_holder(run_dir) is None  # and releases it at its end
+
+
+def test_a_job_in_a_process_of_its_own_runs_under_its_launchers_claim(tmp_path, claims_kept_here, monkeypatch):
+    from minigpt.run.folder import RunFolderInUse, RunFolderLock, claim_early
+
+    claim_early(tmp_path / "job0")
+    job = RunFolderLock(tmp_path / "job0").acquire()  # what a parallel or slurm job finds: the launcher's claim
+    assert job.launcher.startswith(f"pid {os.getpid()} ") and "claim" not in job.launcher
+    monkeypatch.setenv(claims_kept_here, "another launch")
+    with pytest.raises(RunFolderInUse, match=rf"in use by another process \(pid {os.getpid()} on host [^;]*\)"):
+        RunFolderLock(tmp_path / "job0").acquire()
+
+
+def test_two_jobs_of_one_sweep_naming_one_folder_are_refused_before_any_starts(tmp_path, claims_kept_here):
+    sweep = tmp_path / "S"
+    with pytest.raises(UserError, match=r"hydra.sweep.dir: job 1 of this sweep \(optim.lr=0.002\) and job 0 of this "
+                                        r"sweep \(optim.lr=0.001\) would both write into '.*S/same'"):
+        cli.precheck(["-m", "optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same",
+                      "trainer.max_steps=4"])
+    assert not sweep.exists()

@@ -266,6 +266,9 @@ def precheck(argv: list[str]) -> list[str]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from minigpt.run.folder import release_early_claims
+
+    release_early_claims()  # a new command line: an earlier one's claims (tests, tools) are not its
     args = read_command_line(argv)
     overrides = list(args.overrides)
     conf_dirs = config_dirs(args)
@@ -311,7 +314,8 @@ def precheck(argv: list[str]) -> list[str]:
                 base = cfg
                 candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
     extras = _hydra_extras(args, parsed, base, parser)
-    _check_sweep_folders(args, parsed, base, parser)
+    job_dirs = _check_sweep_folders(args, parsed, base, parser)
+    claim_run_folders(args, base, job_dirs)
     return extras
 
 
@@ -464,11 +468,13 @@ def _job_name_excludes(parsed, cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys(list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared))
 
 
-def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
+def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> list[Path]:
     """Each job folder of a grid sweep that already holds another run, or that a live process
     writes into, is refused before Hydra writes anything (it would rewrite that folder's .hydra/
-    before the trainer could refuse it). The folders are named as Hydra's basic sweeper and the
-    launchers name them: job number (the order of the grid) and the job's overrides."""
+    before the trainer could refuse it), and so are two jobs that would write into one folder.
+    The folders are named as Hydra's basic sweeper and the launchers name them: job number (the
+    order of the grid) and the job's overrides. Returns them (empty when they cannot be known
+    before the jobs run: a search, a time-stamped folder)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.config_loader_impl import get_overrides_dirname
 
@@ -476,15 +482,15 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
 
     mode = OmegaConf.select(cfg, "hydra.mode")
     if not (args.multirun or getattr(mode, "name", None) == "MULTIRUN"):
-        return
+        return []
     try:
         sweep_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir")))
     except Exception:  # ${now:...}: a new folder
-        return
-    if not sweep_dir.is_dir():
-        return
+        return []
     tc = cfg.trainer
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        if not sweep_dir.is_dir():
+            return []
         # A search names its trials as it goes (number and sampled values), so any run already in
         # the folder could be one of them: it gets a folder of its own.
         taken = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and run_contents(d))
@@ -492,18 +498,19 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
             raise UserError(f"hydra.sweep.dir: '{sweep_dir}' already holds runs ({', '.join(taken[:3])}"
                             f"{', ...' if len(taken) > 3 else ''}), and a search names its trials as it goes, so "
                             "one could land in a folder that holds a run; give the search a new hydra.sweep.dir")
-        return
+        return []
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
     task = [o.input_line for o in parsed if not o.is_hydra_override()]
     try:
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)[0]
     except Exception:  # a sweep the basic sweeper cannot expand fails in Hydra, with its message
-        return
+        return []
     naming = cfg.hydra.job.config.override_dirname
     excludes = _job_name_excludes(parsed, cfg)
     if any(a.startswith("hydra.job.config.override_dirname") for a in args.overrides):
         excludes = list(naming.exclude_keys)
     hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)})
+    named: dict[Path, str] = {}  # each job's folder, resolved -> the job that writes into it
     for num, job in enumerate(jobs):
         job_overrides = parser.parse_overrides(job)
         values = {o.key_or_group: o.get_value_element_as_str() for o in job_overrides}
@@ -513,12 +520,17 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
         try:
             job_dir = sweep_dir / str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))
         except Exception:  # a subdir pattern that needs the job's run time: the trainer checks it
-            return
+            return []
         resume = values.get("trainer.resume", tc.resume)
         resume = None if resume in (None, "null") else str(resume)
         overwrite = str(values.get("trainer.overwrite", tc.overwrite)).lower() == "true"
         varying = [o.input_line for o in job_overrides if o.key_or_group not in excludes]
         job_name = f"job {num} of this sweep ({' '.join(varying) or 'no overrides'})"
+        other = named.setdefault(job_dir.resolve(), job_name)
+        if other != job_name:  # the second would rewrite the first one's .hydra/ and mix their records
+            raise UserError(f"hydra.sweep.dir: {job_name} and {other} would both write into '{job_dir}'; give each "
+                            "job a folder of its own (hydra.sweep.subdir must differ between jobs, e.g. include "
+                            "${hydra.job.num})")
         holder = lock_holder(job_dir)
         if holder:
             raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which another process is "
@@ -531,6 +543,7 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
             raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which already holds a run "
                             f"({', '.join(run_contents(job_dir))}); continue the sweep's runs with trainer.resume=auto, "
                             "replace them with trainer.overwrite=true, or pick another hydra.sweep.dir") from None
+    return list(named)
 
 
 def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:
@@ -657,6 +670,28 @@ def check_model_fits(config, device) -> None:
                         f"({have / 2**30:,.1f} GiB); use a smaller model.n_layer / model.n_embd / data.vocab_size")
 
 
+def claim_run_folders(args, cfg: DictConfig, job_dirs: list[Path]) -> None:
+    """The last step of the precheck, once every check has passed: take the lock of the run folder
+    (or of each job folder of a grid sweep) in this, the launching process, before Hydra writes
+    .hydra/ and its log there (minigpt/run/folder.py, claim_early, says why the claim is here).
+    Under torchrun, rank 0 claims for all ranks. A folder whose name Hydra gives only at run
+    time (a time stamp, a search's trials) is new: its job's trainer claims it."""
+    from minigpt.run.folder import claim_early
+
+    if int(os.environ.get("RANK", "0")) > 0:
+        return
+    mode = OmegaConf.select(cfg, "hydra.mode")
+    if args.multirun or getattr(mode, "name", None) == "MULTIRUN":
+        folders = job_dirs
+    else:
+        try:
+            folders = [Path(str(OmegaConf.select(cfg.hydra, "run.dir")))]
+        except Exception:  # ${now:...}: resolved by Hydra at run time, a new folder
+            folders = []
+    for folder in folders:
+        claim_early(folder)
+
+
 def check_cache_dir(data) -> None:
     """data.cache_dir must be writable, unless it already holds the finished token cache this
     run reads (a read-only mount of prepared caches: the run only reads them)."""
@@ -681,9 +716,9 @@ def yaml_error_line(e) -> str:
 def _check_run_folder(run_dir: Path, tc) -> None:
     """A folder that holds another run, or that a live process is writing into, is refused
     before Hydra writes its config into it (minigpt/run/folder.py)."""
-    from minigpt.run.folder import RunFolderInUse, check_run_folder, lock_holder
+    from minigpt.run.folder import RunFolderInUse, check_run_folder, claimed_here, lock_holder
 
-    holder = lock_holder(run_dir)
+    holder = None if claimed_here(run_dir) else lock_holder(run_dir)
     if holder:
         raise RunFolderInUse(f"hydra.run.dir: '{run_dir}' is in use by another process ({holder}); wait for it to "
                              "end, stop it, or pick another hydra.run.dir")

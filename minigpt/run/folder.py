@@ -25,6 +25,7 @@ import socket
 import stat
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from minigpt.errors import UserError
@@ -165,25 +166,33 @@ class RunFolderLock:
         self.fd: int | None = None
         self.took_over: str | None = None  # the holder named by a stale lock file, if any
         self.unsupported: str | None = None  # why this file system gave no lock (the run goes on unlocked)
+        self.launcher: str | None = None  # the launching process that holds the lock for this job, if it does
 
-    def acquire(self) -> "RunFolderLock":
+    def acquire(self, claim: str | None = None) -> "RunFolderLock":
+        """Take the lock; `claim` (the precheck's) is written beside the holder, so that the jobs
+        the launching process starts in processes of their own (hydra/launcher=parallel, slurm),
+        which inherit it in CLAIM_ENV, run under the launcher's lock instead of being refused."""
         fd = open_lock_file(self.path, "hydra.run.dir")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
+            inherited = os.environ.get(CLAIM_ENV)
+            if inherited and holder.endswith(f"; claim {inherited}"):
+                self.launcher = _shown(holder)  # held for this job by the process that launched it
+                return self
             raise RunFolderInUse(
-                f"hydra.run.dir: '{self.path.parent}' is in use by another process ({holder or 'holder unknown'}); "
+                f"hydra.run.dir: '{self.path.parent}' is in use by another process ({_shown(holder) or 'holder unknown'}); "
                 "wait for it to end, stop it, or pick another hydra.run.dir") from None
         except OSError as e:  # a file system without flock: run unlocked rather than not at all
             os.close(fd)
             self.unsupported = e.strerror or str(e)
             return self
-        self.took_over = _read_holder(fd) or None  # the lock was free, so whoever wrote this is gone
+        self.took_over = _shown(_read_holder(fd)) or None  # the lock was free, so whoever wrote this is gone
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                  .encode(), 0)
+        line = f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        os.pwrite(fd, (line + (f"; claim {claim}" if claim else "") + "\n").encode(), 0)
         self.fd = fd
         return self
 
@@ -215,7 +224,7 @@ def lock_holder(run_dir: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read_holder(fd) or "holder unknown"
+            return _shown(_read_holder(fd)) or "holder unknown"
         except OSError:
             return None
         return None
@@ -228,6 +237,59 @@ def _read_holder(fd: int) -> str:
     ours, but a line from anywhere else must not reach the log whole)."""
     text = os.pread(fd, 200, 0).decode(errors="replace").splitlines()
     return "".join(c for c in (text[0] if text else "") if c.isprintable()).strip()
+
+
+def _shown(holder: str) -> str:
+    """The holder line without the launcher's claim token (which is not for other users' logs)."""
+    return holder.split("; claim ")[0]
+
+
+# --- the claim before Hydra writes (issue 28, item 4) ------------------------------------------
+#
+# Hydra writes .hydra/ and the job's log into a run folder when the job starts, before any code of
+# ours runs in it; the trainer's lock came seconds later (the torch import), and a second launch in
+# that window rewrote the first one's .hydra/config.yaml. So the precheck, in the launching process,
+# takes each folder's lock once every check has passed, before Hydra starts: held through Hydra's
+# writes, and handed to the trainer when the job runs in this process (a single run, the basic and
+# stacked launchers). Jobs run in processes of their own (the parallel and slurm launchers)
+# inherit CLAIM_ENV and run under the launcher's lock, which it holds until the sweep ends (both
+# launchers wait for every job). The alternative, Hydra writing elsewhere first and the files moved
+# in after the claim, would change where .hydra/ is for every reader and still leave the remote
+# launchers' own writes unclaimed.
+
+CLAIM_ENV = "MINIGPT_RUN_CLAIM"
+_CLAIMED: dict[Path, RunFolderLock] = {}
+
+
+def claim_early(run_dir: Path) -> RunFolderLock:
+    """Take the run folder's lock for this process before Hydra writes into it (the folder is
+    created); refused (RunFolderInUse) when another process holds it."""
+    run_dir = Path(run_dir)
+    key = run_dir.resolve()
+    if key in _CLAIMED:
+        return _CLAIMED[key]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = os.environ.setdefault(CLAIM_ENV, uuid.uuid4().hex)
+    lock = RunFolderLock(run_dir).acquire(claim)
+    _CLAIMED[key] = lock
+    return lock
+
+
+def claimed_here(run_dir: Path) -> bool:
+    """Whether this process claimed the folder early (its lock is ours, not another process')."""
+    return Path(run_dir).resolve() in _CLAIMED
+
+
+def take_early_claim(run_dir: Path) -> RunFolderLock | None:
+    """The lock the precheck took for this folder, handed over to the run (None if none)."""
+    return _CLAIMED.pop(Path(run_dir).resolve(), None)
+
+
+def release_early_claims() -> None:
+    """Drop the claims of an earlier precheck in this process (a new command line: tests, tools)."""
+    for lock in _CLAIMED.values():
+        lock.release()
+    _CLAIMED.clear()
 
 
 def open_lock_file(path: Path, key: str, create: bool = True) -> int:
@@ -271,8 +333,10 @@ def claim_run_folder(run_dir: Path, tc, checkpoints: bool, cache_dir: Path, say,
     another run (trainer.resume, trainer.overwrite) and for writability before anything is
     written into it. Release the returned lock when the run ends."""
     probe_writable(run_dir, "hydra.run.dir")
-    lock = RunFolderLock(run_dir).acquire()
+    lock = take_early_claim(run_dir) or RunFolderLock(run_dir).acquire()
     try:
+        if lock.launcher:
+            say(f"run folder: held for this job by the process that launched it ({lock.launcher})")
         if lock.took_over:
             say(f"run folder: took over the lock left by {lock.took_over} (no longer running)")
         if lock.unsupported:
