@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, nested, tiny_overrides
+
 from minigpt import schedules
 from minigpt.config import MAX_STEPS, config_from_dict
 from minigpt.errors import UserError
@@ -124,7 +124,7 @@ LIMITED = textwrap.dedent("""
 @pytest.mark.slow
 def test_train_py_with_max_steps_1e30_under_1_gb_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-c", LIMITED, str(ROOT / "train.py"), "trainer.max_steps=1e30",
-                           f"hydra.run.dir={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           f"hydra.run.dir={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "trainer.max_steps" in proc.stderr
     assert not (tmp_path / "r").exists()
@@ -244,9 +244,9 @@ def test_overwrite_refuses_a_folder_with_a_live_run_below_naming_it(tiny, tmp_pa
     train(tiny(), outer, quiet=True)
     (outer / "inner").mkdir()
     # flock locks belong to an open file: the lock held here is seen by the check's own open
-    with RunFolderLock(outer / "inner"):
-        with pytest.raises(UserError, match=rf"would move a live run below '.*R': inner/ \(in use by pid {os.getpid()}"):
-            train(tiny(trainer__overwrite=True), outer, quiet=True)
+    with RunFolderLock(outer / "inner"), \
+            pytest.raises(UserError, match=rf"would move a live run below '.*R': inner/ \(in use by pid {os.getpid()}"):
+        train(tiny(trainer__overwrite=True), outer, quiet=True)
     assert (outer / "metrics.jsonl").is_file() and not any(p.name.startswith("replaced-") for p in outer.iterdir())
 
 
@@ -298,7 +298,11 @@ def test_an_id_outside_the_vocabulary_never_reaches_the_model():
 
 def test_a_resume_hashes_the_token_files_whole_and_compares_them_with_the_checkpoints(tiny, tmp_path, monkeypatch):
     from minigpt.data import cache as cache_mod
-    from minigpt.run.checkpoint import check_compatible, checkpoint_path, load_checkpoint
+    from minigpt.run.checkpoint import (
+        check_compatible,
+        checkpoint_path,
+        load_checkpoint,
+    )
     from minigpt.run.trainer import train
 
     run_dir = tmp_path / "R"
@@ -346,8 +350,14 @@ def test_an_import_or_memory_error_leaves_a_healthy_cache_as_it_was(tmp_path, mo
 def test_a_checkpoint_without_its_checksum_beside_checked_ones_is_not_loaded_silently(tmp_path):
     import torch
 
-    from minigpt.run.checkpoint import (DamagedCheckpoint, checkpoint_path, checksum_path, load_checkpoint,
-                                        newest_intact_checkpoint, save_checkpoint)
+    from minigpt.run.checkpoint import (
+        DamagedCheckpoint,
+        checkpoint_path,
+        checksum_path,
+        load_checkpoint,
+        newest_intact_checkpoint,
+        save_checkpoint,
+    )
 
     for step in (2, 4):
         save_checkpoint({"model": {"w": torch.ones(2) * step}, "step": step}, checkpoint_path(tmp_path, step))
@@ -477,7 +487,7 @@ def test_train_py_ends_bad_input_with_one_line_and_exit_2(tmp_path, case):
     else:
         (run_dir / ".minigpt.lock").mkdir(parents=True)
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
 
@@ -627,10 +637,9 @@ def test_the_precheck_returns_holding_the_run_folders_lock_and_hands_it_to_the_r
     cli.precheck([f"hydra.run.dir={run_dir}", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
     # held from here, through Hydra's writes of .hydra/ and the log, to the end of the run
     assert lock_holder(run_dir).startswith(f"pid {os.getpid()} on host ")
-    with pytest.raises(RunFolderInUse, match="is in use by another process"):
-        with monkeypatch.context() as m:
-            m.delenv(claims_kept_here)  # a second launch: no claim of this launcher
-            RunFolderLock(run_dir).acquire()
+    with pytest.raises(RunFolderInUse, match="is in use by another process"), monkeypatch.context() as m:
+        m.delenv(claims_kept_here)  # a second launch: no claim of this launcher
+        RunFolderLock(run_dir).acquire()
     assert train(tiny(), run_dir, quiet=True).status == "completed"  # the run takes the precheck's lock over
     assert lock_holder(run_dir) is None  # and releases it at its end
 

@@ -21,9 +21,9 @@ import sys
 import traceback
 from pathlib import Path
 
-import yaml
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+import yaml
 
 from minigpt import schedules
 from minigpt.config import Config, config_from_dict

@@ -102,7 +102,7 @@ def checkpoint_damage(path: Path) -> str | None:
             others = [p.name for p in path.parent.glob(f"step_*.pt{CHECKSUM_SUFFIX}") if p != stored]
             if others:  # minigpt wrote this run's checkpoints with checksums: this one's was deleted
                 return (f"its checksum file {stored.name} is missing, while the run's other checkpoints have one "
-                        f"(e.g. {sorted(others)[-1]}), so its bytes cannot be checked")
+                        f"(e.g. {max(others)}), so its bytes cannot be checked")
             return None
         expected = stored.read_text().split()[0] if stored.read_text().strip() else ""
         actual = file_sha256(path)

@@ -107,8 +107,8 @@ def foreign_entries(run_dir: Path) -> list[str]:
     found = []
     for entry in sorted(run_dir.iterdir()):
         name = entry.name
-        if (name in HYDRA_FILES or name == LOCK_FILE or name.endswith(".log") or name.startswith(REPLACED_PREFIX)
-                or name.startswith(".minigpt-write-test-")):
+        if (name in HYDRA_FILES or name == LOCK_FILE or name.endswith(".log")
+                or name.startswith((REPLACED_PREFIX, ".minigpt-write-test-"))):
             continue
         if name in RUN_FILES or (name.endswith(".tmp") and name[:-4] in RUN_FILES):
             if name == "checkpoints" and entry.is_dir() and not entry.is_symlink():
