@@ -107,6 +107,25 @@ CASES = [
      ["monitor.sharpness_every: expected an integer", "'often'"], True),
     ("unknown_weight_decay_mode", {"optim.weight_decay_mode": "decoupled"},
      ["optim.weight_decay_mode: must be one of coupled, independent", "'decoupled'"], True),
+    # Optimizers (issue 29): each refusal one line, before anything runs.
+    ("unknown_optimizer", {"optim.name": "sgd"}, ["optim.name: must be one of adamw, muon, schedule_free", "'sgd'"],
+     True),
+    ("unknown_optimizer_file", {"optim": "adam"}, ["optim", "adam", "adamw", "muon", "schedule_free"], True),
+    ("schedule_free_with_a_decaying_schedule", {"optim": "schedule_free", "scheduler": "cosine_warmup"},
+     ["optim=schedule_free", "scheduler=constant or scheduler=constant_warmup", "not scheduler=cosine_warmup"], True),
+    ("sharpness_with_muon", {"optim": "muon", "monitor.sharpness_every": 5},
+     ["monitor.sharpness_every", "optim=muon", "use optim=adamw"], True),
+    ("ema_longer_than_the_run", {"optim.ema": 100}, ["optim.ema=100", "longer than the run (12 steps)"], True),
+    ("ema_of_zero_steps", {"optim.ema": 0}, ["optim.ema=0", "at least 1 step", "optim.ema=null"], True),
+    ("ema_not_a_length", {"optim.ema": "soon"}, ["optim.ema='soon' is not a length"], True),
+    ("ema_with_schedule_free", {"optim": "schedule_free", "scheduler": "constant", "optim.ema": 3},
+     ["optim.ema", "schedule-free AdamW already evaluates an average"], True),
+    ("gi_adam_with_schedule_free", {"optim": "schedule_free", "scheduler": "constant", "optim.adam_init": "grad"},
+     ["optim.adam_init=grad", "schedule-free"], True),
+    ("muon_with_a_cycled_beta1", {"optim": "muon", "scheduler": "one_cycle"},
+     ["scheduler=one_cycle cycles Adam's beta1", "scheduler.cycle_momentum=false"], True),
+    ("resume_with_another_optimizer", {"trainer.resume": "{ckpt}", "optim": "muon"},
+     ["trainer.resume", "optim.name", "adamw -> muon"], True),
     # Run integrity (issue 16): a folder holds one run; seeds, compile options, names and lengths
     # are checked before anything is written.
     ("fresh_run_into_a_folder_that_holds_a_run", {"_run_dir": "{earlier}"},
@@ -130,6 +149,21 @@ CASES = [
      ["trainer.batch_ramp_start (64 sequences) is larger than the global batch it ramps up to (4"], True),
     ("context_of_a_million_tokens", {"model.block_size": 1_000_000},
      ["fewer than one context window", "model.block_size=1000000"], False),
+    # trainer.init_from (issue 27): weights of another shape, nothing to start from, two sources of weights
+    ("init_from_a_model_of_another_shape", {"trainer.init_from": "{earlier}", "model.n_layer": 3, "model.n_embd": 64},
+     ["trainer.init_from", "model.n_layer (2 in the checkpoint, 3 here)", "model.n_embd (32 in the checkpoint, 64 here)",
+      "set model.n_layer=2 model.n_embd=32"], True),
+    ("init_from_a_missing_path", {"trainer.init_from": "{tmp}/gone"}, ["trainer.init_from: '", "gone' does not exist",
+                                                                       "a run folder"], True),
+    ("init_from_a_folder_without_checkpoints", {"trainer.init_from": "{tmp}/short"},
+     ["trainer.init_from: the run folder", "holds no checkpoint"], True),
+    ("init_from_and_resume_from_a_checkpoint", {"trainer.init_from": "{earlier}", "trainer.resume": "{ckpt}"},
+     ["trainer.init_from and trainer.resume=", "give one of them"], True),
+    ("init_from_inside_the_run_folder_that_overwrite_moves", {"_run_dir": "{earlier}", "trainer.init_from": "{ckpt}",
+                                                              "trainer.overwrite": True},
+     ["trainer.init_from", "lies inside hydra.run.dir", "copy the checkpoint elsewhere"], True),
+    ("eval_only_without_init_from", {"trainer.eval_only": True},
+     ["trainer.eval_only=true evaluates the checkpoint that trainer.init_from names"], True),
 ]
 
 

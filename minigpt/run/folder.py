@@ -39,7 +39,7 @@ HYDRA_FILES = (".hydra",)
 # What a run writes into its folder (besides Hydra's files, its log and the lock): all that
 # trainer.overwrite=true moves aside; their temporaries (<name>.tmp) go with them.
 RUN_FILES = ("metrics.jsonl", "metrics.jsonl.unreadable", "summary.json", "schedule.png", "error.txt",
-             "lr_range_test.json", "lr_range_test.png", "checkpoints", "wandb")
+             "lr_range_test.json", "lr_range_test.png", "checkpoints", "wandb", "tensorboard")
 _CHECKPOINT_ENTRY = re.compile(r"step_\d+\.pt(\.sha256)?(\.damaged)?(\.sha256)?(\.tmp)?$")
 
 
