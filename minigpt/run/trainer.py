@@ -20,7 +20,7 @@ import torch.distributed as dist
 from minigpt.run.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
                                 load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
-from minigpt.data.cache import Batches, prepare_data
+from minigpt.data.cache import Batches, complete_cache, prepare_data, verify_tokens
 from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
@@ -67,7 +67,8 @@ class Trainer:
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
         if self.ddp.is_main:
-            self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say)
+            self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say,
+                                         cache_readable=lambda: complete_cache(cfg.data))
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -100,12 +101,13 @@ class Trainer:
             self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
         meta = self.data.meta
         # Every context window must fit in the splits: checked before a model of that context is built.
-        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
+        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train",
+                                     meta["vocab_size"])
         self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
-                                   "validation")
+                                   "validation", meta["vocab_size"])
         self.model_config = GPTConfig.build(mc, meta["vocab_size"])
         torch.manual_seed(cfg.seed)
-        self.model = GPT(self.model_config).to(self.device)  # the uncompiled module: checkpoints use it
+        self.model = build_model(self.model_config, self.device)  # the uncompiled module: checkpoints use it
         self.model.record_logz = cfg.monitor.logz
         for block in self.model.transformer.h:
             block.attn.record_max_logit = cfg.monitor.max_attn_logit
@@ -126,6 +128,8 @@ class Trainer:
         self.ema = WeightAverage(self.params, self.plan.ema_decay) if self.plan.ema_half_life else None
         self.total_steps = self.plan.total_steps
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        if self.monitor.patience_note():
+            self.say(self.monitor.patience_note())
         self.sharpness = None
         if cfg.monitor.sharpness_every:
             # One fixed training batch (that of step 0) for every measurement.
@@ -369,7 +373,11 @@ class Trainer:
             raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
                             f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
                             "(trainer.max_steps / max_tokens / epochs)")
-        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
+        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name, self.data.meta.get("sha256"))
+        changed = verify_tokens(self.data.cache_dir, self.data.meta, full=True)  # every resume: the whole files
+        if changed:
+            raise UserError(f"trainer.resume: the token cache {self.data.cache_dir} changed after it was written: "
+                            f"{changed}; delete it so that the next start rebuilds it, then resume")
         load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
         # After the model: schedule-free's weights go back from the saved average to the training point.
         load_optimizer_state(self.optimizer, state["optimizer"], path, self.params, state.get("train_point"))
@@ -476,3 +484,18 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                     r.metrics.close(summary, failed=True)
                 r.close()
     return [results[id(r)] for r in runs]
+
+
+def build_model(model_config, device: torch.device):
+    """The GPT on its device; an allocation that fails (a model the precheck's estimate let
+    through, memory taken by others) is one line, not a traceback."""
+    try:
+        return GPT(model_config).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        reason = type(e).__name__
+    except RuntimeError as e:
+        if "alloc" not in str(e).lower():
+            raise
+        reason = str(e).splitlines()[0][:200]
+    raise UserError(f"model: cannot allocate the model on {device} ({reason}); use a smaller model.n_layer / "
+                    "model.n_embd / data.vocab_size, or free memory") from None
