@@ -258,11 +258,13 @@ class MonitorConfig:
     update_ratio: bool = False  # ||update|| / ||weights|| per step
     max_attn_logit: bool = False  # largest pre-softmax attention logit of the step's last micro-batch
     logz: bool = False  # mean log-partition of the output softmax
-    # Top eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N steps
-    # (minigpt/run/sharpness.py); null: off. Each measurement costs about 2 + 2 x sharpness_iters
-    # forward/backward passes of one micro-batch.
+    # Largest eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N
+    # steps (minigpt/run/sharpness.py; AdamW only); null: off. Each measurement costs one
+    # forward/backward pass plus at most sharpness_iters Hessian-vector products (about two
+    # backward passes each) of one micro-batch.
     sharpness_every: Optional[int] = None
-    sharpness_iters: int = 8  # power-iteration steps per measurement
+    sharpness_iters: int = 20  # Lanczos steps (Hessian-vector products) per measurement, at most
+    sharpness_tol: float = 1e-3  # ... stopping once the Ritz residual is under this fraction of the value
     sharpness_until: Optional[int] = None  # measure only before this step (null: the whole run)
 
     def validate(self):
@@ -283,6 +285,8 @@ class MonitorConfig:
             _check(self.sharpness_every >= 1, "monitor.sharpness_every",
                    "must be a positive number of steps (or null to turn it off)", self.sharpness_every)
         _check(self.sharpness_iters >= 1, "monitor.sharpness_iters", "must be >= 1", self.sharpness_iters)
+        _check(0 <= self.sharpness_tol < 1, "monitor.sharpness_tol", "must be in [0, 1) (0: always sharpness_iters steps)",
+               self.sharpness_tol)
         if self.sharpness_until is not None:
             _check(self.sharpness_until >= 1, "monitor.sharpness_until", "must be >= 1 (or null: the whole run)",
                    self.sharpness_until)
@@ -336,6 +340,11 @@ class Config:
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]", self.seed)
         for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
+        # The sharpness is that of Adam's preconditioned Hessian (minigpt/run/sharpness.py); another
+        # optimizer needs its own preconditioner there before it can be measured.
+        if self.monitor.sharpness_every is not None and self.optim.name != "adamw":
+            raise UserError(f"monitor.sharpness_every is measured with Adam's preconditioner, and optim.name is "
+                            f"{self.optim.name}; use optim.name=adamw or monitor.sharpness_every=null")
         if not isinstance(self.scheduler.get("name"), str):
             raise UserError("scheduler.name is not set: pick one with scheduler=<name>, e.g. scheduler=cosine_warmup")
 

@@ -100,7 +100,7 @@ class Trainer:
             # One fixed training batch (that of step 0) for every measurement.
             self.sharpness = SharpnessProbe(cfg.monitor.sharpness_every, cfg.monitor.sharpness_iters,
                                             self.train_batches.train_batch(0, 0), seed=cfg.seed,
-                                            until=cfg.monitor.sharpness_until)
+                                            until=cfg.monitor.sharpness_until, tol=cfg.monitor.sharpness_tol)
         self.flops_per_token = flops_per_token(self.model.num_params(), mc.n_layer, mc.n_embd, mc.block_size)
         self.peak_flops = peak_flops(self.device)
         self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
