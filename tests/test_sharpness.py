@@ -179,6 +179,7 @@ def test_sharpness_refuses_an_optimizer_without_adams_preconditioner(make_config
 def test_threshold_is_cohen_et_al_for_adam():
     assert stability_threshold(1e-2, 0.9) == pytest.approx(3800.0)
     assert stability_threshold(1e-3, 0.0) == pytest.approx(2000.0)  # beta1 = 0: the 2 / lr of gradient descent
+    assert stability_threshold(0.0, 0.9) == math.inf  # conventions=deepspeed's cosine runs update 0 at LR 0
 
 
 def test_adam_on_a_quadratic_is_unstable_exactly_above_the_threshold():

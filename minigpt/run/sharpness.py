@@ -54,8 +54,9 @@ SUPPORTED_OPTIMIZERS = ("adamw",)
 
 
 def stability_threshold(lr: float, beta1: float) -> float:
-    """Cohen et al. 2022's bound for Adam: (2 + 2 beta1) / ((1 - beta1) lr)."""
-    return (2 + 2 * beta1) / ((1 - beta1) * lr)
+    """Cohen et al. 2022's bound for Adam: (2 + 2 beta1) / ((1 - beta1) lr); infinite at LR 0
+    (DeepSpeed's WarmupCosineLR runs its first update there)."""
+    return (2 + 2 * beta1) / ((1 - beta1) * lr) if lr > 0 else math.inf
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
