@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 from minigpt.studies import loss_law  # noqa: E402
 from minigpt.studies import loss_prediction as lp  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
+from minigpt.files import relative_name  # noqa: E402
 
 
 def compose(overrides: list[str]):
@@ -92,7 +93,7 @@ def cmd_fit(args) -> int:
     figure = Path(args.figure) if args.figure else out.with_suffix(".png")
     record = fitted.to_dict()
     record.update({"target": args.target, "start": args.start, "paper": law.paper,
-                   "run_dirs": [str(d) for d in args.run_dirs], "overrides": lp.schedule_overrides(runs[0][1])})
+                   "run_dirs": [relative_name(d) for d in args.run_dirs], "overrides": lp.schedule_overrides(runs[0][1])})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     lp.plot_curves(figure, f"{law.name} law fitted to {len(curves)} runs: RMSE {fitted.rmse:.4f} nats on "
@@ -120,7 +121,7 @@ def cmd_predict(args) -> int:
     results = lp.plot_curves(out, f"predicted by the {fitted.law} law fitted to "
                              f"{', '.join(r['label'] for r in fitted.runs)}", fitted, jobs, args.points, note=args.note)
     data = out.with_suffix(".json")
-    data.write_text(json.dumps({"fit": str(args.fit), "law": fitted.law, "predictions": results}, indent=2) + "\n")
+    data.write_text(json.dumps({"fit": relative_name(args.fit), "law": fitted.law, "predictions": results}, indent=2) + "\n")
     for r in results:
         line = f"{r['label']}: {r['steps']} steps, predicted final loss {r['final_loss']:.4f}"
         if "measured_final_loss" in r:
@@ -141,7 +142,7 @@ def cmd_optimize(args) -> int:
     best = plan(lp.merge_overrides(base, overrides))
     cosine = plan(lp.merge_overrides(base, ["scheduler=cosine_warmup"]))
     command = "python train.py " + " ".join(lp.merge_overrides(base, overrides))
-    result = {"law": fitted.law, "fit": str(args.fit), "family": args.family, "overrides": overrides,
+    result = {"law": fitted.law, "fit": relative_name(args.fit), "family": args.family, "overrides": overrides,
               "base_overrides": base, "predicted_final_loss": predicted,
               "cosine_predicted_final_loss": lp.final_loss(fitted, cosine), "steps": int(len(reference)),
               "peak_lr": float(reference.max()), "candidates": candidates, "command": command}

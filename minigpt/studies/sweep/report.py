@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from minigpt.errors import UserError
+from minigpt.files import relative_name
 from minigpt.studies.sweep.figures import (
     plot_predicted_curves, plot_study_early, plot_study_lr, plot_study_mechanism, plot_sweep_curves,
 )
@@ -243,7 +244,7 @@ def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
-    lines = [f"# Sweep report: {sweep_dir}", "",
+    lines = [f"# Sweep report: {relative_name(sweep_dir)}", "",
              f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".", ""]
     if common:
         lines += ["Overrides shared by every job: " + " ".join(f"`{k}={v}`" for k, v in common.items()), ""]
