@@ -321,6 +321,11 @@ class LRRangeTestConfig:
         _check(self.skip_start >= 0, "lr_range_test.skip_start", "must be >= 0", self.skip_start)
 
 
+# The optimizers whose preconditioned sharpness minigpt/run/sharpness.py can measure: Adam's P.
+# A new optimizer joins only with a preconditioner of its own there.
+SHARPNESS_OPTIMIZERS = ("adamw",)
+
+
 @dataclass
 class Config:
     seed: int = 1337
@@ -340,9 +345,7 @@ class Config:
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]", self.seed)
         for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
-        # The sharpness is that of Adam's preconditioned Hessian (minigpt/run/sharpness.py); another
-        # optimizer needs its own preconditioner there before it can be measured.
-        if self.monitor.sharpness_every is not None and self.optim.name != "adamw":
+        if self.monitor.sharpness_every is not None and self.optim.name not in SHARPNESS_OPTIMIZERS:
             raise UserError(f"monitor.sharpness_every is measured with Adam's preconditioner, and optim.name is "
                             f"{self.optim.name}; use optim.name=adamw or monitor.sharpness_every=null")
         if not isinstance(self.scheduler.get("name"), str):

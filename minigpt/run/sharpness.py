@@ -47,10 +47,9 @@ import torch
 
 from minigpt.errors import UserError
 
-# The optimizers whose preconditioner adam_preconditioner knows. Another optimizer (Muon,
-# schedule-free, ...) needs its own P before its sharpness means anything: the config refuses
-# monitor.sharpness_every for it (config.Config.validate) and measure() refuses it here.
-SUPPORTED_OPTIMIZERS = ("adamw",)
+# Only Adam's preconditioner is known here. Another optimizer (Muon, schedule-free, ...) needs its
+# own P before its sharpness means anything: the config refuses monitor.sharpness_every for it
+# (config.SHARPNESS_OPTIMIZERS, checked in Config.validate) and adam_preconditioner refuses it too.
 
 
 def stability_threshold(lr: float, beta1: float) -> float:
