@@ -250,7 +250,8 @@ class MonitorConfig:
     spike_window: int = 128
     spike_min_values: int = 16
     # Spike score after OLMo 2: percentage of steps whose value lies spike_score_k standard
-    # deviations from the rolling mean of the previous spike_score_window values.
+    # deviations from the rolling mean of the previous spike_score_window values (scored from
+    # spike_min_values values on, so against a partial window until spike_score_window are in).
     spike_score_window: int = 1000
     spike_score_k: float = 7.0
     # Divergence: non-finite loss; or loss above loss_limit (null: the initial loss) for

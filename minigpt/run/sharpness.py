@@ -131,7 +131,7 @@ def top_eigenvalue(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.T
             break  # converged (or S's Krylov space is exhausted: beta = 0)
         betas.append(beta)
         q = w / beta
-    vector = torch.stack(basis).T @ ritz.to(basis[0].dtype)
+    vector = torch.stack(basis).T @ ritz.to(basis[0].device, basis[0].dtype)  # T is solved on the host
     vector = [x.view_as(p).detach() for x, p in zip(_unit(vector).split(sizes), params)]
     return theta, vector
 
