@@ -12,6 +12,7 @@ from pathlib import Path
 from conftest import ROOT
 
 from minigpt.files import relative_name
+from minigpt.studies.sweep.jobs import Job
 from minigpt.studies.sweep.report import report_markdown
 
 # A POSIX path from the root (/tmp/x, /home/me/...) or a Windows drive path (C:\ or C:/), not
@@ -63,3 +64,9 @@ def test_the_sweep_report_names_its_folder_relative_to_where_it_ran(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     text = report_markdown(tmp_path / "multirun" / "study", [], None, {})
     assert text.splitlines()[0] == "# Sweep report: multirun/study"
+    # An override that names a folder from the root (the token cache here) is shown relative too.
+    jobs = [Job(tmp_path / "multirun" / "study" / str(i), str(i), [f"seed={i}", f"data.cache_dir={tmp_path}/cache"],
+                {}, None, [], None) for i in (1, 2)]
+    text = report_markdown([tmp_path / "multirun" / "a", tmp_path / "multirun" / "b"], jobs, None, {})
+    assert text.splitlines()[0] == "# Sweep report: multirun/a, multirun/b"
+    assert "`data.cache_dir=cache`" in text and not ABSOLUTE.search(text)
