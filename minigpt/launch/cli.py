@@ -609,11 +609,11 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
     import torch
 
-    from minigpt.run.runtime import check_compile_backend, check_cuda, resolve_precision
+    from minigpt.run.runtime import check_compile_backend, check_cuda, check_sync_debug, resolve_precision
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
-    resolve_precision(tc.precision, device)
+    check_sync_debug(config, resolve_precision(tc.precision, device, say=lambda msg: None))
     check_compile_backend(tc)
     if tc.resume is not None:
         _check_resume(cfg, config, total)

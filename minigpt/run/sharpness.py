@@ -88,7 +88,7 @@ class SharpnessProbe:
 
     `batch` is (inputs, targets); `model(x, y)` must return (logits, loss). The model runs in
     eval mode (no dropout) with the math attention kernel, whose backward is differentiable
-    twice, and in full precision.
+    twice, and in full precision (no autocast, TF32 off).
     """
 
     def __init__(self, every: int, iters: int, batch: tuple[torch.Tensor, torch.Tensor], seed: int = 0,
@@ -110,12 +110,25 @@ class SharpnessProbe:
         was_training = model.training
         model.eval()
         try:
-            with _math_attention(x.device):
+            with _math_attention(x.device), _full_fp32_matmuls():
                 value, self.vector = top_eigenvalue(lambda: model(x, y)[1].float(), params, preconditioner,
                                                     self.iters, self.vector)
         finally:
             model.train(was_training)
         return value
+
+
+@contextlib.contextmanager
+def _full_fp32_matmuls():
+    """TF32 off for the measurement, as it was afterwards. On CUDA the runtime turns TF32 on for
+    training's leftover fp32 matmuls; its 10-bit mantissa would blur Hessian-vector products
+    whose differences are what the power iteration measures. (Flags only: a no-op on a CPU.)"""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def _math_attention(device: torch.device):

@@ -31,7 +31,7 @@ from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
 from minigpt.run.records import RecordSchema, StepRecords
 from minigpt.run.folder import claim_run_folder
-from minigpt.run.runtime import Runtime, StopSignals
+from minigpt.run.runtime import Runtime, StopSignals, check_sync_debug, rank_rng_states
 from minigpt.run.sharpness import SharpnessProbe
 from minigpt.run.stepper import ModelStepper
 from minigpt.run.summary import run_summary
@@ -51,6 +51,7 @@ class Trainer:
         self.say = (lambda msg: None) if quiet else log.info
         self.runtime = Runtime.start(tc)
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
+        check_sync_debug(cfg, self.precision)
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
         if self.ddp.is_main:
             self.lock = claim_run_folder(self.run_dir, tc, checkpoints, Path(cfg.data.cache_dir), self.say)
@@ -230,9 +231,11 @@ class Trainer:
     # --- checkpoints ---
 
     def save(self) -> Path | None:
+        """Every rank calls it (the RNG states are gathered from all); rank 0 writes."""
+        rng_ranks = rank_rng_states(self.ddp, self.device)
         if not self.ddp.is_main:
             return None
-        state = run_state(self)
+        state = run_state(self, rng_ranks)
         if hasattr(self, "metrics"):
             self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
         path = save_checkpoint(state, checkpoint_path(self.run_dir, self.step))
@@ -251,7 +254,7 @@ class Trainer:
                             "(trainer.max_steps / max_tokens / epochs)")
         check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
         load_optimizer_state(self.optimizer, state["optimizer"], path)
-        load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
+        load_states(state, self.ddp, self.device, model=self.model, scaler=self.scaler, monitor=self.monitor)
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.val_history = [tuple(v) for v in state["val_history"]]
         self.elapsed_before = state.get("elapsed", 0.0)
@@ -317,13 +320,35 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                 if stop.stop is not None:
                     break
                 if first.checkpoints and tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > 0:
-                    for r in stepper.runs:
+                    for r in list(stepper.runs):
                         if not r.resumed_here():
+                            # Every record up to here lands first: a divergence they reveal ends
+                            # the run without a checkpoint of the diverged state (which resume=auto
+                            # would take); the last good checkpoint stays the newest. Under DDP
+                            # every rank has then seen the same records: they agree without a word.
                             r.flush(wait=True)
-                            stepper.save(r)
+                            if (status := r.ended()) is not None:
+                                end(r, status)
+                            else:
+                                stepper.save(r)
+                    if not stepper.runs:
+                        break
                 advance(stepper)
-                if stepper.step % first.flush_every == 0:
-                    stop.agree(first.device)  # the ranks flush at the same steps: they agree there
+                at_flush = stepper.step % first.flush_every == 0
+                if first.ddp.enabled:
+                    # Each rank sees the records that have landed on it, which may be a flush
+                    # apart: the ranks decide together, at the flush steps they share, so that no
+                    # rank leaves the loop alone (the others would wait in an all-reduce for ever).
+                    if not at_flush:
+                        continue
+                    if not stop.agree(first.device, any(r.ended() is not None for r in stepper.runs)):
+                        continue
+                    for r in list(stepper.runs):
+                        r.flush(wait=True)  # every rank now holds every record, and the same verdict
+                        end(r, r.ended() or RunStatus.DIVERGED)
+                    continue
+                if at_flush:
+                    stop.agree(first.device)
                 for r in list(stepper.runs):
                     if (status := r.ended()) is not None:
                         r.flush(wait=True)
