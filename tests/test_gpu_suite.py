@@ -382,6 +382,26 @@ def test_docs_blocks_are_filled_from_the_results_with_the_gpu_named(tmp_path):
     assert docs.main([str(tmp_path / "res"), "--docs", str(page), "--check"]) == 0
 
 
+def test_the_two_commands_folders_are_read_together(tmp_path):
+    write_results(tmp_path / "a")
+    part2 = tmp_path / "b"
+    write_results(part2)
+    suite_b = json.loads((part2 / "suite.json").read_text())
+    suite_b["stages"] = {"sweep": suite_b["stages"]["sweep"]}  # part 2 ran the sweep only
+    (part2 / "suite.json").write_text(json.dumps(suite_b))
+    suite_a = json.loads((tmp_path / "a" / "suite.json").read_text())
+    del suite_a["stages"]["sweep"]
+    (tmp_path / "a" / "suite.json").write_text(json.dumps(suite_a))
+    page = tmp_path / "perf.md"
+    page.write_text(PAGE)
+    assert docs.main([str(tmp_path / "a"), str(part2), "--docs", str(page)]) == 0
+    assert "612,346" in page.read_text() and "5.00x" in page.read_text()
+    other = json.loads((part2 / "suite.json").read_text())
+    other["machine"] = {**H100, "gpu": "NVIDIA A100-SXM4-40GB"}
+    (part2 / "suite.json").write_text(json.dumps(other))
+    assert docs.main([str(tmp_path / "a"), str(part2), "--docs", str(page)]) == 2
+
+
 def test_a_failed_stage_is_reported_not_filled_in(tmp_path):
     write_results(tmp_path / "res", bench_status="failed")
     page = tmp_path / "perf.md"
