@@ -46,6 +46,7 @@ def run_summary(run, status: RunStatus, wall: float, ckpt: Path | None, stop_sig
         "checkpoint": str(ckpt) if ckpt else None,
         "resumed_from": str(run.resumed_from) if run.resumed_from else None,
         "branched_from": str(run.branched_from) if run.branched_from else None,
+        "init_from": run.init_origin,  # trainer.init_from: {path, step, config_hash} of the weights it began with
     }
     summary.update(run.monitor.summary())
     return summary
