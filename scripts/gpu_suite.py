@@ -496,6 +496,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     budgets = parse_budgets(args.budgets)
+    if args.dry_run and not args.budgets:  # a CPU starts each process and its torch far slower than
+        budgets = {k: 4 * v for k, v in budgets.items()}  # a GPU machine: a rehearsal must not be cut
     wanted = [s for s in args.stages.split(",") if s]
     unknown = [s for s in wanted if s not in DEFAULT_BUDGETS]
     if unknown:

@@ -442,7 +442,7 @@ def test_dry_run_executes_every_stage_on_the_cpu(tmp_path):
     # compiles with inductor once; the preflight's refusals are tested below)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_suite.py"), "--dry-run", "--out", str(out),
                            "--data-dir", str(tmp_path / "data"), "--no-preflight", "--bring-back", str(tmp_path / "back")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1200)
     result = json.loads((out / "suite.json").read_text())
     assert list(result["stages"]) == ["smoke", "bench", "sweep", "warmup"]
     failed = {k: json.loads((out / k / "stage.json").read_text())["commands"]
