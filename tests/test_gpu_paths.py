@@ -145,6 +145,7 @@ def test_fused_adamw_under_the_scaler_skips_an_inf_step_and_rolls_its_count_back
 # --- delayed records: a divergence revealed at a checkpoint step ---------------------------------
 
 
+@pytest.mark.slow  # 12 steps, two checkpoints and a resume: seconds
 def test_a_divergence_revealed_at_a_checkpoint_leaves_no_checkpoint_and_resume_takes_the_last_good(
         make_config, tmp_path):
     """flush_every=8, checkpoints every 6 steps: the records of steps 8-11 land only at the
