@@ -188,6 +188,7 @@ def step_syncs():
         assert any(r.last_record.get("step", -1) >= flush_every - 1 for r in runs), "no flush was watched"
         for r in runs:
             r.metrics.close()
+            r.close()  # the run folder's lock
         return detector
 
     return run

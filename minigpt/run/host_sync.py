@@ -124,13 +124,6 @@ class HostSyncDetector:
 
     # --- what tests ask of it ---
 
-    def places(self) -> set[tuple[str, str]]:
-        """{(kind, where)}: what synchronised, and from which line of ours."""
-        return {(e.kind, e.where) for e in self.events}
-
-    def at(self, label) -> list[HostSync]:
-        return [e for e in self.events if e.label == label]
-
     def report(self) -> str:
         return "\n".join(str(e) for e in self.events) or "no host syncs"
 
