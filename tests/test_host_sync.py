@@ -100,6 +100,7 @@ CASES = {
     "bf16": ({"trainer__precision": "bf16"}, None),
     "fp16 stand-in": ({"trainer__precision": "bf16"}, None),  # + a CPU GradScaler, as CUDA fp16 has one
     "model.z_loss": ({"model__z_loss": 1e-4}, None),
+    "optim.ema": ({"optim__ema": 10}, None),
     "monitor.skip_spikes": ({"monitor__skip_spikes": True}, "every"),
     "monitor.update_ratio": ({"monitor__update_ratio": True}, None),
     "monitor.max_attn_logit": ({"monitor__max_attn_logit": True}, None),

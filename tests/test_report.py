@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, run_train, tiny_overrides
 from minigpt.errors import UserError
 from minigpt.studies.sweep.jobs import find_jobs
-from minigpt.studies.sweep.report import write_report
+from minigpt.studies.sweep.report import sweep_table, write_report
 from minigpt.studies.sweep.statistics import build_study, clipped_loss, lr_sensitivity
 
 REPORT = ROOT / "scripts" / "report.py"
@@ -151,6 +151,20 @@ def test_sweep_table_lists_every_job_and_names_the_best(synthetic_sweep):
     assert "`trainer.max_steps=100`" in text and "`arch=pre_ln`" in text
     for name in ("loss.png", "lr.png", "study_lr.png", "study_early.png"):
         assert (synthetic_sweep / "out" / name).stat().st_size > 5000, name
+
+
+def test_sweep_table_has_the_weight_averages_loss_when_a_run_kept_one(tmp_path):
+    root = tmp_path / "sweep"
+    write_job(root, 0, lr=0.01, warmup=0.2, seed=1, final=3.0, train=[6.0, 5.0])
+    write_job(root, 1, lr=0.01, warmup=0.2, seed=2, final=3.2, train=[6.0, 5.0])
+    summary = json.loads((root / "1" / "summary.json").read_text())
+    (root / "1" / "summary.json").write_text(json.dumps({**summary, "final_val_loss_ema": 2.95}))
+    text = "\n".join(sweep_table(find_jobs(root)))
+    header = [c.strip() for c in text.splitlines()[0].strip("|").split("|")]
+    column = header.index("final val loss (EMA)")
+    assert [r[column] for r in _table_rows(text, "final val loss (EMA)")] == ["–", "2.9500"]
+    write_job(tmp_path / "plain", 0, lr=0.01, warmup=0.2, seed=1, final=3.0, train=[6.0, 5.0])
+    assert "(EMA)" not in "\n".join(sweep_table(find_jobs(tmp_path / "plain")))
 
 
 def test_not_a_study_without_an_lr_x_warmup_grid(tmp_path):

@@ -621,7 +621,11 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
-    check_sync_debug(config, resolve_precision(tc.precision, device, say=lambda msg: None))
+    from minigpt.optim import check_precision
+
+    precision = resolve_precision(tc.precision, device, say=lambda msg: None)
+    check_precision(config.optim, precision)
+    check_sync_debug(config, precision)
     check_compile_backend(tc)
     if tc.resume is not None:
         _check_resume(cfg, config, total)

@@ -71,6 +71,13 @@ class Job:
         return finitenumber(value)
 
     @property
+    def final_val_loss_ema(self) -> float | None:
+        """The weight average's validation loss at the end of a completed run (optim.ema); else None."""
+        if self.status != "completed":
+            return None
+        return finitenumber((self.summary or {}).get("final_val_loss_ema"))
+
+    @property
     def best_val_loss(self) -> float | None:
         values = [finitenumber(r["val/loss"]) for r in self.val_records]
         values = [v for v in values if v is not None]

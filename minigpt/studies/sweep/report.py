@@ -54,6 +54,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 def sweep_table(jobs: Sequence[Job]) -> list[str]:
     keys, _ = varying_overrides(jobs)
     best = best_job(jobs)
+    averaged = any(j.final_val_loss_ema is not None for j in jobs)  # a column only when some run has optim.ema
     rows = []
     for j in jobs:
         spikes = j.spikes
@@ -66,11 +67,12 @@ def sweep_table(jobs: Sequence[Job]) -> list[str]:
             status,
             _fmt(j.final_val_loss, 4),
             _fmt(j.best_val_loss, 4),
+            *([_fmt(j.final_val_loss_ema, 4)] if averaged else []),
             f"{spikes[0]} / {spikes[1]}" if spikes else "–",
             f"{j.tok_per_s:,.0f}" if j.tok_per_s else "–",
         ])
-    return _table(["job", "overrides", "status", "final val loss", "best val loss", "spikes (loss / grad)",
-                   "tokens/s"], rows)
+    return _table(["job", "overrides", "status", "final val loss", "best val loss",
+                   *(["final val loss (EMA)"] if averaged else []), "spikes (loss / grad)", "tokens/s"], rows)
 
 
 def lr_range_note(lrs: Sequence[float]) -> str:
