@@ -44,14 +44,14 @@ BF16_TOL = 2e-3
 @pytest.mark.slow  # three runs per architecture
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_stacked_runs_in_bf16_match_the_same_runs_alone(arch, make_config, tmp_path):
-    configs = [make_config(trainer__precision="bf16", trainer__max_steps=8, trainer__eval_interval=4, model__n_layer=1,
+    configs = [make_config(trainer__precision="bf16", trainer__max_steps=5, trainer__eval_interval=5, model__n_layer=1,
                            seed=s, **ARCHS[arch]) for s in (1, 2)]
     stacked = train_stacked(configs, [tmp_path / f"stacked{c.seed}" for c in configs], quiet=True)
     for cfg, s in zip(configs, stacked):
         alone = train(cfg, tmp_path / f"alone{cfg.seed}", quiet=True)
         assert s.status == alone.status == "completed"
         a, b = train_records(alone.run_dir), train_records(s.run_dir)
-        assert len(a) == len(b) == 8
+        assert len(a) == len(b) == 5
         assert [r["train/loss"] for r in b] == pytest.approx([r["train/loss"] for r in a], abs=BF16_TOL)
         assert s.final_val_loss == pytest.approx(alone.final_val_loss, abs=BF16_TOL)
 
