@@ -341,13 +341,20 @@ class Schedule:
 
 # Runs up to this many steps have every step checked; longer ones a sample (curve_steps).
 EXACT_STEPS = 200_000
+ZOOM_POINTS = 1000  # steps per round of the zoom on the highest sample (curve_steps)
 
 
 def curve_steps(schedule: Schedule) -> Sequence[int]:
     """The steps at which the curve is checked and described: every step of a run up to
     EXACT_STEPS steps; for a longer run, EXACT_STEPS evenly spread steps plus the first and last
     thousand and each phase boundary with its neighbours (where peaks and floors sit), so that a
-    10^9-step run is checked in a second rather than walked step by step for an hour."""
+    10^9-step run is checked in a second rather than walked step by step for an hour.
+
+    A peak between two samples (a triangle's tip) is found by zooming in on the highest sample:
+    ZOOM_POINTS steps spread over the gap on either side of it, again around the highest of
+    those, until the gap is walked step by step. The zoom takes O(log total) rounds, so memory
+    and time stay bounded whatever the run length (a window of every step around the highest
+    sample held 10^25 steps for trainer.max_steps=1e30)."""
     total = schedule.total_steps
     if total <= EXACT_STEPS:
         return range(total)
@@ -355,10 +362,16 @@ def curve_steps(schedule: Schedule) -> Sequence[int]:
     steps.update((i * (total - 1)) // (EXACT_STEPS - 1) for i in range(EXACT_STEPS))
     for boundary in schedule.phases().values():
         steps.update(b for b in range(boundary - 2, boundary + 3) if 0 <= b < total)
-    # A peak between two samples (a triangle's tip): every step around the highest sample.
-    spacing = total // (EXACT_STEPS - 1) + 1
     highest = max(steps, key=schedule)
-    steps.update(range(max(0, highest - spacing), min(total, highest + spacing + 1)))
+    spacing = total // (EXACT_STEPS - 1) + 1
+    lo, hi = max(0, highest - spacing), min(total - 1, highest + spacing)
+    while hi - lo > 2 * ZOOM_POINTS:
+        probes = {lo + (i * (hi - lo)) // (ZOOM_POINTS - 1) for i in range(ZOOM_POINTS)}
+        steps.update(probes)
+        best = max(probes, key=schedule)
+        gap = (hi - lo) // (ZOOM_POINTS - 1) + 1
+        lo, hi = max(lo, best - gap), min(hi, best + gap)
+    steps.update(range(lo, hi + 1))
     return sorted(steps)
 
 

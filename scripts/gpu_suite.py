@@ -248,8 +248,9 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
             warmup.append(Command(f"warmup_{name}_s{seed}", python(
                 str(ROOT / "train.py"), "-m", *cell, *args, f"seed={seed}", *data, *quiet,
                 f"hydra.sweep.dir={warm_dir / f'{name}_s{seed}'}"), reserve_s=30, paired="warmup"))
-    warmup.append(Command("warmup_report", python(str(ROOT / "scripts" / "report.py"), str(warm_dir), "--out",
-                                                  str(out / "warmup" / "report")), check_warmup(warm_dir)))
+    # --warmup-study: the study's sections even when only one architecture's cells (one LR) finished
+    warmup.append(Command("warmup_report", python(str(ROOT / "scripts" / "report.py"), str(warm_dir), "--warmup-study",
+                                                  "--out", str(out / "warmup" / "report")), check_warmup(warm_dir)))
 
     stages = [Stage("smoke", budgets["smoke"], smoke), Stage("bench", budgets["bench"], bench),
               Stage("sweep", budgets["sweep"], sweep),

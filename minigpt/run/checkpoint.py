@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import UserError
-from minigpt.files import fsync_dir, write_atomic
+from minigpt.files import fsync_dir, open_new, write_atomic
 from minigpt.run.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
 from minigpt.model import GPTConfig
 from minigpt.run.runtime import Distributed, own_rng_state, set_rng_state
@@ -58,8 +58,9 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # not named like a checkpoint: list_checkpoints skips it
+    f = open_new(tmp)  # created exclusively, never through a link (minigpt/files.py)
     try:
-        with open(tmp, "wb") as f:
+        with f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
@@ -88,15 +89,20 @@ def file_sha256(path: Path) -> str:
 
 
 def checkpoint_damage(path: Path) -> str | None:
-    """Why a checkpoint file cannot be trusted (empty, or its bytes differ from its stored
-    SHA-256), or None. A checkpoint without a checksum file (saved before minigpt stored them)
-    is not called damaged here; loading it still has to succeed."""
+    """Why a checkpoint file cannot be trusted (empty, its bytes differ from its stored SHA-256,
+    or its checksum file is missing while other checkpoints beside it have one), or None. A
+    checkpoint without a checksum file in a folder where none has one (saved before minigpt
+    stored them) is not called damaged here; loading it still has to succeed."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             return "the file is empty"
         stored = checksum_path(path)
         if not stored.is_file():
+            others = [p.name for p in path.parent.glob(f"step_*.pt{CHECKSUM_SUFFIX}") if p != stored]
+            if others:  # minigpt wrote this run's checkpoints with checksums: this one's was deleted
+                return (f"its checksum file {stored.name} is missing, while the run's other checkpoints have one "
+                        f"(e.g. {max(others)}), so its bytes cannot be checked")
             return None
         expected = stored.read_text().split()[0] if stored.read_text().strip() else ""
         actual = file_sha256(path)
@@ -289,6 +295,7 @@ def run_state(run, rng_ranks: list[dict], train_point: list | None = None) -> di
         "config": run.cfg.to_dict(),
         "model_config": vars(run.model_config).copy(),
         "data_key": run.data.cache_dir.name,
+        "data_sha256": run.data.meta.get("sha256"),  # the token files' hashes: a resume trains on these tokens
         "tokenizer": (run.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
         "wandb_id": run.wandb_id,
         "init_from": run.init_origin,  # where a run begun with trainer.init_from took its weights (or None)
@@ -305,7 +312,7 @@ def load_states(state: dict, ddp: Distributed, device, **parts) -> None:
     set_rng_state(own_rng_state(state, ddp), device)
 
 
-def check_compatible(state: dict, path: Path, model_config: dict, data_key: str) -> None:
+def check_compatible(state: dict, path: Path, model_config: dict, data_key: str, data_sha256: dict | None = None) -> None:
     """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
     saved = state.get("model_config", {})
     diff = [f"model.{k} ({saved.get(k)} -> {model_config[k]})" for k in ("vocab_size", *FIXED_MODEL_KEYS)
@@ -317,6 +324,10 @@ def check_compatible(state: dict, path: Path, model_config: dict, data_key: str)
         raise UserError(f"trainer.resume: {path} was trained on other tokens: the same data config now gives "
                         f"token cache {data_key}, not {state.get('data_key')} (the corpus files "
                         "changed?); resume with the corpus it was trained on")
+    if state.get("data_sha256") is not None and state["data_sha256"] != data_sha256:
+        raise UserError(f"trainer.resume: {path} was trained on other tokens: the token files of cache {data_key} have "
+                        "other SHA-256 hashes than those it was trained on (the cache was rebuilt from changed files?); "
+                        "resume with the token cache it was trained on")
 
 
 def is_branch(path: Path, run_dir: Path) -> bool:

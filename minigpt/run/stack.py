@@ -41,7 +41,7 @@ from minigpt.model import GPT
 from minigpt.optim import decay_coefficient
 from minigpt.run.records import PendingStep
 from minigpt.run.metrics import RunResult
-from minigpt.run.trainer import Trainer, fit
+from minigpt.run.trainer import Trainer, batch_stderr, fit
 
 log = logging.getLogger("minigpt")
 
@@ -281,11 +281,16 @@ class StackedStepper:
         first = self.runs[0]
         self.template.eval()
         total = torch.zeros(len(self.runs), device=self.device, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)  # for each run's standard error over the batches (val/loss_stderr)
         for i in range(self.tc.eval_iters):
             x, y = self._batches(lambda r: r.val_batches.eval_batch(i))
             with first.runtime.autocast():
-                total += self.batched_loss(self.params, x, y).double()
+                loss = self.batched_loss(self.params, x, y).double()
+            total += loss
+            total_sq += loss**2
         self.template.train()
+        for run, s, sq in zip(self.runs, total.tolist(), total_sq.tolist()):
+            run.val_stderr = batch_stderr(s, sq, self.tc.eval_iters)
         return (total / self.tc.eval_iters).tolist()
 
     def save(self, run: Trainer) -> Path | None:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from minigpt.run.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
                                 load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
-from minigpt.data.cache import Batches, prepare_data
+from minigpt.data.cache import Batches, complete_cache, prepare_data, verify_tokens
 from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
@@ -40,6 +40,16 @@ from minigpt.run.summary import run_summary
 log = logging.getLogger("minigpt")
 
 
+def batch_stderr(total: float, total_sq: float, n: float) -> float | None:
+    """The standard error of a mean over n batch values, from their sum and sum of squares: how far
+    another draw of n validation windows could move the mean (None for a single batch)."""
+    if n < 2:
+        return None
+    mean = total / n
+    variance = max(total_sq / n - mean**2, 0.0) * n / (n - 1)
+    return math.sqrt(variance / n)
+
+
 class Trainer:
     """One run. `checkpoints=False` writes none (the LR range test trains a throwaway copy).
     `watchers` see every record on the host; a reason one returns ends the run (`stopped`)."""
@@ -56,7 +66,8 @@ class Trainer:
         check_sync_debug(cfg, self.precision)
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
         if self.ddp.is_main:
-            self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say)
+            self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say,
+                                         cache_readable=lambda: complete_cache(cfg.data))
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -89,12 +100,13 @@ class Trainer:
             self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
         meta = self.data.meta
         # Every context window must fit in the splits: checked before a model of that context is built.
-        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
+        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train",
+                                     meta["vocab_size"])
         self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
-                                   "validation")
+                                   "validation", meta["vocab_size"])
         self.model_config = GPTConfig.build(mc, meta["vocab_size"])
         torch.manual_seed(cfg.seed)
-        self.model = GPT(self.model_config).to(self.device)  # the uncompiled module: checkpoints use it
+        self.model = build_model(self.model_config, self.device)  # the uncompiled module: checkpoints use it
         self.model.record_logz = cfg.monitor.logz
         for block in self.model.transformer.h:
             block.attn.record_max_logit = cfg.monitor.max_attn_logit
@@ -115,6 +127,8 @@ class Trainer:
         self.ema = WeightAverage(self.params, self.plan.ema_decay) if self.plan.ema_half_life else None
         self.total_steps = self.plan.total_steps
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        if self.monitor.patience_note():
+            self.say(self.monitor.patience_note())
         self.sharpness = None
         if cfg.monitor.sharpness_every:
             # One fixed training batch (that of step 0) for every measurement.
@@ -145,6 +159,7 @@ class Trainer:
         self.flush_seconds = 0.0  # host time spent handing records over (scripts/bench.py reads it)
         self.val_at: dict[int, float] = {}
         self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
+        self.val_stderr_at: dict[int, float] = {}  # val/loss_stderr of the evaluations (none with eval_iters=1)
         self.val_z_loss: float | None = None
         self.val_ema_at: dict[int, float] = {}  # the weight average's loss at the evaluations (optim.ema)
         self.val_ema_loss: float | None = None
@@ -226,9 +241,7 @@ class Trainer:
         self.model.train()
         self.val_z_loss = float(total[2] / total[1]) if z_on else None
         n, mean = float(total[1]), float(total[0] / total[1])
-        # The batches' spread: how far another draw of eval_iters windows could move the mean.
-        variance = max(float(total[3]) / n - mean**2, 0.0) * n / (n - 1) if n > 1 else None
-        self.val_stderr = math.sqrt(variance / n) if variance is not None else None
+        self.val_stderr = batch_stderr(float(total[0]), float(total[3]), n)
         return mean
 
     def evaluate_only(self) -> RunResult:
@@ -241,6 +254,8 @@ class Trainer:
             step = self.init_origin["step"]
             loss = self.evaluate()
             record = {"step": step, "val/loss": loss}
+            if self.val_stderr is not None:
+                record["val/loss_stderr"] = self.val_stderr
             if self.val_z_loss is not None:
                 record["val/z_loss"] = self.val_z_loss
             self.metrics.log(record)
@@ -273,11 +288,15 @@ class Trainer:
             self.val_at[step] = loss
             if self.val_z_loss is not None:
                 self.val_z_at[step] = self.val_z_loss
+            if self.val_stderr is not None:
+                self.val_stderr_at[step] = self.val_stderr
             if self.ema is not None:
                 self.val_ema_at[step] = self.val_ema_loss
             return
         self.val_history.append((step, loss))
         record = {"step": step, "val/loss": loss, "train/tokens": self.tokens_seen}
+        if self.val_stderr is not None:
+            record["val/loss_stderr"] = self.val_stderr
         if self.val_z_loss is not None:
             record["val/z_loss"] = self.val_z_loss
         if self.ema is not None:
@@ -291,6 +310,8 @@ class Trainer:
         for record in self.records.flush(wait):
             if record["step"] in self.val_at:
                 record["val/loss"] = self.val_at[record["step"]]
+                if record["step"] in self.val_stderr_at:
+                    record["val/loss_stderr"] = self.val_stderr_at.pop(record["step"])
                 if record["step"] in self.val_z_at:
                     record["val/z_loss"] = self.val_z_at.pop(record["step"])
                 if record["step"] in self.val_ema_at:
@@ -353,7 +374,11 @@ class Trainer:
             raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
                             f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
                             "(trainer.max_steps / max_tokens / epochs)")
-        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
+        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name, self.data.meta.get("sha256"))
+        changed = verify_tokens(self.data.cache_dir, self.data.meta, full=True)  # every resume: the whole files
+        if changed:
+            raise UserError(f"trainer.resume: the token cache {self.data.cache_dir} changed after it was written: "
+                            f"{changed}; delete it so that the next start rebuilds it, then resume")
         load_states(state, self.ddp, self.device, model=self.model, scaler=self.scaler, monitor=self.monitor)
         # After the model: schedule-free's weights go back from the saved average to the training point.
         load_optimizer_state(self.optimizer, state["optimizer"], path, self.params, state.get("train_point"))
@@ -482,3 +507,18 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                     r.metrics.close(summary, failed=True)
                 r.close()
     return [results[id(r)] for r in runs]
+
+
+def build_model(model_config, device: torch.device):
+    """The GPT on its device; an allocation that fails (a model the precheck's estimate let
+    through, memory taken by others) is one line, not a traceback."""
+    try:
+        return GPT(model_config).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        reason = type(e).__name__
+    except RuntimeError as e:
+        if "alloc" not in str(e).lower():
+            raise
+        reason = str(e).splitlines()[0][:200]
+    raise UserError(f"model: cannot allocate the model on {device} ({reason}); use a smaller model.n_layer / "
+                    "model.n_embd / data.vocab_size, or free memory") from None

@@ -410,7 +410,16 @@ def load_fit(path) -> tuple[Fit, dict]:
         raise UserError(f"'{path}' is not a fit (not JSON: {e})") from None
     if not isinstance(record, dict) or "law" not in record:
         raise UserError(f"'{path}' is not a fit written by scripts/predict_loss.py fit (no 'law' key)")
-    return Fit.from_dict(record), record
+    try:
+        fitted = Fit.from_dict(record)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # a hand-edited or damaged file
+        raise UserError(f"'{path}' is not a fit written by scripts/predict_loss.py fit (its params, stderr or runs "
+                        f"do not read: {type(e).__name__}); refit it") from None
+    overrides = record.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise UserError(f"'{path}': 'overrides' must be a list of train.py key=value overrides, got {overrides!r}; "
+                        "refit it")
+    return fitted, record
 
 
 def fit_points(curve: Curve, start: int | None = None) -> np.ndarray:
