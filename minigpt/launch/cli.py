@@ -636,13 +636,15 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
     import torch
 
-    from minigpt.run.runtime import check_compile_backend, check_cuda, resolve_precision
+    from minigpt.run.runtime import check_compile_backend, check_cuda, check_sync_debug, resolve_precision
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
     from minigpt.optim import check_precision
 
-    check_precision(config.optim, resolve_precision(tc.precision, device))
+    precision = resolve_precision(tc.precision, device, say=lambda msg: None)
+    check_precision(config.optim, precision)
+    check_sync_debug(config, precision)
     check_compile_backend(tc)
     check_model_fits(config, device)
     if tc.resume is not None:

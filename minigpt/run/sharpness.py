@@ -148,8 +148,8 @@ class SharpnessProbe:
 
     `batch` is (inputs, targets); `model(x, y)` must return (logits, loss). The model runs in
     eval mode (no dropout) with the math attention kernel, whose backward is differentiable
-    twice, and in full precision. At most `iters` Hessian-vector products per measurement
-    (fewer once the Ritz residual is under `tol` x the value).
+    twice, and in full precision (no autocast, TF32 off). At most `iters` Hessian-vector products
+    per measurement (fewer once the Ritz residual is under `tol` x the value).
     """
 
     def __init__(self, every: int, iters: int, batch: tuple[torch.Tensor, torch.Tensor], seed: int = 0,
@@ -170,7 +170,7 @@ class SharpnessProbe:
         was_training = model.training
         model.eval()
         try:
-            with _math_attention(x.device):
+            with _math_attention(x.device), _full_fp32_matmuls():
                 value, vector = top_eigenvalue(lambda: model(x, y)[1].float(), params, preconditioner,
                                                self.iters, start, self.tol)
         finally:
@@ -185,6 +185,19 @@ def _sum_of_units(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[
     na = torch.sqrt(sum((x.float() ** 2).sum() for x in a))
     nb = torch.sqrt(sum((x.float() ** 2).sum() for x in b))
     return [x / na + y / nb for x, y in zip(a, b)]
+
+
+@contextlib.contextmanager
+def _full_fp32_matmuls():
+    """TF32 off for the measurement, as it was afterwards. On CUDA the runtime turns TF32 on for
+    training's leftover fp32 matmuls; its 10-bit mantissa would blur Hessian-vector products
+    whose differences are what the power iteration measures. (Flags only: a no-op on a CPU.)"""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def _math_attention(device: torch.device):
