@@ -119,6 +119,8 @@ def run_job(config: Config, hc) -> float | None:
         log.warning(f"diverged at step {s['diverged_step']}: {s['reason']}; metrics kept in {run_dir}")
         if not multirun:  # a sweep records it (summary.json, inf for the sweeper) and goes on
             sys.exit(EXIT_DIVERGED)
+    elif result.status == RunStatus.STOPPED:  # a watcher ended it (a trainer driven from code, not a signal)
+        log.info(f"stopped at step {s['step']}: {s.get('reason', 'by a watcher')}; outputs in {run_dir}")
     else:
         signum = signal.Signals[s["reason"].split()[-1]]
         if submitit_job and signum == signal.SIGUSR2:
