@@ -326,7 +326,8 @@ class MonitorConfig:
     spike_window: int = 128
     spike_min_values: int = 16
     # Spike score after OLMo 2: percentage of steps whose value lies spike_score_k standard
-    # deviations from the rolling mean of the previous spike_score_window values.
+    # deviations from the rolling mean of the previous spike_score_window values (scored from
+    # spike_min_values values on, so against a partial window until spike_score_window are in).
     spike_score_window: int = 1000
     spike_score_k: float = 7.0
     # Divergence: non-finite loss; or loss above loss_limit (null: the initial loss) for
@@ -348,11 +349,13 @@ class MonitorConfig:
     update_ratio: bool = False  # ||update|| / ||weights|| per step
     max_attn_logit: bool = False  # largest pre-softmax attention logit of the step's last micro-batch
     logz: bool = False  # mean log-partition of the output softmax
-    # Top eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N steps
-    # (minigpt/run/sharpness.py); null: off. Each measurement costs about 2 + 2 x sharpness_iters
-    # forward/backward passes of one micro-batch.
+    # Largest eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N
+    # steps (minigpt/run/sharpness.py; AdamW only); null: off. Each measurement costs one
+    # forward/backward pass plus at most sharpness_iters Hessian-vector products (about two
+    # backward passes each) of one micro-batch.
     sharpness_every: Optional[int] = None
-    sharpness_iters: int = 8  # power-iteration steps per measurement
+    sharpness_iters: int = 20  # Lanczos steps (Hessian-vector products) per measurement, at most
+    sharpness_tol: float = 1e-3  # ... stopping once the Ritz residual is under this fraction of the value
     sharpness_until: Optional[int] = None  # measure only before this step (null: the whole run)
 
     def validate(self):
@@ -378,6 +381,8 @@ class MonitorConfig:
             _check(self.sharpness_every >= 1, "monitor.sharpness_every",
                    "must be a positive number of steps (or null to turn it off)", self.sharpness_every)
         _check(self.sharpness_iters >= 1, "monitor.sharpness_iters", "must be >= 1", self.sharpness_iters)
+        _check(0 <= self.sharpness_tol < 1, "monitor.sharpness_tol", "must be in [0, 1) (0: always sharpness_iters steps)",
+               self.sharpness_tol)
         if self.sharpness_until is not None:
             _check(self.sharpness_until >= 1, "monitor.sharpness_until", "must be >= 1 (or null: the whole run)",
                    self.sharpness_until)
@@ -416,6 +421,11 @@ class LRRangeTestConfig:
         _check(self.skip_start >= 0, "lr_range_test.skip_start", "must be >= 0", self.skip_start)
 
 
+# The optimizers whose preconditioned sharpness minigpt/run/sharpness.py can measure: Adam's P.
+# A new optimizer joins only with a preconditioner of its own there.
+SHARPNESS_OPTIMIZERS = ("adamw",)
+
+
 @dataclass
 class Config:
     seed: int = 1337
@@ -435,6 +445,9 @@ class Config:
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]", self.seed)
         for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
+        if self.monitor.sharpness_every is not None and self.optim.name not in SHARPNESS_OPTIMIZERS:
+            raise UserError(f"monitor.sharpness_every is measured with Adam's preconditioner, and optim.name is "
+                            f"{self.optim.name}; use optim.name=adamw or monitor.sharpness_every=null")
         if self.trainer.eval_only and self.task != "train":
             raise UserError(f"trainer.eval_only=true evaluates a checkpoint; task={self.task} trains: drop one of them")
         if not isinstance(self.scheduler.get("name"), str):

@@ -109,3 +109,13 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         if created:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def relative_name(path) -> str:
+    """`path` as a file the project writes names it: relative to the working directory (the place
+    the command was run from), so that a report, a fit or a prediction holds no absolute path of
+    the machine that made it and reads the same in any checkout."""
+    try:
+        return Path(os.path.relpath(Path(path).absolute())).as_posix()
+    except ValueError:  # another drive (Windows): no relative path exists
+        return Path(path).as_posix()

@@ -150,9 +150,9 @@ def _draw_sharpness(ax, records: Sequence[dict]) -> None:
     """train/sharpness (measured every N steps) and the Adam stability threshold of Cohen et al.
     2022, (2 + 2 beta1) / ((1 - beta1) lr), at each measured step's LR, on a log axis."""
     steps = [r["step"] for r in records]
-    # Power iteration finds the eigenvalue of largest magnitude; a negative one is a gap on the log axis.
+    # The largest eigenvalue is negative only when the whole spectrum is: a gap on the log axis.
     values = [v if v > 0 else math.nan for v in _finite(r["train/sharpness"] for r in records)]
-    ax.plot(steps, values, "o-", color="tab:brown", ms=2.5, lw=1.0, label="sharpness: top eigenvalue of P^-1 H")
+    ax.plot(steps, values, "o-", color="tab:brown", ms=2.5, lw=1.0, label="sharpness: largest eigenvalue of P^-1 H")
     if any("train/sharpness_threshold" in r for r in records):
         ax.plot(steps, _finite(r.get("train/sharpness_threshold") for r in records), color="0.3", ls="--", lw=1.0,
                 label="Adam stability threshold (2 + 2 beta1) / ((1 - beta1) lr)")

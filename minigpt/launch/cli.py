@@ -123,6 +123,8 @@ def run_job(config: Config, hc) -> float | None:
         log.warning(f"diverged at step {s['diverged_step']}: {s['reason']}; metrics kept in {run_dir}")
         if not multirun:  # a sweep records it (summary.json, inf for the sweeper) and goes on
             sys.exit(EXIT_DIVERGED)
+    elif result.status == RunStatus.STOPPED:  # a watcher ended it (a trainer driven from code, not a signal)
+        log.info(f"stopped at step {s['step']}: {s.get('reason', 'by a watcher')}; outputs in {run_dir}")
     else:
         signum = signal.Signals[s["reason"].split()[-1]]
         if submitit_job and signum == signal.SIGUSR2:
@@ -851,13 +853,15 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
     import torch
 
-    from minigpt.run.runtime import check_compile_backend, check_cuda, resolve_precision
+    from minigpt.run.runtime import check_compile_backend, check_cuda, check_sync_debug, resolve_precision
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
     from minigpt.optim import check_precision
 
-    check_precision(config.optim, resolve_precision(tc.precision, device))
+    precision = resolve_precision(tc.precision, device, say=lambda msg: None)
+    check_precision(config.optim, precision)
+    check_sync_debug(config, precision)
     check_compile_backend(tc)
     check_model_fits(config, device)
     if tc.resume is not None:

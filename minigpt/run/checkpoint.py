@@ -29,7 +29,7 @@ from minigpt.errors import UserError
 from minigpt.files import fsync_dir, open_new, write_atomic
 from minigpt.run.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
 from minigpt.model import GPTConfig
-from minigpt.run.runtime import rng_state, set_rng_state
+from minigpt.run.runtime import Distributed, own_rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_SUFFIX = ".sha256"
@@ -306,9 +306,10 @@ def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, di
     return path, state, damaged
 
 
-def run_state(run, train_point: list | None = None) -> dict:
-    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values. `train_point`:
-    schedule-free AdamW's training weights (the model holds its evaluation point then)."""
+def run_state(run, rng_ranks: list[dict], train_point: list | None = None) -> dict:
+    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values. `rng_ranks`: every
+    rank's RNG state (runtime.rank_rng_states). `train_point`: schedule-free AdamW's training
+    weights (the model holds its evaluation point then)."""
     return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -318,7 +319,8 @@ def run_state(run, train_point: list | None = None) -> dict:
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "step": run.step,
         "tokens_seen": run.tokens_seen,
-        "rng": rng_state(),
+        "rng": rng_ranks[0],
+        "rng_ranks": rng_ranks,
         "monitor": run.monitor.state_dict(),
         "val_history": [list(v) for v in run.val_history],
         "config": run.cfg.to_dict(),
@@ -332,13 +334,13 @@ def run_state(run, train_point: list | None = None) -> dict:
     }
 
 
-def load_states(state: dict, **parts) -> None:
+def load_states(state: dict, ddp: Distributed, device, **parts) -> None:
     """Load a checkpoint's states into the run's parts (model, optimizer, scaler (None: none),
-    monitor), and its RNG state into this process."""
+    monitor), and this rank's RNG state into this process (`device`: the one GPU it uses)."""
     for name, part in parts.items():
         if part is not None and state.get(name) is not None:
             part.load_state_dict(state[name])
-    set_rng_state(state["rng"])
+    set_rng_state(own_rng_state(state, ddp), device)
 
 
 def check_compatible(state: dict, path: Path, model_config: dict, data_key: str, data_sha256: dict | None = None) -> None:

@@ -32,7 +32,7 @@ from minigpt.plots import plot_schedule_curve
 from minigpt.run.records import RecordSchema, StepRecords
 from minigpt.run.folder import claim_run_folder
 from minigpt.run.init_from import check_model_shape, check_tokenizer, find_init_checkpoint, origin
-from minigpt.run.runtime import Runtime, StopSignals
+from minigpt.run.runtime import Runtime, StopSignals, check_sync_debug, rank_rng_states
 from minigpt.run.sharpness import SharpnessProbe
 from minigpt.run.stepper import ModelStepper
 from minigpt.run.summary import run_summary
@@ -65,6 +65,7 @@ class Trainer:
         self.say = (lambda msg: None) if quiet else log.info if label is None else (lambda msg: log.info(f"[{label}] {msg}"))
         self.runtime = Runtime.start(tc)
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
+        check_sync_debug(cfg, self.precision)
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
         if self.ddp.is_main:
             self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say,
@@ -135,7 +136,7 @@ class Trainer:
             # One fixed training batch (that of step 0) for every measurement.
             self.sharpness = SharpnessProbe(cfg.monitor.sharpness_every, cfg.monitor.sharpness_iters,
                                             self.train_batches.train_batch(0, 0), seed=cfg.seed,
-                                            until=cfg.monitor.sharpness_until)
+                                            until=cfg.monitor.sharpness_until, tol=cfg.monitor.sharpness_tol)
         self.flops_per_token = flops_per_token(self.model.num_params(), mc.n_layer, mc.n_embd, mc.block_size)
         self.peak_flops = peak_flops(self.device)
         self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
@@ -353,13 +354,15 @@ class Trainer:
                     else "; a fresh optimizer and this run's schedule, from step 0"))
 
     def save(self) -> Path | None:
+        """Every rank calls it (the RNG states are gathered from all); rank 0 writes."""
+        rng_ranks = rank_rng_states(self.ddp, self.device)
         if not self.ddp.is_main:
             return None
         if hasattr(self, "metrics"):
             self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
         # Schedule-free is saved at its average; the state holds the live tensors, so it is written inside.
         with eval_point(self.optimizer, self.params) as train_point:
-            path = save_checkpoint(run_state(self, train_point), checkpoint_path(self.run_dir, self.step))
+            path = save_checkpoint(run_state(self, rng_ranks, train_point), checkpoint_path(self.run_dir, self.step))
         prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
         self.saved_step = self.step
         self.say(f"checkpoint: step {self.step} -> {path}")
@@ -378,7 +381,7 @@ class Trainer:
         if changed:
             raise UserError(f"trainer.resume: the token cache {self.data.cache_dir} changed after it was written: "
                             f"{changed}; delete it so that the next start rebuilds it, then resume")
-        load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
+        load_states(state, self.ddp, self.device, model=self.model, scaler=self.scaler, monitor=self.monitor)
         # After the model: schedule-free's weights go back from the saved average to the training point.
         load_optimizer_state(self.optimizer, state["optimizer"], path, self.params, state.get("train_point"))
         if self.ema is not None:
@@ -454,13 +457,35 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                 if stop.stop is not None:
                     break
                 if first.checkpoints and tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > 0:
-                    for r in stepper.runs:
+                    for r in list(stepper.runs):
                         if not r.resumed_here():
+                            # Every record up to here lands first: a divergence they reveal ends
+                            # the run without a checkpoint of the diverged state (which resume=auto
+                            # would take); the last good checkpoint stays the newest. Under DDP
+                            # every rank has then seen the same records: they agree without a word.
                             r.flush(wait=True)
-                            stepper.save(r)
+                            if (status := r.ended()) is not None:
+                                end(r, status)
+                            else:
+                                stepper.save(r)
+                    if not stepper.runs:
+                        break
                 advance(stepper)
-                if stepper.step % first.flush_every == 0:
-                    stop.agree(first.device)  # the ranks flush at the same steps: they agree there
+                at_flush = stepper.step % first.flush_every == 0
+                if first.ddp.enabled:
+                    # Each rank sees the records that have landed on it, which may be a flush
+                    # apart: the ranks decide together, at the flush steps they share, so that no
+                    # rank leaves the loop alone (the others would wait in an all-reduce for ever).
+                    if not at_flush:
+                        continue
+                    if not stop.agree(first.device, any(r.ended() is not None for r in stepper.runs)):
+                        continue
+                    for r in list(stepper.runs):
+                        r.flush(wait=True)  # every rank now holds every record, and the same verdict
+                        end(r, r.ended() or RunStatus.DIVERGED)
+                    continue
+                if at_flush:
+                    stop.agree(first.device)
                 for r in list(stepper.runs):
                     if (status := r.ended()) is not None:
                         r.flush(wait=True)

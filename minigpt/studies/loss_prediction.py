@@ -16,6 +16,7 @@ import numpy as np
 
 from minigpt.studies import loss_law
 from minigpt.errors import UserError
+from minigpt.files import relative_name
 from minigpt.run.metrics import read_metrics
 
 Composer = Callable[[list[str]], object]  # train.py overrides -> a validated minigpt.config.Config
@@ -287,14 +288,9 @@ def describe_fit(fit: loss_law.Fit) -> str:
 
 
 def relative_path(path) -> str:
-    """A path as the JSON records it: relative to the working directory where it lies below it."""
-    import os
-
-    path = Path(path)
-    try:
-        return os.path.relpath(path.resolve()) if path.resolve().is_relative_to(Path.cwd()) else str(path)
-    except ValueError:
-        return str(path)
+    """A path as the JSON records it: relative to the working directory (also outside it, as
+    ../..), like every file the project writes (minigpt.files.relative_name)."""
+    return relative_name(path)
 
 
 def train_command(overrides: list[str]) -> str:
