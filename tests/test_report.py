@@ -1,4 +1,5 @@
-"""scripts/report.py and minigpt/studies/sweep/: the sweep table, the study tables and the LR sensitivity."""
+"""`minigpt report` (minigpt/tools/report.py) and minigpt/studies/sweep/:
+the sweep table, the study tables and the LR sensitivity."""
 
 import json
 import math
@@ -9,17 +10,16 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, run_train, tiny_overrides
+from conftest import run_train, tiny_overrides
 from minigpt.errors import UserError
 from minigpt.studies.sweep.jobs import find_jobs
 from minigpt.studies.sweep.report import write_report
 from minigpt.studies.sweep.statistics import build_study, clipped_loss, lr_sensitivity
 
-REPORT = ROOT / "scripts" / "report.py"
 
 
 def run_report(*args):
-    return subprocess.run([sys.executable, str(REPORT), *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minigpt", "report", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
 
 

@@ -1,26 +1,25 @@
 """Draw a run's loss, learning rate, gradient norm and spike markers into one PNG.
 
-    python scripts/plot_run.py outputs/cpu-cosine_warmup/2025-01-01_12-00-00
-    python scripts/plot_run.py RUN_DIR -o run.png
+examples:
+    minigpt plot-run outputs/cpu-cosine_warmup/2025-01-01_12-00-00
+    minigpt plot-run RUN_DIR -o run.png
 
 Reads RUN_DIR/metrics.jsonl (and summary.json, for the divergence step and the unigram
 entropy, when it is there). The PNG goes to RUN_DIR/run.png unless -o says otherwise. Works on
 a run that is still going: it draws the records written so far.
 """
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from minigpt.plots import plot_run
+from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
+from minigpt.tools import parser
 
-from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics  # noqa: E402
-from minigpt.plots import plot_run  # noqa: E402
 
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None, prog=None) -> int:
+    ap = parser(__doc__, prog)
     ap.add_argument("run_dir", type=Path, help="a run directory written by train.py")
     ap.add_argument("-o", "--out", type=Path, help="PNG to write (default RUN_DIR/run.png)")
     ap.add_argument("--title", help="figure title (default: status, final val loss and length from summary.json)")

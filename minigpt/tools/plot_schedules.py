@@ -1,8 +1,9 @@
 """Draw registered learning-rate schedules into one PNG (one panel per schedule).
 
-    python scripts/plot_schedules.py --total-steps 1000 --out docs/images/schedules.png
-    python scripts/plot_schedules.py --names wsd cosine_warmup --total-steps 500 2000 \
-        --set wsd.decay_shape=cosine --set cosine_warmup.warmup="10%" --out /tmp/s.png
+examples:
+    minigpt plot-schedules --total-steps 1000 -o docs/images/schedules.png
+    minigpt plot-schedules wsd cosine_warmup --total-steps 500 2000 \
+        --set wsd.decay_shape=cosine --set cosine_warmup.warmup="10%" -o /tmp/s.png
 
 Parameters not given with --set take their defaults (their dataclasses in minigpt/schedules.py,
 which scheduler=<name> composes too).
@@ -14,13 +15,11 @@ import argparse
 import ast
 import importlib
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-
-from minigpt.errors import UserError  # noqa: E402
-from minigpt.plots import plot_schedules  # noqa: E402
-from minigpt.schedules import list_schedules, schedule_from_config  # noqa: E402
+from minigpt.errors import UserError
+from minigpt.plots import plot_schedules
+from minigpt.schedules import list_schedules, schedule_from_config
+from minigpt.tools import parser
 
 
 def parse_value(text: str):
@@ -36,16 +35,18 @@ def parse_value(text: str):
         return text
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--names", nargs="+", help="schedules to draw (default: every registered one)")
+def main(argv=None, prog=None) -> int:
+    ap = parser(__doc__, prog)
+    ap.add_argument("names", nargs="*", help="schedules to draw (default: every registered one)")
+    ap.add_argument("--names", nargs="+", dest="names_option", help=argparse.SUPPRESS)  # as before the names were positional
     ap.add_argument("--total-steps", nargs="+", type=int, default=[1000], help="run length(s) in steps")
     ap.add_argument("--peak-lr", type=float, default=1.0, help="peak LR (default 1.0: draw the multiplier)")
     ap.add_argument("--tokens-per-step", type=int, help="tokens per optimizer step, for lengths given in tokens")
     ap.add_argument("--set", action="append", default=[], metavar="NAME.PARAM=VALUE", help="override a parameter")
     ap.add_argument("--module", action="append", default=[], help="import this module first (your own schedules)")
-    ap.add_argument("--out", default="schedules.png", help="PNG to write")
+    ap.add_argument("-o", "--out", default="schedules.png", help="PNG to write")
     args = ap.parse_args(argv)
+    args.names = args.names + (args.names_option or [])
 
     try:
         for module in args.module:

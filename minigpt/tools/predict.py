@@ -1,10 +1,11 @@
 """Predict a schedule's loss curve before running it, and search for a better schedule.
 
-    python scripts/predict_loss.py fit RUN_DIR [RUN_DIR ...] --law multi_power -o fit.json
-    python scripts/predict_loss.py predict fit.json --scheduler wsd scheduler.decay_shape=linear \\
+examples:
+    minigpt predict fit RUN_DIR [RUN_DIR ...] --law multi_power -o fit.json
+    minigpt predict predict fit.json --scheduler wsd scheduler.decay_shape=linear \\
         --scheduler cosine_warmup trainer.max_steps=1200 -o predicted.png
-    python scripts/predict_loss.py predict fit.json --run RUN_DIR ...     # against measured runs
-    python scripts/predict_loss.py optimize fit.json --family wsd -o best.json
+    minigpt predict predict fit.json --run RUN_DIR ...     # against measured runs
+    minigpt predict optimize fit.json --family wsd -o best.json
 
 `fit` reads each run's metrics.jsonl (the LR of every update; val/loss at the evaluation steps,
 or with --target train the smoothed train loss), fits the law and writes its parameters as JSON
@@ -18,19 +19,16 @@ The laws: minigpt/studies/loss_law.py; the rest: minigpt/studies/loss_prediction
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
-
-from minigpt.studies import loss_law  # noqa: E402
-from minigpt.studies import loss_prediction as lp  # noqa: E402
-from minigpt.errors import UserError  # noqa: E402
+from minigpt.errors import UserError
+from minigpt.studies import loss_law
+from minigpt.studies import loss_prediction as lp
+from minigpt.tools import parser as tool_parser
 
 
 def compose(overrides: list[str]):
@@ -55,11 +53,13 @@ def explain(error, overrides: list[str], hydra_compose) -> str:
     """One line for a refused override: an unknown key lists the valid keys beside it (as train.py does)."""
     from omegaconf import DictConfig, OmegaConf
 
+    from minigpt.launch import cli
+
     text = str(error)
     missing = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
-    if missing and (ROOT / "conf" / missing.group(1)).is_dir():
+    options = cli.group_options(missing.group(1), [cli.CONF_DIR]) if missing else []
+    if options:
         group, value = missing.groups()
-        options = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
         close = difflib.get_close_matches(value, options, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"unknown {group} '{value}'{hint}; valid: {', '.join(options)}"
@@ -158,14 +158,14 @@ def cmd_optimize(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = tool_parser(__doc__, prog)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     f = verbs.add_parser("fit", help="fit a law to measured runs")
     f.add_argument("run_dirs", nargs="+", help="run directories (each with metrics.jsonl)")
     f.add_argument("--law", default="multi_power", help=f"one of: {', '.join(loss_law.LAWS)}")
-    f.add_argument("-o", "--output", help="the fit's JSON (default fit_<law>.json)")
+    f.add_argument("-o", "--out", "--output", dest="output", metavar="OUT", help="the fit's JSON (default fit_<law>.json)")
     f.add_argument("--figure", help="fitted vs observed curves (default: the JSON's name with .png)")
     f.add_argument("--target", choices=["val", "train"], default="val",
                    help="val/loss at the evaluation steps, or the smoothed train/loss")
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a schedule and train.py overrides (repeat for several on one figure)")
     p.add_argument("--run", nargs="+", help="measured runs: predict their schedules and draw their losses")
     p.add_argument("--points", type=int, default=200, help="points of each predicted curve")
-    p.add_argument("-o", "--output", default="predicted.png", help="the figure (the curves go to the same name .json)")
+    p.add_argument("-o", "--out", "--output", dest="output", metavar="OUT", default="predicted.png",
+                   help="the figure (the curves go to the same name .json)")
     p.add_argument("--note", default="", help="a line for the figure's legend, e.g. the machine")
     p.set_defaults(handler=cmd_predict)
 
@@ -193,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--family", choices=["wsd", "free"], default="wsd",
                    help="wsd: cooldown fraction, shape and floor; free: a monotone table of multipliers")
     o.add_argument("--knots", type=int, default=24, help="knots after the warmup (--family free)")
-    o.add_argument("-o", "--output", default="optimized.json", help="the result (with the train.py command)")
+    o.add_argument("-o", "--out", "--output", dest="output", metavar="OUT", default="optimized.json",
+                   help="the result (with the train.py command)")
     o.add_argument("--note", default="", help="a line for the figure's legend, e.g. the machine")
     o.set_defaults(handler=cmd_optimize)
 

@@ -1,10 +1,11 @@
 """Compare the jobs of a sweep: a markdown table, overlay plots and, for an LR x warmup grid,
 the warmup-divergence study's figures and LR-sensitivity tables.
 
-    python scripts/report.py multirun/2025-01-01_12-00-00
-    python scripts/report.py multirun/warmup_divergence_cpu/<date> --out docs/images/warmup_divergence_cpu
+examples:
+    minigpt report multirun/2025-01-01_12-00-00
+    minigpt report multirun/warmup_divergence_cpu/<date> -o docs/images/warmup_divergence_cpu
 
-Writes report.md, loss.png and lr.png into --out (default: <sweep dir>/report); with --fit FIT.json
+Writes report.md, loss.png and lr.png into -o/--out (default: <sweep dir>/report); with --fit FIT.json
 also predicted.png (each job's measured curve against the curve the fitted loss law predicts) and
 a table of predicted and measured final losses; when the sweep
 varies both the peak LR and the warmup also study_lr.png (final loss against peak LR) and
@@ -12,25 +13,22 @@ study_early.png (the first steps at one high LR). Failed, diverged and unfinishe
 row like every other job.
 """
 
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
-
-from minigpt.errors import UserError  # noqa: E402
-from minigpt.studies.loss_law import load_fit  # noqa: E402
-from minigpt.studies.sweep.report import write_report  # noqa: E402
+from minigpt.errors import UserError
+from minigpt.studies.loss_law import load_fit
+from minigpt.studies.sweep.report import write_report
+from minigpt.tools import parser
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None, prog=None) -> int:
+    ap = parser(__doc__, prog)
     ap.add_argument("sweep_dir", help="the folder `python train.py -m ...` wrote (its job folders inside)")
-    ap.add_argument("--out", help="folder for report.md and the figures (default: <sweep_dir>/report)")
+    ap.add_argument("-o", "--out", help="folder for report.md and the figures (default: <sweep_dir>/report)")
     ap.add_argument("--early-steps", type=int, help="the early window, in steps: the early peak loss is the highest "
                     "training loss in it, the early-curves figure shows twice as many steps (default: the "
                     "longest warmup of the sweep)")
-    ap.add_argument("--fit", help="a loss-law fit (scripts/predict_loss.py fit): draw each job's measured "
+    ap.add_argument("--fit", help="a loss-law fit (minigpt predict fit): draw each job's measured "
                     "curve against the curve the law predicts from its LRs, with a table of final losses")
     ap.add_argument("--lr", type=float, help="peak LR of the early-curves figure (default: the highest LR at "
                     "which the longest warmup trained on every seed)")

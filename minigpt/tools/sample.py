@@ -1,27 +1,27 @@
 """Sample text from a trained checkpoint.
 
-    python scripts/sample.py outputs/cpu-cosine_warmup/<date>/checkpoints/step_0000600.pt \
+examples:
+    minigpt sample outputs/cpu-cosine_warmup/<date>/checkpoints/step_0000600.pt \
         --prompt "def main(" --max-new-tokens 200 --temperature 0.8 --top-k 50 --num-samples 2
+    minigpt sample outputs/cpu-cosine_warmup/<date>     # a run folder: its newest checkpoint
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from minigpt.data.tokenizer import tokenizer_from_json
+from minigpt.errors import UserError
+from minigpt.model import GPT, GPTConfig
+from minigpt.run.checkpoint import latest_checkpoint, load_checkpoint
+from minigpt.tools import parser as tool_parser
 
-from minigpt.run.checkpoint import latest_checkpoint, load_checkpoint  # noqa: E402
-from minigpt.errors import UserError  # noqa: E402
-from minigpt.model import GPT, GPTConfig  # noqa: E402
-from minigpt.data.tokenizer import tokenizer_from_json  # noqa: E402
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog=None) -> int:
+    parser = tool_parser(__doc__, prog)
     parser.add_argument("checkpoint", help="a checkpoint file, or a run directory (its newest checkpoint)")
     parser.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
