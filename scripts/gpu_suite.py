@@ -130,7 +130,8 @@ def check_warmup(sweep_dir: Path) -> Callable[[], dict]:
         for job in sorted(p for p in sweep_dir.glob("*/*") if (p / "summary.json").exists()):
             s = json.loads((job / "summary.json").read_text())
             overrides = (job / ".hydra" / "overrides.yaml")
-            cells.append({"job": f"{job.parent.name}/{job.name}", "status": s.get("status"), "final_val_loss": s.get("final_val_loss"),
+            cells.append({"job": f"{job.parent.name}/{job.name}", "status": s.get("status"),
+                          "final_val_loss": s.get("final_val_loss"),
                           "peak_lr": s.get("peak_lr"), "diverged_step": s.get("diverged_step"),
                           "overrides": overrides.read_text() if overrides.exists() else None})
         assert cells, f"{sweep_dir}: no job finished"

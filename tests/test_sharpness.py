@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.run.metrics import read_metrics
 from minigpt.run.sharpness import adam_preconditioner, stability_threshold, top_eigenvalue

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 import time
 from array import array
