@@ -27,7 +27,8 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.files import fsync_dir, write_atomic
-from minigpt.run.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
+from minigpt.run.metrics import (FORMAT_VERSION, UNREADABLE_FILE, check_format, read_metrics, truncate_metrics,
+                                 write_metrics)
 from minigpt.model import GPTConfig
 from minigpt.run.runtime import rng_state, set_rng_state
 
@@ -138,6 +139,7 @@ def load_checkpoint(path: Path, key: str = "trainer.resume", mmap: bool = False)
                         "give a file from a run's checkpoints/ folder") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{key}: '{path}' is not a minigpt checkpoint (no model or step in it)")
+    check_format(state.get("format_version"), f"{key}: '{path}'")
     return state
 
 
@@ -268,6 +270,7 @@ def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, di
 def run_state(run) -> dict:
     """Everything a resume of `run` (a trainer.Trainer) needs, as plain values."""
     return {
+        "format_version": FORMAT_VERSION,  # metrics.FORMAT_VERSION; none in a checkpoint written before it: 0
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
