@@ -15,7 +15,7 @@ Stages, in this order, each with a time budget of its own and carrying on past a
             fp16 + GradScaler; tokens/s, MFU and peak memory
   sweep     scripts/bench_sweep.py: 8 gpu_tiny runs one after another vs stacked vs parallel
   warmup    the warmup study's headline cells on the GPU (as many as the remaining budget
-            allows), then scripts/report.py on what finished
+            allows), then minigpt report on what finished
 
 Everything goes under --out: suite.json (the machine: GPU name, torch, CUDA; and each stage's
 outcome), <stage>/stage.json (status, wall time, budget, the commands with exit codes, the
@@ -218,7 +218,7 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
     warmup = [Command(f"warmup_{name}", python(str(ROOT / "train.py"), "-m", *cell, *args, *data, *quiet,
                                                f"hydra.sweep.dir={warm_dir / name}"), reserve_s=60)
               for name, args in cells.items()]
-    warmup.append(Command("warmup_report", python(str(ROOT / "scripts" / "report.py"), str(warm_dir), "--out",
+    warmup.append(Command("warmup_report", python("-m", "minigpt", "report", str(warm_dir), "--out",
                                                   str(out / "warmup" / "report")), check_warmup(warm_dir)))
 
     stages = [Stage("smoke", budgets["smoke"], smoke), Stage("bench", budgets["bench"], bench),
