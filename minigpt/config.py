@@ -190,6 +190,10 @@ class TrainerConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
     resume: Optional[str] = None  # 'auto' (newest in the run directory) or a checkpoint path
     overwrite: bool = False  # replace a run the run directory holds (moved to replaced-<time>/) instead of refusing
+    # A new run that starts from the weights of a checkpoint (a .pt file, or a run folder: its newest
+    # checkpoint): weights only, a fresh optimizer, this run's schedule from step 0 (minigpt/run/init_from.py)
+    init_from: Optional[str] = None
+    eval_only: bool = False  # evaluate trainer.init_from's weights on eval_iters validation batches; train nothing
     flush_every: int = 0  # per-step records copied to the host every N updates; 0: 1 on CPU, 32 on CUDA
     # CUDA: warn about, or fail the run at, any host-device synchronisation inside the training
     # step (torch.cuda.set_sync_debug_mode), after the first updates; ignored on a CPU
@@ -227,6 +231,16 @@ class TrainerConfig:
             _check(getattr(self, key) >= 1, f"trainer.{key}", "must be >= 1", getattr(self, key))
         for key in ("ckpt_interval", "flush_every", "threads"):
             _check(getattr(self, key) >= 0, f"trainer.{key}", "must be >= 0", getattr(self, key))
+        if self.init_from is not None and self.resume not in (None, "auto"):
+            raise UserError(f"trainer.init_from and trainer.resume={self.resume} both name weights to start from: resume "
+                            "continues a run (optimizer, step, schedule), init_from starts a new one from the weights "
+                            "alone; give one of them")
+        if self.eval_only and self.init_from is None:
+            raise UserError("trainer.eval_only=true evaluates the checkpoint that trainer.init_from names; give "
+                            "trainer.init_from=<checkpoint .pt or run folder (its newest checkpoint)>")
+        if self.eval_only and self.resume is not None:
+            raise UserError("trainer.eval_only=true trains nothing, so there is nothing to resume; drop trainer.resume "
+                            "(the evaluation writes its own new run folder)")
 
 
 @dataclass
@@ -302,6 +316,9 @@ class LoggerConfig:
     group: Optional[str] = None  # default: a sweep's runs share the sweep directory's name
     tags: Optional[list[str]] = None  # default: none
     dir: Optional[str] = None  # where wandb/ goes; default: the run directory
+    # TensorBoard: the records of metrics.jsonl also as scalars in <run dir>/tensorboard/ (needs
+    # `pip install tensorboard`); logger=tensorboard sets it
+    tensorboard: bool = False
 
 
 @dataclass
@@ -337,6 +354,8 @@ class Config:
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]", self.seed)
         for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
+        if self.trainer.eval_only and self.task != "train":
+            raise UserError(f"trainer.eval_only=true evaluates a checkpoint; task={self.task} trains: drop one of them")
         if not isinstance(self.scheduler.get("name"), str):
             raise UserError("scheduler.name is not set: pick one with scheduler=<name>, e.g. scheduler=cosine_warmup")
 

@@ -130,6 +130,21 @@ CASES = [
      ["trainer.batch_ramp_start (64 sequences) is larger than the global batch it ramps up to (4"], True),
     ("context_of_a_billion_tokens", {"model.block_size": 1_000_000_000},
      ["fewer than one context window", "model.block_size=1000000000"], False),
+    # trainer.init_from (issue 27): weights of another shape, nothing to start from, two sources of weights
+    ("init_from_a_model_of_another_shape", {"trainer.init_from": "{earlier}", "model.n_layer": 3, "model.n_embd": 64},
+     ["trainer.init_from", "model.n_layer (2 in the checkpoint, 3 here)", "model.n_embd (32 in the checkpoint, 64 here)",
+      "set model.n_layer=2 model.n_embd=32"], True),
+    ("init_from_a_missing_path", {"trainer.init_from": "{tmp}/gone"}, ["trainer.init_from: '", "gone' does not exist",
+                                                                       "a run folder"], True),
+    ("init_from_a_folder_without_checkpoints", {"trainer.init_from": "{tmp}/short"},
+     ["trainer.init_from: the run folder", "holds no checkpoint"], True),
+    ("init_from_and_resume_from_a_checkpoint", {"trainer.init_from": "{earlier}", "trainer.resume": "{ckpt}"},
+     ["trainer.init_from and trainer.resume=", "give one of them"], True),
+    ("init_from_inside_the_run_folder_that_overwrite_moves", {"_run_dir": "{earlier}", "trainer.init_from": "{ckpt}",
+                                                              "trainer.overwrite": True},
+     ["trainer.init_from", "lies inside hydra.run.dir", "copy the checkpoint elsewhere"], True),
+    ("eval_only_without_init_from", {"trainer.eval_only": True},
+     ["trainer.eval_only=true evaluates the checkpoint that trainer.init_from names"], True),
 ]
 
 

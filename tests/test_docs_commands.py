@@ -267,8 +267,8 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
         command = command.replace(placeholder, PLACEHOLDERS[placeholder](workdir))
     command = re.sub(r"<[^>]*>", "corpus", command)  # any other <...> in a train.py command: your files
     args = [a for a in program(shlex.split(command))[1] if a != "..."]
-    if is_gpu_command(command) or re.search(r"trainer.resume=(?!auto)", command):
-        return validate(args)  # (a resume from a checkpoint that an earlier command would have written)
+    if is_gpu_command(command) or re.search(r"trainer.resume=(?!auto)|trainer.init_from=", command):
+        return validate(args)  # (a resume from, or weights of, a checkpoint that an earlier command would have written)
     try:
         cli.precheck(args)  # raises UserError with the line train.py would print
     except UserError:
@@ -277,7 +277,8 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
         raise
 
 
-READS_EARLIER_OUTPUT = ("trainer.resume", "minigpt report", "minigpt plot-run", "minigpt sample", "minigpt predict")
+READS_EARLIER_OUTPUT = ("trainer.resume", "trainer.init_from", "minigpt report", "minigpt plot-run", "minigpt sample",
+                        "minigpt predict", "scripts/export_hf.py")
 
 
 def runs_on_its_own(command: str) -> bool:

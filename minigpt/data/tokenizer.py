@@ -118,7 +118,7 @@ class BPETokenizer:
                 self._fast = False
                 return None
             # Byte-level BPE writes byte b as the character BYTE_CHARS[b]; tiktoken wants the bytes.
-            byte_of = {c: b for b, c in enumerate(_byte_chars())}
+            byte_of = {c: b for b, c in enumerate(byte_chars())}
             ranks = {bytes(byte_of[c] for c in token): i for token, i in self._tok.get_vocab().items() if token != EOT}
             self._fast = tiktoken.Encoding("minigpt-bpe", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                                            special_tokens={EOT: self.eot_id})
@@ -145,7 +145,7 @@ def tokenizer_from_json(text: str) -> ByteTokenizer | BPETokenizer:
     return BPETokenizer(Tokenizer.from_str(text))
 
 
-def _byte_chars() -> list[str]:
+def byte_chars() -> list[str]:
     """GPT-2's map of the 256 bytes to printable characters (the byte-level BPE alphabet)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0

@@ -83,7 +83,7 @@ def run_job(config: Config, hc) -> float | None:
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        if submitit_job and config.trainer.resume is None:
+        if submitit_job and config.trainer.resume is None and not config.trainer.eval_only:
             # A requeued job (preempted, or at its time limit) runs the same command again: it
             # continues from its newest checkpoint; a first attempt finds none and starts at step 0.
             config.trainer.resume = "auto"
@@ -107,7 +107,11 @@ def run_job(config: Config, hc) -> float | None:
         return math.inf
 
     s = result.summary
-    if result.status == RunStatus.COMPLETED:
+    if s.get("task") == "eval_only":
+        stderr = f" +- {s['val_loss_stderr']:.4f} (standard error over the batches)" if s["val_loss_stderr"] else ""
+        log.info(f"eval: val loss {s['final_val_loss']:.4f}{stderr} on {s['eval_iters']} batches ({s['eval_tokens']:,} "
+                 f"tokens) of {s['init_from']['path']} at step {s['step']}; summary in {run_dir / 'summary.json'}")
+    elif result.status == RunStatus.COMPLETED:
         ratio = f" = {s['val_loss_over_unigram_entropy']:.3f} x the unigram entropy {s['unigram_entropy_val']:.3f}" \
             if s.get("val_loss_over_unigram_entropy") else ""
         log.info(f"done: final val loss {s['final_val_loss']:.4f}{ratio}; {s['tokens']:,} tokens in "
@@ -619,6 +623,10 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
         from minigpt.run.metrics import wandb_settings
 
         wandb_settings(config.logger, Path("."), config.run_name)
+    if config.logger.tensorboard:
+        from minigpt.run.metrics import check_tensorboard
+
+        check_tensorboard()
     if config.data.source == "files":
         for p in config.data.paths:
             if not Path(p).expanduser().exists():
@@ -651,6 +659,8 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     check_compile_backend(tc)
     if tc.resume is not None:
         _check_resume(cfg, config, total)
+    if tc.init_from is not None:
+        _check_init_from(config, None if multirun else run_dir)
 
 
 def _check_run_folder(run_dir: Path, tc) -> None:
@@ -686,6 +696,23 @@ def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
     if total is not None and state["step"] > total:
         raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run ({total} steps); "
                         f"give a run length of at least {state['step']} steps (trainer.max_steps / max_tokens / epochs)")
+
+
+def _check_init_from(config, run_dir: Path | None) -> None:
+    """trainer.init_from names a checkpoint (or a run folder with one) of the model this run
+    builds, and one that the run's own start leaves where it is (minigpt/run/init_from.py)."""
+    from minigpt.run.checkpoint import newest_intact_checkpoint
+    from minigpt.run.init_from import check_model_shape, find_init_checkpoint, inside
+
+    tc = config.trainer
+    if tc.resume == "auto" and run_dir is not None and run_dir.is_dir() and newest_intact_checkpoint(run_dir, mmap=True)[0]:
+        return  # the run folder's own checkpoint wins: this run continues (the trainer says so)
+    path, state = find_init_checkpoint(tc.init_from, mmap=True)  # mapped: only the config is looked at
+    check_model_shape(state, path, vars(config.model))
+    if tc.overwrite and run_dir is not None and inside(path, run_dir):
+        raise UserError(f"trainer.init_from: {path} lies inside hydra.run.dir '{run_dir}', whose run "
+                        "trainer.overwrite=true would move aside before the weights are read; copy the checkpoint "
+                        "elsewhere or pick another hydra.run.dir")
 
 
 def _check_stackable(cfg: DictConfig) -> None:

@@ -284,6 +284,7 @@ def run_state(run) -> dict:
         "data_key": run.data.cache_dir.name,
         "tokenizer": (run.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
         "wandb_id": run.wandb_id,
+        "init_from": run.init_origin,  # where a run begun with trainer.init_from took its weights (or None)
         "elapsed": run.elapsed_before + (time.time() - run.t0),
     }
 

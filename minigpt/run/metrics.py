@@ -1,4 +1,4 @@
-"""Per-step records to metrics.jsonl (always), wandb (when asked) and a tqdm bar.
+"""Per-step records to metrics.jsonl (always), wandb and TensorBoard (when asked) and a tqdm bar.
 
 Every record is a flat dict carrying its `step`; the same keys go to every sink. After a
 resume, records from the checkpoint's step on are dropped from metrics.jsonl before training
@@ -21,6 +21,7 @@ from minigpt.files import write_atomic
 METRICS_FILE = "metrics.jsonl"
 UNREADABLE_FILE = "metrics.jsonl.unreadable"  # lines of metrics.jsonl that a resume could not read
 SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"  # logger.tensorboard: the event files, inside the run folder
 # The format of a run's files: summary.json's and each checkpoint's `format_version` (the
 # summary's stands for the run folder's files: metrics.jsonl, summary.json, checkpoints/).
 # Raise it when a key changes its meaning or a reader would need to tell the files apart; keep
@@ -172,6 +173,55 @@ def wandb_settings(cfg: LoggerConfig, run_dir: Path, run_name: str, env=None) ->
     }
 
 
+def check_tensorboard() -> None:
+    """logger.tensorboard=true needs the tensorboard package (torch's SummaryWriter imports it)."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise UserError("logger=tensorboard needs the tensorboard package: pip install tensorboard "
+                        "(or pip install -e '.[tensorboard]')") from None
+
+
+def _scalars(record: dict) -> dict:
+    """The record's numbers (booleans as 0/1), without its step: what TensorBoard plots."""
+    return {k: float(v) for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+
+
+class TensorBoardSink:
+    """The records as TensorBoard scalars in <run dir>/tensorboard/, one tag per key, at the record's step.
+
+    Kept equal to metrics.jsonl across restarts: a resumed run's writer starts with TensorBoard's
+    purge marker at its first step (readers drop what an earlier session wrote from there on, as
+    metrics.jsonl was cut there), and a folder without event files yet (a branch, or TensorBoard
+    turned on mid-run) first gets the records metrics.jsonl already holds."""
+
+    def __init__(self, run_dir: Path, start_step: int):
+        check_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        folder = Path(run_dir) / TENSORBOARD_DIR
+        had_events = folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
+        if start_step == 0 and had_events:  # a fresh start: the events of an earlier attempt go
+            for old in folder.glob("events.out.tfevents.*"):
+                old.unlink()
+            had_events = False
+        self.writer = SummaryWriter(str(folder), purge_step=start_step if had_events else None)
+        if not had_events:
+            for record in read_metrics(run_dir):
+                if record["step"] < start_step:
+                    self.log(record)
+
+    def log(self, record: dict) -> None:
+        for key, value in _scalars(record).items():
+            self.writer.add_scalar(key, value, global_step=record["step"])
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class MetricsLogger:
     """Writes records; `enabled=False` (non-zero ranks) makes every call a no-op."""
 
@@ -183,9 +233,12 @@ class MetricsLogger:
         self.wandb = None
         self.wandb_id = wandb_id
         self.bar = None
+        self.tensorboard = None
         if not enabled:
             return
         settings = wandb_settings(cfg, self.run_dir, run_name) if cfg.wandb else None
+        if cfg.tensorboard:  # before metrics.jsonl is opened: it may copy the records that file already holds
+            self.tensorboard = TensorBoardSink(self.run_dir, start_step)
         self.file = open(self.run_dir / METRICS_FILE, "a")
         if settings and settings["mode"] != "disabled":
             import wandb
@@ -209,6 +262,8 @@ class MetricsLogger:
         self.file.write(_dumps(record) + "\n")
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
         if self.bar is not None and "train/loss" in record:
             self.bar.n = record["step"] + 1
             postfix = {"loss": f"{record['train/loss']:.4f}", "lr": f"{record['train/lr']:.3g}"}
@@ -222,6 +277,8 @@ class MetricsLogger:
     def flush(self) -> None:
         if self.enabled:
             self.file.flush()
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
 
     def sync(self) -> None:
         """Put the records written so far on the disk (called before each checkpoint is saved,
@@ -249,6 +306,9 @@ class MetricsLogger:
         if not self.file.closed:
             self.sync()
             self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.wandb is not None:
             if summary:
                 for k, v in summary.items():

@@ -75,6 +75,7 @@ def check_stackable(configs: list[Config]) -> None:
                    ("a batch-size ramp (trainer.batch_ramp_start)", cfg.trainer.batch_ramp_start is not None),
                    ("trainer.schedule_unit=tokens", cfg.trainer.schedule_unit == "tokens"),
                    ("task=lr_range_test", cfg.task != "train"),
+                   ("trainer.eval_only", cfg.trainer.eval_only),
                    # the stacked loss is one number per run: the z term would stay inside val/loss
                    ("model.z_loss", cfg.model.z_loss > 0)]
     for c in configs:

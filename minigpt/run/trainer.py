@@ -31,6 +31,7 @@ from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
 from minigpt.run.records import RecordSchema, StepRecords
 from minigpt.run.folder import claim_run_folder
+from minigpt.run.init_from import check_model_shape, check_tokenizer, find_init_checkpoint, origin
 from minigpt.run.runtime import Runtime, StopSignals
 from minigpt.run.sharpness import SharpnessProbe
 from minigpt.run.stepper import ModelStepper
@@ -44,7 +45,8 @@ class Trainer:
     `watchers` see every record on the host; a reason one returns ends the run (`stopped`)."""
 
     def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False, checkpoints: bool = True):
-        self.cfg, self.run_dir, self.checkpoints = cfg, Path(run_dir), checkpoints
+        # An evaluation (trainer.eval_only) writes no checkpoint: it trains nothing.
+        self.cfg, self.run_dir, self.checkpoints = cfg, Path(run_dir), checkpoints and not cfg.trainer.eval_only
         self.watchers: list = []  # called with each record; one that returns a reason stops the run
         self.stop_reason: str | None = None
         tc = cfg.trainer
@@ -53,7 +55,7 @@ class Trainer:
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
         if self.ddp.is_main:
-            self.lock = claim_run_folder(self.run_dir, tc, checkpoints, Path(cfg.data.cache_dir), self.say)
+            self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say)
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -65,7 +67,17 @@ class Trainer:
     def _setup(self) -> None:
         cfg, tc, mc = self.cfg, self.cfg.trainer, self.cfg.model
         # A resume is checked against the checkpoint's config before any data or model work.
-        found = find_resume(self.run_dir, tc.resume, cfg.to_dict(), self.say) if tc.resume else None
+        found = find_resume(self.run_dir, tc.resume, cfg.to_dict(), self.say) if tc.resume and not tc.eval_only else None
+        # trainer.init_from: the weights a new run starts from. A checkpoint of this run folder wins
+        # (resume=auto continues the run, which began from init_from's weights: init_from.py).
+        init = None
+        if tc.init_from is not None:
+            if found is not None and found[1] is not None:
+                self.say(f"init_from: the run folder holds {found[0].name}; trainer.resume=auto continues this run "
+                         f"from it, and trainer.init_from ({tc.init_from}) is not read")
+            else:
+                init = find_init_checkpoint(tc.init_from)
+                check_model_shape(init[1], init[0], vars(mc))
 
         # Data: the main rank builds the cache, the others wait and read it.
         if self.ddp.is_main:
@@ -85,6 +97,9 @@ class Trainer:
         self.model.record_logz = cfg.monitor.logz
         for block in self.model.transformer.h:
             block.attn.record_max_logit = cfg.monitor.max_attn_logit
+        self.init_origin: dict | None = None  # where the weights came from (trainer.init_from), for summary.json
+        if init is not None:
+            self.init_weights(*init)
         torch.manual_seed(cfg.seed + self.ddp.rank)  # dropout differs between ranks
         self.step_model, self.eval_model = self.runtime.wrap(self.model, tc)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -125,10 +140,13 @@ class Trainer:
         self.val_at: dict[int, float] = {}
         self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
         self.val_z_loss: float | None = None
+        self.val_stderr: float | None = None  # standard error of the last evaluation's mean, over its batches
         self.last_record: dict = {}
         self.t0 = time.time()
 
     def run(self) -> RunResult:
+        if self.cfg.trainer.eval_only:
+            return self.evaluate_only()
         finished = (completed_summary(self.run_dir, self.step) if self.resumed_from and not self.branched_from
                     and self.step >= self.total_steps else None)
         if finished is not None:  # e.g. a Slurm requeue of a job that had completed: change nothing
@@ -172,20 +190,62 @@ class Trainer:
         z-loss on, its term is not part of it: it goes to self.val_z_loss (val/z_loss)."""
         self.model.eval()
         z_on = self.cfg.model.z_loss > 0
-        total = torch.zeros(3, device=self.device, dtype=torch.float64)  # cross-entropy sum, batch count, z sum
+        # cross-entropy sum, batch count, z sum, sum of squared batch cross-entropies
+        total = torch.zeros(4, device=self.device, dtype=torch.float64)
         for i in range(self.ddp.rank, self.cfg.trainer.eval_iters, self.ddp.world_size):
             x, y = self.val_batches.eval_batch(i)
             with self.runtime.autocast():
                 _, loss = self.eval_model(x, y, with_z_loss=False)
             total[0] += loss.double()
             total[1] += 1
+            total[3] += loss.double() ** 2
             if z_on:
                 total[2] += self.model.z_term.double()
         if self.ddp.enabled:
             dist.all_reduce(total)
         self.model.train()
         self.val_z_loss = float(total[2] / total[1]) if z_on else None
-        return float(total[0] / total[1])
+        n, mean = float(total[1]), float(total[0] / total[1])
+        # The batches' spread: how far another draw of eval_iters windows could move the mean.
+        variance = max(float(total[3]) / n - mean**2, 0.0) * n / (n - 1) if n > 1 else None
+        self.val_stderr = math.sqrt(variance / n) if variance is not None else None
+        return mean
+
+    def evaluate_only(self) -> RunResult:
+        """trainer.eval_only: the validation loss of init_from's weights (eval_iters batches, with
+        its standard error), to metrics.jsonl, summary.json and the log; nothing is trained."""
+        t0 = time.time()
+        try:
+            self.metrics = MetricsLogger(self.run_dir, self.cfg.logger, config=self.cfg.to_dict(), total_steps=0,
+                                         progress=False, enabled=self.ddp.is_main, run_name=self.cfg.run_name)
+            step = self.init_origin["step"]
+            loss = self.evaluate()
+            record = {"step": step, "val/loss": loss}
+            if self.val_z_loss is not None:
+                record["val/z_loss"] = self.val_z_loss
+            self.metrics.log(record)
+            tc, entropy = self.cfg.trainer, self.data.meta.get("unigram_entropy_val")
+            summary = {
+                "status": RunStatus.COMPLETED.value, "task": "eval_only", "reason": "", "step": step,
+                "total_steps": step, "final_val_loss": loss, "val_loss_stderr": self.val_stderr,
+                "final_val_z_loss": self.val_z_loss, "best_val_loss": loss, "initial_val_loss": None,
+                "unigram_entropy_val": entropy,
+                "val_loss_over_unigram_entropy": round(loss / entropy, 4) if entropy else None,
+                "eval_iters": tc.eval_iters, "eval_tokens": tc.eval_iters * tc.micro_batch_size * self.cfg.model.block_size,
+                "tokens": 0, "wall_time_s": round(time.time() - t0, 2), "device": self.runtime.device_name(),
+                "precision": self.precision, "world_size": self.ddp.world_size, "n_params": self.model.num_params(),
+                "checkpoint": None, "init_from": self.init_origin,
+            }
+            if self.ddp.is_main:
+                write_summary(self.run_dir, summary)
+            self.metrics.close(summary)
+            return RunResult(RunStatus.COMPLETED, loss, summary, self.run_dir)
+        except BaseException:
+            if hasattr(self, "metrics"):
+                self.metrics.close(failed=True)
+            raise
+        finally:
+            self.close()
 
     def evaluated(self, step: int, loss: float, final: bool = False) -> None:
         """Note the validation loss at `step`: the step's record takes it, or a record of its own at the end."""
@@ -229,6 +289,19 @@ class Trainer:
 
     # --- checkpoints ---
 
+    def init_weights(self, path: Path, state: dict) -> None:
+        """trainer.init_from: this run's model takes the checkpoint's weights, nothing else of it."""
+        check_tokenizer(state, path, (self.data.cache_dir / "tokenizer.json").read_text())
+        saved_vocab = state.get("model_config", {}).get("vocab_size")
+        if saved_vocab is not None and saved_vocab != self.model_config.vocab_size:
+            raise UserError(f"trainer.init_from: {path} has a vocabulary of {saved_vocab} tokens, this run's data "
+                            f"{self.model_config.vocab_size}; use the data settings it was trained with")
+        self.model.load_state_dict(state["model"])
+        self.init_origin = origin(path, state)
+        self.say(f"init_from: the weights of {path} (step {state['step']}, config {self.init_origin['config_hash']})"
+                 + ("; evaluating them, no training" if self.cfg.trainer.eval_only
+                    else "; a fresh optimizer and this run's schedule, from step 0"))
+
     def save(self) -> Path | None:
         if not self.ddp.is_main:
             return None
@@ -258,6 +331,7 @@ class Trainer:
         self.resumed_from, self.saved_step = path, self.step
         self.branched_from = path if is_branch(path, self.run_dir) else None
         self.wandb_id = None if self.branched_from else state.get("wandb_id")
+        self.init_origin = state.get("init_from")  # a run begun with trainer.init_from keeps saying so
 
     # --- the end ---
 

@@ -1,0 +1,85 @@
+"""`trainer.init_from`: a new run that starts from another run's weights.
+
+nanoGPT's `init_from=resume` and fine-tuning, without its pitfalls: the weights alone are taken
+(a fresh optimizer, this run's schedule and plan from step 0, its own data order), into a new run
+folder whose summary.json and log say where they came from (the checkpoint's path, its step and a
+hash of the config it was trained with). The model's shape must be the checkpoint's (refused
+with the keys that differ and the overrides that fix them); dropout and the z-loss may change.
+
+How it meets the other ways to start a run:
+- `trainer.resume=auto` wins when the run folder holds a checkpoint: that is this run continuing
+  (after a Ctrl-C or a Slurm requeue, which sets resume=auto), and its checkpoints carry where its
+  weights first came from; in a folder without one, init_from starts the run.
+- `trainer.resume=<checkpoint>` with init_from is refused (config.py): two sources of weights.
+- `trainer.eval_only=true` evaluates init_from's weights and trains nothing (trainer.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from minigpt.errors import UserError
+from minigpt.run.checkpoint import CHECKPOINT_DIR, FIXED_MODEL_KEYS, load_checkpoint, newest_intact_checkpoint
+
+KEY = "trainer.init_from"
+
+
+def config_hash(config: dict) -> str:
+    """A short hash of a run's resolved config: two runs with the same hash were configured alike."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def find_init_checkpoint(source: str, mmap: bool = False) -> tuple[Path, dict]:
+    """(path, state) of the checkpoint `source` names: a checkpoint file, or a run folder (its
+    newest intact checkpoint). One-line UserError otherwise."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(f"{KEY}: '{source}' does not exist; give a checkpoint file (.pt) or a run folder with "
+                        "checkpoints/ in it")
+    if path.is_dir():
+        if path.name == CHECKPOINT_DIR and not (path / CHECKPOINT_DIR).is_dir():
+            path = path.parent  # the run's checkpoints/ folder itself
+        found, state, skipped = newest_intact_checkpoint(path, mmap=mmap)
+        if found is None:
+            raise UserError(f"{KEY}: the run folder '{source}' holds no checkpoint (checkpoints/step_*.pt); give a "
+                            "checkpoint file or a folder of a run that saved one")
+        return found, state
+    return path, load_checkpoint(path, key=KEY, mmap=mmap)
+
+
+def origin(path: Path, state: dict) -> dict:
+    """What summary.json records of the weights a run started from."""
+    return {"path": str(Path(path).resolve()), "step": state["step"], "config_hash": config_hash(state.get("config", {}))}
+
+
+def check_model_shape(state: dict, path: Path, model: dict) -> None:
+    """Refuse a checkpoint whose model shape differs from the run's model config (`model`: the
+    run's `model` section as a dict), naming each key and the overrides that match it."""
+    saved = state.get("config", {}).get("model", {}) or state.get("model_config", {})
+    differ = [k for k in FIXED_MODEL_KEYS if k in saved and saved[k] != model.get(k)]
+    if differ:
+        diffs = ", ".join(f"model.{k} ({saved[k]!r} in the checkpoint, {model.get(k)!r} here)" for k in differ)
+        fix = " ".join(f"model.{k}={_override(saved[k])}" for k in differ)
+        raise UserError(f"{KEY}: {path} holds a model of another shape: {diffs}; set {fix}, or start from scratch "
+                        "without trainer.init_from")
+
+
+def check_tokenizer(state: dict, path: Path, tokenizer_json: str) -> None:
+    """Refuse a checkpoint trained with another tokenizer than the one the run's data gives: its
+    token ids would mean other pieces of text."""
+    if state.get("tokenizer") is not None and state["tokenizer"] != tokenizer_json:
+        raise UserError(f"{KEY}: {path} was trained with another tokenizer than the one this run's data config gives "
+                        "(another corpus or data.vocab_size trains another BPE); use the data settings it was trained "
+                        "with, or data.tokenizer=byte for both runs (the byte tokenizer is the same for every corpus)")
+
+
+def inside(path: Path, run_dir: Path) -> bool:
+    """Whether checkpoint `path` lies inside the run folder `run_dir`."""
+    return Path(run_dir).resolve() in Path(path).resolve().parents
+
+
+def _override(value) -> str:
+    return {True: "true", False: "false", None: "null"}.get(value, value) if isinstance(value, (bool, type(None))) \
+        else str(value)
