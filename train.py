@@ -1,8 +1,9 @@
 """Train a GPT from scratch:  python train.py [group=option ...] [key=value ...]
 
 The same as `minigpt train ...`: both run minigpt/launch/train.py's main() (the command line
-checked, the config composed by Hydra and typed, each job trained). This file stays for the
-commands of a checkout and of the docs.
+checked, the config composed by Hydra's @hydra.main app and typed, each job trained). This file
+stays for the commands of a checkout and of the docs, and for Hydra's shell completion
+(`python train.py --shell-completion install=bash`), which looks for "@hydra.main" in it.
 
 Examples:
     python train.py                                  # the CPU default on the stdlib corpus
