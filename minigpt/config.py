@@ -118,8 +118,36 @@ class LRMultipliers:
 
 
 @dataclass
+class MuonConfig:
+    """optim=muon: torch.optim.Muon on the hidden weight matrices (docs/optimizers.md)."""
+
+    momentum: float = 0.95  # Muon's momentum once its warmup is over
+    # Momentum warmup: linear from momentum_start to momentum over the first momentum_warmup
+    # steps (modded-nanogpt's train_gpt.py: 0.85 -> 0.95 over 300 steps); 0 turns it off.
+    momentum_warmup: int = 0
+    momentum_start: float = 0.85
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations per update
+    # original: Keller Jordan's scale sqrt(max(1, rows / cols)); match_rms_adamw: Moonshot's
+    # 0.2 sqrt(max(rows, cols)), which lets Muon reuse an AdamW LR (torch.optim.Muon's adjust_lr_fn)
+    adjust_lr: Literal["original", "match_rms_adamw"] = "original"
+
+    def validate(self):
+        for key in ("momentum", "momentum_start"):
+            _check(0 <= getattr(self, key) < 1, f"optim.muon.{key}", "must be in [0, 1)", getattr(self, key))
+        _check(self.momentum_warmup >= 0, "optim.muon.momentum_warmup", "must be >= 0 steps (0 turns it off)",
+               self.momentum_warmup)
+        _check(self.ns_steps >= 1, "optim.muon.ns_steps", "must be >= 1", self.ns_steps)
+
+
+SCHEDULE_FREE_SCHEDULES = ("constant", "constant_warmup")  # schedule-free needs no decay: it averages
+
+
+@dataclass
 class OptimConfig:
-    name: Literal["adamw"] = "adamw"
+    # adamw: torch's AdamW; muon: Muon on the hidden matrices, AdamW on the rest; schedule_free:
+    # schedule-free AdamW (the schedulefree package). conf/optim/ has a file for each.
+    name: Literal["adamw", "muon", "schedule_free"] = "adamw"
     lr: float = 5e-3  # peak learning rate: the schedule's multiplier scales it
     beta1: float = 0.9
     beta2: float = 0.95
@@ -139,6 +167,13 @@ class OptimConfig:
     lr_scaling: Literal["none", "linear", "sqrt_lr", "sqrt_adam"] = "none"
     reference_batch_tokens: Optional[int] = None  # batch (tokens) at which optim.lr was tuned
     lr_multipliers: LRMultipliers = field(default_factory=LRMultipliers)
+    # Adam's second moment at the first update: zero (Adam), or grad: the first gradient's
+    # square (GI-Adam, Kalra & Barkeshli 2024). AdamW, and Muon's AdamW groups.
+    adam_init: Literal["zero", "grad"] = "zero"
+    # An exponential moving average of the weights, evaluated as val/loss_ema: its half-life as
+    # a length (300 or "300 steps", 0.1 or "10%" of the run, "2M tokens"); null: off.
+    ema: Optional[Union[int, float, str]] = None
+    muon: MuonConfig = field(default_factory=MuonConfig)
 
     def validate(self):
         _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "must be a positive number", self.lr)
@@ -160,6 +195,16 @@ class OptimConfig:
             _check(self.reference_batch_tokens > 0, "optim.reference_batch_tokens", "must be > 0",
                    self.reference_batch_tokens)
         self.lr_multipliers.validate()
+        self.muon.validate()
+        if self.ema is not None and (isinstance(self.ema, bool) or not isinstance(self.ema, (int, float, str))):
+            raise UserError(f"optim.ema: expected a half-life such as 300, 0.1, '10%' or '2M tokens' (null: off); "
+                            f"got {self.ema!r}")
+        if self.name == "schedule_free" and self.adam_init == "grad":
+            raise UserError("optim.adam_init=grad initialises AdamW's second moment; schedule-free AdamW keeps its own "
+                            "state: use optim=adamw (or optim=muon) with optim.adam_init=grad")
+        if self.name == "schedule_free" and self.ema is not None:
+            raise UserError("optim.ema: schedule-free AdamW already evaluates an average of its iterates (its "
+                            "evaluation point); use optim.ema with optim=adamw or optim=muon, or set optim.ema=null")
 
 
 @dataclass
@@ -358,6 +403,13 @@ class Config:
             raise UserError(f"trainer.eval_only=true evaluates a checkpoint; task={self.task} trains: drop one of them")
         if not isinstance(self.scheduler.get("name"), str):
             raise UserError("scheduler.name is not set: pick one with scheduler=<name>, e.g. scheduler=cosine_warmup")
+        if self.optim.name == "schedule_free" and self.scheduler["name"] not in SCHEDULE_FREE_SCHEDULES:
+            raise UserError(f"optim=schedule_free averages its iterates instead of decaying the LR, so it takes "
+                            f"scheduler=constant or scheduler=constant_warmup, not scheduler={self.scheduler['name']}")
+        if self.monitor.sharpness_every and self.optim.name != "adamw":
+            raise UserError(f"monitor.sharpness_every measures the sharpness preconditioned by Adam's second moment, "
+                            f"which optim={self.optim.name} does not keep for every weight: use optim=adamw, or set "
+                            "monitor.sharpness_every=null")
 
     def to_dict(self) -> dict:
         return asdict(self)

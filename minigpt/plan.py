@@ -153,6 +153,10 @@ class RunPlan:
     beta2: float = 0.95
     eps: float = 1e-8
     lr_multipliers: dict | None = None  # per parameter group, on top of the schedule (optim.lr_multipliers)
+    optimizer: str = "adamw"  # optim.name
+    # Muon's momentum: (start, end, warmup steps), linear from start to end over the warmup
+    muon_momentum: tuple[float, float, int] | None = None
+    ema_half_life: int | None = None  # optim.ema in steps; None: no weight average
 
     @classmethod
     def build(cls, cfg: Config, world_size: int = 1, train_tokens: int | None = None) -> "RunPlan":
@@ -185,8 +189,14 @@ class RunPlan:
                             f"({m.embedding}), but the output layer is the token embedding (tied weights, one tensor): "
                             "give both the same value")
         multipliers = {"embedding": m.embedding, "head": m.head, "matrices": m.matrices, "norms_biases": m.norms_biases}
+        mu = cfg.optim.muon
+        momentum = (mu.momentum_start if mu.momentum_warmup else mu.momentum, mu.momentum, mu.momentum_warmup)
+        if cfg.optim.name == "muon" and schedule.beta1(0) is not None:
+            raise UserError(f"scheduler={schedule.name} cycles Adam's beta1, which Muon's groups do not have: use "
+                            "scheduler.cycle_momentum=false with optim=muon")
         return cls(batches, total, tc.schedule_unit, cfg.optim.lr, peak, cfg.optim.lr_scaling, schedule,
-                   beta1, beta2, eps, multipliers)
+                   beta1, beta2, eps, multipliers, cfg.optim.name, momentum if cfg.optim.name == "muon" else None,
+                   ema_half_life_steps(cfg.optim.ema, total, batches.final_tokens))
 
     # --- what the trainer reads ---
 
@@ -233,11 +243,29 @@ class RunPlan:
         that sets an optimizer's LR during a run (the trainer's stepper and the stacked runs call
         it); returns lr_at's (LR, beta1), which the step's record carries."""
         lr, beta1 = self.lr_at(step, tokens_seen)
+        momentum = self.muon_momentum_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-            if beta1 is not None:
+            if beta1 is not None and "betas" in group:
                 group["betas"] = (beta1, group["betas"][1])
+            if momentum is not None and "momentum" in group:  # Muon's groups
+                group["momentum"] = momentum
         return lr, beta1
+
+    def muon_momentum_at(self, step: int) -> float | None:
+        """Muon's momentum for the update after `step` updates (None without Muon): linear from the
+        start value to the final one over the warmup, as modded-nanogpt's train_gpt.py does it."""
+        if self.muon_momentum is None:
+            return None
+        start, end, warmup = self.muon_momentum
+        frac = min(step / warmup, 1.0) if warmup else 1.0
+        return (1 - frac) * start + frac * end
+
+    @property
+    def ema_decay(self) -> float | None:
+        """The weight average's factor per update, 0.5 ** (1 / half-life): after `half-life` updates a
+        weight's share in the average has halved."""
+        return None if self.ema_half_life is None else 0.5 ** (1.0 / self.ema_half_life)
 
     @property
     def warmup_steps(self) -> int:
@@ -268,6 +296,9 @@ class RunPlan:
             "beta2": self.beta2,
             "eps": self.eps,
             "lr_multipliers": self.lr_multipliers,
+            "optimizer": self.optimizer,
+            "muon_momentum": list(self.muon_momentum) if self.muon_momentum else None,
+            "ema_half_life_steps": self.ema_half_life,
         }
 
     def lines(self, micro_batch_size: int, world_size: int, train_tokens: int) -> list[str]:
@@ -291,4 +322,27 @@ class RunPlan:
         if self.lr_multipliers and any(v != 1.0 for v in self.lr_multipliers.values()):
             out.append("lr multipliers per group: " + ", ".join(f"{k} x{v:g}" for k, v in self.lr_multipliers.items()))
         out.append("schedule: " + self.schedule.summary_line(self.peak_lr))
+        if self.optimizer != "adamw":
+            out.append(f"optimizer: {self.optimizer}" + (
+                f" (Muon momentum {self.muon_momentum[0]:g} -> {self.muon_momentum[1]:g} over "
+                f"{self.muon_momentum[2]} steps)" if self.muon_momentum and self.muon_momentum[2] else ""))
+        if self.ema_half_life is not None:
+            out.append(f"weight average (EMA): half-life {self.ema_half_life} steps (decay {self.ema_decay:.6g} per "
+                       "update), evaluated as val/loss_ema")
         return out
+
+
+def ema_half_life_steps(value, total_steps: int, tokens_per_step: int) -> int | None:
+    """optim.ema as whole steps (None: off), converted like a schedule's lengths (schedules.to_steps);
+    refused when it is 0 or longer than the run."""
+    if value is None:
+        return None
+    steps = schedules.to_steps(value, total_steps, tokens_per_step, "optim.ema")
+    if steps < 1:
+        raise UserError(f"optim.ema={value!r} is a half-life of {steps} steps; give at least 1 step, or "
+                        "optim.ema=null to turn the weight average off")
+    if steps > total_steps:
+        raise UserError(f"optim.ema={value!r} is a half-life of {steps} steps, longer than the run ({total_steps} "
+                        "steps): the average would still be mostly the initial weights; give a shorter half-life, "
+                        "e.g. optim.ema=10%")
+    return steps

@@ -218,8 +218,9 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
     warmup = [Command(f"warmup_{name}", python(str(ROOT / "train.py"), "-m", *cell, *args, *data, *quiet,
                                                f"hydra.sweep.dir={warm_dir / name}"), reserve_s=60)
               for name, args in cells.items()]
-    warmup.append(Command("warmup_report", python("-m", "minigpt", "report", str(warm_dir), "--out",
-                                                  str(out / "warmup" / "report")), check_warmup(warm_dir)))
+    # --warmup-study: the study's sections even when only one architecture's cells (one LR) finished
+    warmup.append(Command("warmup_report", python("-m", "minigpt", "report", str(warm_dir), "--warmup-study",
+                                                  "--out", str(out / "warmup" / "report")), check_warmup(warm_dir)))
 
     stages = [Stage("smoke", budgets["smoke"], smoke), Stage("bench", budgets["bench"], bench),
               Stage("sweep", budgets["sweep"], sweep),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The measurement of docs/loss_prediction.md: fit both loss laws on a constant-LR and a cosine run
-# of the default CPU model (600 steps), predict four runs they never saw, search a better schedule
-# and run it against cosine with three seeds. Writes the figures and JSON under docs/images/.
+# of the default CPU model (600 steps), by both fitting procedures, predict four runs they never
+# saw, search a better schedule and run it against cosine with three seeds. Writes the figures and
+# JSON under docs/images/. The scale study (longer runs, a smaller model): scripts/loss_scale_study.py.
 #
 #   bash scripts/loss_prediction_study.sh [RUNS_DIR]        # default outputs/loss_prediction
 #
@@ -27,23 +28,27 @@ run multistep scheduler=multistep                           # 10x drops at 50% a
 run cosine1200 scheduler=cosine_warmup trainer.max_steps=1200
 
 # Each law fitted from the end of the warmup (the papers' practice) and from step 200 (the start
-# that best forecast the fitted runs' own last 150 steps from their first 450).
-for law in multi_power momentum; do
-  for start in "" 200; do
-    name=$law${start:+_start$start}
-    python -m minigpt predict fit "$RUNS/constant" "$RUNS/cosine" --law $law ${start:+--start $start} \
-      -o $IMAGES/loss_fit_$name.json --note "$NOTE"
-    python -m minigpt predict predict $IMAGES/loss_fit_$name.json \
-      --run "$RUNS/wsd_sqrt" "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_$name.png --note "$NOTE"
+# that best forecast the fitted runs' own last 150 steps from their first 450), by both fitting
+# procedures (the published one's files end in _published); the fits keep their curves.
+for procedure in bounded published; do
+  suffix=${procedure/bounded/}; suffix=${suffix:+_$suffix}
+  for law in multi_power momentum; do
+    for start in "" 200; do
+      name=$law${start:+_start$start}$suffix
+      python -m minigpt predict fit "$RUNS/constant" "$RUNS/cosine" --law $law ${start:+--start $start} \
+        --procedure $procedure --keep-curves -o $IMAGES/loss_fit_$name.json --note "$NOTE"
+      python -m minigpt predict predict $IMAGES/loss_fit_$name.json \
+        --run "$RUNS/wsd_sqrt" "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_$name.png --note "$NOTE"
+    done
   done
-done
 
-# With a WSD run among the fitted ones: does a cooldown in the data pin the decay term down?
-for law in multi_power momentum; do
-  python -m minigpt predict fit "$RUNS/constant" "$RUNS/cosine" "$RUNS/wsd_sqrt" --law $law \
-    -o $IMAGES/loss_fit_${law}_3runs.json --note "$NOTE"
-  python -m minigpt predict predict $IMAGES/loss_fit_${law}_3runs.json \
-    --run "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_${law}_3runs.png --note "$NOTE"
+  # With a WSD run among the fitted ones: does a cooldown in the data pin the decay term down?
+  for law in multi_power momentum; do
+    python -m minigpt predict fit "$RUNS/constant" "$RUNS/cosine" "$RUNS/wsd_sqrt" --law $law \
+      --procedure $procedure --keep-curves -o $IMAGES/loss_fit_${law}_3runs$suffix.json --note "$NOTE"
+    python -m minigpt predict predict $IMAGES/loss_fit_${law}_3runs$suffix.json \
+      --run "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_${law}_3runs$suffix.png --note "$NOTE"
+  done
 done
 
 python -m minigpt predict optimize $IMAGES/loss_fit_multi_power.json -o $IMAGES/loss_optimized.json --note "$NOTE"

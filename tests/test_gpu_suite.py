@@ -146,7 +146,7 @@ def test_the_real_stages_cover_every_promised_measurement(tmp_path):
     assert "--runs 8" in text["sweep"][0] and "--tiny" not in text["sweep"][0]
     cells = [c for c in text["warmup"] if "train.py" in c]
     assert len(cells) == 2 and all("sweep=warmup_divergence " in c and "seed=1,2,3" in c for c in cells)
-    assert "-m minigpt report" in text["warmup"][-1]
+    assert "-m minigpt report" in text["warmup"][-1] and "--warmup-study" in text["warmup"][-1]
     # every run's token caches go outside the results folder, which must stay small
     assert all(f"data.cache_dir={tmp_path / 'data'}" in c for cmds in text.values() for c in cmds
                if "train.py" in c or "bench" in c)

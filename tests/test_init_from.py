@@ -78,7 +78,8 @@ def test_eval_only_evaluates_the_checkpoint_and_trains_nothing(parent, make_conf
     assert s["val_loss_stderr"] > 0
     assert s["eval_iters"] == 3 and s["eval_tokens"] == 3 * 4 * 32 and s["tokens"] == 0
     assert s["init_from"]["path"] == str(a.checkpoint.resolve())
-    assert read_metrics(tmp_path / "eval") == [{"step": 6, "val/loss": s["final_val_loss"]}]
+    assert read_metrics(tmp_path / "eval") == [{"step": 6, "val/loss": s["final_val_loss"],
+                                                "val/loss_stderr": s["val_loss_stderr"]}]
     assert not (tmp_path / "eval" / "checkpoints").exists()
     assert all(torch.equal(v, weights_before[k]) for k, v in trainer.model.state_dict().items())
     assert a.final_val_loss == pytest.approx(

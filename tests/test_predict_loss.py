@@ -104,9 +104,18 @@ def test_predictions_do_not_depend_on_how_a_run_was_split_into_resumed_pieces(ma
 def test_search_wsd_finds_the_grid_point_with_the_lowest_predicted_loss():
     fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0.0, 0.0, 0, 0)
     base = ["trainer.max_steps=300"]
-    overrides, loss, tried = lp.search_wsd(fit, compose, base)
-    assert tried == len(lp.WSD_SHAPES) * len(lp.WSD_FRACTIONS) * len(lp.WSD_FLOORS)
+    search = lp.search_wsd(fit, compose, base)
+    overrides, loss = search.overrides, search.predicted
+    # a 10% warmup leaves room for cooldowns up to 90% of the run: 0.95 is skipped
+    assert search.candidates == len(lp.WSD_SHAPES) * (len(lp.WSD_FRACTIONS) - 1) * len(lp.WSD_FLOORS)
     assert loss == pytest.approx(lp.final_loss(fit, lp.planned_lrs(compose(base + overrides))), abs=1e-12)
+    # Each setting on an edge of the grid is said, and only those.
+    best = dict(o.removeprefix("scheduler.").split("=") for o in overrides[1:])
+    assert len(search.edges) == sum([float(best["decay"]) in (0.05, 0.9),
+                                     float(best["min_lr_ratio"]) in (lp.WSD_FLOORS[0], lp.WSD_FLOORS[-1])])
+    for edge in search.edges:  # each note names the setting and its value
+        name, _, rest = edge.partition("=")
+        assert float(rest.split(" ")[0]) == float(best[name])
     # It beats every schedule in the family we try by hand, and cosine.
     for other in (["scheduler=wsd"], ["scheduler=wsd", "scheduler.decay=0.5", "scheduler.decay_shape=linear"],
                   ["scheduler=cosine_warmup"]):
@@ -153,7 +162,8 @@ def test_fit_predict_optimize_from_the_command_line(tmp_path):
     assert optimize.returncode == 0, optimize.stderr
     best = json.loads((tmp_path / "best.json").read_text())
     assert best["predicted_final_loss"] < best["cosine_predicted_final_loss"]
-    assert best["command"].startswith("python train.py ") and "scheduler=wsd" in best["command"]
+    assert best["command"] is None or best["command"].startswith("python train.py ")
+    assert best["warnings"] or "scheduler=wsd" in best["command"]
 
 
 BAD = {
@@ -222,3 +232,75 @@ def test_the_sweep_report_overlays_predicted_and_measured_curves(tmp_path):
     assert "## Measured against predicted (multi_power law)" in text
     for job, (predicted, measured) in truths.items():
         assert f"| {job} | {measured:.4f} | {predicted:.4f} | {predicted - measured:+.4f} |" in text
+
+
+def test_the_smoothed_train_loss_of_step_s_is_the_loss_after_s_updates(tmp_path):
+    fake_run(tmp_path / "run", SHORT + ["scheduler=cosine_warmup"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in records:  # train/loss of step s: a value that names s
+        if "train/loss" in r:
+            r["train/loss"] = 10.0 - 0.01 * r["step"]
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    curve, _ = lp.read_run(tmp_path / "run", target="train", smoothing=0.0, every=10)
+    assert curve.steps.tolist() == list(range(0, 200, 10))
+    assert curve.losses.tolist() == pytest.approx([10.0 - 0.01 * s for s in range(0, 200, 10)])
+
+
+def test_the_printed_command_carries_the_evaluation_settings_and_survives_any_posix_shell(tmp_path):
+    import shlex
+
+    fake_run(tmp_path / "run", SHORT + ["scheduler=cosine_warmup", "trainer.progress=false", "data.cache_dir=/x"])
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"seed": 7, "trainer": {"eval_interval": 20, "eval_iters": 5, "max_steps": 200}}))
+    base = lp.comparable_overrides(tmp_path / "run")
+    assert base == ["trainer.max_steps=200", "scheduler=cosine_warmup", "trainer.eval_interval=20",
+                    "trainer.eval_iters=5", "seed=7"]  # no folder, no progress bar, no cache folder
+    overrides = lp.merge_overrides(base, ["scheduler=custom", "+scheduler.knots=[0,0.5,1.0]",
+                                          "+scheduler.values=[1,0.5,0]", "data.name=my corpus"])
+    command = lp.train_command(overrides)
+    assert shlex.split(command) == ["python", "train.py", *overrides]
+    assert "'+scheduler.knots=[0,0.5,1.0]'" in command  # zsh would glob an unquoted [...]
+    assert "trainer.eval_interval=20" in command and "trainer.eval_iters=5" in command and "seed=7" in command
+
+
+def test_paired_difference_gives_the_mean_and_its_95_percent_interval():
+    optimized = {1337: 4.0, 1: 4.1, 2: 4.2, 5: 9.9}  # seed 5 has no cosine run: left out
+    cosine = {1337: 4.1, 1: 4.1, 2: 4.4}
+    diff = lp.paired_difference(optimized, cosine)
+    assert diff.seeds == [1, 1337, 2] and diff.differences == pytest.approx([0.0, -0.1, -0.2])
+    half = 4.302652729911275 * 0.1 / np.sqrt(3)  # t(0.975, 2 dof) x sd / sqrt(n)
+    assert (diff.mean, diff.low, diff.high) == pytest.approx((-0.1, -0.1 - half, -0.1 + half))
+    assert "within seed noise" in diff.line("optimized", "cosine")
+    assert "beyond seed noise: optimized better" in lp.paired_difference({1: 4.0, 2: 4.1}, {1: 4.2, 2: 4.31}).line(
+        "optimized", "cosine")
+    with pytest.raises(UserError, match="at least 2 seeds"):
+        lp.paired_difference({1: 4.0}, {1: 4.1, 2: 4.0})
+
+
+def load_script():
+    return predict_tool
+
+
+def test_optimize_on_a_poorly_identified_fit_warns_and_prints_no_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(lp, "WSD_FRACTIONS", (0.2, 0.5))  # a small grid: the guard is what is tested here
+    monkeypatch.setattr(lp, "WSD_FLOORS", (0.0, 0.1))
+    monkeypatch.setattr(lp, "plot_curves", lambda *a, **k: [])  # the figure is tested elsewhere; it costs seconds
+    covariance = np.diag([1e-6, 1e-6, 1e-6, 1e6, 1e-6, 1e-6, 1e-6]).tolist()  # B: +-1000x (in log B)
+    fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0, 0, 0, 0, procedure="bounded", unidentified=["B"],
+                       covariance=covariance, runs=[{"label": "cos", "lr_min": 5e-4, "lr_max": 5e-3}])
+    record = {**fit.to_dict(), "overrides": ["trainer.max_steps=100"],
+              "run_overrides": ["trainer.max_steps=100", "trainer.eval_interval=10", "trainer.eval_iters=4"]}
+    (tmp_path / "fit.json").write_text(json.dumps(record))
+    script = load_script()
+    assert script.main(["optimize", "fit.json", "-o", "best.json"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: fit: the runs cannot identify B" in out and "run it with" not in out
+    assert "no command printed" in out
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["command"] is None and best["warnings"] and best["predicted_band"] > 1.0
+    # Asked for, the command comes, with the fitted run's evaluation settings.
+    assert script.main(["optimize", "fit.json", "-o", "best.json", "--print-command"]) == 0
+    out = capsys.readouterr().out
+    command = out.split("run it with:\n")[1].splitlines()[0].strip()
+    assert "trainer.eval_interval=10" in command and "trainer.eval_iters=4" in command

@@ -31,6 +31,8 @@ def assert_same_run(single_dir, stacked_dir, steps):
     vals = lambda d: [(r["step"], r["val/loss"]) for r in read_metrics(d) if "val/loss" in r]  # noqa: E731
     assert [s for s, _ in vals(stacked_dir)] == [s for s, _ in vals(single_dir)]
     assert [v for _, v in vals(stacked_dir)] == pytest.approx([v for _, v in vals(single_dir)], abs=1e-5)
+    stderr = lambda d: [r["val/loss_stderr"] for r in read_metrics(d) if "val/loss" in r]  # noqa: E731
+    assert stderr(stacked_dir) == pytest.approx(stderr(single_dir), rel=1e-3)
 
 
 def checkpoint_weights(path):

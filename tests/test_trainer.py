@@ -1,5 +1,6 @@
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -78,6 +79,25 @@ def test_records_summary_and_final_evaluation(make_config, tmp_path):
     assert (tmp_path / "schedule.png").stat().st_size > 1000
     assert result.checkpoint is not None and result.checkpoint.exists()
 
+
+
+def test_every_evaluation_records_its_standard_error_over_the_batches(make_config, tmp_path):
+    """val/loss_stderr: the batches' standard deviation over sqrt(eval_iters), at every evaluation."""
+    trainer = Trainer(make_config(trainer__max_steps=4, trainer__eval_interval=2, trainer__eval_iters=3), tmp_path,
+                      quiet=True)
+    result = trainer.run()
+    evals = [r for r in read_metrics(tmp_path) if "val/loss" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4] and all(r["val/loss_stderr"] > 0 for r in evals)
+    losses = []  # the final weights on the three validation batches, computed here
+    with torch.no_grad():
+        trainer.model.eval()
+        for i in range(3):
+            x, y = trainer.val_batches.eval_batch(i)
+            losses.append(trainer.model(x, y)[1].item())
+    assert evals[-1]["val/loss"] == pytest.approx(statistics.mean(losses), abs=1e-6)
+    assert evals[-1]["val/loss_stderr"] == pytest.approx(statistics.stdev(losses) / math.sqrt(3), rel=1e-4)
+    assert result.summary["val_loss_stderr"] == evals[-1]["val/loss_stderr"]
+    assert evals[0]["val/loss_stderr"] != evals[-1]["val/loss_stderr"]  # each evaluation its own
 
 def test_run_length_in_tokens_and_epochs(make_config, tmp_path):
     by_tokens = Trainer(make_config(trainer__max_steps=None, trainer__max_tokens="1k"), tmp_path / "t", quiet=True)

@@ -655,7 +655,9 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
-    resolve_precision(tc.precision, device)
+    from minigpt.optim import check_precision
+
+    check_precision(config.optim, resolve_precision(tc.precision, device))
     check_compile_backend(tc)
     if tc.resume is not None:
         _check_resume(cfg, config, total)

@@ -190,6 +190,10 @@ def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
     changed = [k for k in keys if old.get(k) != cur.get(k) and k != "trainer.resume"]
     fixed = [k for k in changed if (k.startswith("model.") and k.split(".", 1)[1] in FIXED_MODEL_KEYS)
              or (k.startswith("data.") and k.split(".", 1)[1] not in MOVABLE_DATA_KEYS)]
+    if "optim.name" in changed:  # the optimizer's state is of another kind
+        raise UserError(f"trainer.resume: {path} was trained with optim={old.get('optim.name')}, whose state another "
+                        f"optimizer cannot take (optim.name: {old.get('optim.name')} -> {cur.get('optim.name')}); resume "
+                        f"with optim={old.get('optim.name')}")
     if fixed:
         diffs = ", ".join(f"{k} ({old.get(k)!r} -> {cur.get(k)!r})" for k in fixed)
         raise UserError(f"trainer.resume: the model shape, data and tokenizer must stay as in {path}, but {diffs}; "
@@ -267,12 +271,16 @@ def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, di
     return path, state, damaged
 
 
-def run_state(run) -> dict:
-    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values."""
+def run_state(run, train_point: list | None = None) -> dict:
+    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values. `train_point`:
+    schedule-free AdamW's training weights (the model holds its evaluation point then)."""
     return {
         "format_version": FORMAT_VERSION,  # metrics.FORMAT_VERSION; none in a checkpoint written before it: 0
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
+        "train_point": train_point,
+        "ema": run.ema.state_dict() if run.ema is not None else None,  # optim.ema's average
+        "val_history_ema": [list(v) for v in run.val_history_ema],
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "step": run.step,
         "tokens_seen": run.tokens_seen,

@@ -41,7 +41,7 @@ from minigpt.model import GPT
 from minigpt.optim import decay_coefficient
 from minigpt.run.records import PendingStep
 from minigpt.run.metrics import RunResult
-from minigpt.run.trainer import Trainer, fit
+from minigpt.run.trainer import Trainer, batch_stderr, fit
 
 log = logging.getLogger("minigpt")
 
@@ -79,6 +79,9 @@ def check_stackable(configs: list[Config]) -> None:
                    # the stacked loss is one number per run: the z term would stay inside val/loss
                    ("model.z_loss", cfg.model.z_loss > 0)]
     for c in configs:
+        # Only AdamW (GI-Adam included) is written out over the flat (M, P) tensors here; the weight
+        # average would need a stacked evaluation of its own.
+        unsupported += [(f"optim={c.optim.name}", c.optim.name != "adamw"), ("optim.ema", c.optim.ema is not None)]
         # The stack's AdamW has one LR per run: per-group multipliers would need one per tensor.
         unsupported += [("optim.lr_multipliers", c.optim.lr_multipliers.non_default())]
         unsupported += [(f"monitor.{k}", getattr(c.monitor, k)) for k in ("skip_spikes", "update_ratio",
@@ -135,7 +138,8 @@ class StackedStepper:
         states = [[r.optimizer.state.get(o[n]) for n in self.names] for r, o in zip(self.runs, own)]
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
         self.adam_step = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
-        if all(s is not None for run in states for s in run):
+        self.fresh = not all(s is not None for run in states for s in run)
+        if not self.fresh:
             with torch.no_grad():
                 self.exp_avg.copy_(torch.stack([torch.cat([s["exp_avg"].reshape(-1) for s in run]) for run in states]))
                 self.exp_avg_sq.copy_(torch.stack([torch.cat([s["exp_avg_sq"].reshape(-1) for s in run])
@@ -153,6 +157,8 @@ class StackedStepper:
         self.beta2, self.eps = column([r.plan.beta2 for r in self.runs]), column([r.plan.eps for r in self.runs])
         self.weight_decay = column([decay_coefficient(r.cfg.optim, r.plan.peak_lr) for r in self.runs])
         self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
+        # optim.adam_init=grad (GI-Adam): those runs' second moment starts at the first gradient's square
+        self.grad_init = torch.tensor([[o.adam_init == "grad"] for o in optims], device=self.device)
         plans = [[r.plan.lr_at(t) for t in range(self.total_steps)] for r in self.runs]  # stacks count in steps
         self.lrs = [[lr for lr, _ in plan] for plan in plans]
         self.beta1s = [[b if b is not None else r.plan.beta1 for _, b in plan] for r, plan in zip(self.runs, plans)]
@@ -206,7 +212,7 @@ class StackedStepper:
         index = torch.tensor(keep, device=self.device)
         with torch.no_grad():
             for name in ("flat", "flat_grad", "exp_avg", "exp_avg_sq", "adam_step", "beta2", "eps", "weight_decay",
-                         "max_norm"):
+                         "max_norm", "grad_init"):
                 setattr(self, name, getattr(self, name).index_select(0, index).contiguous())
             self.lr_table = self.lr_table.index_select(1, index).contiguous()
             self.beta1_table = self.beta1_table.index_select(1, index).contiguous()
@@ -257,6 +263,9 @@ class StackedStepper:
         g.mul_(coef.float()[:, None])
 
         lr, beta1 = self.lr_table[step], self.beta1_table[step]
+        if self.fresh:  # the first update of runs without an AdamW state: GI-Adam's v_0 = g^2 (minigpt/optim.py)
+            self.exp_avg_sq.copy_(torch.where(self.grad_init, g * g, self.exp_avg_sq))
+            self.fresh = False
         self.adam_step += 1
         col = lambda v: v.float()[:, None]  # noqa: E731 - (M,) float64 -> (M, 1) float32
         self.flat[:, :self.n_decay].mul_(col(1 - lr * self.weight_decay))  # decoupled weight decay
@@ -275,11 +284,16 @@ class StackedStepper:
         first = self.runs[0]
         self.template.eval()
         total = torch.zeros(len(self.runs), device=self.device, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)  # for each run's standard error over the batches (val/loss_stderr)
         for i in range(self.tc.eval_iters):
             x, y = self._batches(lambda r: r.val_batches.eval_batch(i))
             with first.runtime.autocast():
-                total += self.batched_loss(self.params, x, y).double()
+                loss = self.batched_loss(self.params, x, y).double()
+            total += loss
+            total_sq += loss**2
         self.template.train()
+        for run, s, sq in zip(self.runs, total.tolist(), total_sq.tolist()):
+            run.val_stderr = batch_stderr(s, sq, self.tc.eval_iters)
         return (total / self.tc.eval_iters).tolist()
 
     def save(self, run: Trainer) -> Path | None:

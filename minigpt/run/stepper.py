@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from minigpt.optim import init_second_moment
 from minigpt.run.records import PendingStep
 
 
@@ -84,6 +85,9 @@ class ModelStepper:
         grad_norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), clip).float()
 
         skipped = cfg.monitor.skip_spikes and r.monitor.should_skip(loss_mean.item(), grad_norm.item())
+        if r.adam_init_pending:  # GI-Adam: v_0 from this first (clipped) gradient, once
+            init_second_moment(r.optimizer)
+            r.adam_init_pending = False
         extras = {}
         if cfg.monitor.update_ratio:
             before = [p.detach().clone() for p in r.model.parameters()]
@@ -99,6 +103,8 @@ class ModelStepper:
         elif not skipped:
             r.optimizer.step()
         r.optimizer.zero_grad(set_to_none=True)
+        if r.ema is not None:  # optim.ema: one fused lerp on the device
+            r.ema.update()
         if cfg.monitor.update_ratio:
             params = list(r.model.parameters())
             delta = torch.stack([torch.linalg.vector_norm(p.detach() - b) for p, b in zip(params, before)]).norm()

@@ -26,8 +26,13 @@ def run_summary(run, status: RunStatus, wall: float, ckpt: Path | None, stop_sig
         "step": run.step,
         "total_steps": run.total_steps,
         "final_val_loss": final,  # cross-entropy; with the z-loss on, its term is final_val_z_loss
+        # the final evaluation's standard error over its batches (val/loss_stderr), as eval_only's summary
+        "val_loss_stderr": run.val_stderr if final is not None else None,
         "final_val_z_loss": run.val_z_loss if final is not None and run.cfg.model.z_loss > 0 else None,
         "best_val_loss": min(vals) if vals else None,
+        # optim.ema: the weight average's validation loss (None without one)
+        "final_val_loss_ema": run.val_history_ema[-1][1] if final is not None and run.val_history_ema else None,
+        "best_val_loss_ema": min(v for _, v in run.val_history_ema) if run.val_history_ema else None,
         "initial_val_loss": run.val_history[0][1] if run.val_history and run.val_history[0][0] == 0 else None,
         "unigram_entropy_val": entropy,
         "val_loss_over_unigram_entropy": round(final / entropy, 4) if final and entropy else None,

@@ -25,7 +25,7 @@ from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.run.monitor import Monitor
-from minigpt.optim import build_optimizer, load_optimizer_state
+from minigpt.optim import WeightAverage, build_optimizer, check_precision, eval_point, load_optimizer_state
 from minigpt.run.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
@@ -38,6 +38,16 @@ from minigpt.run.stepper import ModelStepper
 from minigpt.run.summary import run_summary
 
 log = logging.getLogger("minigpt")
+
+
+def batch_stderr(total: float, total_sq: float, n: float) -> float | None:
+    """The standard error of a mean over n batch values, from their sum and sum of squares: how far
+    another draw of n validation windows could move the mean (None for a single batch)."""
+    if n < 2:
+        return None
+    mean = total / n
+    variance = max(total_sq / n - mean**2, 0.0) * n / (n - 1)
+    return math.sqrt(variance / n)
 
 
 class Trainer:
@@ -106,8 +116,12 @@ class Trainer:
 
         # The run plan (batch, length, schedule, peak LR), checked before any compute is spent.
         self.plan = RunPlan.build(cfg, self.ddp.world_size, meta["train_tokens"])
+        check_precision(cfg.optim, self.precision)  # fp16 (auto on an old GPU) with an optimizer torch has not fused
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.plan.peak_lr,
                                          (self.plan.beta1, self.plan.beta2, self.plan.eps))
+        self.params = list(self.model.parameters())  # tied weights once: what the optimizer and the average hold
+        self.adam_init_pending = cfg.optim.adam_init == "grad"  # GI-Adam: the stepper sets v_0 at the first update
+        self.ema = WeightAverage(self.params, self.plan.ema_decay) if self.plan.ema_half_life else None
         self.total_steps = self.plan.total_steps
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
         self.sharpness = None
@@ -123,6 +137,7 @@ class Trainer:
         # Progress through the run; a resume overwrites these.
         self.step, self.tokens_seen = 0, 0
         self.val_history: list[tuple[int, float]] = []
+        self.val_history_ema: list[tuple[int, float]] = []  # the weight average's (optim.ema)
         self.wandb_id: str | None = None
         self.elapsed_before = 0.0  # training seconds of earlier sessions of a resumed run
         self.resumed_from: Path | None = None
@@ -139,7 +154,10 @@ class Trainer:
         self.flush_seconds = 0.0  # host time spent handing records over (scripts/bench.py reads it)
         self.val_at: dict[int, float] = {}
         self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
+        self.val_stderr_at: dict[int, float] = {}  # val/loss_stderr of the evaluations (none with eval_iters=1)
         self.val_z_loss: float | None = None
+        self.val_ema_at: dict[int, float] = {}  # the weight average's loss at the evaluations (optim.ema)
+        self.val_ema_loss: float | None = None
         self.val_stderr: float | None = None  # standard error of the last evaluation's mean, over its batches
         self.last_record: dict = {}
         self.t0 = time.time()
@@ -184,10 +202,22 @@ class Trainer:
             run_name=cfg.run_name, shared_process=shared_process)
         self.wandb_id = self.metrics.wandb_id
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean cross-entropy over the fixed validation windows (split across ranks). With the
-        z-loss on, its term is not part of it: it goes to self.val_z_loss (val/z_loss)."""
+        """Mean cross-entropy over the fixed validation windows (split across ranks), at the
+        optimizer's evaluation point (schedule-free AdamW's average; the weights otherwise). With the
+        z-loss on, its term is not part of it: it goes to self.val_z_loss (val/z_loss). With
+        optim.ema, the weight average's goes to self.val_ema_loss (val/loss_ema)."""
+        with eval_point(self.optimizer, self.params):
+            loss = self._val_loss()
+        if self.ema is not None:
+            z_loss, stderr = self.val_z_loss, self.val_stderr
+            with self.ema.swapped_in():
+                self.val_ema_loss = self._val_loss()
+            self.val_z_loss, self.val_stderr = z_loss, stderr  # val/z_loss and the standard error stay the weights' own
+        return loss
+
+    @torch.no_grad()
+    def _val_loss(self) -> float:
         self.model.eval()
         z_on = self.cfg.model.z_loss > 0
         # cross-entropy sum, batch count, z sum, sum of squared batch cross-entropies
@@ -206,9 +236,7 @@ class Trainer:
         self.model.train()
         self.val_z_loss = float(total[2] / total[1]) if z_on else None
         n, mean = float(total[1]), float(total[0] / total[1])
-        # The batches' spread: how far another draw of eval_iters windows could move the mean.
-        variance = max(float(total[3]) / n - mean**2, 0.0) * n / (n - 1) if n > 1 else None
-        self.val_stderr = math.sqrt(variance / n) if variance is not None else None
+        self.val_stderr = batch_stderr(float(total[0]), float(total[3]), n)
         return mean
 
     def evaluate_only(self) -> RunResult:
@@ -221,6 +249,8 @@ class Trainer:
             step = self.init_origin["step"]
             loss = self.evaluate()
             record = {"step": step, "val/loss": loss}
+            if self.val_stderr is not None:
+                record["val/loss_stderr"] = self.val_stderr
             if self.val_z_loss is not None:
                 record["val/z_loss"] = self.val_z_loss
             self.metrics.log(record)
@@ -253,11 +283,20 @@ class Trainer:
             self.val_at[step] = loss
             if self.val_z_loss is not None:
                 self.val_z_at[step] = self.val_z_loss
+            if self.val_stderr is not None:
+                self.val_stderr_at[step] = self.val_stderr
+            if self.ema is not None:
+                self.val_ema_at[step] = self.val_ema_loss
             return
         self.val_history.append((step, loss))
         record = {"step": step, "val/loss": loss, "train/tokens": self.tokens_seen}
+        if self.val_stderr is not None:
+            record["val/loss_stderr"] = self.val_stderr
         if self.val_z_loss is not None:
             record["val/z_loss"] = self.val_z_loss
+        if self.ema is not None:
+            record["val/loss_ema"] = self.val_ema_loss
+            self.val_history_ema.append((step, self.val_ema_loss))
         self.metrics.log(record)
 
     def flush(self, wait: bool = False) -> None:
@@ -266,8 +305,13 @@ class Trainer:
         for record in self.records.flush(wait):
             if record["step"] in self.val_at:
                 record["val/loss"] = self.val_at[record["step"]]
+                if record["step"] in self.val_stderr_at:
+                    record["val/loss_stderr"] = self.val_stderr_at.pop(record["step"])
                 if record["step"] in self.val_z_at:
                     record["val/z_loss"] = self.val_z_at.pop(record["step"])
+                if record["step"] in self.val_ema_at:
+                    record["val/loss_ema"] = self.val_ema_at.pop(record["step"])
+                    self.val_history_ema.append((record["step"], record["val/loss_ema"]))
                 self.val_history.append((record["step"], self.val_at.pop(record["step"])))
             self.monitor.observe(record)
             self.metrics.log(record)
@@ -305,10 +349,11 @@ class Trainer:
     def save(self) -> Path | None:
         if not self.ddp.is_main:
             return None
-        state = run_state(self)
         if hasattr(self, "metrics"):
             self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
-        path = save_checkpoint(state, checkpoint_path(self.run_dir, self.step))
+        # Schedule-free is saved at its average; the state holds the live tensors, so it is written inside.
+        with eval_point(self.optimizer, self.params) as train_point:
+            path = save_checkpoint(run_state(self, train_point), checkpoint_path(self.run_dir, self.step))
         prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
         self.saved_step = self.step
         self.say(f"checkpoint: step {self.step} -> {path}")
@@ -323,8 +368,16 @@ class Trainer:
                             f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
                             "(trainer.max_steps / max_tokens / epochs)")
         check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
-        load_optimizer_state(self.optimizer, state["optimizer"], path)
         load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
+        # After the model: schedule-free's weights go back from the saved average to the training point.
+        load_optimizer_state(self.optimizer, state["optimizer"], path, self.params, state.get("train_point"))
+        if self.ema is not None:
+            if state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:
+                self.ema.restart()
+                self.say(f"resume: {path} holds no weight average; optim.ema starts from its weights")
+        self.val_history_ema = [tuple(v) for v in state.get("val_history_ema") or []]
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.val_history = [tuple(v) for v in state["val_history"]]
         self.elapsed_before = state.get("elapsed", 0.0)

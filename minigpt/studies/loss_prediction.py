@@ -46,21 +46,44 @@ def read_run(run_dir: Path, target: str = "val", smoothing: float = 0.9, every: 
         points = sorted({r["step"]: r["val/loss"] for r in records
                          if r.get("val/loss") is not None and r.get("step", -1) <= total}.items())
     else:
+        # train/loss of step s is measured on the batch of update s, before it: the loss after s
+        # updates, like val/loss of step s
         losses = sorted((r["step"], r["train/loss"]) for r in records if r.get("train/loss") is not None)
         points, ema = [], 0.0
         for i, (step, loss) in enumerate(losses):
             ema = smoothing * ema + (1 - smoothing) * loss
-            if (step + 1) % every == 0:
-                points.append((step + 1, ema / (1 - smoothing ** (i + 1))))  # the loss after step + 1 updates
+            if step % every == 0:
+                points.append((step, ema / (1 - smoothing ** (i + 1))))
     steps = np.array([s for s, _ in points], dtype=np.int64)
     losses = np.array([v for _, v in points], dtype=np.float64)
-    overrides = []
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    if overrides_file.exists():
+    return loss_law.Curve(lrs, steps, losses, label=run_dir.name), run_overrides(run_dir)
+
+
+def run_overrides(run_dir: Path) -> list[str]:
+    """The train.py overrides a run was started with (.hydra/overrides.yaml; [] without one)."""
+    overrides_file = Path(run_dir) / ".hydra" / "overrides.yaml"
+    if not overrides_file.exists():
+        return []
+    import yaml
+
+    return [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])]
+
+
+def comparable_overrides(run_dir: Path) -> list[str]:
+    """The overrides that make a new run's result comparable with this run's: every override but
+    the ones that only place or show it (folders, logging, threads, checkpoints), with the
+    evaluation settings and the seed written out (from .hydra/config.yaml) even where the run
+    took them from the defaults, so that a changed default cannot make the two differ."""
+    overrides = [o for o in run_overrides(run_dir) if not any(key_of(o).startswith(k) for k in PLACEMENT_KEYS)]
+    config_file = Path(run_dir) / ".hydra" / "config.yaml"
+    if config_file.exists():
         import yaml
 
-        overrides = [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])]
-    return loss_law.Curve(lrs, steps, losses, label=run_dir.name), overrides
+        config = yaml.safe_load(config_file.read_text()) or {}
+        pinned = {"trainer.eval_interval": config.get("trainer", {}).get("eval_interval"),
+                  "trainer.eval_iters": config.get("trainer", {}).get("eval_iters"), "seed": config.get("seed")}
+        overrides = merge_overrides(overrides, [f"{k}={v}" for k, v in pinned.items() if v is not None])
+    return overrides
 
 
 # --- overrides ---
@@ -78,6 +101,9 @@ def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
     return kept + list(extra)
 
 
+# Keys that place or show a run and change nothing it measures.
+PLACEMENT_KEYS = ("hydra.", "trainer.resume", "trainer.progress", "trainer.threads", "data.cache_dir",
+                  "trainer.ckpt_interval", "trainer.keep_checkpoints", "trainer.overwrite", "logger.")
 RUN_ONLY_KEYS = ("hydra.", "trainer.resume", "trainer.progress", "trainer.threads", "data.cache_dir",
                  "trainer.eval_interval", "trainer.eval_iters", "trainer.ckpt_interval", "seed", "logger.")
 
@@ -111,14 +137,23 @@ def final_loss(fit: loss_law.Fit, lrs: np.ndarray) -> float:
 
 
 WSD_SHAPES = ("linear", "cosine", "1-sqrt")
-WSD_FRACTIONS = tuple(round(f, 2) for f in np.arange(0.05, 0.91, 0.05))
-WSD_FLOORS = (0.0, 0.01, 0.03, 0.1, 0.3)
+WSD_FRACTIONS = tuple(round(f, 2) for f in np.arange(0.05, 0.951, 0.05))  # up to all that follows a 5% warmup
+WSD_FLOORS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 0.7)
 
 
-def search_wsd(fit: loss_law.Fit, compose: Composer, base: list[str]) -> tuple[list[str], float, int]:
-    """Grid search over warmup-stable-decay: the cooldown's length (5% to 90% of the run), shape and
-    floor; the warmup, peak LR and run length stay those of `base`. Returns the best overrides,
-    their predicted final loss and how many candidates were tried."""
+@dataclasses.dataclass
+class WSDResult:
+    overrides: list[str]  # train.py overrides of the best schedule
+    predicted: float  # its predicted final loss
+    candidates: int  # how many schedules were tried
+    edges: list[str]  # the best one's settings that sit on an edge of the grid (the optimum may lie beyond)
+
+
+def search_wsd(fit: loss_law.Fit, compose: Composer, base: list[str]) -> WSDResult:
+    """Grid search over warmup-stable-decay: the cooldown's length (5% to 95% of the run; the
+    lengths the warmup leaves no room for are skipped), shape and floor (0 to 0.7 of the peak);
+    the warmup, peak LR and run length stay those of `base`. Says which of the best schedule's
+    settings sit on an edge of what was tried."""
     config = compose(merge_overrides(base, ["scheduler=wsd"]))
     tried = []
     for shape in WSD_SHAPES:
@@ -133,11 +168,21 @@ def search_wsd(fit: loss_law.Fit, compose: Composer, base: list[str]) -> tuple[l
     if not tried:
         raise UserError("no warmup-stable-decay schedule fits this run (is the warmup longer than 95% of it?)")
     params, loss = min(tried, key=lambda t: t[1])
-    return ["scheduler=wsd"] + [f"scheduler.{k}={v}" for k, v in params.items()], loss, len(tried)
+    fractions = [t[0]["decay"] for t in tried]
+    edges = []
+    for name, value, low, high in (("decay", params["decay"], min(fractions), max(fractions)),
+                                   ("min_lr_ratio", params["min_lr_ratio"], WSD_FLOORS[0], WSD_FLOORS[-1])):
+        if value in (low, high) and low != high:
+            why = "the smallest tried" if value == low else "the largest tried"
+            if name == "decay" and value == high and high < WSD_FRACTIONS[-1]:
+                why += "; no longer cooldown fits after the warmup"
+            edges.append(f"{name}={value:g} ({why})")
+    return WSDResult(["scheduler=wsd"] + [f"scheduler.{k}={v}" for k, v in params.items()], loss, len(tried), edges)
 
 
 def search_free(fit: loss_law.Fit, compose: Composer, base: list[str], knots: int = 24) -> tuple[list[str], float]:
-    """A free monotone schedule: after the warmup, the multiplier at `knots` evenly spaced steps,
+    """A free monotone schedule (a coarse form of the multi-power paper's search, which frees the
+    LR drop of every step): after the warmup, the multiplier at `knots` evenly spaced steps,
     each at most the one before (a running product of factors in [0, 1]), linear in between;
     minimised by L-BFGS-B from a few starting shapes. The warmup, peak LR and run length stay
     those of `base`. Written as the `table` schedule (minigpt/studies/lr_table.py) with knots as fractions
@@ -173,12 +218,97 @@ def search_free(fit: loss_law.Fit, compose: Composer, base: list[str], knots: in
     return overrides, final_loss(fit, planned_lrs(compose(merge_overrides(base, overrides))))
 
 
+# --- what a prediction may be trusted with ---
+
+
+def describe_fit(fit: loss_law.Fit) -> str:
+    """One line of the fitted parameters, each with its standard error, the flagged ones marked."""
+    parts = []
+    for name, value in fit.params.items():
+        text = f"{name}={value:.4g} (+-{fit.stderr.get(name, float('nan')):.2g})"
+        if name in fit.at_bound:
+            text += " [at a bound]"
+        elif name in fit.unidentified:
+            text += " [not identified]"
+        parts.append(text)
+    return f"{fit.law} ({fit.procedure} fit): " + ", ".join(parts)
+
+
+def relative_path(path) -> str:
+    """A path as the JSON records it: relative to the working directory where it lies below it."""
+    import os
+
+    path = Path(path)
+    try:
+        return os.path.relpath(path.resolve()) if path.resolve().is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def train_command(overrides: list[str]) -> str:
+    """The train.py command line for these overrides, quoted for any POSIX shell (bash, zsh, dash:
+    `[...]` lists and spaces survive)."""
+    import shlex
+
+    return shlex.join(["python", "train.py", *overrides])
+
+
+def warnings_for(fit: loss_law.Fit, schedules: list[tuple[str, np.ndarray]]) -> list[str]:
+    """One line per reason not to trust the predictions: the fit's unidentified or bound-hitting
+    parameters, and each schedule whose LRs leave the fitted runs' range."""
+    lines = [fit.warning()] + [fit.range_warning(lrs, label) for label, lrs in schedules]
+    return [line for line in lines if line]
+
+
+@dataclasses.dataclass
+class PairedDifference:
+    """Per seed, one schedule's final loss minus another's, and their mean with a 95% interval."""
+    seeds: list
+    differences: list[float]
+    mean: float
+    low: float  # the 95% interval of the mean difference (Student's t over the seeds)
+    high: float
+
+    def line(self, a: str, b: str) -> str:
+        verdict = ("beyond seed noise: " + (f"{a} better" if self.high < 0 else f"{b} better")
+                   if self.low > 0 or self.high < 0 else "within seed noise (the interval holds 0)")
+        return (f"{a} minus {b}: {self.mean:+.4f} nats, 95% interval [{self.low:+.4f}, {self.high:+.4f}] over "
+                f"{len(self.seeds)} seeds; {verdict}")
+
+
+def paired_difference(a: dict, b: dict) -> PairedDifference:
+    """The paired difference of two schedules' final losses over the seeds both have ({seed: loss}):
+    the mean with a two-sided 95% Student's t interval (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b), key=str)
+    if len(seeds) < 2:
+        raise UserError(f"a paired difference needs at least 2 seeds run with both schedules; got {len(seeds)}")
+    d = np.array([a[s] - b[s] for s in seeds], dtype=np.float64)
+    mean, half = float(d.mean()), float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return PairedDifference(seeds, d.tolist(), mean, mean - half, mean + half)
+
+
 # --- figures ---
 
 
 def curve_steps(total: int, points: int = 200) -> np.ndarray:
     """Steps at which a predicted curve is drawn: evenly spread, the last step included."""
     return np.unique(np.linspace(1, total, min(points, total)).round().astype(np.int64))
+
+
+def legend_title(fit: loss_law.Fit, note: str = "") -> str | None:
+    """The figure legend's title: the fit's procedure and its flagged parameters, then `note`."""
+    lines = [f"{fit.procedure} fit"] if fit.procedure else []
+    if fit.at_bound:
+        lines.append("at a bound: " + ", ".join(fit.at_bound))
+    if fit.unidentified:
+        lines.append("not identified: " + ", ".join(fit.unidentified))
+    if fit.covariance is not None:
+        lines.append("bands: 95%, from the fit's covariance")
+    if note:
+        lines.append(note)
+    return "\n".join(lines) or None
 
 
 def plot_curves(path: Path, title: str, fit: loss_law.Fit, curves: list[tuple[str, np.ndarray, loss_law.Curve | None]],
@@ -196,12 +326,24 @@ def plot_curves(path: Path, title: str, fit: loss_law.Fit, curves: list[tuple[st
     ax_lr.set_xlabel("step (optimizer updates)")
     results, shown = [], []
     for i, (label, lrs, measured) in enumerate(curves):
+        lrs = loss_law.as_sequence(lrs)  # computed once for the prediction, its band and the range check
         steps = curve_steps(len(lrs), points)
-        predicted = fit.predict(lrs, steps)
+        predicted, band = fit.predict_with_band(lrs, steps)
         result = {"label": label, "steps": int(len(lrs)), "final_loss": float(predicted[-1]),
                   "curve": {"step": steps.tolist(), "loss": [round(float(v), 5) for v in predicted]}}
         color = f"C{i % 10}"
         text = f"{label}: predicted {predicted[-1]:.3f}"
+        if band is not None:
+            result["band"] = float(band[-1])  # half-width of the 95% band at the end
+            result["curve"]["band"] = [round(float(v), 5) for v in band]
+            text += f" +- {band[-1]:.3g}"
+            finite = np.isfinite(band)
+            ax_loss.fill_between(steps[finite], (predicted - band)[finite], (predicted + band)[finite], color=color,
+                                 alpha=0.15, lw=0)
+        outside = fit.range_warning(lrs, label)
+        if outside:
+            result["warning"] = outside
+            text += " (outside the fitted LR range)"
         if measured is not None:
             at_end = measured.losses[measured.steps == len(lrs)]
             result["measured_final_loss"] = float(at_end[0]) if len(at_end) else float("nan")
@@ -211,11 +353,11 @@ def plot_curves(path: Path, title: str, fit: loss_law.Fit, curves: list[tuple[st
             text += f", measured {result['measured_final_loss']:.3f}"
         ax_loss.plot(steps, predicted, "-", color=color, label=text)
         shown.extend(predicted[steps >= max(1, len(lrs) // 10)])
-        ax_lr.plot(np.arange(len(lrs)), lrs, color=color)
+        ax_lr.plot(np.arange(len(lrs)), lrs.lrs, color=color)
         results.append(result)
     low, high = float(np.min(shown)), float(np.max(shown))
     ax_loss.set_ylim(low - 0.05 * (high - low), high + 0.05 * (high - low))
-    ax_loss.legend(fontsize=8, title=note or None, title_fontsize=8)
+    ax_loss.legend(fontsize=8, title=legend_title(fit, note), title_fontsize=8)
     ax_loss.grid(alpha=0.3)
     save_figure(fig, path)
     return results

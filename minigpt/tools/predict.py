@@ -1,7 +1,7 @@
 """Predict a schedule's loss curve before running it, and search for a better schedule.
 
 examples:
-    minigpt predict fit RUN_DIR [RUN_DIR ...] --law multi_power -o fit.json
+    minigpt predict fit RUN_DIR [RUN_DIR ...] --law multi_power [--procedure published] -o fit.json
     minigpt predict predict fit.json --scheduler wsd scheduler.decay_shape=linear \\
         --scheduler cosine_warmup trainer.max_steps=1200 -o predicted.png
     minigpt predict predict fit.json --run RUN_DIR ...     # against measured runs
@@ -87,17 +87,24 @@ def cmd_fit(args) -> int:
     law = loss_law.get_law(args.law)
     runs = [lp.read_run(Path(d), args.target, args.smoothing, args.every) for d in args.run_dirs]
     curves = [c for c, _ in runs]
-    fitted = loss_law.fit(law.name, curves, restarts=args.restarts, seed=args.seed, start=args.start)
+    fitted = loss_law.fit(law.name, curves, procedure=args.procedure, restarts=args.restarts, seed=args.seed,
+                          start=args.start)
     out = Path(args.output or f"fit_{law.name}.json")
     figure = Path(args.figure) if args.figure else out.with_suffix(".png")
     record = fitted.to_dict()
     record.update({"target": args.target, "start": args.start, "paper": law.paper,
-                   "run_dirs": [str(d) for d in args.run_dirs], "overrides": lp.schedule_overrides(runs[0][1])})
+                   "run_dirs": [lp.relative_path(d) for d in args.run_dirs],
+                   "overrides": lp.schedule_overrides(runs[0][1]),
+                   "run_overrides": lp.comparable_overrides(Path(args.run_dirs[0]))})
+    if args.keep_curves:
+        record["curves"] = [loss_law.curve_to_dict(c) for c in curves]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     lp.plot_curves(figure, f"{law.name} law fitted to {len(curves)} runs: RMSE {fitted.rmse:.4f} nats on "
                    f"{fitted.n_points} points", fitted, [(c.label, c.lrs, c) for c in curves], note=args.note)
-    print(f"{law.name}: " + ", ".join(f"{k}={v:.4g} (+-{fitted.stderr[k]:.2g})" for k, v in fitted.params.items()))
+    print(lp.describe_fit(fitted))
+    if fitted.warning():
+        print(f"warning: {fitted.warning()}")
     print(f"RMSE {fitted.rmse:.4f} nats, largest error {fitted.max_error:.4f} on {fitted.n_points} points; "
           f"wrote {out} and {figure}")
     return 0
@@ -120,9 +127,15 @@ def cmd_predict(args) -> int:
     results = lp.plot_curves(out, f"predicted by the {fitted.law} law fitted to "
                              f"{', '.join(r['label'] for r in fitted.runs)}", fitted, jobs, args.points, note=args.note)
     data = out.with_suffix(".json")
-    data.write_text(json.dumps({"fit": str(args.fit), "law": fitted.law, "predictions": results}, indent=2) + "\n")
+    warnings = lp.warnings_for(fitted, [(label, lrs) for label, lrs, _ in jobs])
+    data.write_text(json.dumps({"fit": lp.relative_path(args.fit), "law": fitted.law, "procedure": fitted.procedure,
+                                "warnings": warnings, "predictions": results}, indent=2) + "\n")
+    for line in warnings:
+        print(f"warning: {line}")
     for r in results:
         line = f"{r['label']}: {r['steps']} steps, predicted final loss {r['final_loss']:.4f}"
+        if "band" in r:
+            line += f" +- {r['band']:.2g} (95%, from the fit's covariance)"
         if "measured_final_loss" in r:
             line += f", measured {r['measured_final_loss']:.4f} (error {r['final_loss'] - r['measured_final_loss']:+.4f})"
         print(line)
@@ -134,26 +147,42 @@ def cmd_optimize(args) -> int:
     fitted, record = loss_law.load_fit(args.fit)
     base = lp.merge_overrides(record.get("overrides", []), args.overrides)
     reference = plan(base)  # bad overrides end here, before anything is searched or written
+    edges = []
     if args.family == "wsd":
-        overrides, predicted, candidates = lp.search_wsd(fitted, compose, base)
+        search = lp.search_wsd(fitted, compose, base)
+        overrides, predicted, candidates, edges = search.overrides, search.predicted, search.candidates, search.edges
     else:
         (overrides, predicted), candidates = lp.search_free(fitted, compose, base, args.knots), None
     best = plan(lp.merge_overrides(base, overrides))
     cosine = plan(lp.merge_overrides(base, ["scheduler=cosine_warmup"]))
-    command = "python train.py " + " ".join(lp.merge_overrides(base, overrides))
-    result = {"law": fitted.law, "fit": str(args.fit), "family": args.family, "overrides": overrides,
-              "base_overrides": base, "predicted_final_loss": predicted,
+    # the command carries the fitted run's evaluation settings, data, model and seed: its result compares
+    run_base = lp.merge_overrides(record.get("run_overrides") or base, args.overrides)
+    command = lp.train_command(lp.merge_overrides(run_base, overrides))
+    warnings = lp.warnings_for(fitted, [("the optimized schedule", best)])
+    band = fitted.band(best, [len(best)])
+    result = {"law": fitted.law, "procedure": fitted.procedure, "fit": lp.relative_path(args.fit),
+              "family": args.family, "overrides": overrides, "base_overrides": base, "predicted_final_loss": predicted,
+              "predicted_band": None if band is None else float(band[0]),
               "cosine_predicted_final_loss": lp.final_loss(fitted, cosine), "steps": int(len(reference)),
-              "peak_lr": float(reference.max()), "candidates": candidates, "command": command}
+              "peak_lr": float(reference.max()), "candidates": candidates, "grid_edges": edges, "warnings": warnings,
+              "command": command if not warnings or args.print_command else None}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     lp.plot_curves(out.with_suffix(".png"), f"the best {args.family} schedule against cosine_warmup, predicted by the "
                    f"{fitted.law} law", fitted, [("optimized", best, None), ("cosine_warmup", cosine, None)],
                    note=args.note)
-    print(f"best {args.family} schedule: predicted final loss {predicted:.4f} "
+    spread = "" if band is None else f" +- {band[0]:.2g} (95%)"
+    print(f"best {args.family} schedule: predicted final loss {predicted:.4f}{spread} "
           f"(cosine_warmup: {result['cosine_predicted_final_loss']:.4f})")
-    print(f"run it with:\n  {command}")
+    for edge in edges:
+        print(f"note: the best schedule's {edge} is on an edge of the search grid: the optimum may lie beyond it")
+    for line in warnings:
+        print(f"warning: {line}")
+    if result["command"]:
+        print(f"run it with:\n  {command}")
+    else:
+        print("no command printed: the prediction is not to be trusted (above); --print-command prints it anyway")
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
@@ -172,7 +201,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     f.add_argument("--smoothing", type=float, default=0.9, help="EMA factor of the train loss (--target train)")
     f.add_argument("--every", type=int, default=10, help="a smoothed train-loss point every N steps (--target train)")
     f.add_argument("--start", type=int, help="fit the losses from this step on (default: the end of the warmup)")
-    f.add_argument("--restarts", type=int, default=12, help="random starting points of the fit")
+    f.add_argument("--procedure", choices=loss_law.PROCEDURES, default=loss_law.DEFAULT_PROCEDURE,
+                   help="published: the multi-power paper's regression start and AdamW refinement, L0 unbounded; "
+                        "bounded: bounded least squares from --restarts random starts")
+    f.add_argument("--restarts", type=int, default=12, help="random starting points of the fit (--procedure bounded)")
+    f.add_argument("--keep-curves", action="store_true", help="store the fitted curves (LRs and losses) in the JSON")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--note", default="", help="a line for the figure's legend, e.g. the machine")
     f.set_defaults(handler=cmd_fit)
@@ -196,6 +229,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     o.add_argument("--knots", type=int, default=24, help="knots after the warmup (--family free)")
     o.add_argument("-o", "--out", "--output", dest="output", metavar="OUT", default="optimized.json",
                    help="the result (with the train.py command)")
+    o.add_argument("--print-command", action="store_true",
+                   help="print the train.py command even when the fit or the schedule is flagged as not trustworthy")
     o.add_argument("--note", default="", help="a line for the figure's legend, e.g. the machine")
     o.set_defaults(handler=cmd_optimize)
 

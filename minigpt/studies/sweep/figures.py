@@ -26,44 +26,71 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def plot_sweep_curves(jobs, labels: dict, key: str, path) -> None:
-    """Overlay every job of a sweep: key="loss" (training loss, lightly smoothed, and validation
-    points) or key="lr" (the LR each step used) against the step."""
+def _mean_curve(jobs, key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(steps, mean, low, high) of a record key over the jobs, at every step any of them recorded;
+    mean, min and max over the jobs' finite values there (NaN where none is finite)."""
+    by_step: dict[int, list[float]] = {}
+    for job in jobs:
+        for step, value in zip(*job.curve(key)):
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    finite = [[v for v in by_step[s] if math.isfinite(v)] for s in steps]
+    mean = [sum(v) / len(v) if v else math.nan for v in finite]
+    return steps, mean, [min(v) if v else math.nan for v in finite], [max(v) if v else math.nan for v in finite]
+
+
+def plot_sweep_curves(arms: Sequence[tuple[str, Sequence]], key: str, path) -> None:
+    """One colour per arm (label, its jobs: the seeds): key="loss" draws the mean training loss
+    over the seeds with a band from their lowest to their highest value, and the mean validation
+    loss as dots; key="lr" the LR each step used (the arm's first job: seeds share it). Training
+    curves of 200 steps or more are smoothed (a trailing mean over 1% of the steps), and the
+    axis label says so only then. Returns the figure (after saving it to `path`)."""
     fig = new_figure(9, 5)
     ax = fig.add_subplot()
-    cmap = _colors(len(jobs))
-    for color, job in zip(cmap, jobs):
-        label = labels.get(job.name, job.name) + ("" if job.status == "completed" else f" [{job.status}]")
+    all_jobs = [j for _, jobs in arms for j in jobs]
+    smoothed = 1
+    for color, (label, jobs) in zip(_colors(len(arms)), arms):
+        seeds = len(jobs)
+        unfinished = sum(j.status != "completed" for j in jobs)
+        name = label + (f" ({seeds} seeds)" if seeds > 1 else "") + (f" [{unfinished} not completed]" if unfinished else "")
         if key == "lr":
-            steps, values = job.curve("train/lr")
+            steps, values = jobs[0].curve("train/lr") if jobs else ([], [])
             if steps:
-                ax.plot(steps, values, lw=1.2, color=color, label=label)
+                ax.plot(steps, values, lw=1.2, color=color, label=name)
             continue
-        steps, values = job.curve("train/loss")
+        steps, mean, low, high = _mean_curve(jobs, "train/loss")
         if steps:
             window = max(1, len(steps) // 100)
-            ax.plot(steps, _smooth(values, window), lw=1.0, color=color, label=label, alpha=0.9)
-        vsteps, vvalues = job.curve("val/loss")
+            smoothed = max(smoothed, window)
+            ax.plot(steps, _smooth(mean, window), lw=1.2, color=color, label=name, alpha=0.9)
+            if seeds > 1:
+                ax.fill_between(steps, _smooth(low, window), _smooth(high, window), color=color, alpha=0.15, lw=0)
+        vsteps, vmean, _, _ = _mean_curve(jobs, "val/loss")
         if vsteps:
-            ax.plot(vsteps, vvalues, "o", ms=3, color=color)
-        if job.diverged_step is not None and steps:
+            ax.plot(vsteps, vmean, "o", ms=3, color=color)
+        for job in jobs:
+            values = job.curve("train/loss")[1]
             finite = [v for v in values if math.isfinite(v)]
-            if finite:
+            if job.diverged_step is not None and finite:
                 ax.plot([job.diverged_step], [finite[-1]], "x", ms=8, mew=2, color=color)
     ax.set_xlabel("step")
     if key == "lr":
         ax.set_ylabel("learning rate")
-        ax.set_title("learning rate of every job")
+        ax.set_title("learning rate of every arm")
     else:
-        ax.set_ylabel("loss (lines: training, smoothed; dots: validation; x: diverged)")
-        ax.set_title("loss of every job")
-        _clip_loss_axis(ax, jobs)
+        training = f"training loss, mean over seeds, smoothed over {smoothed} steps" if smoothed > 1 else \
+            "training loss, mean over seeds"
+        ax.set_ylabel("loss")
+        ax.set_title(f"loss of every arm\nlines: {training}; band: lowest to highest seed\n"
+                     "dots: validation loss, mean over seeds; x: diverged", fontsize=9)
+        _clip_loss_axis(ax, all_jobs)
     ax.grid(alpha=0.3)
-    if 0 < len(jobs) <= _LEGEND_MAX:
+    if 0 < len(arms) <= _LEGEND_MAX:
         ax.legend(fontsize=7)
     else:
-        ax.set_title(ax.get_title() + f" ({len(jobs)} jobs, coloured by job number; no legend above {_LEGEND_MAX})")
+        ax.set_title(ax.get_title() + f" ({len(arms)} arms; no legend above {_LEGEND_MAX})")
     save_figure(fig, path)
+    return fig
 
 
 def _colors(n: int):

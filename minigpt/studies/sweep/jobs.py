@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,31 @@ class Job:
         if value is None and self.val_records:
             value = self.val_records[-1]["val/loss"]
         return finitenumber(value)
+
+    @property
+    def val_loss_stderr(self) -> float | None:
+        """The standard error of the final validation loss over its batches (val/loss_stderr), for a completed run."""
+        if self.final_val_loss is None:
+            return None
+        value = finitenumber((self.summary or {}).get("val_loss_stderr"))
+        if value is None and self.val_records:
+            value = finitenumber(self.val_records[-1].get("val/loss_stderr"))
+        return value
+
+    @property
+    def seed(self) -> str:
+        """The job's seed as written in its config (or its overrides); '?' when neither says."""
+        value = self.get("seed")
+        if value is None:
+            value = dict(o.split("=", 1) for o in self.overrides if "=" in o).get("seed")
+        return "?" if value is None else str(value)
+
+    @property
+    def final_val_loss_ema(self) -> float | None:
+        """The weight average's validation loss at the end of a completed run (optim.ema); else None."""
+        if self.status != "completed":
+            return None
+        return finitenumber((self.summary or {}).get("final_val_loss_ema"))
 
     @property
     def best_val_loss(self) -> float | None:
@@ -261,6 +286,24 @@ def find_jobs(sweep_dir) -> list[Job]:
     return sorted((read_job(d, root) for d in dirs), key=_sort_key)
 
 
+def find_jobs_in(folders: Sequence) -> list[Job]:
+    """The jobs of one or more folders (sweeps or single runs). With several, each job is named
+    by its folder as given (and its job directory inside a sweep): `outputs/run-a`, `multirun/x/3`."""
+    if len(folders) == 1:
+        return find_jobs(folders[0])
+    jobs: list[Job] = []
+    for folder in folders:
+        prefix = str(folder).rstrip("/") or str(folder)
+        for j in find_jobs(folder):
+            j.name = prefix if j.path == Path(folder) else f"{prefix}/{j.name}"
+            jobs.append(j)
+    names = [j.name for j in jobs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"the folders hold the same job twice ({', '.join(repeated)}); give each folder once")
+    return jobs
+
+
 def varying_overrides(jobs: Sequence[Job]) -> tuple[list[str], dict[str, str]]:
     """(keys whose override differs between jobs, {key: value} of overrides every job shares)."""
     per_job = [dict(o.split("=", 1) if "=" in o else (o, "") for o in j.overrides) for j in jobs]
@@ -276,7 +319,3 @@ def job_label(job: Job, keys: Sequence[str]) -> str:
     d = dict(o.split("=", 1) if "=" in o else (o, "") for o in job.overrides)
     return " ".join(f"{k}={d[k]}" for k in keys if k in d) or job.name
 
-
-def best_job(jobs: Iterable[Job]) -> Job | None:
-    done = [j for j in jobs if j.final_val_loss is not None]
-    return min(done, key=lambda j: j.final_val_loss) if done else None

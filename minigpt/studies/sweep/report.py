@@ -1,21 +1,46 @@
-"""The sweep report: report.md with the sweep table, the study tables and their figures."""
+"""The sweep report: report.md with the arms ranked over their seeds, the table of every job,
+the study tables and their figures."""
 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from minigpt.errors import UserError
-from minigpt.studies.sweep.figures import (
-    plot_predicted_curves, plot_study_early, plot_study_lr, plot_study_mechanism, plot_sweep_curves,
+from minigpt.studies.sweep.arms import (
+    CONFIDENCE,
+    RESOLVE,
+    Comparison,
+    compare_sweep,
+    seeds_needed,
+    setting_title,
 )
-from minigpt.studies.sweep.jobs import Job, best_job, find_jobs, job_label, varying_overrides
+from minigpt.studies.sweep.figures import (
+    plot_predicted_curves,
+    plot_study_early,
+    plot_study_lr,
+    plot_study_mechanism,
+    plot_sweep_curves,
+)
+from minigpt.studies.sweep.jobs import Job, find_jobs_in, job_label, varying_overrides
 from minigpt.studies.sweep.statistics import (
-    AT_UNIGRAM, LASTING_GAP, TRAINS_WELL, Study, build_study, early_window, failed_to_train, lr_sensitivity, outcome,
+    AT_UNIGRAM,
+    LASTING_GAP,
+    TRAINS_WELL,
+    Study,
+    build_study,
+    early_window,
+    failed_to_train,
+    lr_sensitivity,
+    outcome,
     pick_high_lr,
-    seed_pairs, sensitivity_per_seed, signatures, warmup_label,
+    seed_pairs,
+    sensitivity_per_seed,
+    signatures,
+    warmup_label,
 )
 
 # Wortsman et al. 2023 average the LR sensitivity over these peak LRs.
@@ -53,7 +78,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 def sweep_table(jobs: Sequence[Job]) -> list[str]:
     keys, _ = varying_overrides(jobs)
-    best = best_job(jobs)
+    averaged = any(j.final_val_loss_ema is not None for j in jobs)  # a column only when some run has optim.ema
     rows = []
     for j in jobs:
         spikes = j.spikes
@@ -61,16 +86,153 @@ def sweep_table(jobs: Sequence[Job]) -> list[str]:
         if j.status in ("failed", "diverged") and j.reason:
             status += f": {j.reason}"
         rows.append([
-            j.name + (" **best**" if j is best else ""),
+            j.name,
             job_label(j, keys) if keys else " ".join(j.overrides) or "–",
             status,
             _fmt(j.final_val_loss, 4),
+            _fmt(j.val_loss_stderr, 4),
             _fmt(j.best_val_loss, 4),
+            *([_fmt(j.final_val_loss_ema, 4)] if averaged else []),
             f"{spikes[0]} / {spikes[1]}" if spikes else "–",
             f"{j.tok_per_s:,.0f}" if j.tok_per_s else "–",
         ])
-    return _table(["job", "overrides", "status", "final val loss", "best val loss", "spikes (loss / grad)",
-                   "tokens/s"], rows)
+    return _table(["job", "overrides", "status", "final val loss", "eval s.e.", "best val loss",
+                   *(["final val loss (EMA)"] if averaged else []), "spikes (loss / grad)", "tokens/s"], rows)
+
+
+# --- the arms over their seeds -----------------------------------------------------------------
+
+
+def _test(d) -> str:
+    if d.method == "paired":
+        return f"paired, {d.n} seeds" + (f" ({d.note})" if d.note else "")
+    if d.method == "Welch":
+        return f"Welch ({d.note.split(':')[0]})" if d.note else "Welch"
+    return d.note or "–"
+
+
+def _needed(d) -> str:
+    if d.sd is None or d.mean is None or d.method == "none":
+        return "–"
+    n = seeds_needed(d.sd, d.mean, paired=d.method == "paired")
+    return "–" if n is None else f"{n:,}"
+
+
+def _by_rank(c: Comparison):
+    def key(a):
+        r = c.ranks.get(a.label, "–").strip("=?")
+        return (0, int(r), a.mean) if r.isdigit() else (1, 0, 0.0)
+    return sorted(c.arms, key=key)
+
+
+def comparison_lines(c: Comparison) -> list[str]:
+    """One setting's arms: the headline, the ranked table, the final loss seed by seed, and how
+    many seeds a difference needs."""
+    done = [a for a in c.arms if a.n]
+    if not done:
+        return ["No job of this setting completed: nothing to compare.", ""]
+    level = f"{CONFIDENCE:.0%}"
+    out = []
+    if len(c.arms) == 1:
+        a = c.arms[0]
+        sd = f" +- {a.sd:.4f} (sd)" if a.sd is not None else ""
+        out += [f"One arm ({a.label}): final val loss {a.mean:.4f}{sd} over {a.n} seed{'s' * (a.n != 1)}; "
+                "nothing to compare it with.", ""]
+    else:
+        lowest = min(done, key=lambda a: a.mean)
+        tied = [a for a in c.arms if c.ranks.get(a.label) == "=" + c.ranks[lowest.label].strip("?")]
+        untested = any(r.endswith("?") for r in c.ranks.values())
+        line = f"**Lowest mean: {lowest.label}** ({lowest.mean:.4f} over {lowest.n} seed{'s' * (lowest.n != 1)})."
+        if tied:
+            line += (f" Within noise of it ({level} interval of the difference includes 0), so sharing its rank: "
+                     + ", ".join(a.label for a in tied) + ".")
+        elif not untested:
+            line += " Every other arm is worse beyond the seed noise."
+        if untested:
+            line += (" Arms with one seed (or one seed in common and one in an arm) have no interval: their order "
+                     "is that of their means, not a finding (rank with ?); run seeds, e.g. `seed=1,2,3`.")
+        out += [line, "",
+                f"Differences are arm minus the baseline, **{c.baseline.label}** "
+                f"({'--baseline' if c.baseline_named else 'the lowest mean'}): negative is a lower loss. "
+                f"Verdict: *better* or *worse* when the {level} interval (Student's t over seeds) excludes 0, "
+                "*within noise* when it includes 0. *paired*: over the seeds both arms ran; *Welch*: the "
+                "seeds are not shared, an unpaired interval. *eval s.e.*: the final evaluation's standard error "
+                "over its batches (mean over seeds; of the difference in the comparison). *seeds to resolve it*: "
+                "per arm, for an interval of this difference to just exclude 0 (docs/sweeps.md).", ""]
+    rows = []
+    for a in _by_rank(c):
+        d = c.differences.get(a.label)
+        failed = a.unfinished()
+        seeds = f"{a.n}" + (f" of {len(a.jobs)} ({', '.join(sorted({j.status for j in failed}))})" if failed else "")
+        is_base = a is c.baseline
+        rows.append([
+            c.ranks.get(a.label, "–"), a.label + (" (baseline)" if is_base and len(c.arms) > 1 else ""), seeds,
+            _fmt(a.mean, 4), _fmt(a.sd, 4), _fmt(a.eval_stderr, 4),
+            "–" if d is None or d.mean is None else f"{d.mean:+.4f}",
+            "–" if d is None or d.low is None else f"[{d.low:+.4f}, {d.high:+.4f}]",
+            "baseline" if is_base else (d.verdict if d else "–"),
+            "–" if d is None else _test(d) + (f", eval s.e. {d.eval_stderr:.4f}" if d.eval_stderr is not None else ""),
+            "–" if d is None else _needed(d),
+        ])
+    out += _table(["rank", "arm", "seeds", "mean final val loss", "sd", "eval s.e.", "minus baseline",
+                   f"{level} interval", "verdict", "test", "seeds to resolve it"], rows) + [""]
+    seeds = sorted({j.seed for a in c.arms for j in a.jobs}, key=_seed_key)
+    if 1 < len(seeds) <= 12:
+        rows = []
+        for a in _by_rank(c):
+            by_seed = {j.seed: j for j in a.jobs}
+            rows.append([a.label] + [_fmt(by_seed[s].final_val_loss, 4) if s in by_seed and by_seed[s].final_val_loss
+                                     is not None else outcome(by_seed.get(s)) for s in seeds])
+        out += ["Final validation loss seed by seed:", ""] + _table(["arm"] + [f"seed {s}" for s in seeds], rows) + [""]
+    out += power_lines(c)
+    return out
+
+
+def _seed_key(seed: str):
+    try:
+        return (0, float(seed), "")
+    except ValueError:
+        return (1, 0.0, seed)
+
+
+def power_lines(c: Comparison) -> list[str]:
+    """Seeds needed to resolve a difference of X nats, from this setting's own seed spread."""
+    seed_sd, paired_sd = c.seed_sd, c.paired_sd
+    if seed_sd is None and paired_sd is None:
+        return ["No arm has two completed seeds: no seed spread to say how many seeds a difference needs.", ""]
+    spread = []
+    if seed_sd is not None:
+        spread.append(f"sd of the final loss over seeds within an arm {seed_sd:.4f} nats (pooled)")
+    if paired_sd is not None:
+        spread.append(f"sd of the per-seed difference between two arms {paired_sd:.4f} (pooled over the paired "
+                      "comparisons)")
+    out = ["Seed spread of this sweep: " + "; ".join(spread) + ". From it, the seeds per arm at which a "
+           f"{CONFIDENCE:.0%} interval's half-width equals the difference (a real difference that size is then "
+           "resolved about half the time; about twice as many seeds resolve it 8 times in 10):", ""]
+    for x in RESOLVE:
+        parts = []
+        if paired_sd is not None:
+            parts.append(f"{seeds_needed(paired_sd, x, paired=True):,} paired (the same seeds in both arms)")
+        if seed_sd is not None:
+            parts.append(f"{seeds_needed(seed_sd, x, paired=False):,} unpaired")
+        out.append(f"- seeds needed to resolve a difference of {x:g} nats: " + ", ".join(parts))
+    return out + [""]
+
+
+def arms_section(comparisons: Sequence[Comparison], differ: Sequence[str]) -> list[str]:
+    out = ["## Arms", "",
+           "An arm is the jobs that share every override but the seed. Its final validation losses over "
+           "the seeds give its mean, standard deviation and n.", ""]
+    if len(comparisons) > 1:
+        values = {k: sorted({c.setting.values[k] for c in comparisons}) for k in differ}
+        named = "; ".join(f"{k} ({', '.join(v)})" for k, v in values.items())
+        out += [f"**Not one ranking**: these jobs differ in {named}. Final losses of different data, model sizes, "
+                "evaluation settings or run lengths do not compare, so each setting is ranked on its own.", ""]
+    for c in comparisons:
+        if len(comparisons) > 1:
+            out += [f"### {setting_title(c.setting)}", ""]
+        out += comparison_lines(c)
+    return out
 
 
 def lr_range_note(lrs: Sequence[float]) -> str:
@@ -237,24 +399,23 @@ def prediction_table(rows: Sequence[tuple[str, float, float | None]], law: str) 
 
 
 def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures: Mapping[str, str],
-                    predictions: tuple[str, Sequence] | None = None) -> str:
-    keys, common = varying_overrides(jobs)
-    best = best_job(jobs)
+                    predictions: tuple[str, Sequence] | None = None, baseline: str | None = None) -> str:
+    _, common = varying_overrides(jobs)
+    comparisons, differ = compare_sweep(jobs, baseline)
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
-    lines = [f"# Sweep report: {sweep_dir}", "",
+    title = ", ".join(str(f) for f in sweep_dir) if isinstance(sweep_dir, (list, tuple)) else str(sweep_dir)
+    lines = [f"# Sweep report: {title}", "",
              f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".", ""]
     if common:
         lines += ["Overrides shared by every job: " + " ".join(f"`{k}={v}`" for k, v in common.items()), ""]
-    if best is not None:
-        lines += [f"**Best job: {best.name}** ({job_label(best, keys)}): final val loss {best.final_val_loss:.4f}.", ""]
-    else:
-        lines += ["**No job completed**, so there is no best job.", ""]
+    lines += arms_section(comparisons, differ)
+    lines += ["## Every job", ""]
     lines += sweep_table(jobs) + [""]
     for key in ("loss", "lr"):
         if key in figures:
-            lines += [f"![{key} against step]({figures[key]})", ""]
+            lines += [f"![{key} of every arm against step]({figures[key]})", ""]
     if predictions is not None:
         law, rows = predictions
         lines += [f"## Measured against predicted ({law} law)", "",
@@ -292,21 +453,45 @@ def early_lrs(study: Study) -> dict[str, float]:
     return out
 
 
+def warmup_study_of(jobs: Sequence[Job], early_steps: int | None = None, asked: bool = False) -> Study | None:
+    """The warmup-divergence study of the jobs when they vary both the peak LR and the warmup, or
+    when asked (--warmup-study: then the warmup must vary); else None (the arms alone compare them)."""
+    study = build_study(jobs, early_steps)
+    if asked and study is None:
+        raise UserError("--warmup-study: these jobs do not vary the warmup (the study compares at least two "
+                        "warmups, e.g. scheduler.warmup=0,0.1)")
+    if study is not None and len(study.lrs) < 2 and not asked:
+        return None  # one peak LR: a comparison of arms, not the study
+    return study
+
+
 def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_lr: float | None = None,
-                 fit=None) -> dict:
-    """Read a sweep, write report.md and its figures into out_dir (default <sweep>/report); return the paths.
-    With `fit` (a minigpt.studies.loss_law.Fit) each job's measured curve is drawn against the predicted one."""
-    jobs = find_jobs(sweep_dir)
-    out = Path(out_dir) if out_dir is not None else Path(sweep_dir) / "report"
+                 fit=None, baseline: str | None = None, warmup_study: bool = False) -> dict:
+    """Read a sweep (a folder, or a list of folders: sweeps or single runs), write report.md and
+    its figures into out_dir (default <sweep>/report; for several folders, report/ beside them);
+    return the paths. With `fit` (a minigpt.studies.loss_law.Fit) each job's measured curve is
+    drawn against the predicted one. baseline: the arm the others are compared with (default:
+    the lowest mean). The warmup-divergence study's sections come when the jobs vary both the
+    peak LR and the warmup, or with warmup_study (then the warmup must vary)."""
+    folders = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
+    jobs = find_jobs_in(folders)
+    if out_dir is not None:
+        out = Path(out_dir)
+    elif len(folders) == 1:
+        out = Path(folders[0]) / "report"
+    else:
+        out = Path(os.path.commonpath([str(Path(f).resolve()) for f in folders])) / "report"
+    comparisons, _ = compare_sweep(jobs, baseline)  # a bad --baseline stops here, before anything is written
+    study = warmup_study_of(jobs, early_steps, warmup_study)
     out.mkdir(parents=True, exist_ok=True)
-    keys, _ = varying_overrides(jobs)
-    labels = {j.name: job_label(j, keys) for j in jobs}
     figures: dict[str, str] = {}
     if any(j.train_records for j in jobs):
-        plot_sweep_curves(jobs, labels, "loss", out / "loss.png")
-        plot_sweep_curves(jobs, labels, "lr", out / "lr.png")
+        several = len(comparisons) > 1
+        arms = [((setting_title(c.setting) + ": " if several else "") + a.label, a.jobs)
+                for c in comparisons for a in c.arms]
+        plot_sweep_curves(arms, "loss", out / "loss.png")
+        plot_sweep_curves(arms, "lr", out / "lr.png")
         figures.update(loss="loss.png", lr="lr.png")
-    study = build_study(jobs, early_steps)
     if study is not None:
         if high_lr is not None and high_lr not in study.lrs:
             raise UserError(f"--lr {high_lr:g} is not a peak LR of this sweep; accepted: "
@@ -326,8 +511,11 @@ def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_l
             figures["study_mechanism"] = "study_mechanism.png"
     predictions = None
     if fit is not None:
+        keys, _ = varying_overrides(jobs)
+        labels = {j.name: job_label(j, keys) for j in jobs}
         rows = plot_predicted_curves(jobs, labels, fit, out / "predicted.png")
         figures.update(predicted="predicted.png")
         predictions = (fit.law, rows)
-    (out / "report.md").write_text(report_markdown(sweep_dir, jobs, study, figures, predictions))
+    title = folders if len(folders) > 1 else folders[0]
+    (out / "report.md").write_text(report_markdown(title, jobs, study, figures, predictions, baseline))
     return {"report": out / "report.md", **{k: out / v for k, v in figures.items()}}

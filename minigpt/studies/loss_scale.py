@@ -1,0 +1,244 @@
+"""Where does each loss law hold? The scale study of docs/loss_prediction.md.
+
+At each run length (600, 2,000 and 5,000 steps by default) it trains, on one small model:
+- the fitted runs: a constant LR and a cosine (and, as the multi-power paper does, a two-stage
+  run whose LR drops once, to 0.1x at 70%, for the three-run fits);
+- five unseen schedules of the same length: WSD with a linear and with a 1-sqrt cooldown (20% to
+  0.1x), a linear decay to 0, step decay (10x at 50% and 75%) and cosine with three restarts;
+- one unseen cosine twice as long;
+- two more seeds of the cosine and the WSD 1-sqrt runs: the seed spread each error is set beside.
+It fits both laws by both procedures on two and on three runs, predicts every unseen run from its
+LRs, and writes one report (JSON and a figure: error against run length, per law). With
+`check_optimized`, it also runs the WSD schedule `optimize` picks against cosine on three seeds
+and reports their paired difference with its 95% interval.
+
+`scripts/loss_scale_study.py` is the one command that runs it (a finished run is not run again).
+
+The model: 4 layers, 64 wide, 2 heads, context 64, a BPE of 1,024 tokens (0.26M parameters
+without embeddings). It is the warmup study's cut of the CPU model (tests/test_warmup_divergence.py),
+with a vocabulary larger than the test's 300 tokens (whose loss flattens early), and about 4x
+cheaper per step than the default CPU model: about 0.08 s of CPU a step, so the study's 106,400
+steps take about 1.2 hours of two cores, two runs at a time (docs/loss_prediction.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minigpt.errors import UserError
+from minigpt.studies import loss_law
+from minigpt.studies import loss_prediction as lp
+
+MODEL = ["model.n_layer=4", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "data.vocab_size=1024"]
+LENGTHS = (600, 2000, 5000)
+SEEDS = (1337, 1, 2)  # 1337 is the default seed: every schedule runs with it
+EVALUATIONS = 25  # per run: trainer.eval_interval is the length / 25 (24, 80 and 200 steps)
+EVAL_ITERS = 20
+
+FITTED = {
+    "constant": ["scheduler=constant_warmup"],
+    "cosine": ["scheduler=cosine_warmup"],
+    "two_stage": ["scheduler=multistep", "scheduler.milestones=[0.7]"],  # the paper's third fitted run
+}
+UNSEEN = {
+    "wsd_linear": ["scheduler=wsd", "scheduler.decay_shape=linear"],
+    "wsd_sqrt": ["scheduler=wsd"],
+    "linear_to_zero": ["scheduler=linear_warmup", "scheduler.min_lr_ratio=0"],
+    "step_decay": ["scheduler=multistep"],
+    "cyclic": ["scheduler=cosine_restarts"],
+}
+LONG = "cosine_2x"  # the cosine run at twice the length
+SPREAD = ("cosine", "wsd_sqrt")  # run with every seed of SEEDS
+FIT_SETS = {"2 runs": ("constant", "cosine"), "3 runs": ("constant", "cosine", "two_stage")}
+TARGET = 0.03  # nats: the issue's bar, near the seed noise
+
+
+@dataclass
+class Run:
+    name: str  # e.g. "cosine" (seed 1337) or "cosine_s1"
+    schedule: str  # the key of FITTED / UNSEEN, or LONG
+    length: int  # steps of the study length this run belongs to (a cosine_2x run has 2x as many)
+    seed: int
+    overrides: list[str] = field(default_factory=list)
+
+    def folder(self, root: Path) -> Path:
+        return Path(root) / str(self.length) / self.name
+
+
+def plan_runs(lengths=LENGTHS, seeds=SEEDS, extra: list[str] = ()) -> list[Run]:
+    """Every run of the study, with its train.py overrides (`extra` after the study's own)."""
+    runs = []
+    for length in lengths:
+        common = [*MODEL, f"trainer.eval_interval={max(1, length // EVALUATIONS)}", f"trainer.eval_iters={EVAL_ITERS}"]
+        for name, overrides in {**FITTED, **UNSEEN, LONG: FITTED["cosine"]}.items():
+            steps = 2 * length if name == LONG else length
+            for seed in (seeds if name in SPREAD else seeds[:1]):
+                run_name = name if seed == seeds[0] else f"{name}_s{seed}"
+                own = [*common, *overrides, f"trainer.max_steps={steps}", f"seed={seed}"]
+                runs.append(Run(run_name, name, length, seed, lp.merge_overrides(own, list(extra))))
+    return runs
+
+
+def finished(folder: Path) -> bool:
+    summary = Path(folder) / "summary.json"
+    return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
+
+
+def train_runs(runs: list[Run], root: Path, jobs: int = 2, python: str = sys.executable, log=print) -> dict[str, float]:
+    """Train the runs not finished yet, `jobs` at a time (one torch thread each); returns the seconds
+    each run took."""
+    todo = [r for r in runs if not finished(r.folder(root))]
+    seconds, running = {}, []
+    while todo or running:
+        while todo and len(running) < jobs:
+            r = todo.pop(0)
+            folder = r.folder(root)
+            command = [python, "train.py", *r.overrides, "trainer.threads=1", "trainer.progress=false",
+                       f"hydra.run.dir={folder}"]
+            if folder.exists():
+                command.append("trainer.overwrite=true")  # an unfinished run starts again
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            log(f"run {r.length}/{r.name}: {lp.train_command(command[2:])}")
+            out = open(folder.parent / f"{r.name}.log", "w")  # noqa: SIM115 (closed when the run ends)
+            running.append((r, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), time.perf_counter(), out))
+        time.sleep(0.5)
+        for item in list(running):
+            r, proc, start, out = item
+            if proc.poll() is None:
+                continue
+            out.close()
+            running.remove(item)
+            if proc.returncode != 0:
+                for _, other, _, _ in running:
+                    other.terminate()
+                raise UserError(f"run {r.length}/{r.name} failed (exit {proc.returncode}); see "
+                                f"{r.folder(root).parent / (r.name + '.log')}")
+            seconds[f"{r.length}/{r.name}"] = time.perf_counter() - start
+    return seconds
+
+
+def collect_curves(runs: list[Run], root: Path) -> dict[str, dict]:
+    """The fitted and predicted curves of every run: {"length/name": curve as JSON, with the seed}."""
+    out = {}
+    for r in runs:
+        curve, _ = lp.read_run(r.folder(root))
+        out[f"{r.length}/{r.name}"] = {**loss_law.curve_to_dict(curve), "seed": r.seed, "schedule": r.schedule}
+    return out
+
+
+def final_loss(curve: loss_law.Curve) -> float:
+    at_end = curve.losses[curve.steps == len(curve.lrs)]
+    return float(at_end[0]) if len(at_end) else math.nan
+
+
+def seed_spread(curves: dict, length: int) -> dict[str, float]:
+    """The standard deviation over seeds of the final loss of each SPREAD schedule at `length`."""
+    out = {}
+    for schedule in SPREAD:
+        finals = [final_loss(loss_law.curve_from_dict(c)) for key, c in curves.items()
+                  if key.startswith(f"{length}/") and c["schedule"] == schedule]
+        if len(finals) >= 2:
+            out[schedule] = float(np.std(finals, ddof=1))
+    return out
+
+
+def evaluate(curves: dict, lengths, laws=tuple(loss_law.LAWS), procedures=loss_law.PROCEDURES,
+             restarts: int = 12) -> list[dict]:
+    """Every fit of the study and its errors on the unseen runs (seed 1337): one row per length, law,
+    procedure and set of fitted runs."""
+    rows = []
+    for length in lengths:
+        def curve(name, length=length):
+            return loss_law.curve_from_dict(curves[f"{length}/{name}"])
+
+        unseen = [*UNSEEN, LONG]
+        for law in laws:
+            for procedure in procedures:
+                for fit_set, names in FIT_SETS.items():
+                    start = time.perf_counter()
+                    fitted = loss_law.fit(law, [curve(n) for n in names], procedure=procedure, restarts=restarts)
+                    seconds = time.perf_counter() - start
+                    errors, flags = {}, {}
+                    for name in unseen:
+                        c = curve(name)
+                        predicted = float(fitted.predict(c.lrs, [len(c.lrs)])[0])
+                        band = fitted.band(c.lrs, [len(c.lrs)])
+                        errors[name] = {"predicted": predicted, "measured": final_loss(c),
+                                        "error": predicted - final_loss(c),
+                                        "band": None if band is None else float(band[0])}
+                        warning = fitted.range_warning(c.lrs, name)
+                        if warning:
+                            flags[name] = warning
+                    same_length = [abs(errors[n]["error"]) for n in UNSEEN]
+                    rows.append({"length": length, "law": law, "procedure": procedure, "fit_set": fit_set,
+                                 "fitted": list(names), "fit": fitted.to_dict(), "fit_seconds": seconds,
+                                 "errors": errors, "outside_lr_range": flags,
+                                 "mean_abs_error": float(np.mean(same_length)),
+                                 "max_abs_error": float(np.max(same_length)),
+                                 "long_abs_error": abs(errors[LONG]["error"]),
+                                 "within_target": bool(max(same_length) <= TARGET)})
+    return rows
+
+
+def check_optimized(curves: dict, optimized: dict, length: int) -> dict:
+    """The optimized schedule against cosine at `length`, paired by seed: {seed: final loss} each."""
+    cosine = {c["seed"]: final_loss(loss_law.curve_from_dict(c)) for key, c in curves.items()
+              if key.startswith(f"{length}/") and c["schedule"] == "cosine"}
+    diff = lp.paired_difference(optimized, cosine)
+    return {"length": length, "optimized": optimized, "cosine": {s: cosine[s] for s in diff.seeds},
+            "differences": diff.differences, "mean": diff.mean, "interval_95": [diff.low, diff.high],
+            "line": diff.line("optimized", "cosine")}
+
+
+def draw(report: dict, path: Path) -> None:
+    """Error against run length: each law and procedure (2-run fits solid, 3-run fits dashed), the
+    seed spread in grey and the 0.03-nat target."""
+    from minigpt.plots import new_figure, save_figure
+
+    fig = new_figure(8, 5)
+    ax = fig.subplots()
+    rows = report["fits"]
+    styles = {"2 runs": "-", "3 runs": "--"}
+    colors = {(law, proc): f"C{i}" for i, (law, proc) in
+              enumerate((law, proc) for law in loss_law.LAWS for proc in loss_law.PROCEDURES)}
+    for (law, proc), color in colors.items():
+        for fit_set, style in styles.items():
+            pts = sorted((r["length"], r["mean_abs_error"]) for r in rows
+                         if r["law"] == law and r["procedure"] == proc and r["fit_set"] == fit_set)
+            if pts:
+                ax.plot(*zip(*pts), style, marker="o", color=color, label=f"{law}, {proc}, fit on {fit_set}")
+    spread = sorted((int(length), float(np.mean(list(s.values())))) for length, s in report["seed_spread"].items() if s)
+    if spread:
+        ax.plot(*zip(*spread), ":", marker="s", color="grey", label="seed spread (std of the final loss)")
+    ax.axhline(TARGET, color="k", lw=0.8, ls=":", label=f"target {TARGET} nats")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("run length (steps)")
+    ax.set_ylabel("mean |predicted - measured| final loss,\nfive unseen schedules (nats)")
+    ax.set_title(report.get("title", "where each loss law holds"), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The report as text: per length, each fit's mean and largest error and the seed spread."""
+    lines = []
+    for row in report["fits"]:
+        spread = report["seed_spread"].get(str(row["length"]), {})
+        noise = f"{np.mean(list(spread.values())):.4f}" if spread else "n/a"
+        flags = row["fit"]["unidentified"] + [f"{n} (bound)" for n in row["fit"]["at_bound"]]
+        lines.append(f"{row['length']:>6} {row['law']:<11} {row['procedure']:<9} {row['fit_set']}: mean error "
+                     f"{row['mean_abs_error']:.4f}, largest {row['max_abs_error']:.4f}, 2x-long "
+                     f"{row['long_abs_error']:.4f} (seed spread {noise}); flagged: {', '.join(flags) or 'none'}")
+    if report.get("optimized_check"):
+        lines.append(report["optimized_check"]["line"])
+    return lines

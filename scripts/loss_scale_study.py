@@ -1,0 +1,122 @@
+"""The scale study of docs/loss_prediction.md, in one command: where does each loss law hold?
+
+    python scripts/loss_scale_study.py                      # the study: 600, 2,000 and 5,000 steps
+    python scripts/loss_scale_study.py --lengths 40 80 --runs outputs/loss_scale_cut \\
+        --report outputs/loss_scale_cut/report --extra +debug=tiny   # a cut-down check of the pipeline
+
+Trains every run not finished yet (two at a time, one thread each; minigpt/studies/loss_scale.py
+lists them), stores the curves they give (LRs and val losses: the report's `curves.json`), fits
+both laws by both procedures on two and on three runs at each length, predicts the unseen runs,
+and writes `report.json` and `error_vs_length.png`. With --check-optimized (auto: only where the
+fit is not flagged) it runs the WSD schedule `optimize` picks from the multi-power fit at the
+longest length on three seeds and reports its paired difference to cosine with a 95% interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
+
+from minigpt.errors import UserError  # noqa: E402
+from minigpt.studies import loss_law  # noqa: E402
+from minigpt.studies import loss_prediction as lp  # noqa: E402
+from minigpt.studies import loss_scale as study  # noqa: E402
+
+
+def compose(overrides: list[str]):
+    """train.py's config for these overrides, typed and validated (as train.py composes it)."""
+    from hydra import compose as hydra_compose
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from minigpt.config import config_from_dict
+    from minigpt.launch import cli
+
+    with cli.hydra_search_path([cli.CONF_DIR]):
+        try:
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as e:
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise UserError(f"{first} (overrides: {' '.join(overrides)})") from None
+    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+
+
+def optimized_runs(args, curves: dict, length: int, extra: list[str]) -> tuple[list[study.Run], dict]:
+    """The WSD schedule optimize picks from the multi-power fit on three runs at `length`, as runs
+    with every seed; and what was decided (or why it was skipped)."""
+    fitted = loss_law.fit("multi_power", [loss_law.curve_from_dict(curves[f"{length}/{n}"])
+                                          for n in study.FIT_SETS["3 runs"]], restarts=args.restarts)
+    base = next(r.overrides for r in study.plan_runs([length], study.SEEDS[:1], extra) if r.schedule == "cosine")
+    search = lp.search_wsd(fitted, compose, base)
+    best = lp.planned_lrs(compose(lp.merge_overrides(base, search.overrides)))
+    warnings = lp.warnings_for(fitted, [("the optimized schedule", best)])
+    decision = {"procedure": fitted.procedure, "overrides": search.overrides, "predicted_final_loss": search.predicted,
+                "grid_edges": search.edges, "warnings": warnings}
+    if warnings and args.check_optimized != "always":
+        decision["skipped"] = "the fit or the schedule is flagged (warnings); --check-optimized always runs it anyway"
+        return [], decision
+    runs = []
+    for seed in study.SEEDS:
+        overrides = lp.merge_overrides(base, [*search.overrides, f"seed={seed}"])
+        runs.append(study.Run("optimized" if seed == study.SEEDS[0] else f"optimized_s{seed}", "optimized", length,
+                              seed, overrides))
+    return runs, decision
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default="outputs/loss_scale", help="where the runs go")
+    parser.add_argument("--report", default="docs/images/loss_scale", help="where the report, curves and figure go")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(study.LENGTHS), help="run lengths (steps)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
+    parser.add_argument("--extra", nargs="*", default=[], help="train.py overrides added to every run (e.g. +debug=tiny)")
+    parser.add_argument("--restarts", type=int, default=12, help="random starts of the bounded procedure")
+    parser.add_argument("--check-optimized", choices=["auto", "always", "never"], default="auto",
+                        help="run the optimized WSD schedule against cosine on 3 seeds (auto: unless the fit is flagged)")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    try:
+        runs_root, report_dir = Path(args.runs), Path(args.report)
+        runs = study.plan_runs(args.lengths, study.SEEDS, args.extra)
+        for r in runs:  # every run's overrides composed and checked before anything runs
+            compose(r.overrides)
+        seconds = study.train_runs(runs, runs_root, args.jobs)
+        curves = study.collect_curves(runs, runs_root)
+        report = {"title": f"where each loss law holds ({', '.join(map(str, args.lengths))} steps)",
+                  "model": study.MODEL, "lengths": args.lengths, "seeds": list(study.SEEDS), "extra": args.extra,
+                  "runs": lp.relative_path(runs_root),
+                  "seed_spread": {str(n): study.seed_spread(curves, n) for n in args.lengths},
+                  "run_seconds": seconds}
+        start = time.perf_counter()
+        report["fits"] = study.evaluate(curves, args.lengths, restarts=args.restarts)
+        report["evaluate_seconds"] = time.perf_counter() - start
+        if args.check_optimized != "never":
+            length = max(args.lengths)
+            extra_runs, report["optimized"] = optimized_runs(args, curves, length, args.extra)
+            if extra_runs:
+                report["run_seconds"].update(study.train_runs(extra_runs, runs_root, args.jobs))
+                finals = {r.seed: study.final_loss(lp.read_run(r.folder(runs_root))[0]) for r in extra_runs}
+                report["optimized_check"] = study.check_optimized(curves, finals, length)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "curves.json").write_text(json.dumps(curves) + "\n")
+        (report_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        study.draw(report, report_dir / "error_vs_length.png")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in study.summary_lines(report):
+        print(line)
+    print(f"wrote {report_dir / 'report.json'}, {report_dir / 'curves.json'} and {report_dir / 'error_vs_length.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The scale study (minigpt/studies/loss_scale.py): its runs, its evaluation on curves a law drew,
+the optimized-schedule check and the report's figure; in process, without training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minigpt.studies import loss_law
+from minigpt.studies import loss_scale as study
+
+TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "C": 40.0, "lam": 0.95}
+
+
+def test_the_study_runs_every_schedule_at_every_length_with_its_seeds_and_eval_settings():
+    runs = study.plan_runs((600, 2000), extra=["trainer.eval_iters=5"])
+    per_length = len(study.FITTED) + len(study.UNSEEN) + 1 + (len(study.SEEDS) - 1) * len(study.SPREAD)
+    assert len(runs) == 2 * per_length
+    by_name = {(r.length, r.name): r for r in runs}
+    long = by_name[(2000, "cosine_2x")]
+    assert "trainer.max_steps=4000" in long.overrides and "scheduler=cosine_warmup" in long.overrides
+    seeded = by_name[(600, "wsd_sqrt_s2")]
+    assert seeded.seed == 2 and "seed=2" in seeded.overrides
+    assert "trainer.eval_interval=24" in seeded.overrides and "trainer.eval_interval=80" in long.overrides
+    # --extra replaces the study's own value instead of repeating the key (Hydra refuses duplicates)
+    assert [o for o in seeded.overrides if o.startswith("trainer.eval_iters=")] == ["trainer.eval_iters=5"]
+    assert all(study.MODEL[0] in r.overrides for r in runs)
+
+
+def law_curves(length: int) -> dict:
+    """The study's curves at `length` as the momentum law draws them, every run's seed 1337."""
+    from test_loss_law import schedule
+
+    shapes = {"constant": "constant", "cosine": "cosine", "two_stage": "step", "wsd_linear": "wsd",
+              "wsd_sqrt": "wsd", "linear_to_zero": "cosine", "step_decay": "step", "cyclic": "cosine",
+              study.LONG: "cosine"}
+    out = {}
+    for name, shape in shapes.items():
+        total = 2 * length if name == study.LONG else length
+        lrs = schedule(shape, total=total, warmup=total // 10)
+        steps = np.arange(0, total + 1, total // 20)
+        losses = loss_law.momentum_loss(lrs, np.maximum(steps, 1), **TRUE)
+        out[f"{length}/{name}"] = {**loss_law.curve_to_dict(loss_law.Curve(lrs, steps, losses, name)), "seed": 1337,
+                                   "schedule": name}
+    return out
+
+
+def test_the_evaluation_predicts_each_unseen_run_and_reports_its_error_beside_the_seed_spread(tmp_path, monkeypatch):
+    fitted_on = []
+
+    def exact_fit(law, curves, procedure, restarts):  # fitting is tested in test_loss_law.py: here, the bookkeeping
+        fitted_on.append([c.label for c in curves])
+        return loss_law.Fit(law, dict(TRUE), {}, 0.0, 0.0, 0, restarts, procedure=procedure,
+                            runs=[{"label": c.label, "lr_min": float(min(c.lrs[50:])), "lr_max": float(max(c.lrs))}
+                                  for c in curves])
+
+    monkeypatch.setattr(study.loss_law, "fit", exact_fit)
+    curves = law_curves(400)
+    for seed, shift in ((1, 0.01), (2, -0.01)):  # two more seeds of the cosine run: the spread
+        extra = dict(curves["400/cosine"])
+        extra.update(seed=seed, losses=[v + shift for v in extra["losses"]])
+        curves[f"400/cosine_s{seed}"] = extra
+    rows = study.evaluate(curves, [400], laws=("momentum",), procedures=("bounded",), restarts=2)
+    assert [(r["fit_set"], r["fitted"]) for r in rows] == [(k, list(v)) for k, v in study.FIT_SETS.items()]
+    assert fitted_on == [list(v) for v in study.FIT_SETS.values()]
+    for row in rows:  # the law's own parameters on its own curves: every end exact (to the LRs stored at 7 digits)
+        assert set(row["errors"]) == {*study.UNSEEN, study.LONG}
+        assert row["max_abs_error"] < 1e-6 and row["within_target"] and row["long_abs_error"] < 1e-6
+        assert row["errors"]["cyclic"]["measured"] == curves["400/cyclic"]["losses"][-1]
+        assert row["mean_abs_error"] == pytest.approx(np.mean([abs(row["errors"][n]["error"]) for n in study.UNSEEN]))
+    spread = study.seed_spread(curves, 400)
+    assert spread == {"cosine": pytest.approx(0.01)}  # std of x - 0.01, x, x + 0.01
+    report = {"fits": rows, "seed_spread": {"400": spread}, "title": "t"}
+    study.draw(report, tmp_path / "error.png")
+    assert (tmp_path / "error.png").stat().st_size > 1000
+    lines = study.summary_lines(report)
+    assert len(lines) == 2 and lines[0].startswith("   400 momentum    bounded   2 runs: mean error ")
+    assert "seed spread 0.0100" in lines[0]
+
+
+def test_the_optimized_check_pairs_each_seed_with_its_cosine_run():
+    curves = {}
+    for seed, final in ((1337, 4.2), (1, 4.3), (2, 4.25)):
+        key = "600/cosine" if seed == 1337 else f"600/cosine_s{seed}"
+        curves[key] = {"label": "c", "lrs": [1e-3] * 600, "steps": [600], "losses": [final], "seed": seed,
+                       "schedule": "cosine"}
+    check = study.check_optimized(curves, {1337: 4.1, 1: 4.2, 2: 4.15}, 600)
+    assert check["differences"] == pytest.approx([-0.1, -0.1, -0.1])  # seeds 1, 1337, 2
+    assert check["mean"] == pytest.approx(-0.1) and check["interval_95"] == pytest.approx([-0.1, -0.1])
+    assert "beyond seed noise: optimized better" in check["line"]
