@@ -23,6 +23,19 @@ from minigpt.errors import UserError
 
 MAX_SEED = 2**63 - 1  # seeds of torch (which adds the rank), numpy and Python all fit
 
+# Upper bounds on values that cannot be meant (docs/configuration.md). Above them a run would
+# never end, or could not be built; the precheck used to spend memory in proportion to the run
+# length (trainer.max_steps=1e30 took 22 GB), so the bounds come first and the rest of the
+# checks are O(log) in the run length.
+MAX_STEPS = 10**12  # optimizer updates of one run (31 years at a millisecond per update)
+MAX_TOKENS = 10**15  # training tokens of one run (a hundred times the largest published runs)
+MAX_LAYERS = 1024
+MAX_WIDTH = 65536  # model.n_embd
+MAX_CONTEXT = 1 << 20  # model.block_size
+MAX_BATCH = 1 << 16  # trainer.micro_batch_size and trainer.grad_accum, each
+MAX_GLOBAL_BATCH = 1 << 24  # trainer.batch_size, sequences
+MAX_THREADS = 4096
+
 
 @dataclass
 class ModelConfig:
@@ -40,13 +53,16 @@ class ModelConfig:
     def validate(self):
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
             _check(getattr(self, key) >= 1, f"model.{key}", "must be >= 1", getattr(self, key))
+        for key, top in (("n_layer", MAX_LAYERS), ("n_embd", MAX_WIDTH), ("block_size", MAX_CONTEXT)):
+            _check(getattr(self, key) <= top, f"model.{key}", f"must be <= {top}", getattr(self, key))
         if self.n_embd % self.n_head:
             raise UserError(
                 f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head}); "
                 f"pick n_head from the divisors of n_embd, e.g. {_divisors_hint(self.n_embd, self.n_head)}"
             )
         _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)", self.dropout)
-        _check(self.z_loss >= 0, "model.z_loss", "must be >= 0", self.z_loss)
+        _check(math.isfinite(self.z_loss) and self.z_loss >= 0, "model.z_loss", "must be a finite number >= 0",
+               self.z_loss)
 
 
 @dataclass
@@ -91,6 +107,9 @@ class DataConfig:
         _check(0 < self.val_fraction < 1, "data.val_fraction", "must be in (0, 1)", self.val_fraction)
         _check(self.tokenizer_train_chars >= 1, "data.tokenizer_train_chars", "must be >= 1",
                self.tokenizer_train_chars)
+        if not self.cache_dir.strip():
+            raise UserError("data.cache_dir is empty, which would put the token caches into the working directory; "
+                            "give a folder, e.g. data.cache_dir=data")
         _check(0 <= self.split_seed <= MAX_SEED, "data.split_seed", f"must be in [0, {MAX_SEED}]", self.split_seed)
         # The name becomes a folder under cache_dir: a path in it would put the cache elsewhere.
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*", self.name) or ".." in self.name:
@@ -179,13 +198,15 @@ class OptimConfig:
         _check(math.isfinite(self.lr) and self.lr > 0, "optim.lr", "must be a positive number", self.lr)
         for key in ("beta1", "beta2"):
             _check(0 <= getattr(self, key) < 1, f"optim.{key}", "must be in [0, 1)", getattr(self, key))
-        _check(self.eps > 0, "optim.eps", "must be > 0", self.eps)
-        _check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        _check(math.isfinite(self.eps) and self.eps > 0, "optim.eps", "must be a finite number > 0", self.eps)
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay",
+               "must be a finite number >= 0", self.weight_decay)
         if self.weight_decay_mode == "independent":
             _check(self.weight_decay < 1, "optim.weight_decay",
                    "must be < 1 with optim.weight_decay_mode=independent (it is the fraction of each weight "
                    "removed per step at the peak LR, e.g. 1e-4)", self.weight_decay)
-        _check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 turns clipping off)", self.grad_clip)
+        _check(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "optim.grad_clip",
+               "must be a finite number >= 0 (0 turns clipping off)", self.grad_clip)
         if self.lr_scaling != "none" and not self.reference_batch_tokens:
             raise UserError(
                 f"optim.lr_scaling={self.lr_scaling} needs optim.reference_batch_tokens "
@@ -254,28 +275,34 @@ class TrainerConfig:
                 f"(got {', '.join(lengths) or 'none'}); set the others to null"
             )
         if self.max_steps is not None:
-            _check(self.max_steps >= 1, "trainer.max_steps", "must be >= 1", self.max_steps)
+            _check(1 <= self.max_steps <= MAX_STEPS, "trainer.max_steps", f"must be in [1, {MAX_STEPS:.0e}]",
+                   self.max_steps)
         if self.max_tokens is not None:
-            _check(parse_count(self.max_tokens, "trainer.max_tokens") >= 1, "trainer.max_tokens", "must be >= 1",
-                   self.max_tokens)
+            _check(1 <= parse_count(self.max_tokens, "trainer.max_tokens") <= MAX_TOKENS, "trainer.max_tokens",
+                   f"must be in [1, {MAX_TOKENS:.0e}]", self.max_tokens)
         if self.epochs is not None:
-            _check(self.epochs > 0, "trainer.epochs", "must be > 0", self.epochs)
-        _check(self.micro_batch_size >= 1, "trainer.micro_batch_size", "must be >= 1", self.micro_batch_size)
-        _check(self.grad_accum >= 1, "trainer.grad_accum", "must be >= 1", self.grad_accum)
+            _check(math.isfinite(self.epochs) and 0 < self.epochs <= MAX_STEPS, "trainer.epochs",
+                   f"must be a finite number in (0, {MAX_STEPS:.0e}]", self.epochs)
+        _check(1 <= self.micro_batch_size <= MAX_BATCH, "trainer.micro_batch_size", f"must be in [1, {MAX_BATCH}]",
+               self.micro_batch_size)
+        _check(1 <= self.grad_accum <= MAX_BATCH, "trainer.grad_accum", f"must be in [1, {MAX_BATCH}]", self.grad_accum)
         if self.batch_size is not None:
-            _check(self.batch_size >= 1, "trainer.batch_size", "must be >= 1", self.batch_size)
+            _check(1 <= self.batch_size <= MAX_GLOBAL_BATCH, "trainer.batch_size",
+                   f"must be in [1, {MAX_GLOBAL_BATCH}]", self.batch_size)
         if (self.batch_ramp_start is None) != (self.batch_ramp_tokens is None):
             raise UserError("a batch-size ramp needs both trainer.batch_ramp_start (sequences) and "
                             "trainer.batch_ramp_tokens (e.g. 2M); set both, or both to null")
         if self.batch_ramp_start is not None:
             _check(self.batch_ramp_start >= 1, "trainer.batch_ramp_start", "must be >= 1 (sequences)",
                    self.batch_ramp_start)
-            _check(parse_count(self.batch_ramp_tokens, "trainer.batch_ramp_tokens") >= 1,
-                   "trainer.batch_ramp_tokens", "must be >= 1", self.batch_ramp_tokens)
+            _check(1 <= parse_count(self.batch_ramp_tokens, "trainer.batch_ramp_tokens") <= MAX_TOKENS,
+                   "trainer.batch_ramp_tokens", f"must be in [1, {MAX_TOKENS:.0e}]", self.batch_ramp_tokens)
         for key in ("eval_interval", "eval_iters", "keep_checkpoints"):
             _check(getattr(self, key) >= 1, f"trainer.{key}", "must be >= 1", getattr(self, key))
         for key in ("ckpt_interval", "flush_every", "threads"):
             _check(getattr(self, key) >= 0, f"trainer.{key}", "must be >= 0", getattr(self, key))
+        _check(self.threads <= MAX_THREADS, "trainer.threads", f"must be <= {MAX_THREADS} (0: torch's default)",
+               self.threads)
         if self.init_from is not None and self.resume not in (None, "auto"):
             raise UserError(f"trainer.init_from and trainer.resume={self.resume} both name weights to start from: resume "
                             "continues a run (optimizer, step, schedule), init_from starts a new one from the weights "
@@ -296,7 +323,8 @@ class MonitorConfig:
     spike_window: int = 128
     spike_min_values: int = 16
     # Spike score after OLMo 2: percentage of steps whose value lies spike_score_k standard
-    # deviations from the rolling mean of the previous spike_score_window values.
+    # deviations from the rolling mean of the previous spike_score_window values (scored from
+    # spike_min_values values on, so against a partial window until spike_score_window are in).
     spike_score_window: int = 1000
     spike_score_k: float = 7.0
     # Divergence: non-finite loss; or loss above loss_limit (null: the initial loss) for
@@ -304,7 +332,7 @@ class MonitorConfig:
     # entropy of the validation tokens minus stuck_margin and has dropped less than
     # stuck_min_drop nats over the last stuck_window steps (judged from stuck_after of the run on).
     loss_limit: Optional[float] = None
-    patience: int = 50
+    patience: int = 50  # capped at a tenth of the run, at least 5 steps (minigpt/run/monitor.py), and said so
     stuck_after: float = 0.1  # fraction of the run before which nobody is called stuck; 0 turns the check off
     stuck_margin: float = 0.1
     stuck_window: int = 100  # steps over which a stuck run fails to improve; 0 turns the check off
@@ -318,14 +346,21 @@ class MonitorConfig:
     update_ratio: bool = False  # ||update|| / ||weights|| per step
     max_attn_logit: bool = False  # largest pre-softmax attention logit of the step's last micro-batch
     logz: bool = False  # mean log-partition of the output softmax
-    # Top eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N steps
-    # (minigpt/run/sharpness.py); null: off. Each measurement costs about 2 + 2 x sharpness_iters
-    # forward/backward passes of one micro-batch.
+    # Largest eigenvalue of the Adam-preconditioned Hessian on a fixed training batch, every N
+    # steps (minigpt/run/sharpness.py; AdamW only); null: off. Each measurement costs one
+    # forward/backward pass plus at most sharpness_iters Hessian-vector products (about two
+    # backward passes each) of one micro-batch.
     sharpness_every: Optional[int] = None
-    sharpness_iters: int = 8  # power-iteration steps per measurement
+    sharpness_iters: int = 20  # Lanczos steps (Hessian-vector products) per measurement, at most
+    sharpness_tol: float = 1e-3  # ... stopping once the Ritz residual is under this fraction of the value
     sharpness_until: Optional[int] = None  # measure only before this step (null: the whole run)
 
     def validate(self):
+        for key in ("spike_k", "spike_score_k", "skip_k", "stuck_margin", "stuck_min_drop"):
+            _check(math.isfinite(getattr(self, key)), f"monitor.{key}", "must be a finite number", getattr(self, key))
+        if self.loss_limit is not None:
+            _check(math.isfinite(self.loss_limit) and self.loss_limit > 0, "monitor.loss_limit",
+                   "must be a finite number > 0 (or null: the initial loss)", self.loss_limit)
         _check(self.spike_k > 0, "monitor.spike_k", "must be > 0", self.spike_k)
         _check(self.spike_window >= 2, "monitor.spike_window", "must be >= 2", self.spike_window)
         _check(2 <= self.spike_min_values <= self.spike_window, "monitor.spike_min_values",
@@ -343,6 +378,8 @@ class MonitorConfig:
             _check(self.sharpness_every >= 1, "monitor.sharpness_every",
                    "must be a positive number of steps (or null to turn it off)", self.sharpness_every)
         _check(self.sharpness_iters >= 1, "monitor.sharpness_iters", "must be >= 1", self.sharpness_iters)
+        _check(0 <= self.sharpness_tol < 1, "monitor.sharpness_tol", "must be in [0, 1) (0: always sharpness_iters steps)",
+               self.sharpness_tol)
         if self.sharpness_until is not None:
             _check(self.sharpness_until >= 1, "monitor.sharpness_until", "must be >= 1 (or null: the whole run)",
                    self.sharpness_until)
@@ -375,9 +412,15 @@ class LRRangeTestConfig:
     skip_start: int = 5  # steps ignored when suggesting an LR (the EMA is still noisy there)
 
     def validate(self):
-        _check(self.stop_factor > 1, "lr_range_test.stop_factor", "must be > 1", self.stop_factor)
+        _check(math.isfinite(self.stop_factor) and self.stop_factor > 1, "lr_range_test.stop_factor",
+               "must be a finite number > 1", self.stop_factor)
         _check(0 <= self.smoothing < 1, "lr_range_test.smoothing", "must be in [0, 1)", self.smoothing)
         _check(self.skip_start >= 0, "lr_range_test.skip_start", "must be >= 0", self.skip_start)
+
+
+# The optimizers whose preconditioned sharpness minigpt/run/sharpness.py can measure: Adam's P.
+# A new optimizer joins only with a preconditioner of its own there.
+SHARPNESS_OPTIMIZERS = ("adamw",)
 
 
 @dataclass
@@ -399,6 +442,9 @@ class Config:
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]", self.seed)
         for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
+        if self.monitor.sharpness_every is not None and self.optim.name not in SHARPNESS_OPTIMIZERS:
+            raise UserError(f"monitor.sharpness_every is measured with Adam's preconditioner, and optim.name is "
+                            f"{self.optim.name}; use optim.name=adamw or monitor.sharpness_every=null")
         if self.trainer.eval_only and self.task != "train":
             raise UserError(f"trainer.eval_only=true evaluates a checkpoint; task={self.task} trains: drop one of them")
         if not isinstance(self.scheduler.get("name"), str):
@@ -434,7 +480,10 @@ def parse_count(value, key: str) -> int:
     if not match:
         raise UserError(f"{key}: expected a count such as 2000000, 2e6 or 2M, got {value!r}")
     scale = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}[match.group(2).lower()]
-    return int(round(float(match.group(1)) * scale))
+    number = float(match.group(1)) * scale
+    if not math.isfinite(number):  # '1e400': a float too large to be a count
+        raise UserError(f"{key}: expected a count such as 2000000, 2e6 or 2M, got {value!r}")
+    return int(round(number))
 
 
 # --- loose values (YAML, the command line, Python callers) against a type annotation -------

@@ -76,7 +76,10 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         if self.q_ln is not None:
-            q, k = self.q_ln(q), self.k_ln(k)
+            # Under autocast LayerNorm returns float32. Outside vmap autocast casts SDPA's inputs
+            # back to one dtype; inside vmap (the stacked runs) it does not, and SDPA refuses
+            # mixed dtypes: the cast to v's dtype is what autocast would do (a no-op in fp32).
+            q, k = self.q_ln(q).to(v.dtype), self.k_ln(k).to(v.dtype)
 
         if kv_cache is not None:
             # Generation: append this call's keys and values and attend over everything cached.

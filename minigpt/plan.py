@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from minigpt import schedules
-from minigpt.config import Config, OptimConfig, TrainerConfig, parse_count
+from minigpt.config import MAX_STEPS, Config, OptimConfig, TrainerConfig, parse_count
 from minigpt.errors import UserError
 
 
@@ -82,17 +82,38 @@ class BatchPlan:
         """How many updates it takes to see at least `tokens` tokens (at least one)."""
         seen, updates = 0, 0
         while seen < min(tokens, self.ramp_tokens):
-            seen += self.batch_at(seen) * self.block_size
-            updates += 1
+            size = self.batch_at(seen) * self.block_size
+            n = -(-(min(self._level_end(seen), tokens) - seen) // size)  # updates at this batch
+            seen, updates = seen + n * size, updates + n
         return max(1, updates + max(0, math.ceil((tokens - seen) / self.final_tokens)))
 
     def tokens_after(self, updates: int) -> int:
         """Tokens seen after `updates` updates."""
         seen, done = 0, 0
         while done < updates and seen < self.ramp_tokens:
-            seen += self.batch_at(seen) * self.block_size
-            done += 1
+            size = self.batch_at(seen) * self.block_size
+            n = min(updates - done, -(-(self._level_end(seen) - seen) // size))
+            seen, done = seen + n * size, done + n
         return seen + (updates - done) * self.final_tokens
+
+    def _level_end(self, seen: int) -> int:
+        """The first token count after `seen` at which the ramp's batch grows (or the ramp ends).
+
+        The ramp walks batch levels, not updates, so its cost is O(levels) however long the ramp
+        (a ramp of 10^15 tokens in updates of 16 tokens was 6 x 10^13 turns of a loop): the
+        boundary comes from the linear formula in exact integers, then is moved onto the first
+        token count that batch_at (floats) puts on the next level."""
+        batch = self.batch_at(seen)
+        if batch >= self.final:
+            return max(seen, self.ramp_tokens)
+        target = batch + self.quantum  # the next level
+        end = max(seen + 1, -(-(target - self.start) * self.ramp_tokens // (self.final - self.start)))
+        end = min(end, self.ramp_tokens)
+        while end < self.ramp_tokens and self.batch_at(end) <= batch:
+            end += 1
+        while end - 1 > seen and self.batch_at(end - 1) > batch:
+            end -= 1
+        return end
 
     def schedule_steps(self, updates: int, unit: str) -> int:
         """The length the schedule is built for: the updates, or (unit "tokens") the run's tokens
@@ -172,6 +193,9 @@ class RunPlan:
             total = batches.updates_for(int(tc.epochs * train_tokens))
         else:
             raise UserError("trainer.epochs: the run length is known only once the data is prepared")
+        if total > MAX_STEPS:
+            raise UserError(f"the run would take {total:,} updates, more than the {MAX_STEPS:.0e} a run may have "
+                            "(minigpt/config.py MAX_STEPS); give a shorter trainer.max_tokens / trainer.epochs")
         schedule_steps = batches.schedule_steps(total, tc.schedule_unit)
         schedule = schedules.schedule_from_config(dict(cfg.scheduler), schedule_steps, batches.final_tokens)
         schedules.check_curve(schedule)

@@ -6,6 +6,7 @@ whoever imported us is left alone.
 """
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,22 @@ def new_figure(width: float, height: float):
 def save_figure(fig, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110)
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Save a figure through a temporary created without following links, renamed over `path`
+    (minigpt/files.py): a link planted as schedule.png is replaced, never written through."""
+    from minigpt.files import open_new
+
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open_new(tmp) as f:
+            fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _draw(ax, schedule: Schedule, peak_lr: float, label: str | None = None, boundaries: bool = True):
@@ -121,7 +137,7 @@ def plot_lr_range_test(result, path: Path) -> Path:
     ax.set_title(f"LR range test: {result.stop_reason}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    fig.savefig(path, dpi=120)
+    _save(fig, Path(path), 120)
     return path
 
 
@@ -134,9 +150,9 @@ def _draw_sharpness(ax, records: Sequence[dict]) -> None:
     """train/sharpness (measured every N steps) and the Adam stability threshold of Cohen et al.
     2022, (2 + 2 beta1) / ((1 - beta1) lr), at each measured step's LR, on a log axis."""
     steps = [r["step"] for r in records]
-    # Power iteration finds the eigenvalue of largest magnitude; a negative one is a gap on the log axis.
+    # The largest eigenvalue is negative only when the whole spectrum is: a gap on the log axis.
     values = [v if v > 0 else math.nan for v in _finite(r["train/sharpness"] for r in records)]
-    ax.plot(steps, values, "o-", color="tab:brown", ms=2.5, lw=1.0, label="sharpness: top eigenvalue of P^-1 H")
+    ax.plot(steps, values, "o-", color="tab:brown", ms=2.5, lw=1.0, label="sharpness: largest eigenvalue of P^-1 H")
     if any("train/sharpness_threshold" in r for r in records):
         ax.plot(steps, _finite(r.get("train/sharpness_threshold") for r in records), color="0.3", ls="--", lw=1.0,
                 label="Adam stability threshold (2 + 2 beta1) / ((1 - beta1) lr)")

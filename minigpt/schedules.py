@@ -273,6 +273,10 @@ class Schedule:
     # update 0 the formula at 0). 1 under conventions=deepspeed, whose engine sets the LR once
     # at construction and steps the scheduler after every update.
     lag: int = 0
+    # The multiplier of the updates before the lag has run out; None: the formula at step 0.
+    # 0.0 for DeepSpeed's WarmupCosineLR, whose get_lr() before its first step is 0 whatever its
+    # warmup_min_ratio (WarmupLR and WarmupDecayLR give their start value there: None).
+    lead_in: float | None = None
 
     def _at(self, step: float) -> float:
         if not step >= 0:
@@ -281,6 +285,8 @@ class Schedule:
 
     def __call__(self, step: float) -> float:
         """The LR multiplier for the update that follows ``step`` updates: lr = peak * f(step)."""
+        if self.lead_in is not None and 0 <= step < self.lag:
+            return float(self.lead_in)
         return float(_REGISTRY[self.name].fn(self._at(step), self.total_steps, self.params))
 
     def beta1(self, step: float) -> float | None:
@@ -341,13 +347,20 @@ class Schedule:
 
 # Runs up to this many steps have every step checked; longer ones a sample (curve_steps).
 EXACT_STEPS = 200_000
+ZOOM_POINTS = 1000  # steps per round of the zoom on the highest sample (curve_steps)
 
 
 def curve_steps(schedule: Schedule) -> Sequence[int]:
     """The steps at which the curve is checked and described: every step of a run up to
     EXACT_STEPS steps; for a longer run, EXACT_STEPS evenly spread steps plus the first and last
     thousand and each phase boundary with its neighbours (where peaks and floors sit), so that a
-    10^9-step run is checked in a second rather than walked step by step for an hour."""
+    10^9-step run is checked in a second rather than walked step by step for an hour.
+
+    A peak between two samples (a triangle's tip) is found by zooming in on the highest sample:
+    ZOOM_POINTS steps spread over the gap on either side of it, again around the highest of
+    those, until the gap is walked step by step. The zoom takes O(log total) rounds, so memory
+    and time stay bounded whatever the run length (a window of every step around the highest
+    sample held 10^25 steps for trainer.max_steps=1e30)."""
     total = schedule.total_steps
     if total <= EXACT_STEPS:
         return range(total)
@@ -355,10 +368,16 @@ def curve_steps(schedule: Schedule) -> Sequence[int]:
     steps.update((i * (total - 1)) // (EXACT_STEPS - 1) for i in range(EXACT_STEPS))
     for boundary in schedule.phases().values():
         steps.update(b for b in range(boundary - 2, boundary + 3) if 0 <= b < total)
-    # A peak between two samples (a triangle's tip): every step around the highest sample.
-    spacing = total // (EXACT_STEPS - 1) + 1
     highest = max(steps, key=schedule)
-    steps.update(range(max(0, highest - spacing), min(total, highest + spacing + 1)))
+    spacing = total // (EXACT_STEPS - 1) + 1
+    lo, hi = max(0, highest - spacing), min(total - 1, highest + spacing)
+    while hi - lo > 2 * ZOOM_POINTS:
+        probes = {lo + (i * (hi - lo)) // (ZOOM_POINTS - 1) for i in range(ZOOM_POINTS)}
+        steps.update(probes)
+        best = max(probes, key=schedule)
+        gap = (hi - lo) // (ZOOM_POINTS - 1) + 1
+        lo, hi = max(lo, best - gap), min(hi, best + gap)
+    steps.update(range(lo, hi + 1))
     return sorted(steps)
 
 
@@ -448,6 +467,7 @@ def build_schedule(name: str, total_steps: int, *, conventions: str | None = "mi
 
     if conventions == "deepspeed" and "warmup" in values:
         values["warmup"] = max(2, values["warmup"])  # DeepSpeed: warmup_num_steps = max(2, warmup_num_steps)
+    _check_reproducible(name, conventions, values)
     p = entry.params(**values)
     validate = getattr(p, "validate", None)
     if validate is not None:
@@ -455,7 +475,21 @@ def build_schedule(name: str, total_steps: int, *, conventions: str | None = "mi
             validate(total_steps)
         except UserError as e:
             raise UserError(f"scheduler '{name}': {e}") from None
-    return Schedule(name, total_steps, p, conventions, lag)
+    lead_in = 0.0 if conventions == "deepspeed" and name == "cosine_warmup" else None
+    return Schedule(name, total_steps, p, conventions, lag, lead_in)
+
+
+def _check_reproducible(name: str, conventions: str, values: Mapping) -> None:
+    """Refuse, in one line, the parameter values a reference library's curve cannot take: where the
+    reference ties the warmup's start to the floor, they must be equal."""
+    tied = {("hf", "wsd"): "HF's get_wsd_schedule warms up from its min_lr_ratio",
+            ("deepspeed", "linear_warmup"): "DeepSpeed's WarmupDecayLR decays to its warmup_min_lr, where it starts"}
+    why = tied.get((conventions, name))
+    start, floor = values.get("warmup_start_ratio"), values.get("min_lr_ratio")
+    if why and start != floor:
+        raise UserError(f"scheduler '{name}' with scheduler.conventions={conventions}: {why}, so warmup_start_ratio "
+                        f"({start!r}) must equal min_lr_ratio ({floor!r}); leave warmup_start_ratio null (it follows "
+                        "min_lr_ratio) or use scheduler.conventions=minigpt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,8 +508,11 @@ PRESET_KEYS = ("warmup_convention", "decay_convention", "warmup_start_ratio", "m
 # deepspeed: DeepSpeed's WarmupLR (constant_warmup), WarmupDecayLR (linear_warmup) and
 #   WarmupCosineLR (cosine_warmup) as its engine runs them: the LR is set once when the scheduler
 #   is built and the scheduler steps after every update, so update t uses the formula at t - 1
-#   (lag 1) and updates 0 and 1 both run at the start value; warmups shorter than 2 steps are
-#   raised to 2; a log warmup keeps both ends (log(t+1)/log(W)), a linear one skips its end (t/W).
+#   (lag 1) and updates 0 and 1 both run at the start value, except under WarmupCosineLR, whose
+#   LR before its first step is 0 (update 0 at 0, update 1 at the start value); warmups shorter
+#   than 2 steps are raised to 2; a log warmup keeps both ends (log(t+1)/log(W)), a linear one
+#   skips its end (t/W). WarmupDecayLR's floor is its start (min_lr_ratio = warmup_start_ratio).
+# hf, wsd: get_wsd_schedule warms up from its min_lr_ratio (warmup_start_ratio follows it).
 CONVENTION_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "minigpt": {},
     "hf": {
@@ -514,6 +551,8 @@ def _apply_preset(name: str, conventions: str, fields: Mapping, params: Mapping)
             out["warmup_convention"] = "keep_both" if shape == "log" else "skip_end"
         if name == "linear_warmup" and "min_lr_ratio" in unset:  # WarmupDecayLR decays to warmup_min_lr
             out["min_lr_ratio"] = out.get("warmup_start_ratio", 0.0)
+    if conventions == "hf" and name == "wsd" and "warmup_start_ratio" in unset:
+        out["warmup_start_ratio"] = out.get("min_lr_ratio", 0.0)  # HF's wsd warms up from its floor
     return out, _PRESET_LAG.get(conventions, 0)
 
 

@@ -257,13 +257,21 @@ def main(argv=None) -> int:
                                              if args.compare_logging else [])),
                       **result}
             results.append(result)
+            # Each row on disk as soon as it is measured: a run cut short keeps the rows before it.
+            write_results(Path(args.out), results)
+            print(f"bench: {name}: {result['tokens_per_s']:,.0f} tokens/s (written to {args.out})", flush=True)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(results, args.compare_logging))
-    Path(args.out).write_text(json.dumps({"results": results}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"results": results}, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ For each mode it reports the wall-clock time of the whole command(s) (start-up i
 what a sweep costs), the speed-up over `sequential`, how far the final validation losses are from
 the sequential runs' (the runs are the same runs, so this should be ~0), and checks that every run
 finished with records, a checkpoint and a summary. Before timing, one short run prepares the
-token cache, so no mode pays for it. Everything goes to --out, the figures to <out>/bench.json.
+token cache, so no mode pays for it. Everything goes to --out, the figures to <out>/bench.json,
+rewritten after every mode: a sweep cut short keeps the modes it finished. A mode that fails is
+recorded there ("failed") and the others still run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -42,12 +44,25 @@ def lrs(n: int) -> list[str]:
     return [f"{1e-3 * 8 ** (i / max(1, n - 1)):.4g}" for i in range(n)]
 
 
+class ModeFailed(Exception):
+    pass
+
+
 def run(cmd: list[str], env: dict) -> float:
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd[:6])} ... failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise ModeFailed(f"{' '.join(cmd[:6])} ... failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
+
+
+def mode_commands(mode: str, train: list[str], common: list[str], values: list[str], folder: Path) -> list[list[str]]:
+    """The train.py command lines of one mode (the GPU suite's test composes each through the precheck)."""
+    if mode == "sequential":
+        return [train + common + [f"optim.lr={lr}", f"hydra.run.dir={folder}/{i}"] for i, lr in enumerate(values)]
+    launcher = {"sweep": [], "stacked": ["hydra/launcher=stacked"],
+                "parallel": ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={len(values)}"]}[mode]
+    return [train + ["-m", *common, *launcher, f"optim.lr={','.join(values)}", f"hydra.sweep.dir={folder}"]]
 
 
 def job_dirs(folder: Path) -> list[Path]:
@@ -59,12 +74,12 @@ def job_dirs(folder: Path) -> list[Path]:
 def check(dirs: list[Path], n: int) -> list[dict]:
     """Every run completed with its own records, checkpoint and summary."""
     if len(dirs) != n:
-        sys.exit(f"error: expected {n} run directories, found {len(dirs)}")
+        raise ModeFailed(f"expected {n} run directories, found {len(dirs)}")
     summaries = []
     for d in dirs:
-        s = json.loads((d / "summary.json").read_text())
-        if s["status"] != "completed" or not (d / "metrics.jsonl").exists() or not s.get("checkpoint"):
-            sys.exit(f"error: {d} did not complete with records, a checkpoint and a summary: {s.get('status')}")
+        s = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        if s.get("status") != "completed" or not (d / "metrics.jsonl").exists() or not s.get("checkpoint"):
+            raise ModeFailed(f"{d} did not complete with records, a checkpoint and a summary: {s.get('status')}")
         summaries.append(s)
     return summaries
 
@@ -86,24 +101,30 @@ def main() -> None:
     train = [sys.executable, str(ROOT / "train.py")]
 
     print(f"preparing the token cache ({' '.join(common)})", flush=True)
-    run(train + common + ["trainer.max_steps=1", f"hydra.run.dir={out}/warmup"], env)
+    try:
+        run(train + common + ["trainer.max_steps=1", f"hydra.run.dir={out}/warmup"], env)
+    except ModeFailed as e:
+        sys.exit(f"error: {e}")
 
-    results = {}
-    for mode in args.modes.split(","):
+    import torch
+
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        sys.exit(f"error: unknown mode '{unknown[0]}'; valid: {', '.join(MODES)}")
+    results, failed = {}, {}
+    for mode in modes:
         folder = out / mode
         if folder.exists():
             sys.exit(f"error: {folder} exists; pass another --out")
-        if mode == "sequential":
-            wall = sum(run(train + common + [f"optim.lr={lr}", f"hydra.run.dir={folder}/{i}"], env)
-                       for i, lr in enumerate(values))
-        elif mode in ("sweep", "stacked", "parallel"):
-            launcher = {"sweep": [], "stacked": ["hydra/launcher=stacked"],
-                        "parallel": ["hydra/launcher=parallel", f"hydra.launcher.n_jobs={args.runs}"]}[mode]
-            wall = run(train + ["-m", *common, *launcher, f"optim.lr={','.join(values)}", f"hydra.sweep.dir={folder}"],
-                       env)
-        else:
-            sys.exit(f"error: unknown mode '{mode}'; valid: sequential, sweep, stacked, parallel")
-        summaries = check(job_dirs(folder), args.runs)
+        try:
+            wall = sum(run(cmd, env) for cmd in mode_commands(mode, train, common, values, folder))
+            summaries = check(job_dirs(folder), args.runs)
+        except ModeFailed as e:  # recorded; the other modes still run
+            failed[mode] = str(e)[:3000]
+            print(f"{mode:>10}: failed: {str(e).splitlines()[0]}", flush=True)
+            write_report(out, args.runs, common, values, results, failed, torch.__version__)
+            continue
         results[mode] = {
             "wall_s": round(wall, 2),
             # each run's own training time: for stacked runs it is the stack's, shared by all of them
@@ -113,25 +134,37 @@ def main() -> None:
             "device": summaries[0]["device"],
         }
         print(f"{mode:>10}: {wall:7.1f} s wall for {args.runs} runs", flush=True)
+        # after every mode: a sweep cut short (a time limit) keeps the modes it finished
+        write_report(out, args.runs, common, values, results, failed, torch.__version__)
 
-    if "sequential" in results:
-        base = results["sequential"]["wall_s"]
-        for mode, r in results.items():
-            r["speedup_vs_sequential"] = round(base / r["wall_s"], 2)
-        for mode, r in results.items():
-            diff = max(abs(a - b) for a, b in zip(r["final_val_loss"], results["sequential"]["final_val_loss"]))
-            r["max_val_loss_diff_vs_sequential"] = round(diff, 5)
-
-    import torch
-
-    report = {"runs": args.runs, "overrides": common, "lrs": values, "torch": torch.__version__,
-              "device": next(iter(results.values()))["device"] if results else None, "results": results}
-    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{'mode':>10} {'wall s':>8} {'speed-up':>9} {'val loss diff':>14}")
     for mode, r in results.items():
         print(f"{mode:>10} {r['wall_s']:8.1f} {r.get('speedup_vs_sequential', float('nan')):9.2f} "
               f"{r.get('max_val_loss_diff_vs_sequential', float('nan')):14.5f}")
-    print(f"device: {report['device']}, torch {torch.__version__}; details in {out / 'bench.json'}")
+    device = next(iter(results.values()))["device"] if results else None
+    print(f"device: {device}, torch {torch.__version__}; details in {out / 'bench.json'}")
+    if failed:
+        sys.exit(f"error: {len(failed)} mode(s) failed: {', '.join(failed)} (bench.json has the others' figures)")
+
+
+MODES = ("sequential", "sweep", "stacked", "parallel")
+
+
+def write_report(out: Path, runs: int, common: list[str], values: list[str], results: dict, failed: dict,
+                 torch_version: str) -> None:
+    """<out>/bench.json with the modes measured so far (speed-ups once the sequential baseline is in)."""
+    if "sequential" in results:
+        base = results["sequential"]
+        for r in results.values():
+            r["speedup_vs_sequential"] = round(base["wall_s"] / r["wall_s"], 2)
+            r["max_val_loss_diff_vs_sequential"] = round(
+                max(abs(a - b) for a, b in zip(r["final_val_loss"], base["final_val_loss"])), 5)
+    report = {"runs": runs, "overrides": common, "lrs": values, "torch": torch_version,
+              "device": next(iter(results.values()))["device"] if results else None, "results": results,
+              "failed": failed}
+    tmp = out / "bench.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out / "bench.json")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python scripts/update_docs_from_results.py gpu_results            # README.md and docs/*.md
     python scripts/update_docs_from_results.py gpu_results --check    # exit 1 if a page would change
+    python scripts/update_docs_from_results.py gpu_results/gpu_a gpu_results/gpu_b   # the suite's two commands
 
 The docs hold marked blocks,
 
@@ -9,8 +10,9 @@ The docs hold marked blocks,
     ...
     <!-- /gpu-results:NAME -->
 
-and this script rewrites the inside of every block from the results folder that
-scripts/gpu_suite.py wrote (suite.json and <stage>/stage.json). NAME is one of: bench (GPT-2
+and this script rewrites the inside of every block from the results folders that
+scripts/gpu_suite.py wrote (suite.json and <stage>/stage.json; the suite runs as two commands,
+each with a folder of its own: their stages are read together). NAME is one of: bench (GPT-2
 small throughput, MFU, memory), logging (the cost of per-step records), sweep (8 small runs per
 GPU), smoke (the CUDA smoke test), warmup (the warmup study's headline cells on the GPU).
 Every figure is written with the GPU's name and the torch and CUDA versions it came from; a
@@ -53,6 +55,19 @@ def load(folder: Path) -> dict:
         if path.exists():
             stages[name] = json.loads(path.read_text())
     return {"machine": suite["machine"], "stages": stages}
+
+
+def load_all(folders: list[Path]) -> dict:
+    """The stages of several results folders together (the suite's two commands); the machine is
+    the first folder's, and every folder must come from the same GPU."""
+    parts = [load(f) for f in folders]
+    gpus = {p["machine"]["gpu"] for p in parts}
+    if len(gpus) > 1:
+        raise ResultsError(f"the folders come from different GPUs ({', '.join(sorted(gpus))}); update from one GPU's")
+    stages = {}
+    for p in parts:
+        stages.update(p["stages"])
+    return {"machine": parts[0]["machine"], "stages": stages}
 
 
 def where(m: dict) -> str:
@@ -172,12 +187,12 @@ def update_text(text: str, res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("results", type=Path, help="the folder scripts/gpu_suite.py --out wrote")
+    ap.add_argument("results", type=Path, nargs="+", help="the folder(s) scripts/gpu_suite.py --out wrote")
     ap.add_argument("--docs", type=Path, nargs="*", help="pages to update (default: README.md and docs/*.md)")
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page would change")
     args = ap.parse_args(argv)
     try:
-        res = load(args.results)
+        res = load_all(args.results)
         changed = []
         for page in args.docs or DOCS:
             old = page.read_text()

@@ -151,3 +151,44 @@ def table_schedule_stays_here():
         yield
     if not loaded:
         sys.modules.pop("minigpt.studies.lr_table", None)
+
+
+@pytest.fixture
+def step_syncs():
+    """The host-sync detector around the real training step (minigpt/run/host_sync.py), the CPU
+    stand-in for trainer.sync_debug=error: `step_syncs(stepper, steps=6)` gives the stepper's runs
+    CUDA-like records (an asynchronous copy to host memory), trains them to a few steps before
+    their first flush (warm-up, not watched), then runs `steps` updates with the records' flush
+    among them under the detector, each sync labelled with its step. Returns the detector.
+    Every new feature of the step gets a case in tests/test_host_sync.py."""
+    from minigpt.run.host_sync import EmulatedCudaEvents, HostSyncDetector
+    from minigpt.run.metrics import MetricsLogger
+    from minigpt.run.trainer import advance
+
+    def run(stepper, steps: int = 6):
+        runs = list(stepper.runs)
+        for r in runs:
+            r.records.events = EmulatedCudaEvents()
+            r.metrics = MetricsLogger(r.run_dir, r.cfg.logger, config=r.cfg.to_dict(), total_steps=r.total_steps,
+                                      progress=False)
+        for _ in range(3):  # warm-up: first allocations, first records, the optimizer's state
+            advance(stepper)
+        # Then on to a few steps before the first flush without training through them: the
+        # schedule, the monitor and the records take any step (and a test stays fast).
+        flush_every = runs[0].flush_every
+        start = max(flush_every - steps // 2, 3)
+        for r in runs:
+            r.step = start
+        if not isinstance(getattr(type(stepper), "step", None), property):  # the stacked stepper counts its own
+            stepper.step = start
+        with HostSyncDetector(runs[0].device) as detector:
+            for _ in range(steps):
+                detector.label = stepper.step
+                advance(stepper)
+        assert any(r.last_record.get("step", -1) >= flush_every - 1 for r in runs), "no flush was watched"
+        for r in runs:
+            r.metrics.close()
+            r.close()  # the run folder's lock
+        return detector
+
+    return run

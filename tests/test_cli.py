@@ -37,3 +37,25 @@ def one_line_error(proc):
 
 # The table of bad inputs (unknown keys and options, bad values, missing or short corpora, bad
 # resumes, unwritable folders) lives in test_bad_input.py.
+
+
+def test_run_job_reports_a_run_a_watcher_stopped_without_taking_it_for_a_signal(monkeypatch, tmp_path, caplog):
+    """A trainer driven from code can be ended by a watcher (status `stopped`, a reason that names no
+    signal): run_job logs it and returns its loss instead of parsing the reason as a signal name."""
+    import logging
+    from types import SimpleNamespace
+
+    from hydra.types import RunMode
+
+    import minigpt.run.trainer
+    from minigpt.config import Config
+    from minigpt.launch import cli
+    from minigpt.run.metrics import RunResult, RunStatus
+
+    summary = {"status": "stopped", "reason": "the watcher's limit was reached", "step": 7}
+    monkeypatch.setattr(minigpt.run.trainer, "train",
+                        lambda config, run_dir: RunResult(RunStatus.STOPPED, 4.5, summary, run_dir))
+    hc = SimpleNamespace(runtime=SimpleNamespace(output_dir=str(tmp_path)), mode=RunMode.RUN)
+    with caplog.at_level(logging.INFO, logger="minigpt"):
+        assert cli.run_job(Config(), hc) == 4.5
+    assert "stopped at step 7: the watcher's limit was reached" in caplog.text

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,47 @@ def test_torchrun_command_line(cache_dir, tmp_path):
     assert [r["train/loss"] for r in two] == pytest.approx([r["train/loss"] for r in one], abs=1e-5)
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["final_val_loss"] == pytest.approx(single.final_val_loss, abs=1e-5)
+
+
+def _rank_with_late_records(rank, world, port, cfg_dict, run_dirs, out):
+    """Rank 1's records land a flush later than rank 0's (CUDA's asynchronous copies can); the
+    weights turn NaN after update 8 on both ranks, so the loss is NaN from step 9."""
+    import math
+
+    from test_gpu_paths import LateEvents
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    trainer = Trainer(config_from_dict(cfg_dict), Path(run_dirs[rank]), quiet=True)
+    if rank == 1:
+        trainer.records.events = LateEvents()
+    trainer.model.transformer.wte.weight.register_hook(lambda g: g * math.nan if trainer.step == 8 else g)
+    seen = []
+    trainer.watchers.append(lambda record: seen.append(record["step"]))
+    result = trainer.run()
+    torch.save({"status": result.status.value, "step": trainer.step, "seen": seen}, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ranks_that_see_a_divergence_a_flush_apart_stop_together(make_config, tmp_path):
+    """Each rank decides "diverged" from the records that reached it. Rank 0 sees steps 8-11
+    at the flush of step 12, rank 1 only at step 16: alone, rank 0 would leave the loop and
+    rank 1 wait in the next all-reduce until the timeout. The ranks agree at the flush steps
+    instead, and both end at step 12, diverged."""
+    cfg = make_config(**GLOBAL | {"trainer__max_steps": 24, "trainer__eval_interval": 100}, trainer__flush_every=4,
+                      trainer__ckpt_interval=0)
+    run_dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
+    ctx = mp.spawn(_rank_with_late_records, args=(2, free_port(), cfg.to_dict(), run_dirs, str(tmp_path)), nprocs=2,
+                   join=False)
+    deadline = time.time() + 300
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:  # a hang: the bug this test is about
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the ranks did not finish within 300 s: one left the loop, the other waits")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [r["status"] for r in ranks] == ["diverged", "diverged"]
+    assert [r["step"] for r in ranks] == [12, 12]
+    assert ranks[0]["seen"] == ranks[1]["seen"] == list(range(12))  # every record, on both, by the end
+    summary = json.loads((tmp_path / "rank0" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_step"] == 9 and summary["step"] == 12

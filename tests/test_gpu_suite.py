@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import subprocess
 import sys
@@ -130,7 +131,10 @@ def test_budgets_parse_and_refuse_bad_values():
 def test_the_real_stages_cover_every_promised_measurement(tmp_path):
     stages = suite.build_stages(tmp_path, tmp_path / "data", dry_run=False, budgets=suite.DEFAULT_BUDGETS)
     assert [s.name for s in stages] == ["smoke", "bench", "sweep", "warmup"]
-    assert sum(s.budget_s for s in stages) <= 20 * 60
+    budget = {s.name: s.budget_s for s in stages}
+    # two commands (smoke + bench, sweep + warmup) of at most 9 minutes with the preflight (at most
+    # 2 minutes, usually seconds) and the archives
+    assert budget["smoke"] + budget["bench"] <= 450 and budget["sweep"] + budget["warmup"] <= 450
     text = {s.name: [" ".join(c.argv) for c in s.commands] for s in stages}
     assert any("-m gpu" in c for c in text["smoke"])
     pytest_gpu = next(c for c in stages[0].commands if c.name == "pytest_gpu").argv
@@ -140,21 +144,163 @@ def test_the_real_stages_cover_every_promised_measurement(tmp_path):
     runs = [c for c in text["smoke"] if "train.py" in c]
     assert len(runs) == 2 and all("trainer.sync_debug=error" in c and "trainer.compile=true" in c for c in runs)
     assert {c.split("trainer.precision=")[1].split()[0] for c in runs} == {"bf16", "fp16"}
-    bench = " ".join(text["bench"])
-    assert "--preset gpt2_small " in bench and "trainer.micro_batch_size=16" in bench
-    assert "--compare-logging" in bench and "--preset gpt2_small_fp16" in bench
+    # bench: one command per row, in order of importance, each writing its own JSON
+    assert [c.name for c in stages[1].commands] == ["bench_bf16", "bench_fp16", "bench_bf16_mb16"]
+    assert "--preset gpt2_small " in text["bench"][0] and "--compare-logging" in text["bench"][0]
+    assert "micro_batch_size" not in text["bench"][0]  # the preset's 32: the target's configuration
+    assert "--preset gpt2_small_fp16" in text["bench"][1]
+    assert text["bench"][2].endswith("trainer.micro_batch_size=16")
     assert "--runs 8" in text["sweep"][0] and "--tiny" not in text["sweep"][0]
-    cells = [c for c in text["warmup"] if "train.py" in c]
-    assert len(cells) == 2 and all("sweep=warmup_divergence " in c and "seed=1,2,3" in c for c in cells)
+    assert "--modes stacked,sequential,parallel" in text["sweep"][0]
+    # warmup: one (no warmup, warmup) pair per command, the architectures taking turns seed by seed
+    cells = [c for c in stages[3].commands if c.paired == "warmup"]
+    assert [c.name for c in cells] == [f"warmup_{a}_s{s}" for s in (1, 2, 3) for a in ("pre_ln", "post_ln")]
+    for c in cells:
+        line = " ".join(c.argv)
+        assert "experiment=warmup_divergence" in line and line.count("scheduler.warmup=0,") == 1
     assert "-m minigpt report" in text["warmup"][-1] and "--warmup-study" in text["warmup"][-1]
     # every run's token caches go outside the results folder, which must stay small
     assert all(f"data.cache_dir={tmp_path / 'data'}" in c for cmds in text.values() for c in cmds
                if "train.py" in c or "bench" in c)
 
 
+@pytest.fixture
+def an_h100(monkeypatch):
+    """The precheck on the CPU as it runs on an H100: CUDA visible, compute capability 9.0."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+
+
+def train_args(argv: list[str]) -> list[str]:
+    """A train.py command's arguments (after the interpreter and the script)."""
+    return argv[argv.index(str(ROOT / "train.py")) + 1:]
+
+
+@pytest.mark.slow  # about twenty compositions and prechecks: tens of seconds
+def test_the_gpu_commands_compose_and_pass_the_precheck(tmp_path, an_h100):
+    """The suite's real commands (not the dry run's shrunk ones) through Hydra and the precheck:
+    the smoke runs, each warmup pair (2 jobs, 3 seeds per architecture), bench's presets (the
+    GPT-2 vocabulary) and bench_sweep's GPU modes with both launchers."""
+    from conftest import composed
+    from minigpt.launch import cli
+
+    stages = {s.name: s for s in suite.build_stages(tmp_path / "out", tmp_path / "data", dry_run=False,
+                                                     budgets=suite.DEFAULT_BUDGETS)}
+    for cmd in stages["smoke"].commands[1:]:
+        cli.precheck(train_args(cmd.argv))
+    jobs = {"pre_ln": 0, "post_ln": 0}
+    for cmd in (c for c in stages["warmup"].commands if c.paired):
+        args = train_args(cmd.argv)
+        cli.precheck(args)  # every value of the sweep
+        arch = next(a.split("=")[1] for a in args if a.startswith("arch="))
+        jobs[arch] += math.prod(len(a.split("=", 1)[1].split(",")) for a in args if "," in a and "=" in a)
+    assert jobs == {"pre_ln": 6, "post_ln": 6}
+    bench = load_script("bench")
+    for preset in ("gpt2_small", "gpt2_small_fp16"):
+        cfg = composed(*bench.PRESETS[preset])
+        assert cfg["data"]["vocab_size"] == 50257 and cfg["model"]["n_layer"] == 12
+        cli.precheck([*bench.PRESETS[preset], f"hydra.run.dir={tmp_path}/{preset}"])
+    sweep = load_script("bench_sweep")
+    train = [sys.executable, str(ROOT / "train.py")]
+    common = sweep.GPU + ["trainer.progress=false", f"data.cache_dir={tmp_path / 'data'}"]
+    for mode in ("stacked", "parallel", "sequential"):
+        for cmd in sweep.mode_commands(mode, train, common, sweep.lrs(8), tmp_path / "sweep" / mode):
+            cli.precheck(train_args(cmd))
+
+
 def test_a_results_folder_is_never_overwritten(tmp_path):
     (tmp_path / "suite.json").write_text("{}")
     assert suite.main(["--dry-run", "--out", str(tmp_path)]) == 2
+
+
+def test_a_pair_that_would_not_fit_is_not_started(tmp_path):
+    """After a pair took 25 s, a pair is skipped when fewer seconds are left; the report still runs."""
+    stage = suite.Stage("warmup", 20, [
+        suite.Command("pair1", py("print(1)"), paired="warmup"),
+        suite.Command("pair2", py("print(2)"), paired="warmup"),
+        suite.Command("report", py("print(3)"))])
+    original = suite.run_command
+
+    def slow_first(cmd, timeout_s, log, env):
+        rec = original(cmd, timeout_s, log, env)
+        return rec | {"wall_s": 25.0} if cmd.name == "pair1" else rec
+
+    suite.run_command = slow_first
+    try:
+        out = suite.run_stage(stage, tmp_path, float("inf"), None)
+    finally:
+        suite.run_command = original
+    assert [c["status"] for c in out["commands"]] == ["passed", "skipped", "passed"]
+    assert "the last pair took 25 s" in out["commands"][1]["reason"]
+
+
+def test_a_cut_command_keeps_what_it_wrote(tmp_path):
+    """bench.py writes each row when measured: a command that fails after the first row still
+    brings it back in the stage's results."""
+    rows = tmp_path / "rows.json"
+    code = f"import json, sys; open({str(rows)!r}, 'w').write(json.dumps({{'results': [{{'tokens_per_s': 1.0}}]}})); sys.exit(1)"
+    stage = suite.Stage("bench", 30, [suite.Command("bench_bf16", py(code), suite.check_bench(rows))])
+    out = suite.run_stage(stage, tmp_path, float("inf"), None)
+    assert out["status"] == "failed" and out["results"] == {"rows": [{"tokens_per_s": 1.0}]}
+
+
+def test_warmup_results_keep_complete_pairs_only(tmp_path):
+    sweep = tmp_path / "sweep"
+    for pair, jobs in {"pre_ln_s1": 2, "post_ln_s1": 2, "pre_ln_s2": 1}.items():
+        for j in range(jobs):
+            d = sweep / pair / f"{j}_scheduler.warmup={j}"
+            d.mkdir(parents=True)
+            (d / "summary.json").write_text(json.dumps({"status": "completed", "final_val_loss": 4.0 + j,
+                                                        "peak_lr": 1e-2}))
+    res = suite.check_warmup(sweep)()
+    assert res["pairs"] == 2 and res["incomplete_pairs"] == ["pre_ln_s2"]
+    assert sorted(c["job"] for c in res["cells"]) == sorted(f"{p}/{j}_scheduler.warmup={j}" for p in
+                                                            ("pre_ln_s1", "post_ln_s1") for j in (0, 1))
+
+
+def test_suite_json_and_the_archive_are_written_after_every_stage(tmp_path):
+    out, back = tmp_path / "out", tmp_path / "back"
+    out.mkdir()
+    stages = [suite.Stage("a", 30, [suite.Command("one", py("print(1)"))]),
+              suite.Stage("b", 30, [suite.Command("two", py(
+                  f"import json; print(json.load(open({str(back / 'suite.json')!r}))['not_run'])"))])]
+    result = suite.run_suite(stages, out, 60, {"gpu": "test"}, env=None, bring_back=back)
+    seen = (out / "b" / "two.log").read_text().strip()
+    assert seen == "['b']"  # while b ran, the archive already held a's results
+    assert result["stages"]["b"]["status"] == "passed" and result["not_run"] == []
+    import tarfile
+
+    with tarfile.open(back / "results.tar.gz") as tar:
+        names = tar.getnames()
+    assert "out/suite.json" in names and "out/a/stage.json" in names and "out/b/two.log" in names
+
+
+def test_the_preflight_refuses_in_one_line_without_a_compiler(monkeypatch):
+    monkeypatch.setattr(suite.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CC", raising=False)
+    problem = suite.preflight("cuda", env=None)
+    assert problem.startswith("no C compiler (cc, gcc or clang) on PATH") and "\n" not in problem
+
+
+def test_the_preflight_reports_a_compile_failure_in_one_line(monkeypatch):
+    monkeypatch.setattr(suite, "PREFLIGHT", "raise SystemExit('InductorError: CppCompileError: Python.h missing')")
+    problem = suite.preflight("cpu", env=None)
+    assert problem == "inductor cannot compile here: InductorError: CppCompileError: Python.h missing"
+
+
+def test_bench_sweep_writes_its_figures_after_each_mode(tmp_path):
+    sweep = load_script("bench_sweep")
+    done = {"stacked": {"wall_s": 10.0, "final_val_loss": [4.0, 4.1], "device": "cuda"}}
+    sweep.write_report(tmp_path, 2, ["model=gpu_tiny"], ["1e-3", "8e-3"], done, {}, "2.13")
+    first = json.loads((tmp_path / "bench.json").read_text())
+    assert list(first["results"]) == ["stacked"] and "speedup_vs_sequential" not in first["results"]["stacked"]
+    done["sequential"] = {"wall_s": 40.0, "final_val_loss": [4.0, 4.1001], "device": "cuda"}
+    sweep.write_report(tmp_path, 2, ["model=gpu_tiny"], ["1e-3", "8e-3"], done, {"parallel": "exit 1"}, "2.13")
+    second = json.loads((tmp_path / "bench.json").read_text())
+    assert second["results"]["stacked"]["speedup_vs_sequential"] == 4.0 and second["failed"] == {"parallel": "exit 1"}
 
 
 # --- writing results into the docs -----------------------------------------------------------------
@@ -236,6 +382,26 @@ def test_docs_blocks_are_filled_from_the_results_with_the_gpu_named(tmp_path):
     assert docs.main([str(tmp_path / "res"), "--docs", str(page), "--check"]) == 0
 
 
+def test_the_two_commands_folders_are_read_together(tmp_path):
+    write_results(tmp_path / "a")
+    part2 = tmp_path / "b"
+    write_results(part2)
+    suite_b = json.loads((part2 / "suite.json").read_text())
+    suite_b["stages"] = {"sweep": suite_b["stages"]["sweep"]}  # part 2 ran the sweep only
+    (part2 / "suite.json").write_text(json.dumps(suite_b))
+    suite_a = json.loads((tmp_path / "a" / "suite.json").read_text())
+    del suite_a["stages"]["sweep"]
+    (tmp_path / "a" / "suite.json").write_text(json.dumps(suite_a))
+    page = tmp_path / "perf.md"
+    page.write_text(PAGE)
+    assert docs.main([str(tmp_path / "a"), str(part2), "--docs", str(page)]) == 0
+    assert "612,346" in page.read_text() and "5.00x" in page.read_text()
+    other = json.loads((part2 / "suite.json").read_text())
+    other["machine"] = {**H100, "gpu": "NVIDIA A100-SXM4-40GB"}
+    (part2 / "suite.json").write_text(json.dumps(other))
+    assert docs.main([str(tmp_path / "a"), str(part2), "--docs", str(page)]) == 2
+
+
 def test_a_failed_stage_is_reported_not_filled_in(tmp_path):
     write_results(tmp_path / "res", bench_status="failed")
     page = tmp_path / "perf.md"
@@ -272,8 +438,11 @@ def test_the_shipped_docs_hold_every_block_the_updater_fills():
 @pytest.mark.slow
 def test_dry_run_executes_every_stage_on_the_cpu(tmp_path):
     out = tmp_path / "suite"
+    # --no-preflight: inductor's compile check costs a minute cold on this CPU (tests/test_gpu_paths.py
+    # compiles with inductor once; the preflight's refusals are tested below)
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_suite.py"), "--dry-run", "--out", str(out),
-                           "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=600)
+                           "--data-dir", str(tmp_path / "data"), "--no-preflight", "--bring-back", str(tmp_path / "back")],
+                          capture_output=True, text=True, timeout=1200)
     result = json.loads((out / "suite.json").read_text())
     assert list(result["stages"]) == ["smoke", "bench", "sweep", "warmup"]
     failed = {k: json.loads((out / k / "stage.json").read_text())["commands"]
@@ -282,6 +451,10 @@ def test_dry_run_executes_every_stage_on_the_cpu(tmp_path):
     smoke = json.loads((out / "smoke" / "stage.json").read_text())["results"]
     assert set(smoke) == {"run_bf16", "run_fp32"}
     assert not list(out.rglob("*.pt"))
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == ["results.tar.gz", "suite.json"]
+    assert "[suite " in proc.stdout and " s left] warmup / warmup_pre_ln_s1" in proc.stdout  # progress lines
+    warm = json.loads((out / "warmup" / "stage.json").read_text())["results"]
+    assert warm["pairs"] == 2 and warm["incomplete_pairs"] == []
     # a dry run's figures never reach the docs
     assert docs.main([str(out), "--docs", str(ROOT / "README.md"), "--check"]) == 2
 

@@ -149,18 +149,22 @@ def test_fit_predict_optimize_from_the_command_line(tmp_path):
                      "--restarts", "4", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
     assert json.loads((tmp_path / "fit.json").read_text())["rmse"] < 0.01 and (tmp_path / "fit.png").exists()
-    predict = run_script("predict", "fit.json", "--scheduler", "wsd", "--scheduler", "cosine_warmup",
+    # Given absolute paths, the JSON files name them relative to where the command ran.
+    assert json.loads((tmp_path / "fit.json").read_text())["run_dirs"] == ["constant", "cosine"]
+    predict = run_script("predict", tmp_path / "fit.json", "--scheduler", "wsd", "--scheduler", "cosine_warmup",
                          "trainer.max_steps=400", "--run", tmp_path / "wsd", "-o", "p.png", cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["fit"] == "fit.json"
     predictions = json.loads((tmp_path / "p.json").read_text())["predictions"]
     assert [p["steps"] for p in predictions] == [200, 400, 200]
     truth = loss_law.multi_power_loss(wsd_lrs, [200], **TRUE)[0]
     # Fitted on two 200-step curves, the unseen wsd is predicted to a few hundredths ...
     assert predictions[0]["final_loss"] == pytest.approx(truth, abs=0.05)
     assert predictions[2]["final_loss"] == pytest.approx(predictions[0]["final_loss"], abs=1e-9)  # from its run too
-    optimize = run_script("optimize", "fit.json", "-o", "best.json", cwd=tmp_path)
+    optimize = run_script("optimize", tmp_path / "fit.json", "-o", "best.json", cwd=tmp_path)
     assert optimize.returncode == 0, optimize.stderr
     best = json.loads((tmp_path / "best.json").read_text())
+    assert best["fit"] == "fit.json"
     assert best["predicted_final_loss"] < best["cosine_predicted_final_loss"]
     assert best["command"] is None or best["command"].startswith("python train.py ")
     assert best["warnings"] or "scheduler=wsd" in best["command"]

@@ -19,8 +19,6 @@ transformers = pytest.importorskip("transformers")
 from torch.optim import lr_scheduler  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
-import dataclasses  # noqa: E402
-
 from conftest import composed_scheduler  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 from minigpt.schedules import build_schedule, check_curve, schedule_from_config  # noqa: E402
@@ -418,12 +416,25 @@ def test_deepspeed_as_its_engine_runs_warmup_cosine_lr(total, warmup, warmup_typ
     ref = deepspeed_engine_lrs(total, kind="cosine", warmup=warmup, warmup_type=warmup_type,
                                warmup_min_ratio=start, cos_min_ratio=floor)
     # DeepSpeed's WarmupCosineLR runs update 0 at LR 0 whatever warmup_min_ratio is (its get_lr
-    # before the first step); ours runs it at the start ratio: the one documented difference.
-    assert ref[0] == 0.0 and ours(0) == start
-    assert_curve(dataclasses.replace(ours, total_steps=total), [ours(0)] + ref[1:])
+    # before the first step), update 1 at warmup_min_ratio; so does conventions=deepspeed.
+    assert ref[0] == 0.0 and ref[1] == start
+    assert_curve(ours, ref)
     check_curve(ours)
     if warmup_type == "linear":  # the linear warmup stops short of the peak and the cosine starts below it
         assert max(ref) < 1.0 and math.isclose(max(ours(t) for t in range(total)), max(ref), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("start,floor", [(0.0, 0.0), (0.3, 0.1)])
+def test_deepspeed_linear_warmup_floor_is_its_start_or_refused(start, floor):
+    """WarmupDecayLR decays to warmup_min_lr, where it started: the floor follows the start, and a
+    different floor is refused in one line (no WarmupDecayLR draws it)."""
+    ours = build_schedule("linear_warmup", 40, conventions="deepspeed", warmup=5, warmup_shape="linear",
+                          warmup_start_ratio=start)
+    assert_curve(ours, deepspeed_engine_lrs(40, kind="decay", warmup=5, warmup_type="linear", min_lr=start))
+    with pytest.raises(UserError, match=r"DeepSpeed's WarmupDecayLR decays to its warmup_min_lr, where it starts, so "
+                                        r"warmup_start_ratio \(0.3\) must equal min_lr_ratio \(0.2\)"):
+        build_schedule("linear_warmup", 40, conventions="deepspeed", warmup=5, warmup_start_ratio=0.3,
+                       min_lr_ratio=0.2)
 
 
 def test_check_curve_accepts_a_curve_that_turns_down_below_its_peak_but_not_one_still_rising():
@@ -470,6 +481,31 @@ def test_hf_trainer_defaults_with_conventions_hf(total, warmup, hf_name, ours_na
 def test_hf_warmup_stable_decay_defaults_with_conventions_hf(total, warmup, decay):
     ours = schedule_from_config(shipped("wsd", conventions="hf", warmup=warmup, decay=decay), total, None)
     assert_curve(ours, hf_curve("warmup_stable_decay", total, warmup, num_decay_steps=decay))
+
+
+@pytest.mark.parametrize("total,warmup,decay", [(53, 7, 10), (100, 0, 30), (20, 10, 10), (60, 12, 0)])
+@pytest.mark.parametrize("floor", [0.1, 0.35])
+@pytest.mark.parametrize("warmup_type", ["linear", "cosine", "1-sqrt"])
+def test_hf_warmup_stable_decay_with_a_floor_warms_up_from_the_floor(total, warmup, decay, floor, warmup_type):
+    """HF's get_wsd_schedule starts its warmup at min_lr_ratio (0.1, 0.19, 0.28, ... for a floor of
+    0.1 and W = 10): under conventions=hf the unset warmup_start_ratio follows the floor."""
+    cfg = shipped("wsd", conventions="hf", warmup=warmup, decay=decay, min_lr_ratio=floor, warmup_shape=warmup_type)
+    ours = schedule_from_config(cfg, total, None)
+    assert_curve(ours, hf_curve("warmup_stable_decay", total, warmup, num_decay_steps=decay, min_lr_ratio=floor,
+                                warmup_type=warmup_type))
+    if warmup:
+        assert ours(0) == floor
+
+
+def test_hf_warmup_stable_decay_refuses_a_start_that_is_not_its_floor():
+    with pytest.raises(UserError, match=r"scheduler 'wsd' with scheduler.conventions=hf: HF's get_wsd_schedule warms "
+                                        r"up from its min_lr_ratio, so warmup_start_ratio \(0.0\) must equal "
+                                        r"min_lr_ratio \(0.1\); leave warmup_start_ratio null"):
+        schedule_from_config(shipped("wsd", conventions="hf", warmup=10, decay=10, min_lr_ratio=0.1,
+                                     warmup_start_ratio=0.0), 50, None)
+    # minigpt's own conventions keep the two apart.
+    ours = schedule_from_config(shipped("wsd", warmup=10, decay=10, min_lr_ratio=0.3, warmup_start_ratio=0.0), 50, None)
+    assert ours(0) == pytest.approx(0.1) and ours(49) == pytest.approx(0.3)  # from 0, one increment (1/10) up
 
 
 def test_explicit_keys_win_over_the_preset():

@@ -18,9 +18,13 @@ an interrupted or damaged run left behind is rebuilt.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import math
+import os
+import stat
 import re
 import time
 from array import array
@@ -34,7 +38,7 @@ import torch
 from minigpt.config import DataConfig
 from minigpt.data.corpus import Document, corpus_fingerprint, empty_corpus, iter_documents, stratum
 from minigpt.errors import UserError
-from minigpt.files import replace_durably
+from minigpt.files import not_followed, open_new, replace_durably, write_atomic
 from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
 # The tokens of a given corpus and settings are those of format 2 (the first streaming version
@@ -43,6 +47,12 @@ CACHE_FORMAT = 2
 PIECE_CHARS = 1 << 16  # longest text handed to the tokenizer at once
 BATCH_CHARS = 1 << 21  # characters tokenized per batch (spread over the tokenizer's threads)
 SCAN_TOKENS = 1 << 24  # ids checked at a time when a cache is validated
+# Token files up to this size are hashed whole at every reuse (the default corpus' 7 MB took
+# 0.06 s on the shared 2-core CPU); larger ones are checked on SAMPLE_BLOCKS blocks of
+# SAMPLE_BYTES spread over each file, and hashed whole at every resume (verify_tokens).
+FULL_HASH_BYTES = 64 << 20
+SAMPLE_BLOCKS = 16
+SAMPLE_BYTES = 1 << 16
 
 
 @dataclass
@@ -101,6 +111,7 @@ def _cut_point(text: str, lo: int, hi: int) -> int:
 class Survey:
     """What the first pass learned: which documents count, how long they are, their folders."""
     positions: np.ndarray  # index in iter_documents() of every non-empty document kept
+    id_hashes: np.ndarray  # a 64-bit hash of its id: the later passes check they read the same documents
     lengths: np.ndarray  # its characters (the last one cut short by data.max_chars)
     strata: np.ndarray  # the rank of its folder among all folders, in sorted order
     characters: int
@@ -110,7 +121,7 @@ def survey(cfg: DataConfig, progress: bool = False) -> Survey:
     """Read every document once: drop empty ones, apply data.max_chars, note lengths and folders."""
     from tqdm import tqdm
 
-    positions, lengths, folder_codes = array("q"), array("q"), array("q")
+    positions, lengths, folder_codes, id_hashes = array("q"), array("q"), array("q"), array("q")
     folders: dict[str, int] = {}
     total = 0
     with tqdm(desc="data: reading", unit="char", unit_scale=True, disable=not progress, mininterval=1) as bar:
@@ -127,6 +138,7 @@ def survey(cfg: DataConfig, progress: bool = False) -> Survey:
             if cfg.max_chars:
                 n = min(n, cfg.max_chars - total)
             positions.append(i)
+            id_hashes.append(_id_hash(doc.id))
             lengths.append(n)
             folder_codes.append(folders.setdefault(stratum(doc.id), len(folders)))
             total += n
@@ -135,9 +147,25 @@ def survey(cfg: DataConfig, progress: bool = False) -> Survey:
     rank_of_code = np.empty(len(folders), dtype=np.int64)
     for rank, name in enumerate(sorted(folders)):
         rank_of_code[folders[name]] = rank
-    return Survey(np.frombuffer(positions, dtype=np.int64), np.frombuffer(lengths, dtype=np.int64),
+    return Survey(np.frombuffer(positions, dtype=np.int64), np.frombuffer(id_hashes, dtype=np.int64),
+                  np.frombuffer(lengths, dtype=np.int64),
                   rank_of_code[np.frombuffer(folder_codes, dtype=np.int64)],
                   total)
+
+
+def _id_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", errors="replace"), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+class CorpusChanged(UserError):
+    """Files of the corpus were added, removed or changed while it was being prepared."""
+
+
+def corpus_changed(cfg: DataConfig, what: str) -> CorpusChanged:
+    return CorpusChanged(f"data: the corpus changed while it was being prepared ({what}); the token cache was not "
+                         "completed (a file added, deleted or edited during preparation would shift or mix the "
+                         "documents of the split): run again once the corpus files stay put")
 
 
 def validation_mask(strata: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
@@ -217,6 +245,9 @@ def plan_parts(cfg: DataConfig, found: Survey, val: np.ndarray, single_cut: int 
             return
         if i != found.positions[k]:
             continue
+        if _id_hash(doc.id) != found.id_hashes[k]:  # files listed again: one added or deleted since the survey
+            raise corpus_changed(cfg, f"the document read in place {k} is '{doc.id}', not the one the first pass read "
+                                      "there")
         length = int(found.lengths[k])
         if single_cut is not None:
             yield Part(doc, 0, single_cut, "train")
@@ -243,8 +274,6 @@ def cache_key(cfg: DataConfig) -> str:
 
 def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: bool = True) -> TokenData:
     """Load the token cache for this corpus and these settings, building it if needed."""
-    from filelock import FileLock
-
     with _datasets_progress(progress if cfg.source == "hub" else None):
         key = cache_key(cfg)
         root = Path(cfg.cache_dir)
@@ -254,14 +283,29 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
             raise UserError(f"data.cache_dir: cannot create '{root}' ({e.strerror}); "
                             "set data.cache_dir to a writable folder") from None
         cache = root / f"{cfg.name}-{key}"
-        with FileLock(str(root / f".{cfg.name}-{key}.lock")):  # parallel jobs of a sweep share caches
+        with cache_lock(root / f".{cfg.name}-{key}.lock") as locked:  # parallel jobs of a sweep share caches
             meta, tokenizer, problem = check_cache(cache)
             if meta is not None:
-                log(f"data: reusing token cache {cache} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
+                log(f"data: reusing token cache {cache} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)"
+                    + ("" if locked else ", read-only"))
+            elif not locked:
+                raise UserError(f"data.cache_dir: '{root}' cannot be written (read-only?), and the token cache this run "
+                                f"needs, {cache.name}, {'is missing' if not cache.exists() else problem}; "
+                                "prepare it where data.cache_dir is writable, or point data.cache_dir elsewhere")
             else:
                 if cache.exists():
                     log(f"data: token cache {cache} {problem}; rebuilding it")
-                meta = _build_cache(cfg, cache, log, progress)
+                # The files' names, sizes and times before and after: a change in between (a file
+                # added, deleted or edited during the minutes of preparation) would leave tokens
+                # that match neither the key computed before nor the corpus after.
+                stamp = corpus_fingerprint(cfg, content=False) if cfg.source != "hub" else None
+                try:
+                    meta = _build_cache(cfg, cache, log, progress)
+                except FileNotFoundError as e:  # listed, then deleted before it was read
+                    raise corpus_changed(cfg, f"'{e.filename}' was deleted") from None
+                if stamp is not None and corpus_fingerprint(cfg, content=False) != stamp:
+                    (cache / "meta.json").unlink(missing_ok=True)  # incomplete: the next start rebuilds it
+                    raise corpus_changed(cfg, "a file's name, size or modification time differs from before")
                 tokenizer = load_tokenizer(cache / "tokenizer.json")
     dtype = np.dtype(meta["dtype"])
     return TokenData(
@@ -271,6 +315,41 @@ def prepare_data(cfg: DataConfig, log: Callable[[str], None] = print, progress: 
         meta=meta,
         cache_dir=cache,
     )
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path):
+    """An exclusive flock on a cache's lock file for the block; yields True, or False when the
+    folder cannot be written (a read-only mount, no permission): a complete cache is then read
+    without a lock (nobody can write it either), and a missing one is refused by the caller. The
+    lock file is opened without following a link (minigpt/files.py): a link planted under its
+    name was truncated through."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            yield False
+            return
+        raise not_followed(path, e) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise not_followed(path, OSError(errno.EINVAL, "not a regular file"))
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits for another job preparing the same cache
+        yield True
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def complete_cache(cfg: DataConfig) -> bool:
+    """Whether data.cache_dir already holds a finished token cache for this config (for a
+    read-only data.cache_dir, which can serve a run only then). Cheap for data.cache_key=stat;
+    a content key reads the whole corpus, so it is not computed here (False)."""
+    if cfg.cache_key == "content" or cfg.source == "hub":
+        return False
+    try:
+        return (Path(cfg.cache_dir) / f"{cfg.name}-{cache_key(cfg)}" / "meta.json").is_file()
+    except (OSError, UserError):
+        return False
 
 
 @contextlib.contextmanager
@@ -294,9 +373,12 @@ def check_cache(cache: Path) -> tuple[dict | None, BPETokenizer | ByteTokenizer 
     """(meta, tokenizer, "") for a whole and sound cache, else (None, None, what is wrong).
 
     Cheap enough for every start: file sizes against meta.json, the tokenizer parses and has
-    the recorded vocabulary, and every id is inside it. The ids are scanned (one pass over the
-    memory-mapped file) only when a token file's size or modification time differs from what
-    the preparation recorded, so a cache nobody touched starts in constant time."""
+    the recorded vocabulary, every id is inside it, and the token files' content matches the
+    SHA-256 hashes meta.json recorded (verify_tokens: whole files up to FULL_HASH_BYTES,
+    sampled blocks above). The ids are scanned (one pass over the memory-mapped file) only
+    when a token file's size or modification time differs from what the preparation recorded.
+    Only real damage is reported: an ImportError or MemoryError of this process is raised,
+    so that a healthy shared cache is not rebuilt for it."""
     try:
         meta = json.loads((cache / "meta.json").read_text())
         itemsize = np.dtype(meta["dtype"]).itemsize
@@ -311,7 +393,12 @@ def check_cache(cache: Path) -> tuple[dict | None, BPETokenizer | ByteTokenizer 
         return None, None, "is incomplete (an interrupted preparation?)"
     try:
         tokenizer = load_tokenizer(cache / "tokenizer.json")
-    except Exception as e:
+    except (ImportError, MemoryError):
+        raise  # this process' trouble, not the cache's: a shared cache must not be rebuilt for it
+    except OSError as e:
+        raise UserError(f"data.cache_dir: cannot read '{cache / 'tokenizer.json'}' ({e.strerror}); fix its "
+                        "permissions, or point data.cache_dir elsewhere") from None
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
         return None, None, f"is damaged: its tokenizer.json does not load ({type(e).__name__})"
     if tokenizer.vocab_size != meta["vocab_size"]:
         return None, None, f"is damaged: its tokenizer has {tokenizer.vocab_size} tokens, meta.json says {meta['vocab_size']}"
@@ -323,7 +410,54 @@ def check_cache(cache: Path) -> tuple[dict | None, BPETokenizer | ByteTokenizer 
         top = max(int(ids[i:i + SCAN_TOKENS].max()) for i in range(0, len(ids), SCAN_TOKENS))
         if top >= tokenizer.vocab_size:
             return None, None, f"is damaged: {split}.bin holds id {top}, outside the vocabulary of {tokenizer.vocab_size}"
+    if not isinstance(meta.get("sha256"), dict):
+        return None, None, "has no hash of its token files (written before minigpt recorded one)"
+    size = sum((cache / f"{split}.bin").stat().st_size for split in ("train", "val"))
+    try:
+        changed = verify_tokens(cache, meta, full=size <= FULL_HASH_BYTES)
+    except (OSError, TypeError, ValueError) as e:  # an unreadable file, or hashes that are not [offset, hex] pairs
+        changed = f"its token files cannot be checked ({type(e).__name__})"
+    if changed:
+        return None, None, f"is damaged: {changed}"
     return meta, tokenizer, ""
+
+
+def verify_tokens(cache: Path, meta: dict, full: bool = True) -> str:
+    """What differs between the token files and the hashes meta.json recorded when they were
+    written ("" when nothing): the whole files' SHA-256 (full=True), or the sampled blocks'.
+    Ids changed to other valid ids pass every other check and would be trained on silently."""
+    for name in ("train.bin", "val.bin"):
+        path = cache / name
+        if full:
+            if _sha256(path) != meta["sha256"].get(name):
+                return f"{name} differs from the SHA-256 meta.json recorded when it was written"
+            continue
+        for offset, digest in meta.get("blocks", {}).get(name, []):
+            if _block_sha256(path, offset) != digest:
+                return f"{name} differs, at byte {offset}, from the hashes meta.json recorded when it was written"
+    return ""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _block_sha256(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return hashlib.sha256(f.read(SAMPLE_BYTES)).hexdigest()
+
+
+def _sample_blocks(path: Path) -> list[list]:
+    """(offset, SHA-256) of SAMPLE_BLOCKS blocks spread over a file, the first and last included."""
+    size = path.stat().st_size
+    last = max(0, size - SAMPLE_BYTES)
+    offsets = sorted({last * i // (SAMPLE_BLOCKS - 1) for i in range(SAMPLE_BLOCKS)})
+    return [[offset, _block_sha256(path, offset)] for offset in offsets]
 
 
 def _file_stamp(path: Path) -> list[int]:
@@ -381,7 +515,7 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
             f"in {time.time() - t:.1f}s")
     else:
         tokenizer, sample_chars = ByteTokenizer(), [0]
-    _atomic_write(cache / "tokenizer.json", lambda p: tokenizer.save(p))
+    write_atomic(cache / "tokenizer.json", tokenizer.to_json())
     tokenizer_s = time.time() - t
 
     t = time.time()
@@ -410,9 +544,11 @@ def _build_cache(cfg: DataConfig, cache: Path, log, progress: bool) -> dict:
         unigram_entropy_val=_entropy_of_counts(val_counts),
         seconds=round(time.time() - t0, 2),
         files={name: _file_stamp(cache / name) for name in ("train.bin", "val.bin")},  # see check_cache
+        sha256=counts["sha256"],  # of each token file, hashed as it was written: verify_tokens
+        blocks={name: _sample_blocks(cache / name) for name in ("train.bin", "val.bin")},
         stage_seconds=dict(read=round(read_s, 2), tokenizer=round(tokenizer_s, 2), tokenize=round(tokenize_s, 2)),
     )
-    _atomic_write(cache / "meta.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+    write_atomic(cache / "meta.json", json.dumps(meta, indent=2))
     log(f"data: wrote token cache {cache}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens "
         f"in {meta['seconds']}s ({found.characters / max(meta['seconds'], 1e-9) / 1e6:.2f}M characters/s overall)")
     return meta
@@ -424,10 +560,11 @@ def _write_tokens(parts: Iterator[Part], tokenizer, cache: Path, dtype, total_ch
     from tqdm import tqdm
 
     counts = {"train": 0, "val": 0}
+    hashes = {split: hashlib.sha256() for split in counts}
     val_unigrams = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     tmp = {split: cache / f"{split}.bin.tmp" for split in counts}
     eot = np.array([tokenizer.eot_id], dtype=dtype)
-    files = {split: open(path, "wb") for split, path in tmp.items()}
+    files = {split: open_new(path) for split, path in tmp.items()}  # never through a link (minigpt/files.py)
     try:
         with tqdm(total=total_chars, desc="data: tokenizing", unit="char", unit_scale=True,
                   disable=not progress, mininterval=1) as bar:
@@ -447,6 +584,7 @@ def _write_tokens(parts: Iterator[Part], tokenizer, cache: Path, dtype, total_ch
                     if arrays:
                         ids = np.concatenate(arrays)
                         ids.tofile(files[split])
+                        hashes[split].update(ids.tobytes())
                         counts[split] += len(ids)
                         if split == "val":
                             val_unigrams[:] += np.bincount(ids, minlength=tokenizer.vocab_size)
@@ -467,15 +605,8 @@ def _write_tokens(parts: Iterator[Part], tokenizer, cache: Path, dtype, total_ch
             f.close()
     for split, path in tmp.items():
         replace_durably(path, cache / f"{split}.bin")
-    return {**counts, "val_unigrams": val_unigrams}
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file, flushed to disk and renamed, so neither a crash nor a power
-    cut leaves half a file (minigpt/files.py)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    replace_durably(tmp, path)
+    return {**counts, "val_unigrams": val_unigrams,
+            "sha256": {f"{split}.bin": h.hexdigest() for split, h in hashes.items()}}
 
 
 def _entropy_of_counts(counts: np.ndarray) -> float:
@@ -504,7 +635,7 @@ class Batches:
     TRAIN, EVAL = 0, 1
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 device: torch.device, split: str = "train"):
+                 device: torch.device, split: str = "train", vocab_size: int | None = None):
         if len(tokens) < block_size + 1:
             raise UserError(
                 f"data: the {split} split has {len(tokens)} tokens, fewer than one context window "
@@ -512,6 +643,7 @@ class Batches:
             )
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.seed, self.device = seed, device
+        self.split, self.vocab_size = split, vocab_size  # ids at or above vocab_size are refused
         self._offsets = np.arange(block_size + 1)
 
     def train_batch(self, step: int, index: int):
@@ -525,7 +657,14 @@ class Batches:
         # Bounded integers are drawn one after another, so the first k of n draws are the k draws.
         starts = rng.integers(0, len(self.tokens) - self.block_size, size=(index + 1) * self.batch_size)
         starts = starts[index * self.batch_size:]
-        chunk = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        ids = self.tokens[starts[:, None] + self._offsets]
+        if self.vocab_size is not None and ids.max() >= self.vocab_size:
+            # A token file changed after its checks (or under a running job): an id past the
+            # embedding would end the run in an IndexError deep in the model.
+            raise UserError(f"data: the {self.split} split holds id {int(ids.max())}, outside the vocabulary of "
+                            f"{self.vocab_size}: its token file changed after it was checked; delete the token cache "
+                            "to rebuild it")
+        chunk = torch.from_numpy(ids.astype(np.int64))
         if self.device.type == "cuda":
             # Pinned memory lets the copy run asynchronously while the GPU works on the last batch.
             chunk = chunk.pin_memory().to(self.device, non_blocking=True)

@@ -41,7 +41,10 @@ class ByteTokenizer:
         return data.decode("utf-8", errors="replace")
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps({"kind": "byte"}))
+        Path(path).write_text(self.to_json())
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "byte"})
 
 
 class BPETokenizer:
@@ -129,6 +132,10 @@ class BPETokenizer:
 
     def save(self, path: Path) -> None:
         self._tok.save(str(path))
+
+    def to_json(self) -> str:
+        """What `save` writes (pretty-printed, as tokenizers' save does)."""
+        return self._tok.to_str(pretty=True)
 
 
 def load_tokenizer(path: Path) -> ByteTokenizer | BPETokenizer:

@@ -23,10 +23,12 @@ from pathlib import Path
 
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+import yaml
 
 from minigpt import schedules
 from minigpt.config import Config, config_from_dict
 from minigpt.errors import UserError
+from minigpt.files import open_append, write_atomic
 from minigpt.run.metrics import RunStatus, write_failed_summary
 
 def _conf_dir() -> Path:
@@ -101,7 +103,7 @@ def run_job(config: Config, hc) -> float | None:
         if not multirun:
             raise
         # One broken cell must not end the sweep: record why, move on to the next job.
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        write_atomic(run_dir / "error.txt", traceback.format_exc())
         log.error(f"job {hc.job.num} failed: {type(e).__name__}: {e} (traceback in {run_dir / 'error.txt'})")
         write_failed_summary(run_dir, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
         return math.inf
@@ -120,6 +122,8 @@ def run_job(config: Config, hc) -> float | None:
         log.warning(f"diverged at step {s['diverged_step']}: {s['reason']}; metrics kept in {run_dir}")
         if not multirun:  # a sweep records it (summary.json, inf for the sweeper) and goes on
             sys.exit(EXIT_DIVERGED)
+    elif result.status == RunStatus.STOPPED:  # a watcher ended it (a trainer driven from code, not a signal)
+        log.info(f"stopped at step {s['step']}: {s.get('reason', 'by a watcher')}; outputs in {run_dir}")
     else:
         signum = signal.Signals[s["reason"].split()[-1]]
         if submitit_job and signum == signal.SIGUSR2:
@@ -175,7 +179,7 @@ def train_stacked_jobs(jobs: list) -> None:
             handler.close()
         else:  # the console: plain lines, as in a job (not Hydra's own format)
             handler.setFormatter(logging.Formatter("%(message)s"))
-    log_file = logging.FileHandler(run_dirs[0].parent / "stacked.log")
+    log_file = logging.StreamHandler(open_append(run_dirs[0].parent / "stacked.log"))  # never through a link
     log_file.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
     logging.getLogger().addHandler(log_file)
     log.info(f"training {len(jobs)} jobs stacked" + (f", at most {max_stack} at once" if max_stack else ""))
@@ -187,7 +191,7 @@ def train_stacked_jobs(jobs: list) -> None:
     except Exception as e:
         text = traceback.format_exc()
         for d in run_dirs:
-            (d / "error.txt").write_text(text)
+            write_atomic(d / "error.txt", text)
             write_failed_summary(d, {"status": RunStatus.FAILED.value, "reason": f"{type(e).__name__}: {e}"})
         log.error(f"stacked training failed: {type(e).__name__}: {e} (traceback in each job's error.txt)")
         sys.exit(1)
@@ -291,6 +295,9 @@ def precheck(argv: list[str]) -> list[str]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from minigpt.run.folder import release_early_claims
+
+    release_early_claims()  # a new command line: an earlier one's claims (tests, tools) are not its
     args = read_command_line(argv)
     overrides = list(args.overrides)
     conf_dirs = config_dirs(args)
@@ -326,6 +333,8 @@ def precheck(argv: list[str]) -> list[str]:
                 cfg = compose_config(config_name, ovr, conf_dirs, parser)
             except (HydraException, OmegaConfBaseException) as e:
                 raise UserError(_explain_compose_error(e, ovr, compose, config_name)) from None
+            except yaml.YAMLError as e:  # e.g. a python tag in a --config-dir file: refused, never constructed
+                raise UserError(yaml_error_line(e)) from None
             mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
             _check_config(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
             if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
@@ -334,7 +343,8 @@ def precheck(argv: list[str]) -> list[str]:
                 base = cfg
                 candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
     extras = _hydra_extras(args, parsed, base, parser)
-    _check_sweep_folders(args, parsed, base, parser)
+    job_dirs = _check_sweep_folders(args, parsed, base, parser)
+    claim_run_folders(args, base, job_dirs)
     return extras
 
 
@@ -487,11 +497,13 @@ def _job_name_excludes(parsed, cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys(list(OmegaConf.select(cfg, "hydra.job.config.override_dirname.exclude_keys") or []) + shared))
 
 
-def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
+def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> list[Path]:
     """Each job folder of a grid sweep that already holds another run, or that a live process
     writes into, is refused before Hydra writes anything (it would rewrite that folder's .hydra/
-    before the trainer could refuse it). The folders are named as Hydra's basic sweeper and the
-    launchers name them: job number (the order of the grid) and the job's overrides."""
+    before the trainer could refuse it), and so are two jobs that would write into one folder.
+    The folders are named as Hydra's basic sweeper and the launchers name them: job number (the
+    order of the grid) and the job's overrides. Returns them (empty when they cannot be known
+    before the jobs run: a search, a time-stamped folder)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra._internal.config_loader_impl import get_overrides_dirname
 
@@ -499,15 +511,15 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
 
     mode = OmegaConf.select(cfg, "hydra.mode")
     if not (args.multirun or getattr(mode, "name", None) == "MULTIRUN"):
-        return
+        return []
     try:
         sweep_dir = Path(str(OmegaConf.select(cfg, "hydra.sweep.dir")))
     except Exception:  # ${now:...}: a new folder
-        return
-    if not sweep_dir.is_dir():
-        return
+        return []
     tc = cfg.trainer
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
+        if not sweep_dir.is_dir():
+            return []
         # A search names its trials as it goes (number and sampled values), so any run already in
         # the folder could be one of them: it gets a folder of its own.
         taken = sorted(d.name for d in sweep_dir.iterdir() if d.is_dir() and run_contents(d))
@@ -515,18 +527,19 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
             raise UserError(f"hydra.sweep.dir: '{sweep_dir}' already holds runs ({', '.join(taken[:3])}"
                             f"{', ...' if len(taken) > 3 else ''}), and a search names its trials as it goes, so "
                             "one could land in a folder that holds a run; give the search a new hydra.sweep.dir")
-        return
+        return []
     params = [f"{k}={v}" for k, v in (OmegaConf.select(cfg, "hydra.sweeper.params") or {}).items()]
     task = [o.input_line for o in parsed if not o.is_hydra_override()]
     try:
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)[0]
     except Exception:  # a sweep the basic sweeper cannot expand fails in Hydra, with its message
-        return
+        return []
     naming = cfg.hydra.job.config.override_dirname
     excludes = _job_name_excludes(parsed, cfg)
     if any(a.startswith("hydra.job.config.override_dirname") for a in args.overrides):
         excludes = list(naming.exclude_keys)
     hydra_cfg = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)})
+    named: dict[Path, str] = {}  # each job's folder, resolved -> the job that writes into it
     for num, job in enumerate(jobs):
         job_overrides = parser.parse_overrides(job)
         values = {o.key_or_group: o.get_value_element_as_str() for o in job_overrides}
@@ -536,22 +549,30 @@ def _check_sweep_folders(args, parsed, cfg: DictConfig, parser) -> None:
         try:
             job_dir = sweep_dir / str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))
         except Exception:  # a subdir pattern that needs the job's run time: the trainer checks it
-            return
+            return []
         resume = values.get("trainer.resume", tc.resume)
         resume = None if resume in (None, "null") else str(resume)
         overwrite = str(values.get("trainer.overwrite", tc.overwrite)).lower() == "true"
         varying = [o.input_line for o in job_overrides if o.key_or_group not in excludes]
         job_name = f"job {num} of this sweep ({' '.join(varying) or 'no overrides'})"
+        other = named.setdefault(job_dir.resolve(), job_name)
+        if other != job_name:  # the second would rewrite the first one's .hydra/ and mix their records
+            raise UserError(f"hydra.sweep.dir: {job_name} and {other} would both write into '{job_dir}'; give each "
+                            "job a folder of its own (hydra.sweep.subdir must differ between jobs, e.g. include "
+                            "${hydra.job.num})")
         holder = lock_holder(job_dir)
         if holder:
             raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which another process is "
                             f"writing into ({holder}); wait for it to end, or pick another hydra.sweep.dir")
         try:
             check_run_folder(job_dir, resume, overwrite)
-        except RunFolderInUse:
+        except RunFolderInUse as e:
+            if overwrite:  # the job's folder holds more than its run: overwrite would move that too
+                raise UserError(f"hydra.sweep.dir: {job_name}: {str(e).removeprefix('hydra.run.dir: ')}") from None
             raise UserError(f"hydra.sweep.dir: {job_name} would write into '{job_dir}', which already holds a run "
                             f"({', '.join(run_contents(job_dir))}); continue the sweep's runs with trainer.resume=auto, "
                             "replace them with trainer.overwrite=true, or pick another hydra.sweep.dir") from None
+    return list(named)
 
 
 def group_options(group: str, conf_dirs: list[Path]) -> list[str]:
@@ -644,33 +665,110 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
         if key == "run.dir":
             run_dir = Path(str(out))
             _check_writable(run_dir / "checkpoints", "hydra.run.dir")
-    _check_writable(Path(config.data.cache_dir), "data.cache_dir")
+    check_cache_dir(config.data)
     if run_dir is not None and not multirun and int(os.environ.get("RANK", "0")) == 0:
         _check_run_folder(run_dir, tc)
 
     # Only now torch (seconds to import): the mistakes above are reported without waiting for it.
     import torch
 
-    from minigpt.run.runtime import check_compile_backend, check_cuda, resolve_precision
+    from minigpt.run.runtime import check_compile_backend, check_cuda, check_sync_debug, resolve_precision
 
     check_cuda(tc.device)
     device = torch.device("cuda" if tc.device != "cpu" and torch.cuda.is_available() else "cpu")
     from minigpt.optim import check_precision
 
-    check_precision(config.optim, resolve_precision(tc.precision, device))
+    precision = resolve_precision(tc.precision, device, say=lambda msg: None)
+    check_precision(config.optim, precision)
+    check_sync_debug(config, precision)
     check_compile_backend(tc)
+    check_model_fits(config, device)
     if tc.resume is not None:
         _check_resume(cfg, config, total)
     if tc.init_from is not None:
         _check_init_from(config, None if multirun else run_dir)
 
 
+# --- issue 28: sizes the config accepts but no machine can hold ---------------------------------
+
+
+def model_bytes(config) -> int:
+    """Bytes a run of this model needs at least: fp32 weights, gradients and AdamW's two moments
+    (16 bytes a parameter), before any activation. Parameters: 12 d^2 per block (attention 4 d^2,
+    MLP 8 d^2) and the token and position embeddings (the output layer is the token embedding)."""
+    mc = config.model
+    vocab = 257 if config.data.tokenizer == "byte" else config.data.vocab_size
+    params = 12 * mc.n_layer * mc.n_embd ** 2 + (vocab + mc.block_size) * mc.n_embd
+    return 16 * params
+
+
+def check_model_fits(config, device) -> None:
+    """A model whose weights and optimizer state alone exceed the device's memory is refused in
+    one line here; it used to pass the precheck (model.n_layer=1e9) and end in an allocation
+    failure's traceback, or the OOM killer, when the trainer built it."""
+    import torch
+
+    need = model_bytes(config)
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device.index or 0).total_memory, "the GPU's memory"
+    else:
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    if need > have:
+        mc = config.model
+        raise UserError(f"model: {mc.n_layer} layers of width {mc.n_embd} need at least {need / 2**30:,.1f} GiB for "
+                        f"weights, gradients and AdamW moments (16 bytes a parameter), more than {where} "
+                        f"({have / 2**30:,.1f} GiB); use a smaller model.n_layer / model.n_embd / data.vocab_size")
+
+
+def claim_run_folders(args, cfg: DictConfig, job_dirs: list[Path]) -> None:
+    """The last step of the precheck, once every check has passed: take the lock of the run folder
+    (or of each job folder of a grid sweep) in this, the launching process, before Hydra writes
+    .hydra/ and its log there (minigpt/run/folder.py, claim_early, says why the claim is here).
+    Under torchrun, rank 0 claims for all ranks. A folder whose name Hydra gives only at run
+    time (a time stamp, a search's trials) is new: its job's trainer claims it."""
+    from minigpt.run.folder import claim_early
+
+    if int(os.environ.get("RANK", "0")) > 0:
+        return
+    mode = OmegaConf.select(cfg, "hydra.mode")
+    if args.multirun or getattr(mode, "name", None) == "MULTIRUN":
+        folders = job_dirs
+    else:
+        try:
+            folders = [Path(str(OmegaConf.select(cfg.hydra, "run.dir")))]
+        except Exception:  # ${now:...}: resolved by Hydra at run time, a new folder
+            folders = []
+    for folder in folders:
+        claim_early(folder)
+
+
+def check_cache_dir(data) -> None:
+    """data.cache_dir must be writable, unless it already holds the finished token cache this
+    run reads (a read-only mount of prepared caches: the run only reads them)."""
+    try:
+        _check_writable(Path(data.cache_dir), "data.cache_dir")
+    except UserError:
+        from minigpt.data.cache import complete_cache  # torch: only on this path
+
+        if not complete_cache(data):
+            raise
+
+
+def yaml_error_line(e) -> str:
+    """One line for a config file YAML refuses (a !!python tag among them: a safe loader
+    constructs no objects), naming the file and line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" in {mark.name}, line {mark.line + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or _first_line(e)
+    return f"a config file cannot be read{where}: {problem}; config files hold plain YAML values only"
+
+
 def _check_run_folder(run_dir: Path, tc) -> None:
     """A folder that holds another run, or that a live process is writing into, is refused
     before Hydra writes its config into it (minigpt/run/folder.py)."""
-    from minigpt.run.folder import RunFolderInUse, check_run_folder, lock_holder
+    from minigpt.run.folder import RunFolderInUse, check_run_folder, claimed_here, lock_holder
 
-    holder = lock_holder(run_dir)
+    holder = None if claimed_here(run_dir) else lock_holder(run_dir)
     if holder:
         raise RunFolderInUse(f"hydra.run.dir: '{run_dir}' is in use by another process ({holder}); wait for it to "
                              "end, stop it, or pick another hydra.run.dir")

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import UserError
-from minigpt.files import fsync_dir, write_atomic
+from minigpt.files import fsync_dir, open_new, write_atomic
 from minigpt.run.metrics import (FORMAT_VERSION, UNREADABLE_FILE, check_format, read_metrics, truncate_metrics,
                                  write_metrics)
 from minigpt.model import GPTConfig
-from minigpt.run.runtime import rng_state, set_rng_state
+from minigpt.run.runtime import Distributed, own_rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_SUFFIX = ".sha256"
@@ -59,8 +59,9 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # not named like a checkpoint: list_checkpoints skips it
+    f = open_new(tmp)  # created exclusively, never through a link (minigpt/files.py)
     try:
-        with open(tmp, "wb") as f:
+        with f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
@@ -89,15 +90,20 @@ def file_sha256(path: Path) -> str:
 
 
 def checkpoint_damage(path: Path) -> str | None:
-    """Why a checkpoint file cannot be trusted (empty, or its bytes differ from its stored
-    SHA-256), or None. A checkpoint without a checksum file (saved before minigpt stored them)
-    is not called damaged here; loading it still has to succeed."""
+    """Why a checkpoint file cannot be trusted (empty, its bytes differ from its stored SHA-256,
+    or its checksum file is missing while other checkpoints beside it have one), or None. A
+    checkpoint without a checksum file in a folder where none has one (saved before minigpt
+    stored them) is not called damaged here; loading it still has to succeed."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             return "the file is empty"
         stored = checksum_path(path)
         if not stored.is_file():
+            others = [p.name for p in path.parent.glob(f"step_*.pt{CHECKSUM_SUFFIX}") if p != stored]
+            if others:  # minigpt wrote this run's checkpoints with checksums: this one's was deleted
+                return (f"its checksum file {stored.name} is missing, while the run's other checkpoints have one "
+                        f"(e.g. {max(others)}), so its bytes cannot be checked")
             return None
         expected = stored.read_text().split()[0] if stored.read_text().strip() else ""
         actual = file_sha256(path)
@@ -271,9 +277,10 @@ def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, di
     return path, state, damaged
 
 
-def run_state(run, train_point: list | None = None) -> dict:
-    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values. `train_point`:
-    schedule-free AdamW's training weights (the model holds its evaluation point then)."""
+def run_state(run, rng_ranks: list[dict], train_point: list | None = None) -> dict:
+    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values. `rng_ranks`: every
+    rank's RNG state (runtime.rank_rng_states). `train_point`: schedule-free AdamW's training
+    weights (the model holds its evaluation point then)."""
     return {
         "format_version": FORMAT_VERSION,  # metrics.FORMAT_VERSION; none in a checkpoint written before it: 0
         "model": run.model.state_dict(),
@@ -284,12 +291,14 @@ def run_state(run, train_point: list | None = None) -> dict:
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "step": run.step,
         "tokens_seen": run.tokens_seen,
-        "rng": rng_state(),
+        "rng": rng_ranks[0],
+        "rng_ranks": rng_ranks,
         "monitor": run.monitor.state_dict(),
         "val_history": [list(v) for v in run.val_history],
         "config": run.cfg.to_dict(),
         "model_config": vars(run.model_config).copy(),
         "data_key": run.data.cache_dir.name,
+        "data_sha256": run.data.meta.get("sha256"),  # the token files' hashes: a resume trains on these tokens
         "tokenizer": (run.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
         "wandb_id": run.wandb_id,
         "init_from": run.init_origin,  # where a run begun with trainer.init_from took its weights (or None)
@@ -297,16 +306,16 @@ def run_state(run, train_point: list | None = None) -> dict:
     }
 
 
-def load_states(state: dict, **parts) -> None:
+def load_states(state: dict, ddp: Distributed, device, **parts) -> None:
     """Load a checkpoint's states into the run's parts (model, optimizer, scaler (None: none),
-    monitor), and its RNG state into this process."""
+    monitor), and this rank's RNG state into this process (`device`: the one GPU it uses)."""
     for name, part in parts.items():
         if part is not None and state.get(name) is not None:
             part.load_state_dict(state[name])
-    set_rng_state(state["rng"])
+    set_rng_state(own_rng_state(state, ddp), device)
 
 
-def check_compatible(state: dict, path: Path, model_config: dict, data_key: str) -> None:
+def check_compatible(state: dict, path: Path, model_config: dict, data_key: str, data_sha256: dict | None = None) -> None:
     """Refuse a checkpoint whose model or tokens differ (its config was compared already)."""
     saved = state.get("model_config", {})
     diff = [f"model.{k} ({saved.get(k)} -> {model_config[k]})" for k in ("vocab_size", *FIXED_MODEL_KEYS)
@@ -318,6 +327,10 @@ def check_compatible(state: dict, path: Path, model_config: dict, data_key: str)
         raise UserError(f"trainer.resume: {path} was trained on other tokens: the same data config now gives "
                         f"token cache {data_key}, not {state.get('data_key')} (the corpus files "
                         "changed?); resume with the corpus it was trained on")
+    if state.get("data_sha256") is not None and state["data_sha256"] != data_sha256:
+        raise UserError(f"trainer.resume: {path} was trained on other tokens: the token files of cache {data_key} have "
+                        "other SHA-256 hashes than those it was trained on (the cache was rebuilt from changed files?); "
+                        "resume with the token cache it was trained on")
 
 
 def is_branch(path: Path, run_dir: Path) -> bool:

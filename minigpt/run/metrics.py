@@ -16,7 +16,7 @@ from pathlib import Path
 
 from minigpt.config import LoggerConfig
 from minigpt.errors import UserError
-from minigpt.files import write_atomic
+from minigpt.files import open_append, refuse_link, write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 UNREADABLE_FILE = "metrics.jsonl.unreadable"  # lines of metrics.jsonl that a resume could not read
@@ -70,6 +70,7 @@ def read_metrics_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
     kill, a line garbled by a disk or by a second writer, `null`) is unreadable: it is returned
     apart and never hides the records after it. Blank lines are skipped."""
     path = Path(run_dir) / METRICS_FILE
+    refuse_link(path)  # the run's own file: a link would read (and set aside) another file's lines
     if not path.exists():
         return [], []
     records, unreadable = [], []
@@ -88,18 +89,23 @@ def read_metrics_lines(run_dir: Path) -> tuple[list[dict], list[str]]:
 
 
 def truncate_metrics(run_dir: Path, step: int) -> tuple[int, int]:
-    """Keep only the records of steps before `step`; return (records dropped, lines set aside).
+    """Keep only the records of steps 0..step-1, each step once, in step order; return (records
+    dropped, lines set aside).
 
-    Unreadable lines are not dropped silently: they are appended to metrics.jsonl.unreadable
-    (UNREADABLE_FILE) in the run folder, for a person to look at."""
+    A step recorded more than once (a file minigpt did not write alone: an appended copy, a
+    second writer) keeps its last record, the newest write; records of negative steps go. So
+    "every step appears exactly once" holds whatever the file held. Unreadable lines are not
+    dropped silently: they are appended to metrics.jsonl.unreadable (UNREADABLE_FILE) in the run
+    folder, for a person to look at."""
     records, unreadable = read_metrics_lines(run_dir)
-    kept = [r for r in records if r["step"] < step]
+    last = {r["step"]: r for r in records if 0 <= r["step"] < step}
+    kept = [last[s] for s in sorted(last)]
     if unreadable:
-        with open(Path(run_dir) / UNREADABLE_FILE, "a") as f:
+        with open_append(Path(run_dir) / UNREADABLE_FILE) as f:
             f.write("".join(line + "\n" for line in unreadable))
             f.flush()
             os.fsync(f.fileno())
-    if unreadable or len(kept) != len(records):
+    if unreadable or kept != records:
         write_metrics(run_dir, kept)
     return len(records) - len(kept), len(unreadable)
 
@@ -239,7 +245,7 @@ class MetricsLogger:
         settings = wandb_settings(cfg, self.run_dir, run_name) if cfg.wandb else None
         if cfg.tensorboard:  # before metrics.jsonl is opened: it may copy the records that file already holds
             self.tensorboard = TensorBoardSink(self.run_dir, start_step)
-        self.file = open(self.run_dir / METRICS_FILE, "a")
+        self.file = open_append(self.run_dir / METRICS_FILE)  # never through a link (minigpt/files.py)
         if settings and settings["mode"] != "disabled":
             import wandb
 

@@ -53,6 +53,9 @@ class Verdict:
     step: int | None = None
 
 
+PATIENCE_FRACTION = 0.1  # the loss-limit rule waits at most this share of the run ...
+PATIENCE_FLOOR = 5  # ... but never fewer steps than this (a loss above its start is normal for a step or two)
+
 class Monitor:
     """Flags spikes of the loss and the gradient norm, counts them, and decides divergence.
 
@@ -80,6 +83,17 @@ class Monitor:
         # the newest with the oldest, i.e. asks whether the run improved over the window.
         self.smoothed_losses: deque[float] = deque(maxlen=cfg.stuck_window + 1)
         self.verdict = Verdict()
+        # The loss-limit rule's patience, scaled to the run: monitor.patience steps, but at most a
+        # tenth of the run (at least PATIENCE_FLOOR steps), so that a run shorter than the
+        # configured patience cannot blow up and still end "completed" (a 41-step run at loss 7e7).
+        self.patience = min(cfg.patience, max(PATIENCE_FLOOR, math.ceil(PATIENCE_FRACTION * total_steps)))
+
+    def patience_note(self) -> str | None:
+        """A line for the log when the run's length shortened monitor.patience, else None."""
+        if self.patience == self.cfg.patience:
+            return None
+        return (f"monitor: divergence patience {self.patience} steps for this {self.total_steps}-step run "
+                f"(monitor.patience={self.cfg.patience} is capped at a tenth of the run, at least {PATIENCE_FLOOR})")
 
     # --- per step ---
 
@@ -130,9 +144,9 @@ class Monitor:
             self.initial_loss = loss
         limit = self.cfg.loss_limit if self.cfg.loss_limit is not None else self.initial_loss
         self.above_limit = self.above_limit + 1 if loss > limit else 0
-        if self.above_limit >= self.cfg.patience:
+        if self.above_limit >= self.patience:
             self.verdict = Verdict(
-                True, f"loss above {limit:.4g} for {self.cfg.patience} consecutive steps (up to step {step})", step
+                True, f"loss above {limit:.4g} for {self.patience} consecutive steps (up to step {step})", step
             )
             return
         self.recent_losses.append(loss)

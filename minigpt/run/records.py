@@ -5,6 +5,10 @@ On a GPU nothing in the step waits for the device: a step leaves its values (los
 `trainer.flush_every` steps the pending values are copied to pinned host memory without
 blocking; a later flush turns the copies that have landed into records. On the CPU every copy
 has landed at once.
+
+What the queue needs from the GPU (events that time a step, an asynchronous copy to the host
+and an event that says it landed) is one object, `CudaEvents`; a test hands StepRecords a
+stand-in with the same methods, so the CUDA branch runs on a CPU (tests/test_gpu_paths.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,25 @@ class PendingStep:
     skipped: bool
     seconds: float | None  # host-measured duration; None on CUDA, where the events below time it
     events: tuple | None  # (start, end) CUDA events around the step's work
+
+
+class CudaEvents:
+    """The CUDA side of the records: timing events around a step, the copy to pinned host
+    memory and the event that marks it done. A stand-in (tests) has the same three methods."""
+
+    def timing(self) -> tuple:
+        """(start, end) events; the stepper records start before the step's work, end after."""
+        return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def to_host(self, values: torch.Tensor) -> torch.Tensor:
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        return host.copy_(values, non_blocking=True)
+
+    def copy_done(self):
+        """An event recorded after the copy: query() says whether it landed, without waiting."""
+        done = torch.cuda.Event()
+        done.record()
+        return done
 
 
 @dataclass
@@ -68,6 +91,8 @@ class RecordSchema:
 
     def record(self, p: PendingStep, row: list[float]) -> dict:
         values = dict(zip(self.fields, row))
+        # The events are read only here, once the copy recorded after them has landed: an
+        # elapsed_time() of an event still in flight would wait for it (or raise).
         seconds = p.seconds if p.events is None else p.events[0].elapsed_time(p.events[1]) / 1000
         tok_per_s = p.batch_size * self.block_size / max(seconds, 1e-9)
         record = {
@@ -104,8 +129,10 @@ class RecordSchema:
 class StepRecords:
     """The queue of one run's steps on their way to the host."""
 
-    def __init__(self, schema: RecordSchema, device: torch.device):
+    def __init__(self, schema: RecordSchema, device: torch.device, events=None):
         self.schema, self.device = schema, device
+        # The device's events and asynchronous copy: CUDA's, none on the CPU, or a test's stand-in.
+        self.events = events if events is not None else (CudaEvents() if device.type == "cuda" else None)
         self.pending: list[PendingStep] = []
         self.pending_values: list[torch.Tensor] = []
         self.inflight: list[_Inflight] = []
@@ -113,6 +140,14 @@ class StepRecords:
     @property
     def fields(self) -> list[str]:
         return self.schema.fields
+
+    def timing(self) -> tuple | None:
+        """(start, end) events to time a step on the device, the start recorded; None: time it on the host."""
+        if self.events is None:
+            return None
+        events = self.events.timing()
+        events[0].record()
+        return events
 
     def add(self, step: PendingStep, values: torch.Tensor) -> None:
         """A step's facts and its values (a 1-d tensor in `fields` order, on the device)."""
@@ -128,12 +163,9 @@ class StepRecords:
         (all of them when `wait`)."""
         if self.pending:
             values = torch.stack(self.pending_values)
-            if self.device.type == "cuda":
-                host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-                host.copy_(values, non_blocking=True)
-                done = torch.cuda.Event()
-                done.record()
-                self.inflight.append(_Inflight(self.pending, host, done))
+            if self.events is not None:
+                host = self.events.to_host(values)
+                self.inflight.append(_Inflight(self.pending, host, self.events.copy_done()))
             else:
                 self.inflight.append(_Inflight(self.pending, values, None))
             self.discard()

@@ -7,6 +7,7 @@ the trainer asks for a `Runtime` once and reads it from then on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minigpt.config import TrainerConfig
+from minigpt.config import Config, TrainerConfig
 from minigpt.errors import UserError
+
+log = logging.getLogger("minigpt")
 
 # SIGUSR2 is submitit's preemption / time-limit signal: under hydra/launcher=slurm the job then
 # requeues itself (minigpt/launch/cli.py) and continues from the checkpoint saved at the stop.
@@ -82,19 +85,50 @@ def check_compile_backend(tc: TrainerConfig) -> None:
                         f"valid: {', '.join(usual)}")
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes in bf16 itself (compute capability 8.0 on: A100, H100, RTX 30xx
+    on). torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (V100, T4),
+    several times slower than fp16 there."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_precision(name: str, device: torch.device, say=log.info) -> str:
     if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
+        gpu, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+        if native_bf16(device):
+            return "bf16" if name == "auto" else name
+        cc = f"compute capability {capability[0]}.{capability[1]}"
         if name == "auto":
-            return "bf16" if bf16_ok else "fp16"
-        if name == "bf16" and not bf16_ok:
-            raise UserError(f"trainer.precision=bf16 but {torch.cuda.get_device_name(device)} has no bf16 support; "
-                            "use trainer.precision=fp16 or fp32")
+            say(f"precision auto: {gpu} ({cc}) has no native bf16 (torch would emulate it); "
+                "fp16 with loss scaling instead")
+            return "fp16"
+        if name == "bf16":
+            raise UserError(f"trainer.precision=bf16 but {gpu} ({cc}) has no native bf16 (torch would emulate it, "
+                            "slower than fp32); use trainer.precision=fp16 (or auto) on this GPU")
         return name
     if name == "fp16":
         raise UserError("trainer.precision=fp16 needs a CUDA GPU (on the CPU there is no fp16 loss scaling); "
                         "use trainer.precision=fp32 or bf16 on the CPU")
     return "fp32" if name == "auto" else name
+
+
+def check_sync_debug(cfg: Config, precision: str) -> None:
+    """trainer.sync_debug=error fails a run at its first host-device synchronisation in the step;
+    options that synchronise there on purpose would fail it after a few updates: refused here,
+    at the start, instead (docs/performance.md lists what synchronises and why)."""
+    if cfg.trainer.sync_debug != "error":
+        return
+    fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and cfg.trainer.device != "cpu")
+    on_purpose = [("monitor.skip_spikes=true", "it reads the step's loss and grad norm to decide the skip",
+                   cfg.monitor.skip_spikes),
+                  (f"monitor.sharpness_every={cfg.monitor.sharpness_every}", "each measurement reads its result",
+                   bool(cfg.monitor.sharpness_every)),
+                  ("trainer.precision=fp16 with optim.fused=off",
+                   "the gradient scaler reads the inf check of an unfused optimizer", precision == "fp16" and not fused)]
+    for name, why, on in on_purpose:
+        if on:
+            raise UserError(f"trainer.sync_debug=error with {name}: {why}, a synchronisation on purpose; "
+                            "use trainer.sync_debug=warn or turn the option off")
 
 
 @dataclass
@@ -189,34 +223,65 @@ class StopSignals:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def agree(self, device: torch.device) -> None:
+    def agree(self, device: torch.device, ended: bool = False) -> bool:
+        """At a step every rank shares (a flush step): the signal any rank caught becomes every
+        rank's stop, and whether any rank's run ended (diverged, stopped by a watcher) is
+        returned to all, so that no rank leaves the loop while the others wait in the next
+        all-reduce. Without DDP: `ended` as given."""
         if not self.ddp.enabled:
-            return
-        flag = torch.tensor([self.received or 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
-            self.stop = int(flag.item())
+            return ended
+        flags = torch.tensor([self.received or 0, int(ended)], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        signum, any_ended = flags.tolist()
+        if signum:
+            self.stop = int(signum)
+        return bool(any_ended)
 
 
 # --- RNG state (saved in checkpoints: a resumed run draws the same random numbers) --------------
 
 
-def rng_state() -> dict:
+# One process's generators: the CPU's, Python's, NumPy's and that of the one GPU it trains on
+# (not every visible GPU's: a resume may see fewer, and under DDP each rank has its own). Under
+# DDP a checkpoint holds every rank's state (gathered to rank 0) and each rank takes its own back.
+
+
+def rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate())}
     np_state = np.random.get_state()
     state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(_to_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # older checkpoints: every visible GPU's, in device order
+        cuda = cuda[device.index or 0] if device.type == "cuda" and len(cuda) > (device.index or 0) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def rank_rng_states(ddp: Distributed, device: torch.device) -> list[dict]:
+    """Every rank's rng_state, in rank order, on every rank (a collective under DDP: all ranks call it)."""
+    own = rng_state(device)
+    if not ddp.enabled:
+        return [own]
+    states: list = [None] * ddp.world_size
+    dist.all_gather_object(states, own)
+    return states
+
+
+def own_rng_state(saved: dict, ddp: Distributed) -> dict:
+    """This rank's state from a checkpoint: its own where the checkpoint holds one for its rank,
+    else rank 0's (a resume with more ranks than the run had)."""
+    ranks = saved.get("rng_ranks") or []
+    return ranks[ddp.rank] if ddp.rank < len(ranks) else saved["rng"]
 
 
 def _to_lists(x):  # a checkpoint holds lists, not tuples (weights_only loading)

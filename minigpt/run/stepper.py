@@ -28,6 +28,9 @@ class ModelStepper:
 
     def __init__(self, run):
         self.runs = [run]  # the runs still training: this one, until it ends
+        # The sharpness record between measurements: made on the device once, so a step that
+        # does not measure copies nothing host -> device (a pageable copy would wait for the GPU).
+        self.no_sharpness = torch.full((), math.nan, device=run.device)
 
     @property
     def step(self) -> int:
@@ -49,10 +52,7 @@ class ModelStepper:
         accum = r.plan.batches.accum_at(r.tokens_seen)
 
         start = time.perf_counter()
-        events = None
-        if r.device.type == "cuda":
-            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            events[0].record()
+        events = r.records.timing()  # CUDA events around the step's work; None on the CPU
         loss_sum = torch.zeros((), device=r.device)
         loss_max = torch.full((), -math.inf, device=r.device)
         z_sum = torch.zeros((), device=r.device)
@@ -63,7 +63,9 @@ class ModelStepper:
             sync = contextlib.nullcontext() if (last or not ddp.enabled) else r.step_model.no_sync()
             with sync:
                 with r.runtime.autocast():
-                    _, loss = r.step_model(x, y)
+                    # Only the loss is kept: a name for the logits would hold them (B x T x V,
+                    # 3.3 GB at GPT-2 small and micro-batch 32 in bf16) through the backward.
+                    loss = r.step_model(x, y)[1]
                 scaled = loss / accum
                 (r.scaler.scale(scaled) if r.scaler is not None else scaled).backward()
             loss = loss.detach().float()
@@ -121,8 +123,10 @@ class ModelStepper:
                 z_mean /= ddp.world_size
             extras["z_loss"] = z_mean
         if r.sharpness is not None:  # after the update, with the preconditioner it used
-            value = r.sharpness.measure(r.model, r.optimizer) if r.sharpness.due(step) else math.nan
-            extras["sharpness"] = torch.tensor(value, device=r.device)
+            if r.sharpness.due(step):  # a measurement waits for the GPU anyway (docs/performance.md)
+                extras["sharpness"] = torch.tensor(r.sharpness.measure(r.model, r.optimizer), device=r.device)
+            else:
+                extras["sharpness"] = self.no_sharpness
 
         values = [loss_mean, loss_max, grad_norm] + [extras[f] for f in r.records.fields[3:]]
         values = torch.stack([v.reshape(()) for v in values])

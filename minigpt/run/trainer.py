@@ -20,7 +20,7 @@ import torch.distributed as dist
 from minigpt.run.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
                                 load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
-from minigpt.data.cache import Batches, prepare_data
+from minigpt.data.cache import Batches, complete_cache, prepare_data, verify_tokens
 from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
@@ -32,7 +32,7 @@ from minigpt.plots import plot_schedule_curve
 from minigpt.run.records import RecordSchema, StepRecords
 from minigpt.run.folder import claim_run_folder
 from minigpt.run.init_from import check_model_shape, check_tokenizer, find_init_checkpoint, origin
-from minigpt.run.runtime import Runtime, StopSignals
+from minigpt.run.runtime import Runtime, StopSignals, check_sync_debug, rank_rng_states
 from minigpt.run.sharpness import SharpnessProbe
 from minigpt.run.stepper import ModelStepper
 from minigpt.run.summary import run_summary
@@ -63,9 +63,11 @@ class Trainer:
         self.say = (lambda msg: None) if quiet else log.info
         self.runtime = Runtime.start(tc)
         self.ddp, self.device, self.precision = self.runtime.ddp, self.runtime.device, self.runtime.precision
+        check_sync_debug(cfg, self.precision)
         self.lock = None  # the folder is this run's alone for its whole life (run_folder.py): rank 0 locks it
         if self.ddp.is_main:
-            self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say)
+            self.lock = claim_run_folder(self.run_dir, tc, self.checkpoints, Path(cfg.data.cache_dir), self.say,
+                                         cache_readable=lambda: complete_cache(cfg.data))
         else:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -98,12 +100,13 @@ class Trainer:
             self.data = prepare_data(cfg.data, log=lambda m: None, progress=False)
         meta = self.data.meta
         # Every context window must fit in the splits: checked before a model of that context is built.
-        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train")
+        self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train",
+                                     meta["vocab_size"])
         self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
-                                   "validation")
+                                   "validation", meta["vocab_size"])
         self.model_config = GPTConfig.build(mc, meta["vocab_size"])
         torch.manual_seed(cfg.seed)
-        self.model = GPT(self.model_config).to(self.device)  # the uncompiled module: checkpoints use it
+        self.model = build_model(self.model_config, self.device)  # the uncompiled module: checkpoints use it
         self.model.record_logz = cfg.monitor.logz
         for block in self.model.transformer.h:
             block.attn.record_max_logit = cfg.monitor.max_attn_logit
@@ -124,12 +127,14 @@ class Trainer:
         self.ema = WeightAverage(self.params, self.plan.ema_decay) if self.plan.ema_half_life else None
         self.total_steps = self.plan.total_steps
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
+        if self.monitor.patience_note():
+            self.say(self.monitor.patience_note())
         self.sharpness = None
         if cfg.monitor.sharpness_every:
             # One fixed training batch (that of step 0) for every measurement.
             self.sharpness = SharpnessProbe(cfg.monitor.sharpness_every, cfg.monitor.sharpness_iters,
                                             self.train_batches.train_batch(0, 0), seed=cfg.seed,
-                                            until=cfg.monitor.sharpness_until)
+                                            until=cfg.monitor.sharpness_until, tol=cfg.monitor.sharpness_tol)
         self.flops_per_token = flops_per_token(self.model.num_params(), mc.n_layer, mc.n_embd, mc.block_size)
         self.peak_flops = peak_flops(self.device)
         self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
@@ -347,13 +352,15 @@ class Trainer:
                     else "; a fresh optimizer and this run's schedule, from step 0"))
 
     def save(self) -> Path | None:
+        """Every rank calls it (the RNG states are gathered from all); rank 0 writes."""
+        rng_ranks = rank_rng_states(self.ddp, self.device)
         if not self.ddp.is_main:
             return None
         if hasattr(self, "metrics"):
             self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
         # Schedule-free is saved at its average; the state holds the live tensors, so it is written inside.
         with eval_point(self.optimizer, self.params) as train_point:
-            path = save_checkpoint(run_state(self, train_point), checkpoint_path(self.run_dir, self.step))
+            path = save_checkpoint(run_state(self, rng_ranks, train_point), checkpoint_path(self.run_dir, self.step))
         prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
         self.saved_step = self.step
         self.say(f"checkpoint: step {self.step} -> {path}")
@@ -367,8 +374,12 @@ class Trainer:
             raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
                             f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
                             "(trainer.max_steps / max_tokens / epochs)")
-        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name)
-        load_states(state, model=self.model, scaler=self.scaler, monitor=self.monitor)
+        check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name, self.data.meta.get("sha256"))
+        changed = verify_tokens(self.data.cache_dir, self.data.meta, full=True)  # every resume: the whole files
+        if changed:
+            raise UserError(f"trainer.resume: the token cache {self.data.cache_dir} changed after it was written: "
+                            f"{changed}; delete it so that the next start rebuilds it, then resume")
+        load_states(state, self.ddp, self.device, model=self.model, scaler=self.scaler, monitor=self.monitor)
         # After the model: schedule-free's weights go back from the saved average to the training point.
         load_optimizer_state(self.optimizer, state["optimizer"], path, self.params, state.get("train_point"))
         if self.ema is not None:
@@ -444,13 +455,35 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                 if stop.stop is not None:
                     break
                 if first.checkpoints and tc.ckpt_interval and step % tc.ckpt_interval == 0 and step > 0:
-                    for r in stepper.runs:
+                    for r in list(stepper.runs):
                         if not r.resumed_here():
+                            # Every record up to here lands first: a divergence they reveal ends
+                            # the run without a checkpoint of the diverged state (which resume=auto
+                            # would take); the last good checkpoint stays the newest. Under DDP
+                            # every rank has then seen the same records: they agree without a word.
                             r.flush(wait=True)
-                            stepper.save(r)
+                            if (status := r.ended()) is not None:
+                                end(r, status)
+                            else:
+                                stepper.save(r)
+                    if not stepper.runs:
+                        break
                 advance(stepper)
-                if stepper.step % first.flush_every == 0:
-                    stop.agree(first.device)  # the ranks flush at the same steps: they agree there
+                at_flush = stepper.step % first.flush_every == 0
+                if first.ddp.enabled:
+                    # Each rank sees the records that have landed on it, which may be a flush
+                    # apart: the ranks decide together, at the flush steps they share, so that no
+                    # rank leaves the loop alone (the others would wait in an all-reduce for ever).
+                    if not at_flush:
+                        continue
+                    if not stop.agree(first.device, any(r.ended() is not None for r in stepper.runs)):
+                        continue
+                    for r in list(stepper.runs):
+                        r.flush(wait=True)  # every rank now holds every record, and the same verdict
+                        end(r, r.ended() or RunStatus.DIVERGED)
+                    continue
+                if at_flush:
+                    stop.agree(first.device)
                 for r in list(stepper.runs):
                     if (status := r.ended()) is not None:
                         r.flush(wait=True)
@@ -474,3 +507,18 @@ def fit(runs: list[Trainer], stepper, shared_process: bool = False, **extra) -> 
                     r.metrics.close(summary, failed=True)
                 r.close()
     return [results[id(r)] for r in runs]
+
+
+def build_model(model_config, device: torch.device):
+    """The GPT on its device; an allocation that fails (a model the precheck's estimate let
+    through, memory taken by others) is one line, not a traceback."""
+    try:
+        return GPT(model_config).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        reason = type(e).__name__
+    except RuntimeError as e:
+        if "alloc" not in str(e).lower():
+            raise
+        reason = str(e).splitlines()[0][:200]
+    raise UserError(f"model: cannot allocate the model on {device} ({reason}); use a smaller model.n_layer / "
+                    "model.n_embd / data.vocab_size, or free memory") from None

@@ -16,9 +16,14 @@ import numpy as np
 
 from minigpt.studies import loss_law
 from minigpt.errors import UserError
+from minigpt.files import relative_name
 from minigpt.run.metrics import read_metrics
 
 Composer = Callable[[list[str]], object]  # train.py overrides -> a validated minigpt.config.Config
+# The longest run read or planned here: the laws take the LR of every update (8 bytes each, a few
+# arrays of them), so 10^7 steps is a few hundred MB; a record claiming step 10^12 used to make
+# read_run walk every step up to it.
+MAX_STEPS = 10_000_000
 
 
 # --- reading runs ---
@@ -33,14 +38,28 @@ def read_run(run_dir: Path, target: str = "val", smoothing: float = 0.9, every: 
         raise UserError(f"'{run_dir}' is not a run directory; give the folder a run wrote (it holds metrics.jsonl)")
     records = read_metrics(run_dir)
     lr_of = {r["step"]: r["train/lr"] for r in records if "step" in r and r.get("train/lr") is not None}
+    for key, values in (("train/lr", lr_of.items()),
+                        ("val/loss", ((r["step"], r.get("val/loss")) for r in records)),
+                        ("train/loss", ((r["step"], r.get("train/loss")) for r in records))):
+        bad = next(((step, v) for step, v in values if v is not None and not _is_number(v)), None)
+        if bad:
+            raise UserError(f"'{run_dir}': {key} of step {bad[0]} in {run_dir / 'metrics.jsonl'} is {bad[1]!r}, not a "
+                            "number; give a run directory that train.py wrote")
     if not lr_of:
         raise UserError(f"'{run_dir}' has no LR records (no train/lr in {run_dir / 'metrics.jsonl'}); "
                         "give a run directory of train.py whose metrics.jsonl holds per-step records")
+    if min(lr_of) < 0:
+        raise UserError(f"'{run_dir}': {run_dir / 'metrics.jsonl'} holds a record of step {min(lr_of)}; steps start "
+                        "at 0: give a run directory that train.py wrote")
     total = max(lr_of) + 1
-    missing = [s for s in range(total) if s not in lr_of]
-    if missing:
-        raise UserError(f"'{run_dir}': train/lr is missing for {len(missing)} of steps 0..{total - 1} (first: "
-                        f"{missing[0]}); the laws need the LR of every update")
+    if total > MAX_STEPS:  # checked before anything of that length is allocated
+        raise UserError(f"'{run_dir}': its records reach step {total - 1:,}, past the {MAX_STEPS:,} steps a loss law "
+                        "is fitted or predicted on here (MAX_STEPS); give a shorter run")
+    if len(lr_of) < total:  # the steps are distinct keys: fewer of them than steps means gaps
+        known = sorted(lr_of)
+        first = next((i for i, s in enumerate(known) if s != i), len(known))
+        raise UserError(f"'{run_dir}': train/lr is missing for {total - len(lr_of)} of steps 0..{total - 1} (first: "
+                        f"{first}); the laws need the LR of every update")
     lrs = np.array([lr_of[s] for s in range(total)])
     if target == "val":
         points = sorted({r["step"]: r["val/loss"] for r in records
@@ -66,7 +85,15 @@ def run_overrides(run_dir: Path) -> list[str]:
         return []
     import yaml
 
-    return [str(o) for o in (yaml.safe_load(overrides_file.read_text()) or [])]
+    try:
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+    except yaml.YAMLError as e:
+        raise UserError(f"'{overrides_file}' is not readable YAML ({type(e).__name__}); it is Hydra's record of "
+                        "the run's command line: restore it, or give another run") from None
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise UserError(f"'{overrides_file}' is not a list of key=value overrides; it is Hydra's record of the "
+                        "run's command line: restore it, or give another run")
+    return overrides
 
 
 def comparable_overrides(run_dir: Path) -> list[str]:
@@ -84,6 +111,10 @@ def comparable_overrides(run_dir: Path) -> list[str]:
                   "trainer.eval_iters": config.get("trainer", {}).get("eval_iters"), "seed": config.get("seed")}
         overrides = merge_overrides(overrides, [f"{k}={v}" for k, v in pinned.items() if v is not None])
     return overrides
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # --- overrides ---
@@ -108,6 +139,25 @@ RUN_ONLY_KEYS = ("hydra.", "trainer.resume", "trainer.progress", "trainer.thread
                  "trainer.eval_interval", "trainer.eval_iters", "trainer.ckpt_interval", "seed", "logger.")
 
 
+def fit_overrides(record: dict, path) -> list[str]:
+    """The train.py overrides a fit's JSON (load_fit's record) holds, to compose predictions from.
+
+    A file is data: a `scheduler.module` in it would import (run) the code it names, so only
+    minigpt's own modules (the table schedule that `optimize --family free` writes) are taken;
+    any other is refused in one line, and the schedule of one's own module is given on the
+    command line (`--scheduler custom scheduler.module=...`), where the user names the code."""
+    overrides = list(record.get("overrides", []))
+    for o in overrides:
+        if key_of(o) == "scheduler.module":
+            module = o.partition("=")[2].strip().strip("'\"")
+            if module != "minigpt" and not module.startswith("minigpt."):
+                raise UserError(f"'{path}' sets {o}, and composing it would import (run) that module's code; a fit "
+                                "file is data, so predict and optimize import only minigpt's own modules from it: "
+                                "remove that override from the file and give the schedule on the command line "
+                                "(--scheduler custom scheduler.module=... scheduler.name=...)")
+    return overrides
+
+
 def schedule_overrides(overrides: list[str]) -> list[str]:
     """A run's overrides without those that leave its LRs alone (folders, logging, evaluation, seed)."""
     return [o for o in overrides if not any(key_of(o).startswith(k) for k in RUN_ONLY_KEYS)]
@@ -122,6 +172,9 @@ def planned_lrs(config) -> np.ndarray:
         raise UserError("trainer.epochs: the run length depends on the corpus; give trainer.max_steps=... "
                         "(or trainer.max_tokens) to predict it")
     plan = RunPlan.build(config)
+    if plan.total_steps > MAX_STEPS:
+        raise UserError(f"the run has {plan.total_steps:,} steps, more than the {MAX_STEPS:,} a loss law is predicted "
+                        "on here (minigpt/studies/loss_prediction.py MAX_STEPS); give a shorter trainer.max_steps")
     lrs, tokens = np.empty(plan.total_steps), 0
     for step in range(plan.total_steps):
         lrs[step] = plan.lr_at(step, tokens)[0]
@@ -235,14 +288,9 @@ def describe_fit(fit: loss_law.Fit) -> str:
 
 
 def relative_path(path) -> str:
-    """A path as the JSON records it: relative to the working directory where it lies below it."""
-    import os
-
-    path = Path(path)
-    try:
-        return os.path.relpath(path.resolve()) if path.resolve().is_relative_to(Path.cwd()) else str(path)
-    except ValueError:
-        return str(path)
+    """A path as the JSON records it: relative to the working directory (also outside it, as
+    ../..), like every file the project writes (minigpt.files.relative_name)."""
+    return relative_name(path)
 
 
 def train_command(overrides: list[str]) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 
 from minigpt.config import Config
 from minigpt.errors import UserError
+from minigpt.files import write_atomic
 
 RESULT_FILE = "lr_range_test.json"
 PLOT_FILE = "lr_range_test.png"
@@ -105,6 +106,6 @@ def run_lr_range_test(cfg: Config, run_dir: Path, quiet: bool = False) -> RangeT
                              min_lr / 10 if min_lr is not None else None)
     run_dir = Path(run_dir)
     if trainer.ddp.is_main:
-        (run_dir / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=1, default=float) + "\n")
+        write_atomic(run_dir / RESULT_FILE, json.dumps(result.to_dict(), indent=1, default=float) + "\n")
         plot_lr_range_test(result, run_dir / PLOT_FILE)
     return result

@@ -114,7 +114,7 @@ def cmd_predict(args) -> int:
     fitted, record = loss_law.load_fit(args.fit)
     if not args.scheduler and not args.run:
         raise UserError("nothing to predict: give --scheduler NAME [key=value ...] (repeatable) or --run RUN_DIR")
-    base = record.get("overrides", [])
+    base = lp.fit_overrides(record, args.fit)
     jobs = []  # every schedule is composed and checked before anything is written
     for name, *overrides in args.scheduler or []:
         if "=" in name:
@@ -145,7 +145,7 @@ def cmd_predict(args) -> int:
 
 def cmd_optimize(args) -> int:
     fitted, record = loss_law.load_fit(args.fit)
-    base = lp.merge_overrides(record.get("overrides", []), args.overrides)
+    base = lp.merge_overrides(lp.fit_overrides(record, args.fit), args.overrides)
     reference = plan(base)  # bad overrides end here, before anything is searched or written
     edges = []
     if args.family == "wsd":
@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return args.handler(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output folder that cannot be written, an input that cannot be read
+        print(f"error: {e.filename or ''}: {e.strerror or e}; check the paths given (-o and the inputs)", file=sys.stderr)
         return 2
 
 

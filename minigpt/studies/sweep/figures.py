@@ -224,7 +224,7 @@ def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: in
                 keep = [(st, v) for st, v in zip(steps, values) if st < steps_shown]
                 if not keep:
                     continue
-                if key == "train/sharpness":  # a negative (largest-magnitude) eigenvalue: a gap on the log axis
+                if key == "train/sharpness":  # negative only when the whole spectrum is: a gap on the log axis
                     keep = [(st, v if v > 0 else math.nan) for st, v in keep]
                 style = "o-" if key == "train/sharpness" else "-"
                 ax.plot([st for st, _ in keep], [v for _, v in keep], style, color=color, lw=0.9, ms=2.5, alpha=0.85,

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from minigpt.errors import UserError
+from minigpt.files import relative_name
 from minigpt.studies.sweep.arms import (
     CONFIDENCE,
     RESOLVE,
@@ -398,6 +399,12 @@ def prediction_table(rows: Sequence[tuple[str, float, float | None]], law: str) 
     return _table(["job", "final val loss", f"predicted ({law} law)", "predicted - measured"], out)
 
 
+def _shown(value):
+    """An override's value as the report writes it: a path from the root (data.cache_dir=/tmp/x)
+    relative to where the report ran, as every file the project writes names its inputs."""
+    return relative_name(value) if isinstance(value, str) and os.path.isabs(value) else value
+
+
 def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures: Mapping[str, str],
                     predictions: tuple[str, Sequence] | None = None, baseline: str | None = None) -> str:
     _, common = varying_overrides(jobs)
@@ -405,11 +412,12 @@ def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures
     counts: dict[str, int] = {}
     for j in jobs:
         counts[j.status] = counts.get(j.status, 0) + 1
-    title = ", ".join(str(f) for f in sweep_dir) if isinstance(sweep_dir, (list, tuple)) else str(sweep_dir)
+    folders = sweep_dir if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
+    title = ", ".join(relative_name(f) for f in folders)  # relative to where the report ran
     lines = [f"# Sweep report: {title}", "",
              f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".", ""]
     if common:
-        lines += ["Overrides shared by every job: " + " ".join(f"`{k}={v}`" for k, v in common.items()), ""]
+        lines += ["Overrides shared by every job: " + " ".join(f"`{k}={_shown(v)}`" for k, v in common.items()), ""]
     lines += arms_section(comparisons, differ)
     lines += ["## Every job", ""]
     lines += sweep_table(jobs) + [""]
