@@ -1,10 +1,9 @@
 """Train a GPT from scratch:  python train.py [group=option ...] [key=value ...]
 
-The only file with @hydra.main: it checks the command line (minigpt/launch/cli.py precheck: bad input
-ends here with one line and exit status 2, before any directory is created), lets Hydra compose
-conf/ into one config, types it (minigpt/config.py) and hands each job to minigpt/launch/cli.py run_job,
-which trains it. It returns the final validation loss (inf for a run that diverged or failed) so
-that Hydra sweepers can minimise it. Exit statuses: minigpt/launch/cli.py.
+The same as `minigpt train ...`: both run minigpt/launch/train.py's main() (the command line
+checked, the config composed by Hydra's @hydra.main app and typed, each job trained). This file
+stays for the commands of a checkout and of the docs, and for Hydra's shell completion
+(`python train.py --shell-completion install=bash`), which looks for "@hydra.main" in it.
 
 Examples:
     python train.py                                  # the CPU default on the stdlib corpus
@@ -14,100 +13,7 @@ Examples:
     python train.py experiment=lr_range_test          # ramp the LR, suggest a peak
 """
 
-from __future__ import annotations
-
-import atexit
-import os
-import shlex
-import signal
-import sys
-
-
-def _ignore_stop_signals() -> None:
-    """The very end of the exit: after the last exit handler, Python puts the stop signals back to
-    their default action, so one more Ctrl-C there would kill the process by the signal instead of
-    letting it end with its own status. Ignored from here on; the process is ending anyway."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-# Registered before any import can register one: exit handlers run last-registered first, so
-# this one runs last.
-atexit.register(_ignore_stop_signals)
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from minigpt.launch import cli  # noqa: E402
-from minigpt.config import config_from_dict  # noqa: E402
-from minigpt.errors import Stopped, UserError  # noqa: E402
-
-# The signals that stop a run. During training the trainer turns them into a stop at the next
-# step boundary (with a checkpoint); outside it they end the process at once, with one line.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)  # as the trainer's
-
-
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> float | None:
-    # The LR of step t, from here: config.py types the composed config; plan.py (RunPlan, built
-    # from it by the trainer) holds the run's plan, lr_at(t), and apply(), the one writer of an LR
-    # into the optimizer; schedules.py holds the multiplier. docs/code_layout.md follows it.
-    hc = HydraConfig.get()
-    try:
-        config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
-    except UserError as e:
-        return cli.bad_input(e, hc)
-    return cli.run_job(config, hc)
-
-
-def _raise_stopped(signum, frame):
-    raise Stopped(signum)
-
-
-def _exit_now(signum, frame):
-    """A signal while the process is already ending (Python's exit clean-up included): end it at
-    once with the signal's status, without a second message or a traceback."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    os._exit(128 + signum)
-
-
-def main() -> None:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _raise_stopped)
-    try:
-        argv = sys.argv[1:]
-        os.environ[cli.COMMAND_ENV] = shlex.join(argv)  # a stopped sweep's resume command (job processes inherit it)
-        args = cli.read_command_line(argv)
-        extras = []
-        if args.help:
-            cli.hide_internal_groups_from_help()
-        if cli.runs_a_job(args):
-            try:
-                extras = cli.precheck(argv)
-            except UserError as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(2)
-        sys.argv = [sys.argv[0], *cli.flags_then_overrides(argv, args.overrides), *extras]
-        hydra_main()
-        if cli.STACKED:
-            cli.train_stacked_jobs(cli.STACKED)
-    except Stopped as e:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, _exit_now)
-        name = signal.Signals(e.signum).name
-        print(f"stopped by {name} outside training (during start-up or after the run ended); this stop saved no "
-              "checkpoint: run the command again, with trainer.resume=auto to continue an earlier checkpoint",
-              file=sys.stderr)
-        sys.exit(128 + e.signum)
-    finally:  # however main ends, a further signal during the exit clean-up ends the process quietly
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, _exit_now)
-
+from minigpt.launch.train import main
 
 if __name__ == "__main__":
     main()

@@ -95,7 +95,8 @@ class DataConfig:
         if self.source == "files" and not self.paths:
             raise UserError("data.paths is empty: with data.source=files give files or folders, e.g. data.paths=[corpus/]")
         if self.source == "hub" and not self.hub_name:
-            raise UserError("data.hub_name is not set: with data.source=hub name a dataset, e.g. data.hub_name=roneneldan/TinyStories")
+            raise UserError("data.hub_name is not set: with data.source=hub name a dataset, "
+                            "e.g. data.hub_name=roneneldan/TinyStories")
         _check(self.max_chars >= 0, "data.max_chars", "must be >= 0 (0 keeps the whole corpus)", self.max_chars)
         if self.tokenizer == "bpe" and self.vocab_size < 258:
             raise UserError(

@@ -568,8 +568,9 @@ def config_defaults(name: str | None) -> dict:
     convention preset fills, which are null (unset: the preset decides). ``name=None``: the keys
     of a schedule of one's own (``scheduler=custom``): name, conventions and module.
 
-    The one source of the config's scheduler defaults: minigpt/launch/cli.py hands them to Hydra, and a
-    conf/scheduler/<name>.yaml holds only what differs from them."""
+    The one source of the config's scheduler defaults: minigpt/launch/cli.py hands them to Hydra as
+    the `scheduler` config group's options (no file in conf/; a user's scheduler/<name>.yaml
+    under --config-dir may start from one and hold only what differs)."""
     if name is None:
         return {"name": None, "conventions": "minigpt", "module": None}
     out: dict[str, Any] = {"name": name, "conventions": "minigpt"}
@@ -690,8 +691,8 @@ _SKIPS = {"skip_start": (1, 0), "skip_end": (0, 1), "keep_both": (0, 0), "skip_b
 class WarmupParams:
     """The warmup every *_warmup-style schedule shares.
 
-    The parameters' comments here and below are the config's documentation too (the files in
-    conf/scheduler/ hold only what differs from these defaults). "null: from scheduler.conventions"
+    The parameters' comments here and below are the config's documentation too (`scheduler=<name>`
+    composes exactly these defaults: there is no YAML file per schedule). "null: from scheduler.conventions"
     marks a PRESET_KEYS key: the config leaves it null and the preset fills it; the dataclass
     default is the minigpt preset's value."""
 
@@ -1207,7 +1208,8 @@ class OneCycleParams:
                 (2.0 * rise, (1.0, initial), (low, high)),
                 (float(total_steps - 1), (initial, initial / self.final_div_factor), (high, high)),
             ]
-        return [(rise, (initial, 1.0), (high, low)), (float(total_steps - 1), (1.0, initial / self.final_div_factor), (low, high))]
+        return [(rise, (initial, 1.0), (high, low)),
+                (float(total_steps - 1), (1.0, initial / self.final_div_factor), (low, high))]
 
 
 def _one_cycle_at(step: float, total_steps: int, p: OneCycleParams, which: int) -> float:

@@ -211,7 +211,8 @@ def one_line_check(root: Path, file_mb: int) -> dict:
     path = folder / "line.txt"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        text = (build_corpus(root / f"stdlib-{file_mb}MB-{file_mb}", file_mb, file_mb) / "part000.txt").read_text(errors="replace")
+        corpus = build_corpus(root / f"stdlib-{file_mb}MB-{file_mb}", file_mb, file_mb)
+        text = (corpus / "part000.txt").read_text(errors="replace")
         path.write_text(text.replace("\n", " "))
     t = time.time()
     data = prepare_data(DataConfig(source="files", paths=[str(path)], name="oneline", cache_dir=str(root / "cache")),

@@ -20,7 +20,7 @@ command), carrying on past a failed one:
   warmup    the warmup study's headline cells, one (no warmup, warmup) pair per command, the
             architectures taking turns seed by seed: pre-LN s1, post-LN s1, pre-LN s2, ...; a pair
             is started only when the last pair's time still fits, so a cut keeps complete pairs
-            for both architectures; then scripts/report.py on what finished
+            for both architectures; then minigpt report on what finished
 
 Progress lines ("[suite 123 s, 417 s left] ...") say where the time goes. Everything goes under
 --out: suite.json (the machine: GPU name, torch, CUDA; each stage's outcome; rewritten after every
@@ -249,7 +249,7 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
                 str(ROOT / "train.py"), "-m", *cell, *args, f"seed={seed}", *data, *quiet,
                 f"hydra.sweep.dir={warm_dir / f'{name}_s{seed}'}"), reserve_s=30, paired="warmup"))
     # --warmup-study: the study's sections even when only one architecture's cells (one LR) finished
-    warmup.append(Command("warmup_report", python(str(ROOT / "scripts" / "report.py"), str(warm_dir), "--warmup-study",
+    warmup.append(Command("warmup_report", python("-m", "minigpt", "report", str(warm_dir), "--warmup-study",
                                                   "--out", str(out / "warmup" / "report")), check_warmup(warm_dir)))
 
     stages = [Stage("smoke", budgets["smoke"], smoke), Stage("bench", budgets["bench"], bench),

@@ -35,26 +35,26 @@ for procedure in bounded published; do
   for law in multi_power momentum; do
     for start in "" 200; do
       name=$law${start:+_start$start}$suffix
-      python scripts/predict_loss.py fit "$RUNS/constant" "$RUNS/cosine" --law $law ${start:+--start $start} \
+      python -m minigpt predict fit "$RUNS/constant" "$RUNS/cosine" --law $law ${start:+--start $start} \
         --procedure $procedure --keep-curves -o $IMAGES/loss_fit_$name.json --note "$NOTE"
-      python scripts/predict_loss.py predict $IMAGES/loss_fit_$name.json \
+      python -m minigpt predict predict $IMAGES/loss_fit_$name.json \
         --run "$RUNS/wsd_sqrt" "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_$name.png --note "$NOTE"
     done
   done
 
   # With a WSD run among the fitted ones: does a cooldown in the data pin the decay term down?
   for law in multi_power momentum; do
-    python scripts/predict_loss.py fit "$RUNS/constant" "$RUNS/cosine" "$RUNS/wsd_sqrt" --law $law \
+    python -m minigpt predict fit "$RUNS/constant" "$RUNS/cosine" "$RUNS/wsd_sqrt" --law $law \
       --procedure $procedure --keep-curves -o $IMAGES/loss_fit_${law}_3runs$suffix.json --note "$NOTE"
-    python scripts/predict_loss.py predict $IMAGES/loss_fit_${law}_3runs$suffix.json \
+    python -m minigpt predict predict $IMAGES/loss_fit_${law}_3runs$suffix.json \
       --run "$RUNS/wsd_linear" "$RUNS/multistep" "$RUNS/cosine1200" -o $IMAGES/loss_predicted_${law}_3runs$suffix.png --note "$NOTE"
   done
 done
 
-python scripts/predict_loss.py optimize $IMAGES/loss_fit_multi_power.json -o $IMAGES/loss_optimized.json --note "$NOTE"
+python -m minigpt predict optimize $IMAGES/loss_fit_multi_power.json -o $IMAGES/loss_optimized.json --note "$NOTE"
 OPTIMIZED=$(python -c "import json; print(' '.join(json.load(open('$IMAGES/loss_optimized.json'))['overrides']))")
 for seed in 1337 1 2; do  # the cosine run above is seed 1337 (the default)
   [ $seed = 1337 ] || run cosine_s$seed scheduler=cosine_warmup seed=$seed
   run opt_s$seed $OPTIMIZED seed=$seed
 done
-python scripts/report.py "$RUNS" --out "$RUNS/report" --fit $IMAGES/loss_fit_multi_power.json
+python -m minigpt report "$RUNS" --out "$RUNS/report" --fit $IMAGES/loss_fit_multi_power.json

@@ -1,9 +1,10 @@
 """Every command in README.md and docs/*.md is checked, so the documentation cannot drift from the code.
 
-Commands are collected from ```bash blocks and from inline `python ...` spans. Every train.py
-command is checked in process as train.py checks it (minigpt/launch/cli.py precheck: every sweep value
-composed and validated); commands that need a GPU (or the network) are composed and type-checked
-instead. Every script a command names must exist. One command per page then runs for real
+Commands are collected from ```bash blocks and from inline `python ...` and `minigpt ...` spans.
+Every train.py (or `minigpt train`) command is checked in process as train.py checks it
+(minigpt/launch/cli.py precheck: every sweep value composed and validated); commands that need a
+GPU (or the network) are composed and type-checked instead. Every script a command names must
+exist, and every `minigpt` tool it names. One command per page then runs for real
 (slow), shortened with a tiny model and few steps: the first one of the page that runs on a CPU
 without the outputs of an earlier command.
 """
@@ -33,7 +34,7 @@ GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--
 # Scripts run shortened: later flags win over the documented ones.
 SCRIPT_SHORTEN = {"scripts/bench.py": ["--warmup", "1", "--steps", "2", "--repeats", "1"],
                   "scripts/bench_sweep.py": ["--runs", "2", "--modes", "sequential,stacked", "--out", "bench_sweep"],
-                  "scripts/sample.py": ["--max-new-tokens", "20"],
+                  "minigpt sample": ["--max-new-tokens", "20"],
                   "scripts/bench_data.py": ["--sizes", "1", "--file-mb", "1", "--rounds", "1", "--max-chars", "100000",
                                             "--root", "bench-data", "--out", "bench_data.json"]}
 
@@ -72,9 +73,9 @@ def documented_commands() -> list[tuple[str, str]]:
                 continue
             if fence is None:
                 prose.append(line)
-            elif fence in ("bash", "sh") and re.match(r"(python|torchrun)\b", stripped):
+            elif fence in ("bash", "sh") and re.match(r"(python|torchrun|minigpt)\b", stripped):
                 found.append((doc.name, re.sub(r"\s+#.*$", "", stripped)))
-        for span in re.findall(r"`((?:python|torchrun) [^`]+)`", "\n".join(prose)):
+        for span in re.findall(r"`((?:python|torchrun|minigpt) [^`]+)`", "\n".join(prose)):
             found.append((doc.name, " ".join(span.split())))
     unique = []
     for item in found:
@@ -145,8 +146,24 @@ def workdir(tmp_path_factory):
 
 def test_the_docs_have_commands():
     names = {c for _, c in COMMANDS}
-    assert "python train.py" in names and any("scripts/plot_schedules.py" in c for c in names)
+    assert "python train.py" in names and any(c.startswith("minigpt plot-schedules") for c in names)
     assert len(COMMANDS) >= 10
+
+
+def program(argv: list[str]) -> tuple[str, list[str]]:
+    """(what a command runs, its arguments): "train.py" for `python train.py` and `minigpt train`
+    (one app), "minigpt <tool>" for the other tools (`python -m minigpt` is `minigpt`; "minigpt"
+    alone lists them), else the script's path."""
+    if argv[:3] == ["python", "-m", "minigpt"]:
+        argv = ["minigpt", *argv[3:]]
+    if argv[0] == "minigpt":
+        if len(argv) == 1:
+            return "minigpt", []
+        if argv[1] == "train":
+            return "train.py", argv[2:]
+        return " ".join(argv[:2]), argv[2:]
+    index = next(i for i, a in enumerate(argv) if a.endswith(".py"))
+    return argv[index], argv[index + 1:]
 
 
 def compose(args: list[str]):
@@ -227,10 +244,16 @@ def resolve_placeholders(command: str, cwd: Path) -> str | None:
 
 @pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
 def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedule_registry_kept):
+    from minigpt.__main__ import TOOLS
     from minigpt.launch import cli
 
-    argv = shlex.split(command)
-    script = argv[next(i for i, a in enumerate(argv) if a.endswith(".py"))]
+    script, _ = program(shlex.split(command))
+    if script == "minigpt":
+        return  # the listing of the tools: tests/test_tools.py
+    if script.startswith("minigpt "):
+        tool = script.split()[1]
+        assert tool in TOOLS or tool in ("-h", "--help"), f"{doc}: `minigpt {tool}` is no tool ({', '.join(TOOLS)})"
+        return  # tools: started for real below, one per page, or by their own tests
     assert (ROOT / script).is_file(), f"{doc}: {script} does not exist"
     if script != "train.py":
         return  # scripts: started for real below, one per page, or by their own tests
@@ -243,8 +266,7 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
     for placeholder in ("<corpus>", "<dataset>"):
         command = command.replace(placeholder, PLACEHOLDERS[placeholder](workdir))
     command = re.sub(r"<[^>]*>", "corpus", command)  # any other <...> in a train.py command: your files
-    argv = shlex.split(command)
-    args = [a for a in argv[argv.index(script) + 1:] if a != "..."]
+    args = [a for a in program(shlex.split(command))[1] if a != "..."]
     if is_gpu_command(command) or re.search(r"trainer.resume=(?!auto)|trainer.init_from=", command):
         return validate(args)  # (a resume from, or weights of, a checkpoint that an earlier command would have written)
     try:
@@ -255,16 +277,18 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
         raise
 
 
-READS_EARLIER_OUTPUT = ("trainer.resume", "trainer.init_from", "scripts/report.py", "scripts/plot_run.py",
-                        "scripts/sample.py", "scripts/export_hf.py")
+READS_EARLIER_OUTPUT = ("trainer.resume", "trainer.init_from", "minigpt report", "minigpt plot-run", "minigpt sample",
+                        "minigpt predict", "scripts/export_hf.py")
 
 
 def runs_on_its_own(command: str) -> bool:
     """A CPU command that needs nothing an earlier command made (a run to read, placeholders)."""
     if "<" in command or " [" in command or is_gpu_command(command) or any(r in command for r in READS_EARLIER_OUTPUT):
         return False
-    argv = shlex.split(command)
-    return "train.py" not in argv or compose(argv[argv.index("train.py") + 1:]).trainer.device != "cuda"
+    script, args = program(shlex.split(command))
+    if script == "minigpt":  # the bare listing of the tools (exit status 2: nothing to run)
+        return False
+    return script != "train.py" or compose(args).trainer.device != "cuda"
 
 
 DOC_PAGES = sorted({d for d, _ in COMMANDS})
@@ -288,12 +312,17 @@ def test_documented_command_runs(doc, workdir, cache_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=f"{ROOT}{os.pathsep}{workdir}")
     (workdir / "docs" / "images").mkdir(parents=True, exist_ok=True)
     argv = shlex.split(command)
-    script_index = next(i for i, a in enumerate(argv) if a.endswith(".py"))
-    script = ROOT / argv[script_index]
-    if argv[script_index] == "train.py":
-        args = shorten(pin_sweep(argv[script_index + 1:]), cache_dir)
+    script, args = program(argv)
+    if script == "train.py":
+        args = shorten(pin_sweep(args), cache_dir)
     else:
-        args = argv[script_index + 1:] + SCRIPT_SHORTEN.get(argv[script_index], [])
-    proc = subprocess.run([sys.executable, str(script), *args], cwd=workdir, capture_output=True, text=True,
-                          timeout=600, env=env)
+        args = args + SCRIPT_SHORTEN.get(script, [])
+    # `minigpt <tool> ...` runs as `python -m minigpt <tool> ...` (the console script is the same main()).
+    if script.startswith("minigpt "):
+        start = [sys.executable, "-m", *script.split()]
+    elif script == "train.py" and "minigpt" in argv[:3]:
+        start = [sys.executable, "-m", "minigpt", "train"]
+    else:
+        start = [sys.executable, str(ROOT / script)]
+    proc = subprocess.run([*start, *args], cwd=workdir, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, f"{doc}: {command}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"

@@ -158,7 +158,7 @@ def test_the_real_stages_cover_every_promised_measurement(tmp_path):
     for c in cells:
         line = " ".join(c.argv)
         assert "experiment=warmup_divergence" in line and line.count("scheduler.warmup=0,") == 1
-    assert "scripts/report.py" in text["warmup"][-1] and "--warmup-study" in text["warmup"][-1]
+    assert "-m minigpt report" in text["warmup"][-1] and "--warmup-study" in text["warmup"][-1]
     # every run's token caches go outside the results folder, which must stay small
     assert all(f"data.cache_dir={tmp_path / 'data'}" in c for cmds in text.values() for c in cmds
                if "train.py" in c or "bench" in c)

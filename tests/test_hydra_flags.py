@@ -39,6 +39,20 @@ def test_config_dir_scheduler_and_model_are_used_like_shipped_ones(user_confs, t
         assert composed([*flags, "scheduler=mine"]).scheduler.decay == 0.3
 
 
+def test_a_user_scheduler_file_can_start_from_a_registered_schedule(user_confs, tmp_path):
+    # The registered schedules are the `scheduler` group's options in Hydra's ConfigStore (no
+    # file in conf/scheduler/): a user's file lists one in its defaults and changes what it needs.
+    (user_confs / "scheduler" / "long_wsd.yaml").write_text("defaults:\n  - /scheduler/wsd@_here_\n  - _self_\n\n"
+                                                             "decay: 0.4\n")
+    argv = ["-cd", str(user_confs), "scheduler=long_wsd", f"hydra.run.dir={tmp_path / 'run'}"]
+    cli.precheck(argv)
+    cfg = composed(argv)
+    assert cfg.scheduler.name == "wsd" and cfg.scheduler.decay == 0.4 and cfg.scheduler.decay_shape is None
+    assert list(cfg.scheduler) == list(composed(["scheduler=wsd"]).scheduler)  # every key, in the registry's order
+    with pytest.raises(UserError, match=r"unknown scheduler 'long_wds' \(did you mean 'long_wsd'\?\); valid: .*cosine_warmup"):
+        cli.precheck(["-cd", str(user_confs), "scheduler=long_wds"])
+
+
 def test_config_dir_options_are_listed_and_checked(user_confs):
     with pytest.raises(UserError, match=r"unknown scheduler 'mne' \(did you mean 'mine'\?\); valid: .*mine"):
         cli.precheck(["-cd", str(user_confs), "scheduler=mne"])

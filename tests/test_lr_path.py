@@ -1,8 +1,8 @@
 """The LR of step t can be followed from the command line through the four Python files that
 docs/code_layout.md names ("Following the LR of step t"), and nothing else computes or writes it.
 
-1. From a command line (composed as train.py's @hydra.main composes it), every function of ours
-   that runs while train.py types the config, the run plan is built and the LR of step t is
+1. From a command line (composed as the entry's @hydra.main composes it), every function of ours
+   that runs while minigpt/launch/train.py types the config, the run plan is built and the LR of step t is
    written into an optimizer lies in those files (a profile hook sees every Python call).
 2. In a real run, every LR that reaches the optimizer is written by `RunPlan.apply` (plan.py),
    with the value lr_at(step) x the group's multiplier: the trainer and its stepper only call it.
@@ -11,7 +11,6 @@ docs/code_layout.md names ("Following the LR of step t"), and nothing else compu
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import inspect
 import json
 import re
@@ -34,10 +33,10 @@ def layout_files() -> list[str]:
     return re.findall(r"`([\w/]+\.py)`", section.splitlines()[0])
 
 
-def load_train_py():
-    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_train_entry():
+    """minigpt/launch/train.py: what `python train.py` and `minigpt train` run."""
+    import minigpt.launch.train as module
+
     atexit.unregister(module._ignore_stop_signals)  # the entry's exit handler is for its own process
     return module
 
@@ -58,13 +57,13 @@ class Calls:
     def profile(self, frame, event, arg):
         if event == "call":
             path = Path(frame.f_code.co_filename)
-            if path == ROOT / "train.py" or path.parent == ROOT / "minigpt":
+            if path == ROOT / "train.py" or path.is_relative_to(ROOT / "minigpt"):
                 self.files.add(path.relative_to(ROOT).as_posix())
 
 
 def test_the_layout_names_at_most_four_files_from_the_entry_to_the_multiplier():
     files = layout_files()
-    assert files == ["train.py", "minigpt/config.py", "minigpt/plan.py", "minigpt/schedules.py"]
+    assert files == ["minigpt/launch/train.py", "minigpt/config.py", "minigpt/plan.py", "minigpt/schedules.py"]
     assert len(files) <= 4 and all((ROOT / f).is_file() for f in files)
 
 
@@ -73,7 +72,7 @@ def test_from_the_command_line_the_lr_of_step_t_is_computed_in_those_files(monke
     args = cli.read_command_line(argv)
     with cli.hydra_search_path(cli.config_dirs(args)):
         cfg = compose("config", overrides=args.overrides)
-    entry = load_train_py()
+    entry = load_train_entry()
     jobs = []
     monkeypatch.setattr(entry.HydraConfig, "get", staticmethod(lambda: "the job's HydraConfig"))
     monkeypatch.setattr(cli, "run_job", lambda config, hc: jobs.append(config))  # the typed config, not trained

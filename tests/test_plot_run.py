@@ -1,4 +1,4 @@
-"""scripts/plot_run.py and minigpt.plots.plot_run: a run's curves on a shared step axis."""
+"""`minigpt plot-run` (minigpt/tools/plot_run.py) and minigpt.plots.plot_run: a run's curves on a shared step axis."""
 
 import math
 import subprocess
@@ -10,7 +10,6 @@ import pytest
 from minigpt.plots import plot_run
 from minigpt.run.trainer import train
 
-from conftest import ROOT
 
 
 def synthetic_records():
@@ -63,17 +62,17 @@ def test_plot_run_script_on_a_real_run(make_config, tmp_path):
     run_dir = tmp_path / "run"
     train(make_config(trainer__max_steps=10), run_dir, quiet=True)
     out = tmp_path / "plot.png"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(run_dir), "-o", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "minigpt", "plot-run", str(run_dir), "-o", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(run_dir)],
+    proc = subprocess.run([sys.executable, "-m", "minigpt", "plot-run", str(run_dir)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and (run_dir / "run.png").exists()
 
 
 def test_plot_run_script_without_records_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_run.py"), str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "minigpt", "plot-run", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

@@ -1,9 +1,8 @@
 """Loss prediction on minigpt runs: reading runs (also resumed ones), planning a config's LRs,
-searching schedules (minigpt/studies/loss_prediction.py) and scripts/predict_loss.py's verbs and errors."""
+searching schedules (minigpt/studies/loss_prediction.py) and `minigpt predict`'s verbs and errors (minigpt/tools/predict.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,15 +13,14 @@ import yaml
 from hydra import compose as hydra_compose
 from omegaconf import OmegaConf
 
-from conftest import ROOT
 from minigpt.launch import cli
 from minigpt.studies import loss_law
 from minigpt.studies import loss_prediction as lp
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.run.trainer import train
+from minigpt.tools import predict as predict_tool
 
-SCRIPT = ROOT / "scripts" / "predict_loss.py"
 
 
 # minigpt.studies.lr_table registers "table" when imported: each test here leaves the registry as it was
@@ -138,7 +136,7 @@ def test_search_free_writes_a_table_train_py_runs_with_a_lower_predicted_loss_th
 
 
 def run_script(*args, cwd):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minigpt", "predict", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -204,10 +202,7 @@ def test_bad_input_is_one_line_and_writes_nothing(bad_input_runs, case, monkeypa
     before = listing(bad_input_runs)
     args, message = BAD[case]
     monkeypatch.chdir(bad_input_runs)
-    spec = importlib.util.spec_from_file_location("predict_loss_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    status = script.main(list(args))
+    status = predict_tool.main(list(args))
     out, err = capsys.readouterr()
     assert status == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
@@ -287,10 +282,7 @@ def test_paired_difference_gives_the_mean_and_its_95_percent_interval():
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("predict_loss_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return predict_tool
 
 
 def test_optimize_on_a_poorly_identified_fit_warns_and_prints_no_command(tmp_path, monkeypatch, capsys):

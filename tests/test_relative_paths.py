@@ -1,5 +1,5 @@
 """No absolute path in what the project commits or writes: the committed files under docs/ hold
-none, and the writers (the sweep report here; scripts/predict_loss.py's fit, predict and optimize
+none, and the writers (the sweep report here; `minigpt predict`'s fit, predict and optimize
 in tests/test_predict_loss.py) name their inputs relative to the folder they were run from
 (minigpt.files.relative_name)."""
 
@@ -19,7 +19,9 @@ from minigpt.studies.sweep.report import report_markdown
 # preceded by what makes it part of a URL, a fraction (1/10, tok/s), a relative path (a/b) or a
 # placeholder's (<run_dir>/checkpoints/).
 ABSOLUTE = re.compile(r"(?<![\w.~:/\\>-])/(?:[\w.-]+/)+[\w.-]*|(?<![\w])[A-Za-z]:[\\/][\w.-]")
-NOT_FILES = {"/scheduler_defaults/"}  # a config group in Hydra's defaults-list syntax (docs/code_layout.md)
+# Config groups in Hydra's defaults-list syntax (a user's scheduler file starting from a registered
+# schedule: docs/code_layout.md, docs/schedules.md).
+NOT_FILES = {"/scheduler/", "/scheduler/wsd"}
 
 
 def committed_docs() -> list[Path]:

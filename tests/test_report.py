@@ -1,4 +1,5 @@
-"""scripts/report.py and minigpt/studies/sweep/: the sweep table, the study tables and the LR sensitivity."""
+"""`minigpt report` (minigpt/tools/report.py) and minigpt/studies/sweep/:
+the sweep table, the study tables and the LR sensitivity."""
 
 import json
 import math
@@ -10,7 +11,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import ROOT, run_train, tiny_overrides
+from conftest import run_train, tiny_overrides
 from minigpt.errors import UserError
 from minigpt.studies.sweep.arms import (
     Arm, Difference, build_arms, compare_sweep, paired_difference, rank_arms, seeds_needed, t_quantile,
@@ -21,11 +22,10 @@ from minigpt.studies.sweep.jobs import find_jobs, find_jobs_in
 from minigpt.studies.sweep.report import report_markdown, sweep_table, warmup_study_of, write_report
 from minigpt.studies.sweep.statistics import build_study, clipped_loss, lr_sensitivity
 
-REPORT = ROOT / "scripts" / "report.py"
 
 
 def run_report(*args):
-    return subprocess.run([sys.executable, str(REPORT), *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "minigpt", "report", *map(str, args)], capture_output=True, text=True,
                           timeout=300)
 
 
@@ -457,12 +457,9 @@ def test_single_runs_compare_as_arms_and_a_bad_baseline_is_one_line(tmp_path, ca
 
 
 def _report_main():
-    import importlib.util
+    from minigpt.tools.report import main
 
-    spec = importlib.util.spec_from_file_location("report_script", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return main
 
 
 def test_warmup_study_only_when_lr_and_warmup_vary_or_asked(tmp_path):

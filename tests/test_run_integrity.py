@@ -27,8 +27,8 @@ from minigpt.run.checkpoint import (DamagedCheckpoint, checkpoint_path, list_che
                                 prune_checkpoints, save_checkpoint)
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.run.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_failed_summary
-from minigpt.run.folder import LOCK_FILE, RunFolderInUse, RunFolderLock
+from minigpt.run.metrics import FORMAT_VERSION, UNREADABLE_FILE, read_metrics, truncate_metrics, write_failed_summary
+from minigpt.run.folder import LOCK_FILE, RunFolderInUse
 from minigpt.run.runtime import check_compile_backend
 from minigpt.run.trainer import train
 
@@ -319,7 +319,8 @@ def test_a_failure_summary_never_replaces_a_completed_one(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     (tmp_path / "summary.json").write_text(json.dumps({"status": "interrupted", "step": 20}))
     assert write_failed_summary(tmp_path, {"status": "failed", "reason": "boom"})
-    assert json.loads((tmp_path / "summary.json").read_text()) == {"status": "failed", "step": 20, "reason": "boom"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"format_version": FORMAT_VERSION, "status": "failed",
+                                                                    "step": 20, "reason": "boom"}
 
 
 # --- 6, 7, 11: checked before any training ----------------------------------------------------------

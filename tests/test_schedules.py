@@ -25,7 +25,6 @@ from minigpt.schedules import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf" / "scheduler"
 
 ALL = [
     "constant", "constant_warmup", "cosine_restarts", "cosine_warmup", "cyclic", "exponential",
@@ -311,7 +310,8 @@ def test_unknown_parameter_names_it_the_schedule_and_the_accepted_ones():
         ("multistep", {"milestones": (60, 50)}, "must be strictly increasing"),
         ("multistep", {"milestones": (50, 120)}, "milestones[1]=120 is out of range; accepted: 10 (warmup) <= milestone <= 99"),
         ("wsd", {"warmup": 50, "decay": 60}, "decay=60 is out of range; accepted: 0 <= decay <= 50 (total_steps - warmup)"),
-        ("wsd", {"warmup": 10, "decay_start": 150}, "decay_start=150 is out of range; accepted: 10 (warmup) <= decay_start <= 100 (total_steps)"),
+        ("wsd", {"warmup": 10, "decay_start": 150},
+         "decay_start=150 is out of range; accepted: 10 (warmup) <= decay_start <= 100 (total_steps)"),
         ("wsd", {"warmup": 10, "decay_start": 5}, "decay_start=5 is out of range"),
         ("wsd", {"decay_shape": "exponential", "min_lr_ratio": 0.0}, "0 < min_lr_ratio <= 1"),
         ("inverse_sqrt", {"warmup": 0}, "timescale"),
@@ -321,7 +321,8 @@ def test_unknown_parameter_names_it_the_schedule_and_the_accepted_ones():
         ("cosine_restarts", {"cycle_decay": 0.0}, "accepted: 0.0 < cycle_decay <= 1.0"),
         ("one_cycle", {"warmup": 0}, "warmup=0 is out of range; accepted: 1 <= warmup <= 100 (total_steps)"),
         ("one_cycle", {"warmup": 60, "three_phase": True}, "warmup=60 is out of range"),
-        ("one_cycle", {"base_momentum": 0.99}, "base_momentum=0.99 is out of range; accepted: 0.0 <= base_momentum <= 0.95 (max_momentum)"),
+        ("one_cycle", {"base_momentum": 0.99},
+         "base_momentum=0.99 is out of range; accepted: 0.0 <= base_momentum <= 0.95 (max_momentum)"),
         ("one_cycle", {"div_factor": 0.5}, "accepted: 1.0 <= div_factor"),
         ("one_cycle", {"anneal": "cos"}, "anneal='cos' is not accepted"),
         ("cyclic", {"mode": "triangle"}, "did you mean 'triangular'"),
@@ -451,8 +452,11 @@ def test_schedule_from_config_converts_lengths_once():
 
 
 def test_every_schedule_has_a_config_and_every_config_a_schedule():
-    files = {p.stem for p in CONF.glob("*.yaml")}
-    assert files - {"custom"} == set(list_schedules())
+    from minigpt.launch import cli
+
+    # The scheduler group is the registry itself (Hydra's ConfigStore), with no file in conf/.
+    assert cli.group_options("scheduler", [cli.CONF_DIR]) == sorted([*list_schedules(), "custom"])
+    assert not (ROOT / "conf" / "scheduler").exists()
 
 
 @pytest.mark.parametrize("name", ALL)

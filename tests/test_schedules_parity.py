@@ -150,7 +150,8 @@ def test_hf_inverse_sqrt(total, warmup, timescale):
     assert_curve(ours, drive(opt, sched, total)[0])
 
 
-@pytest.mark.parametrize("total,warmup,decay", [(53, 7, 11), (1, 0, 1), (1, 1, 0), (10, 0, 10), (10, 10, 0), (37, 5, 0), (100, 25, 75)])
+@pytest.mark.parametrize("total,warmup,decay",
+                         [(53, 7, 11), (1, 0, 1), (1, 1, 0), (10, 0, 10), (10, 10, 0), (37, 5, 0), (100, 25, 75)])
 @pytest.mark.parametrize("warmup_type,decay_type", [("linear", "cosine"), ("cosine", "linear"), ("1-sqrt", "1-sqrt")])
 def test_hf_warmup_stable_decay(total, warmup, decay, warmup_type, decay_type):
     # HF's wsd warms up from min_lr_ratio, not from 0.

@@ -1,7 +1,6 @@
-"""Schedule plots: minigpt/plots.py and scripts/plot_schedules.py, on a headless machine."""
+"""Schedule plots: minigpt/plots.py and `minigpt plot-schedules` (minigpt/tools/plot_schedules.py), on a headless machine."""
 
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,6 @@ from minigpt.schedules import build_schedule
 
 pytest.importorskip("matplotlib")
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "plot_schedules.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -43,13 +40,15 @@ def test_plot_schedules(tmp_path):
 
 @pytest.fixture
 def script():
-    return runpy.run_path(str(SCRIPT))["main"]
+    from minigpt.tools.plot_schedules import main
+
+    return main
 
 
 def test_script_draws_chosen_schedules_with_overrides(tmp_path, script, capsys):
     out = tmp_path / "s.png"
-    argv = ["--names", "wsd", "multistep", "--total-steps", "200", "1000", "--set", "wsd.decay_shape=cosine",
-            "--set", "multistep.milestones=['30%', 0.6]", "--set", "wsd.decay_start=null", "--out", str(out)]
+    argv = ["wsd", "multistep", "--total-steps", "200", "1000", "--set", "wsd.decay_shape=cosine",
+            "--set", "multistep.milestones=['30%', 0.6]", "--set", "wsd.decay_start=null", "-o", str(out)]
     assert script(argv) == 0
     printed = capsys.readouterr().out
     assert "multistep (1000 steps): warmup 0..99, stage 1 100..299, stage 2 300..599" in printed
@@ -83,6 +82,7 @@ def test_script_reports_bad_input_in_one_line(tmp_path, script, capsys, argv, ex
 def test_script_runs_headless(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND", "WAYLAND_DISPLAY")}
     out = tmp_path / "all.png"
-    subprocess.run([sys.executable, str(SCRIPT), "--names", "one_cycle", "wsd", "--total-steps", "120", "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "minigpt", "plot-schedules", "--names", "one_cycle", "wsd", "--total-steps", "120",
+                    "--out", str(out)],
                    cwd=tmp_path, env=env, check=True, capture_output=True)
     assert is_png(out)

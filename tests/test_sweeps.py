@@ -21,7 +21,6 @@ from minigpt.errors import UserError
 from minigpt.schedules import list_schedules
 from test_cli import one_line_error
 
-CONF = ROOT / "conf"
 # Launchers that start new Python processes (joblib, submitit) must import this checkout's minigpt.
 THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
 
@@ -49,7 +48,7 @@ def test_schedules_sweep_runs_every_training_schedule():
     params = compose_config(["sweep=schedules"]).hydra.sweeper.params
     swept = params.scheduler.split(",")
     assert sorted(swept) == sorted(set(list_schedules()) - {"lr_range_test"})  # a new schedule belongs here
-    assert all((CONF / "scheduler" / f"{name}.yaml").exists() for name in swept)
+    assert set(swept) <= set(cli.group_options("scheduler", [cli.CONF_DIR]))
 
 
 @pytest.mark.parametrize("name", ["schedules", "lr_warmup"])

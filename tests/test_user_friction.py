@@ -2,7 +2,6 @@
 
 import json
 import logging
-import runpy
 import shlex
 import sys
 import types
@@ -36,14 +35,15 @@ def test_plus_on_a_key_the_config_has_says_drop_the_plus():
                             "key that no config file holds")
 
 
-def test_help_leaves_out_the_groups_that_only_hold_defaults(monkeypatch):
-    from hydra._internal.hydra import Hydra
+def test_help_lists_no_internal_group():
+    """--help lists the groups a user picks from; the schedules' defaults are no group of their own
+    (the scheduler group comes from the registry: cli.register_defaults)."""
+    from hydra.core.global_hydra import GlobalHydra
 
-    groups = ["model", "scheduler", "scheduler_defaults", "hydra/launcher"]
-    monkeypatch.setattr(Hydra, "format_config_groups",  # Hydra's: the groups the predicate keeps
-                        lambda self, predicate, compact=True: ",".join(g for g in groups if predicate(g)))
-    cli.hide_internal_groups_from_help()
-    assert Hydra.format_config_groups(None, lambda g: not g.startswith("hydra")) == "model,scheduler"
+    with cli.hydra_search_path([cli.CONF_DIR]):
+        listed = GlobalHydra.instance().hydra.format_config_groups(lambda g: not g.startswith("hydra"))
+    groups = [line.split(":")[0] for line in listed.splitlines()]
+    assert "scheduler" in groups and "model" in groups and not any("defaults" in g for g in groups)
 
 
 def test_a_stopped_sweep_prints_the_sweeps_resume_command(monkeypatch, tmp_path):
@@ -152,7 +152,7 @@ def test_sample_reads_a_run_folder_in_its_own_words(make_config, tmp_path, capsy
     with pytest.raises(UserError, match=f"it is a sweep folder: give one of its jobs, e.g. '{run}'"):
         checkpoint_to_read(sweep)
 
-    sample = runpy.run_path(str(ROOT / "scripts" / "sample.py"))["main"]
+    from minigpt.tools.sample import main as sample
     assert sample([str(empty)]) == 2
     assert "holds no checkpoint" in capsys.readouterr().err
     assert sample([str(run), "--max-new-tokens", "3"]) == 0

@@ -101,7 +101,8 @@ def test_unfinished_runs_show_the_gap_so_far_and_count_for_no_signature():
     assert all(p.gap is None and not p.lasting_gap for p in pairs)
     assert signatures(study)[0].holds == []  # a verdict needs finished runs
     text = "\n".join(signature_tables(study))
-    assert "| pre-LN | 0.01 | 1 | 5.200 at step 300, interrupted | 5.010 at step 200, interrupted | 10: +0.390 at step 200, not finished |" in text
+    assert ("| pre-LN | 0.01 | 1 | 5.200 at step 300, interrupted | 5.010 at step 200, interrupted "
+            "| 10: +0.390 at step 200, not finished |") in text
 
 
 def test_mechanism_figure_draws_each_instrument_and_masks_negative_eigenvalues(tmp_path):

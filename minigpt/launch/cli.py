@@ -52,16 +52,19 @@ log = logging.getLogger("minigpt")
 def register_defaults() -> None:
     """Hand the dataclass defaults to Hydra, so that the files in conf/ hold only what differs
     and every key can still be set on the command line without '+'. conf/config.yaml lists
-    `dataclass_defaults` first (every key but the scheduler's: minigpt/config.py), and each
-    conf/scheduler/<name>.yaml lists `/scheduler_defaults/<name>` (its keys: schedules.config_defaults;
-    `custom`: name, conventions, module). Plain values, no types: config_from_dict checks them."""
+    `dataclass_defaults` first (every key but the scheduler's: minigpt/config.py). The `scheduler`
+    config group is the schedule registry itself: one option per registered schedule, at its
+    defaults (schedules.config_defaults), and `custom` (name, conventions, module) for a schedule
+    of one's own; a user's scheduler/<name>.yaml under --config-dir joins them (and may list
+    `/scheduler/<name>@_here_` in its defaults to start from a registered one). Plain values, no
+    types: config_from_dict checks them."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="dataclass_defaults", node={k: v for k, v in Config().to_dict().items() if k != "scheduler"})
     for name in schedules.list_schedules():
-        store.store(group="scheduler_defaults", name=name, node=schedules.config_defaults(name))
-    store.store(group="scheduler_defaults", name="custom", node=schedules.config_defaults(None))
+        store.store(group="scheduler", name=name, node=schedules.config_defaults(name))
+    store.store(group="scheduler", name="custom", node=schedules.config_defaults(None))
 
 
 register_defaults()  # on import: train.py, the precheck and every compose of this package come through here
@@ -367,22 +370,24 @@ def flags_then_overrides(argv: list[str], overrides: list[str]) -> list[str]:
     return rest + scope_schedule_keys(list(overrides))
 
 
-# Config groups that only hold defaults for other files (conf/scheduler/<name>.yaml lists
-# /scheduler_defaults/<name>): not choices for the user, so --help leaves them out.
-INTERNAL_GROUPS = ("scheduler_defaults",)
-
-
-def hide_internal_groups_from_help() -> None:
-    """--help lists every config group Hydra knows (Hydra.format_config_groups): leave out
-    INTERNAL_GROUPS, as Hydra leaves out its own hydra/ groups."""
-    from hydra._internal.hydra import Hydra
-
-    listed = Hydra.format_config_groups
-
-    def format_config_groups(self, predicate, compact=True):
-        return listed(self, lambda group: predicate(group) and group not in INTERNAL_GROUPS, compact)
-
-    Hydra.format_config_groups = format_config_groups
+def absolute_config_path(argv: list[str], args) -> list[str]:
+    """argv with a relative --config-path/-cp made absolute as config_dirs reads it (relative to
+    the folder that holds conf/, where train.py is): Hydra would read it relative to the module
+    that declares @hydra.main (minigpt/launch/)."""
+    if args.config_path is None or Path(args.config_path).is_absolute():
+        return list(argv)
+    absolute = str((CONF_DIR.parent / args.config_path).resolve())
+    out, argv = [], list(argv)
+    while argv:
+        a = argv.pop(0)
+        if a in ("--config-path", "-cp") and argv:
+            out += [a, absolute]
+            argv.pop(0)
+        elif a.startswith(("--config-path=", "-cp=")):
+            out.append(f"{a.partition('=')[0]}={absolute}")
+        else:
+            out.append(a)
+    return out
 
 
 def runs_a_job(args) -> bool:
@@ -726,16 +731,27 @@ def _another_commands_job(job_dir: Path, job_overrides, ignored: list[str]) -> b
         return False
 
 
+def group_options(group: str, conf_dirs: list[Path]) -> list[str]:
+    """The options of a config group: its files in the config folders and, for `scheduler`, the
+    registered schedules (register_defaults puts them in Hydra's ConfigStore). Empty for a key
+    that is not a group."""
+    from hydra.core.config_store import ConfigStore
+
+    options = {p.stem for d in conf_dirs if (d / group).is_dir() for p in (d / group).glob("*.yaml")}
+    if "/" not in group and isinstance(ConfigStore.instance().repo.get(group), dict):
+        options |= {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)}
+    return sorted(options)
+
+
 def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:
     """An unknown option of a config group: one line with the valid ones and the closest."""
     for o in overrides:
         key, _, value = o.partition("=")
         group = key.lstrip("+~")
-        folders = [d / group for d in conf_dirs if (d / group).is_dir()]
-        if group.startswith("hydra") or not folders or value in ("null", ""):
+        if group.startswith("hydra") or value in ("null", ""):
             continue
-        options = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
-        if value not in options:
+        options = group_options(group, conf_dirs)
+        if options and value not in options:
             close = difflib.get_close_matches(value, options, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown {group} '{value}'{hint}; valid: {', '.join(options)}")

@@ -27,7 +27,8 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.files import fsync_dir, open_new, write_atomic
-from minigpt.run.metrics import UNREADABLE_FILE, read_metrics, truncate_metrics, write_metrics
+from minigpt.run.metrics import (FORMAT_VERSION, UNREADABLE_FILE, check_format, read_metrics, truncate_metrics,
+                                 write_metrics)
 from minigpt.model import GPTConfig
 from minigpt.run.runtime import Distributed, own_rng_state, set_rng_state
 
@@ -144,6 +145,7 @@ def load_checkpoint(path: Path, key: str = "trainer.resume", mmap: bool = False)
                         "give a file from a run's checkpoints/ folder") from None
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise UserError(f"{key}: '{path}' is not a minigpt checkpoint (no model or step in it)")
+    check_format(state.get("format_version"), f"{key}: '{path}'")
     return state
 
 
@@ -311,6 +313,7 @@ def run_state(run, rng_ranks: list[dict], train_point: list | None = None) -> di
     rank's RNG state (runtime.rank_rng_states). `train_point`: schedule-free AdamW's training
     weights (the model holds its evaluation point then)."""
     return {
+        "format_version": FORMAT_VERSION,  # metrics.FORMAT_VERSION; none in a checkpoint written before it: 0
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "train_point": train_point,

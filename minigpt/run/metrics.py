@@ -22,6 +22,21 @@ METRICS_FILE = "metrics.jsonl"
 UNREADABLE_FILE = "metrics.jsonl.unreadable"  # lines of metrics.jsonl that a resume could not read
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"  # logger.tensorboard: the event files, inside the run folder
+# The format of a run's files: summary.json's and each checkpoint's `format_version` (the
+# summary's stands for the run folder's files: metrics.jsonl, summary.json, checkpoints/).
+# Raise it when a key changes its meaning or a reader would need to tell the files apart; keep
+# the readers able to read every earlier version. Files written before it existed carry none and
+# read as version 0: the same layout as version 1 (tests/test_old_runs.py keeps one, committed).
+FORMAT_VERSION = 1
+
+
+def check_format(found, what: str) -> None:
+    """Refuse a file written by a newer minigpt (its format_version above ours) with one line;
+    `found` None (no version: written before versions) is version 0."""
+    version = 0 if found is None else found
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(f"{what} has format_version {found!r}, newer than this minigpt reads (up to "
+                        f"{FORMAT_VERSION}); open it with the minigpt that wrote it, or update this one")
 
 
 class RunStatus(enum.StrEnum):
@@ -101,7 +116,9 @@ def write_metrics(run_dir: Path, records: list[dict]) -> None:
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
-    write_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+    """summary.json, with the format_version of the files it was written with first."""
+    versioned = {"format_version": FORMAT_VERSION, **{k: v for k, v in summary.items() if k != "format_version"}}
+    write_atomic(Path(run_dir) / SUMMARY_FILE, json.dumps(versioned, indent=2, default=str) + "\n")
 
 
 def completed_summary(run_dir: Path, step: int) -> dict | None:

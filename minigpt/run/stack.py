@@ -18,7 +18,7 @@ All runs' weights live in one flat tensor of shape (M, P), and each parameter is
 it, as are the gradients: AdamW and clipping are then a handful of kernels over (M, P) with
 per-run (M, 1) hyperparameters, with the arithmetic of torch.optim.AdamW. Before a checkpoint
 a run's slice is copied back into its Trainer's model and optimizer, so its checkpoint is an
-ordinary one (`trainer.resume`, scripts/sample.py). A run that diverges is finished (records,
+ordinary one (`trainer.resume`, `minigpt sample`). A run that diverges is finished (records,
 summary) and dropped from the stack; the others carry on.
 """
 

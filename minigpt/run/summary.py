@@ -6,7 +6,7 @@ import signal
 import time
 from pathlib import Path
 
-from minigpt.run.metrics import RunStatus
+from minigpt.run.metrics import FORMAT_VERSION, RunStatus
 
 
 def run_summary(run, status: RunStatus, wall: float, ckpt: Path | None, stop_signal: int | None = None) -> dict:
@@ -19,6 +19,7 @@ def run_summary(run, status: RunStatus, wall: float, ckpt: Path | None, stop_sig
     reasons = {RunStatus.DIVERGED: verdict.reason, RunStatus.STOPPED: run.stop_reason,
                RunStatus.INTERRUPTED: f"stopped by {signal.Signals(stop_signal).name}" if stop_signal else ""}
     summary = {
+        "format_version": FORMAT_VERSION,  # as write_summary puts it in the file: the result and the file agree
         "status": status.value,
         "reason": reasons.get(status, ""),
         "diverged_step": verdict.step if status == RunStatus.DIVERGED else None,

@@ -391,7 +391,7 @@ class Fit:
         missing = [n for n in law.names if n not in d.get("params", {})]
         if missing:
             raise UserError(f"the fit lacks parameters {missing} of the {law.name} law; refit it with "
-                            f"scripts/predict_loss.py fit")
+                            f"minigpt predict fit")
         return cls(d["law"], {n: float(d["params"][n]) for n in law.names}, dict(d.get("stderr", {})),
                    float(d.get("rmse", math.nan)), float(d.get("max_error", math.nan)), int(d.get("n_points", 0)),
                    int(d.get("restarts", 0)), list(d.get("runs", [])), d.get("procedure", "bounded"),
@@ -400,20 +400,20 @@ class Fit:
 
 
 def load_fit(path) -> tuple[Fit, dict]:
-    """A fit written by `scripts/predict_loss.py fit`, and its whole record (runs, overrides, ...)."""
+    """A fit written by `minigpt predict fit`, and its whole record (runs, overrides, ...)."""
     path = Path(path)
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"no fit at '{path}'; make one with: python scripts/predict_loss.py fit RUN_DIR ...") from None
+        raise UserError(f"no fit at '{path}'; make one with: python minigpt predict fit RUN_DIR ...") from None
     except ValueError as e:
         raise UserError(f"'{path}' is not a fit (not JSON: {e})") from None
     if not isinstance(record, dict) or "law" not in record:
-        raise UserError(f"'{path}' is not a fit written by scripts/predict_loss.py fit (no 'law' key)")
+        raise UserError(f"'{path}' is not a fit written by minigpt predict fit (no 'law' key)")
     try:
         fitted = Fit.from_dict(record)
     except (TypeError, ValueError, AttributeError, KeyError) as e:  # a hand-edited or damaged file
-        raise UserError(f"'{path}' is not a fit written by scripts/predict_loss.py fit (its params, stderr or runs "
+        raise UserError(f"'{path}' is not a fit written by minigpt predict fit (its params, stderr or runs "
                         f"do not read: {type(e).__name__}); refit it") from None
     overrides = record.get("overrides", [])
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):

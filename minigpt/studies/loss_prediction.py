@@ -1,6 +1,6 @@
 """Using a fitted loss law (minigpt/studies/loss_law.py) on minigpt runs: read a run's curve, plan the
 LRs of a config, draw fitted and predicted curves, and search for the schedule with the lowest
-predicted final loss. scripts/predict_loss.py is the command line on top of it.
+predicted final loss. `minigpt predict` (minigpt/tools/predict.py) is the command line on top of it.
 
 Configs come in as train.py overrides; turning them into a validated Config is the caller's job
 (Hydra's compose at the command-line edge), passed here as `compose(overrides) -> Config`.

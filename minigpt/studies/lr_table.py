@@ -1,6 +1,6 @@
 """A schedule given as a table: multipliers at a few knots, linear in between.
 
-What `scripts/predict_loss.py optimize` writes, and a way to run any hand-drawn curve:
+What `minigpt predict optimize` writes, and a way to run any hand-drawn curve:
 
     python train.py scheduler=custom scheduler.module=minigpt.studies.lr_table scheduler.name=table \\
         '+scheduler.knots=[0,0.1,0.8,1.0]' '+scheduler.values=[0.01,1.0,1.0,0.1]'

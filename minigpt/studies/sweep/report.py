@@ -428,7 +428,7 @@ def report_markdown(sweep_dir, jobs: Sequence[Job], study: Study | None, figures
         law, rows = predictions
         lines += [f"## Measured against predicted ({law} law)", "",
                   "Each job's curve as the fitted law predicts it from the job's LRs alone "
-                  "(scripts/predict_loss.py, docs/loss_prediction.md).", ""]
+                  "(minigpt predict, docs/loss_prediction.md).", ""]
         if "predicted" in figures:
             lines += [f"![measured against predicted]({figures['predicted']})", ""]
         lines += prediction_table(rows, law) + [""]
