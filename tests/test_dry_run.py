@@ -1,7 +1,6 @@
 """trainer.dry_run=true: the plan without the run (issue 27, item 4), in process."""
 
 import atexit
-import importlib.util
 import itertools
 import json
 import signal
@@ -16,16 +15,16 @@ from minigpt.run.dry_run import dry_run, memory_estimate
 
 
 def run_train_main(monkeypatch, args: list[str]) -> None:
-    """`python train.py <args>` in this process: train.py run as __main__ (Hydra finds conf/ next
-    to it), its stop-signal handlers and exit handler put back afterwards."""
+    """`python train.py <args>` in this process: minigpt/launch/train.py's main(), its stop-signal
+    handlers put back afterwards."""
+    import minigpt.launch.train as entry
+
+    atexit.unregister(entry._ignore_stop_signals)  # the entry's exit handler is for its own process
     monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), *args])
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)}
-    spec = importlib.util.spec_from_file_location("__main__", ROOT / "train.py")
-    entry = importlib.util.module_from_spec(spec)
+    handlers = {s: signal.getsignal(s) for s in entry.STOP_SIGNALS}
     try:
-        spec.loader.exec_module(entry)  # runs main()
+        entry.main()
     finally:
-        atexit.unregister(entry._ignore_stop_signals)
         for s, h in handlers.items():
             signal.signal(s, h)
 
