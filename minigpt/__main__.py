@@ -7,6 +7,7 @@ trainer and the tools that read what it wrote.
     minigpt report multirun/<date>
     minigpt plot-schedules wsd cosine_warmup --total-steps 1000 -o schedules.png
     minigpt predict fit outputs/cpu-*/<date> -o fit.json
+    minigpt export-hf outputs/cpu-wsd/<date> -o exported/my-gpt
 
 `minigpt <tool> --help` explains a tool, with examples. Each tool lives in minigpt/tools/<tool>.py
 (its arguments; the work is the package's); `train` is minigpt/launch/train.py, Hydra's app.
@@ -27,6 +28,7 @@ TOOLS = {
     "plot-schedules": ("minigpt.tools.plot_schedules", "draw learning-rate schedules"),
     "predict": ("minigpt.tools.predict", "fit a loss law to runs, predict schedules' losses, search a better one"),
     "sample": ("minigpt.tools.sample", "sample text from a checkpoint"),
+    "export-hf": ("minigpt.tools.export_hf", "write a checkpoint as a Hugging Face GPT-2 folder (transformers loads it)"),
 }
 
 

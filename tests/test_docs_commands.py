@@ -278,7 +278,7 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
 
 
 READS_EARLIER_OUTPUT = ("trainer.resume", "trainer.init_from", "minigpt report", "minigpt plot-run", "minigpt sample",
-                        "minigpt predict", "scripts/export_hf.py")
+                        "minigpt predict", "minigpt export-hf")
 
 
 def runs_on_its_own(command: str) -> bool:

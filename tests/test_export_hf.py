@@ -1,4 +1,4 @@
-"""minigpt/export_hf.py: a checkpoint exported as a GPT-2 folder gives our logits in transformers.
+"""minigpt/tools/export_hf.py (`minigpt export-hf`): a checkpoint exported as a GPT-2 folder gives our logits in transformers.
 
 The tests that build a transformers model are marked slow: importing transformers' model code
 alone takes 5 to 16 s on the 2-core machine (torch.distributed and dynamo come with it)."""
@@ -10,7 +10,7 @@ import torch
 
 from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer
 from minigpt.errors import UserError
-from minigpt.export_hf import export_gpt2
+from minigpt.tools.export_hf import export_gpt2
 from minigpt.model import GPT, GPTConfig
 from minigpt.run.checkpoint import save_checkpoint
 

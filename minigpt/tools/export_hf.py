@@ -1,4 +1,8 @@
-"""Export a trained minigpt model as a Hugging Face GPT-2 folder.
+"""Export a trained model as a Hugging Face GPT-2 folder (safetensors weights and the tokenizer).
+
+examples:
+    minigpt export-hf outputs/cpu-cosine_warmup/<date>_<time> -o exported/my-gpt
+    minigpt export-hf RUN_DIR/checkpoints/step_0000600.pt -o exported/my-gpt
 
 `export_gpt2(run_or_checkpoint, out_dir)` writes what `transformers` loads with
 `AutoModelForCausalLM.from_pretrained(out_dir)` and `AutoTokenizer.from_pretrained(out_dir)`:
@@ -23,12 +27,15 @@ only changes training, so it exports as is.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
 
 from minigpt.errors import UserError
 from minigpt.model import GPTConfig
+from minigpt.run.init_from import find_init_checkpoint  # the same lookup as trainer.init_from
+from minigpt.tools import parser as tool_parser
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which model.py uses
 
@@ -140,7 +147,6 @@ def export_state(state: dict, out_dir: Path) -> Path:
 def export_gpt2(run_or_checkpoint, out_dir) -> tuple[Path, dict]:
     """Export a checkpoint (a .pt file, or a run folder: its newest intact checkpoint) to `out_dir`,
     a new or empty folder; returns (the checkpoint exported, its state)."""
-    from minigpt.run.init_from import find_init_checkpoint  # the same lookup as trainer.init_from
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -155,3 +161,18 @@ def export_gpt2(run_or_checkpoint, out_dir) -> tuple[Path, dict]:
     check_exportable(GPTConfig(**state["model_config"]))
     export_state(state, out_dir)
     return path, state
+
+
+def main(argv=None, prog=None) -> int:
+    parser = tool_parser(__doc__.split("\n\n`export_gpt2")[0], prog)
+    parser.add_argument("checkpoint", help="a checkpoint file, or a run directory (its newest intact checkpoint)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="the folder to write (new, or empty)")
+    args = parser.parse_args(argv)
+    try:
+        path, state = export_gpt2(args.checkpoint, args.out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {path} (step {state['step']}) to {args.out}: load it with "
+          f"AutoModelForCausalLM.from_pretrained('{args.out}') and AutoTokenizer.from_pretrained('{args.out}')")
+    return 0
