@@ -446,9 +446,6 @@ class Config:
         _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}]", self.seed)
         for section in (self.model, self.data, self.optim, self.trainer, self.monitor, self.lr_range_test):
             section.validate()
-        if self.monitor.sharpness_every is not None and self.optim.name not in SHARPNESS_OPTIMIZERS:
-            raise UserError(f"monitor.sharpness_every is measured with Adam's preconditioner, and optim.name is "
-                            f"{self.optim.name}; use optim.name=adamw or monitor.sharpness_every=null")
         if self.trainer.eval_only and self.task != "train":
             raise UserError(f"trainer.eval_only=true evaluates a checkpoint; task={self.task} trains: drop one of them")
         if not isinstance(self.scheduler.get("name"), str):
@@ -456,7 +453,7 @@ class Config:
         if self.optim.name == "schedule_free" and self.scheduler["name"] not in SCHEDULE_FREE_SCHEDULES:
             raise UserError(f"optim=schedule_free averages its iterates instead of decaying the LR, so it takes "
                             f"scheduler=constant or scheduler=constant_warmup, not scheduler={self.scheduler['name']}")
-        if self.monitor.sharpness_every and self.optim.name != "adamw":
+        if self.monitor.sharpness_every is not None and self.optim.name not in SHARPNESS_OPTIMIZERS:
             raise UserError(f"monitor.sharpness_every measures the sharpness preconditioned by Adam's second moment, "
                             f"which optim={self.optim.name} does not keep for every weight: use optim=adamw, or set "
                             "monitor.sharpness_every=null")

@@ -16,6 +16,7 @@ as `summary.json.tmp` or `.minigpt.lock` made a run truncate the file it pointed
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -119,3 +120,12 @@ def relative_name(path) -> str:
         return Path(os.path.relpath(Path(path).absolute())).as_posix()
     except ValueError:  # another drive (Windows): no relative path exists
         return Path(path).as_posix()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks (checkpoints, token files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

@@ -90,7 +90,8 @@ def test_dry_run_from_the_command_line_prints_the_plan_and_draws_the_schedule(mo
                                  f"hydra.sweep.dir={sweep}"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dry run, job")]
     assert len(lines) == 4
-    assert lines[3].startswith("dry run, job 3 (optim.lr=0.003,scheduler=wsd): wsd (warmup 0..9, stable 10..79, decay 80..99), 100 steps")
+    assert lines[3].startswith("dry run, job 3 (optim.lr=0.003,scheduler=wsd): "
+                               "wsd (warmup 0..9, stable 10..79, decay 80..99), 100 steps")
     assert "peak 0.003 at step 9" in lines[3] and "floor 0.0003 at step 99" in lines[3]
     assert all((sweep / d / "schedule.png").is_file() for d in ("0_optim.lr=0.001,scheduler=cosine_warmup",
                                                                 "3_optim.lr=0.003,scheduler=wsd"))

@@ -40,7 +40,7 @@ from minigpt.config import DataConfig
 from minigpt.data.corpus import (Document, check_hub_reachable, corpus_fingerprint, empty_corpus, iter_documents,
                                  stratum)
 from minigpt.errors import UserError
-from minigpt.files import not_followed, open_new, replace_durably, write_atomic
+from minigpt.files import file_sha256, not_followed, open_new, replace_durably, write_atomic
 from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer, token_dtype
 
 # The tokens of a given corpus and settings are those of format 2 (the first streaming version
@@ -449,21 +449,13 @@ def verify_tokens(cache: Path, meta: dict, full: bool = True) -> str:
     for name in ("train.bin", "val.bin"):
         path = cache / name
         if full:
-            if _sha256(path) != meta["sha256"].get(name):
+            if file_sha256(path) != meta["sha256"].get(name):
                 return f"{name} differs from the SHA-256 meta.json recorded when it was written"
             continue
         for offset, digest in meta.get("blocks", {}).get(name, []):
             if _block_sha256(path, offset) != digest:
                 return f"{name} differs, at byte {offset}, from the hashes meta.json recorded when it was written"
     return ""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _block_sha256(path: Path, offset: int) -> str:

@@ -16,7 +16,6 @@ a checkpoint of another run directory starts a branch (`continue_records`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 from minigpt.errors import UserError
-from minigpt.files import fsync_dir, open_new, write_atomic
+from minigpt.files import file_sha256, fsync_dir, open_new, write_atomic
 from minigpt.run.metrics import (FORMAT_VERSION, UNREADABLE_FILE, check_format, read_metrics, truncate_metrics,
                                  write_metrics)
 from minigpt.model import GPTConfig
@@ -79,14 +78,6 @@ def save_checkpoint(state: dict, path: Path) -> Path:
 def checksum_path(path: Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + CHECKSUM_SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def checkpoint_damage(path: Path) -> str | None:
@@ -167,10 +158,10 @@ def newest_intact_checkpoint(run_dir: Path, mmap: bool = False) -> tuple[Path | 
     return None, None, skipped
 
 
-def checkpoint_to_read(given: str | Path) -> tuple[Path, dict]:
-    """(path, state) of the checkpoint a tool reads (scripts/sample.py, exports): a checkpoint
-    file, or a run folder's newest intact checkpoint. Its own one-line UserErrors: nothing here
-    is a resume, so none speaks of trainer.resume."""
+def checkpoint_to_read(given: str | Path, mmap: bool = False) -> tuple[Path, dict]:
+    """(path, state) of the checkpoint a tool (sample, export-hf) or trainer.init_from reads: a
+    checkpoint file, or a run folder's newest intact checkpoint. Its own one-line UserErrors:
+    nothing here is a resume, so none speaks of trainer.resume. mmap: as load_checkpoint."""
     path = Path(given)
     if not path.exists():
         raise UserError(f"'{given}' does not exist; give a run folder (its newest checkpoint is read) or a "
@@ -179,7 +170,7 @@ def checkpoint_to_read(given: str | Path) -> tuple[Path, dict]:
         if path.name == CHECKPOINT_DIR and not (path / CHECKPOINT_DIR).is_dir():
             path = path.parent  # the run's checkpoints/ folder itself
         try:
-            found, state, _ = newest_intact_checkpoint(path)
+            found, state, _ = newest_intact_checkpoint(path, mmap=mmap)
         except DamagedCheckpoint as e:
             raise UserError(f"'{given}': every checkpoint of this run folder is damaged "
                             f"({str(e).partition('(')[2].rpartition(')')[0]})") from None
@@ -187,10 +178,10 @@ def checkpoint_to_read(given: str | Path) -> tuple[Path, dict]:
             jobs = sorted(d.name for d in path.iterdir() if d.is_dir() and list_checkpoints(d))
             hint = (f"; it is a sweep folder: give one of its jobs, e.g. '{path / jobs[0]}'" if jobs else
                     "; a run writes one at its end and every trainer.ckpt_interval steps: give a run that got that far")
-            raise UserError(f"'{given}' holds no checkpoint (no {CHECKPOINT_DIR}/step_*.pt){hint}")
+            raise UserError(f"the run folder '{given}' holds no checkpoint (no {CHECKPOINT_DIR}/step_*.pt){hint}")
         return found, state
     try:
-        return path, load_checkpoint(path)
+        return path, load_checkpoint(path, mmap=mmap)
     except DamagedCheckpoint as e:
         raise UserError(f"'{given}' is damaged: {_reason(e, path)}") from None
     except UserError as e:

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from minigpt.errors import UserError
-from minigpt.run.checkpoint import CHECKPOINT_DIR, FIXED_MODEL_KEYS, load_checkpoint, newest_intact_checkpoint
+from minigpt.run.checkpoint import FIXED_MODEL_KEYS, checkpoint_to_read
 
 KEY = "trainer.init_from"
 
@@ -33,20 +33,12 @@ def config_hash(config: dict) -> str:
 
 def find_init_checkpoint(source: str, mmap: bool = False) -> tuple[Path, dict]:
     """(path, state) of the checkpoint `source` names: a checkpoint file, or a run folder (its
-    newest intact checkpoint). One-line UserError otherwise."""
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise UserError(f"{KEY}: '{source}' does not exist; give a checkpoint file (.pt) or a run folder with "
-                        "checkpoints/ in it")
-    if path.is_dir():
-        if path.name == CHECKPOINT_DIR and not (path / CHECKPOINT_DIR).is_dir():
-            path = path.parent  # the run's checkpoints/ folder itself
-        found, state, skipped = newest_intact_checkpoint(path, mmap=mmap)
-        if found is None:
-            raise UserError(f"{KEY}: the run folder '{source}' holds no checkpoint (checkpoints/step_*.pt); give a "
-                            "checkpoint file or a folder of a run that saved one")
-        return found, state
-    return path, load_checkpoint(path, key=KEY, mmap=mmap)
+    newest intact checkpoint), found as the tools find it (checkpoint.checkpoint_to_read). One-line
+    UserError naming trainer.init_from otherwise."""
+    try:
+        return checkpoint_to_read(Path(source).expanduser(), mmap=mmap)
+    except UserError as e:
+        raise UserError(f"{KEY}: {e}") from None
 
 
 def origin(path: Path, state: dict) -> dict:

@@ -64,7 +64,7 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch
     lr the schedule's LR; None before the first update (there is no second-moment estimate yet)."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         raise UserError(f"monitor.sharpness_every: the sharpness needs Adam's preconditioner, and the optimizer is "
-                        f"{type(optimizer).__name__}; use optim.name=adamw or monitor.sharpness_every=null")
+                        f"{type(optimizer).__name__}; use optim=adamw or monitor.sharpness_every=null")
     out = []
     for group in optimizer.param_groups:
         (beta1, beta2), eps, mult = group["betas"], group["eps"], group.get("lr_mult", 1.0)

@@ -39,7 +39,8 @@ def main(argv=None, prog=None) -> int:
     ap = parser(__doc__, prog)
     ap.add_argument("names", nargs="*", help="schedules to draw (default: every registered one)")
     # extend: `--names a --names b` draws (and prints the line of) both, as `--names a b` does
-    ap.add_argument("--names", nargs="+", action="extend", dest="names_option", help=argparse.SUPPRESS)  # as before the names were positional
+    # --names: as before the names were positional
+    ap.add_argument("--names", nargs="+", action="extend", dest="names_option", help=argparse.SUPPRESS)
     ap.add_argument("--total-steps", nargs="+", type=int, action="extend", help="run length(s) in steps (default 1000)")
     ap.add_argument("--peak-lr", type=float, default=1.0, help="peak LR (default 1.0: draw the multiplier)")
     ap.add_argument("--tokens-per-step", type=int, help="tokens per optimizer step, for lengths given in tokens")
