@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
-from minigpt.launch import cli  # noqa: E402
+from minigpt.launch.compose import compose  # noqa: E402
 from minigpt.config import config_from_dict  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 
@@ -58,25 +58,13 @@ PRESETS = {
 }
 
 
-def compose(overrides: list[str], n_steps: int) -> dict:
-    """The resolved config train.py would run with these overrides, as plain dicts."""
-    from hydra import compose as hydra_compose
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
+def bench_config(overrides: list[str], n_steps: int) -> dict:
+    """The typed config train.py would run with these overrides, as plain dicts (bad input: one
+    line, before any process starts)."""
     # The run length only sets the schedule's length here; the bench decides how many steps run.
     forced = [f"trainer.max_steps={n_steps}", "trainer.max_tokens=null", "trainer.epochs=null",
               "trainer.progress=false", "trainer.resume=null", "logger.wandb=false"]
-    try:
-        with cli.hydra_search_path([cli.CONF_DIR]):  # conf/ over the dataclass defaults, as train.py composes it
-            cfg = hydra_compose(config_name="config", overrides=overrides + forced)
-    except (HydraException, OmegaConfBaseException) as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"cannot compose the config {' '.join(overrides) or '(defaults)'}: {first}") from None
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    config_from_dict(raw)  # bad values fail here, in one line, before any process starts
-    return raw
+    return compose(overrides + forced).to_dict()
 
 
 def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -> dict:
@@ -242,7 +230,7 @@ def main(argv=None) -> int:
             configs = [("default", [])]
         rounds = args.repeats if args.compare_logging else 1
         n_steps = args.warmup + args.steps * rounds * (2 if args.compare_logging else 1)
-        composed = [(name, ovr + args.overrides, compose(ovr + args.overrides, n_steps)) for name, ovr in configs]
+        composed = [(name, ovr + args.overrides, bench_config(ovr + args.overrides, n_steps)) for name, ovr in configs]
         results = []
         for name, ovr, raw in composed:
             shown = " ".join(ovr) or "defaults"

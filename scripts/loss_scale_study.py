@@ -25,28 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
 
 from minigpt.errors import UserError  # noqa: E402
+from minigpt.launch.compose import compose  # noqa: E402
 from minigpt.studies import loss_law  # noqa: E402
 from minigpt.studies import loss_prediction as lp  # noqa: E402
 from minigpt.studies import loss_scale as study  # noqa: E402
-
-
-def compose(overrides: list[str]):
-    """train.py's config for these overrides, typed and validated (as train.py composes it)."""
-    from hydra import compose as hydra_compose
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from minigpt.config import config_from_dict
-    from minigpt.launch import cli
-
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        try:
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
-        except (HydraException, OmegaConfBaseException) as e:
-            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise UserError(f"{first} (overrides: {' '.join(overrides)})") from None
-    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
 
 
 def optimized_runs(args, curves: dict, length: int, extra: list[str]) -> tuple[list[study.Run], dict]:

@@ -94,13 +94,11 @@ def make_config(cache_dir):
 
 @functools.lru_cache(maxsize=None)
 def _composed(overrides: tuple[str, ...]) -> dict:
-    from hydra import compose
     from omegaconf import OmegaConf
 
-    from minigpt.launch import cli
+    from minigpt.launch.compose import composed
 
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        return OmegaConf.to_container(compose("config", overrides=list(overrides)))
+    return OmegaConf.to_container(composed(list(overrides), with_hydra=False))
 
 
 def composed(*overrides: str) -> dict:

@@ -19,6 +19,7 @@ import torch
 
 from conftest import hydra_args, nested, run_train, tiny_overrides
 from minigpt.launch import cli
+from minigpt.launch.compose import composed
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.run.trainer import train
@@ -224,11 +225,9 @@ def refusal(args: list[str], run_dir: Path) -> tuple[str, bool]:
         cli.precheck(args)
     except UserError as e:
         return f"error: {e}", True
-    from hydra import compose
     from omegaconf import OmegaConf
 
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        cfg = compose(config_name="config", overrides=[a for a in args if not a.startswith("hydra.")])
+    cfg = composed([a for a in args if not a.startswith("hydra.")], with_hydra=False)
     try:
         train(config_from_dict(OmegaConf.to_container(cfg, resolve=True)), run_dir, quiet=True)
     except UserError as e:

@@ -166,7 +166,7 @@ def program(argv: list[str]) -> tuple[str, list[str]]:
     return argv[index], argv[index + 1:]
 
 
-def compose(args: list[str]):
+def first_job_config(args: list[str]):
     """The config of a command's first job, composed once per command line (read it, do not change it)."""
     first = []  # a sweep composes like its first job
     for a in args:
@@ -175,17 +175,14 @@ def compose(args: list[str]):
         values = sweep_values(a)
         if values:
             first.append(f"{a.split('=', 1)[0]}={values[0]}")
-    return _compose(tuple(first))
+    return _first_job_config(tuple(first))
 
 
 @functools.lru_cache(maxsize=None)
-def _compose(overrides: tuple[str, ...]):
-    from hydra import compose as hydra_compose
+def _first_job_config(overrides: tuple[str, ...]):
+    from minigpt.launch.compose import composed
 
-    from minigpt.launch import cli
-
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    return composed(list(overrides))
 
 
 def validate(args: list[str]) -> None:
@@ -194,7 +191,7 @@ def validate(args: list[str]) -> None:
 
     from minigpt.config import config_from_dict
 
-    cfg = compose(args)
+    cfg = first_job_config(args)
     task = {k: v for k, v in cfg.items() if k != "hydra"}
     config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))
 
@@ -215,7 +212,7 @@ def sweep_values(override: str) -> list[str] | None:
 def pin_sweep(args: list[str]) -> list[str]:
     """A grid of more than 4 jobs runs along its shortest swept axis only, at most 2 values of it
     (the other axes at their first value); a search runs 2 trials."""
-    cfg = compose(args)
+    cfg = first_job_config(args)
     if "optuna" in str(cfg.hydra.sweeper.get("_target_", "")).lower():
         return args + ["hydra.sweeper.n_trials=2"]
     axes = {str(k): sweep_values(f"{k}={v}") for k, v in (cfg.hydra.sweeper.params or {}).items()}
@@ -272,7 +269,7 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
     try:
         cli.precheck(args)  # raises UserError with the line train.py would print
     except UserError:
-        if compose(args).trainer.device == "cuda":  # a GPU command through its experiment: no CUDA here
+        if first_job_config(args).trainer.device == "cuda":  # a GPU command through its experiment: no CUDA here
             return validate(args)
         raise
 
@@ -288,7 +285,7 @@ def runs_on_its_own(command: str) -> bool:
     script, args = program(shlex.split(command))
     if script == "minigpt":  # the bare listing of the tools (exit status 2: nothing to run)
         return False
-    return script != "train.py" or compose(args).trainer.device != "cuda"
+    return script != "train.py" or first_job_config(args).trainer.device != "cuda"
 
 
 DOC_PAGES = sorted({d for d, _ in COMMANDS})

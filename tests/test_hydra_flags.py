@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose
 
 from minigpt.launch import cli
+from minigpt.launch import compose
 from conftest import ROOT
 from minigpt.errors import UserError
 
@@ -26,8 +26,8 @@ def user_confs(tmp_path):
 def composed(argv):
     """The config Hydra composes for this command line, through the precheck's search path."""
     args = cli.read_command_line(argv)
-    with cli.hydra_search_path(cli.config_dirs(args)):
-        return compose(args.config_name or "config", overrides=args.overrides)
+    return compose.composed(args.overrides, cli.config_dirs(args), config_name=args.config_name or "config",
+                            with_hydra=False)
 
 
 def test_config_dir_scheduler_and_model_are_used_like_shipped_ones(user_confs, tmp_path):

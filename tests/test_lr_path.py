@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra import compose
 
 from conftest import ROOT
 from minigpt.launch import cli
+from minigpt.launch.compose import composed
 from minigpt.plan import RunPlan
 from minigpt.run.trainer import Trainer
 
@@ -70,8 +70,7 @@ def test_the_layout_names_at_most_four_files_from_the_entry_to_the_multiplier():
 def test_from_the_command_line_the_lr_of_step_t_is_computed_in_those_files(monkeypatch, tmp_path):
     argv = ["scheduler=cosine_warmup", "optim.lr=3e-3", "trainer.max_steps=100", f"hydra.run.dir={tmp_path}"]
     args = cli.read_command_line(argv)
-    with cli.hydra_search_path(cli.config_dirs(args)):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = composed(args.overrides, cli.config_dirs(args), with_hydra=False)
     entry = load_train_entry()
     jobs = []
     monkeypatch.setattr(entry.HydraConfig, "get", staticmethod(lambda: "the job's HydraConfig"))

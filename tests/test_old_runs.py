@@ -23,12 +23,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose
-from omegaconf import OmegaConf
 
-from minigpt.config import config_from_dict
 from minigpt.errors import UserError
-from minigpt.launch import cli
+from minigpt.launch.compose import compose
 from minigpt.run.checkpoint import load_checkpoint, save_checkpoint
 from minigpt.run.metrics import FORMAT_VERSION, read_metrics
 from minigpt.run.trainer import train
@@ -50,9 +47,7 @@ def old_overrides() -> list[str]:
 
 
 def composed_config(overrides: list[str]):
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        cfg = compose("config", overrides=overrides)
-    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+    return compose(overrides)
 
 
 def pickled_globals(path: Path) -> set[str]:

@@ -10,13 +10,10 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from hydra import compose as hydra_compose
-from omegaconf import OmegaConf
 
-from minigpt.launch import cli
+from minigpt.launch.compose import compose
 from minigpt.studies import loss_law
 from minigpt.studies import loss_prediction as lp
-from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.run.trainer import train
 from minigpt.tools import predict as predict_tool
@@ -26,12 +23,6 @@ from minigpt.tools import predict as predict_tool
 # minigpt.studies.lr_table registers "table" when imported: each test here leaves the registry as it was
 pytestmark = pytest.mark.usefixtures("table_schedule_stays_here")
 TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "gamma": 0.5}
-
-
-def compose(overrides):
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
 
 
 def fake_run(run_dir, overrides, every=20, noise=5e-4, seed=0, lr_records=True):

@@ -452,10 +452,10 @@ def test_schedule_from_config_converts_lengths_once():
 
 
 def test_every_schedule_has_a_config_and_every_config_a_schedule():
-    from minigpt.launch import cli
+    from minigpt.launch.compose import CONF_DIR, group_options
 
     # The scheduler group is the registry itself (Hydra's ConfigStore), with no file in conf/.
-    assert cli.group_options("scheduler", [cli.CONF_DIR]) == sorted([*list_schedules(), "custom"])
+    assert group_options("scheduler", [CONF_DIR]) == sorted([*list_schedules(), "custom"])
     assert not (ROOT / "conf" / "scheduler").exists()
 
 

@@ -12,22 +12,18 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from hydra import compose
+import hydra
 from omegaconf import OmegaConf
 
 from conftest import ROOT, composed_scheduler, hydra_args, run_train
 from minigpt.launch import cli
+from minigpt.launch.compose import CONF_DIR, composed, group_options, hydra_search_path
 from minigpt.errors import UserError
 from minigpt.schedules import list_schedules
 from test_cli import one_line_error
 
 # Launchers that start new Python processes (joblib, submitit) must import this checkout's minigpt.
 THIS_CHECKOUT = {"PYTHONPATH": str(ROOT)}
-
-
-def compose_config(overrides):
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
 def sweep_args(cache_dir, sweep_dir, **extra):
@@ -45,15 +41,15 @@ def summaries(sweep_dir) -> dict:
 
 
 def test_schedules_sweep_runs_every_training_schedule():
-    params = compose_config(["sweep=schedules"]).hydra.sweeper.params
+    params = composed(["sweep=schedules"]).hydra.sweeper.params
     swept = params.scheduler.split(",")
     assert sorted(swept) == sorted(set(list_schedules()) - {"lr_range_test"})  # a new schedule belongs here
-    assert set(swept) <= set(cli.group_options("scheduler", [cli.CONF_DIR]))
+    assert set(swept) <= set(group_options("scheduler", [CONF_DIR]))
 
 
 @pytest.mark.parametrize("name", ["schedules", "lr_warmup"])
 def test_sweep_files_are_multiruns_of_the_basic_sweeper(name):
-    cfg = compose_config([f"sweep={name}"])
+    cfg = composed([f"sweep={name}"])
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper._target_.endswith("BasicSweeper")
     if name == "lr_warmup":
         assert cfg.hydra.sweeper.params["optim.lr"] == "1e-3,3e-3,1e-2,3e-2"
@@ -100,35 +96,29 @@ def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choi
     ["experiment=warmup_divergence_cpu", "++seed=3"],  # a ++ override: Hydra composes it all
 ])
 def test_the_precheck_composes_what_hydra_composes(overrides, tmp_path, monkeypatch):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     monkeypatch.chdir(tmp_path)  # a working directory of its own: composed afresh here
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        ours = cli.compose_config("config", overrides, [cli.CONF_DIR], OverridesParser.create())
-        again = cli.compose_config("config", overrides, [cli.CONF_DIR], OverridesParser.create())
-        hydras = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    ours = composed(overrides)
+    again = composed(overrides)
+    with hydra_search_path([CONF_DIR]):  # Hydra's own compose, the reference
+        hydras = hydra.compose(config_name="config", overrides=overrides, return_hydra_config=True)
     assert OmegaConf.to_container(ours) == OmegaConf.to_container(hydras)
     assert OmegaConf.to_container(again) == OmegaConf.to_container(hydras)
     again.seed = 12345  # a copy: what one caller changes, the next one does not see
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        assert cli.compose_config("config", overrides, [cli.CONF_DIR], OverridesParser.create()).seed == hydras.seed
+    assert composed(overrides).seed == hydras.seed
 
 
 def test_a_changed_config_file_is_composed_again(tmp_path):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "mine.yaml").write_text("n_layer: 3\n")
-    dirs = [tmp_path, cli.CONF_DIR]
-    with cli.hydra_search_path(dirs):
-        assert cli.compose_config("config", ["model=mine", "seed=2"], dirs, OverridesParser.create()).model.n_layer == 3
-        (tmp_path / "model" / "mine.yaml").write_text("n_layer: 5\n")
-        assert cli.compose_config("config", ["model=mine", "seed=2"], dirs, OverridesParser.create()).model.n_layer == 5
+    dirs = [tmp_path, CONF_DIR]
+    assert composed(["model=mine", "seed=2"], dirs).model.n_layer == 3
+    (tmp_path / "model" / "mine.yaml").write_text("n_layer: 5\n")
+    assert composed(["model=mine", "seed=2"], dirs).model.n_layer == 5
 
 
 def test_optuna_sweep_file_composes():
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    sweeper = compose_config(["sweep=optuna"]).hydra.sweeper
+    sweeper = composed(["sweep=optuna"]).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
     assert sweeper.params["optim.lr"] == "tag(log, interval(3e-4, 3e-2))"
     assert sweeper.params["scheduler.warmup"] == "interval(0.0, 0.3)"
@@ -155,7 +145,7 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
     import submitit
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
-    cfg = compose_config(["sweep=schedules", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
+    cfg = composed(["sweep=schedules", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
                           "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90"])
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.tasks_per_node == 4  # one rank per GPU

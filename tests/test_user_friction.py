@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT
 from minigpt.errors import UserError
 from minigpt.launch import cli
+from minigpt.launch.compose import CONF_DIR, hydra_search_path
 from minigpt.run.checkpoint import checkpoint_to_read
 from minigpt.run.trainer import Trainer, train
 from minigpt.studies.sweep.jobs import find_jobs
@@ -37,10 +38,10 @@ def test_plus_on_a_key_the_config_has_says_drop_the_plus():
 
 def test_help_lists_no_internal_group():
     """--help lists the groups a user picks from; the schedules' defaults are no group of their own
-    (the scheduler group comes from the registry: cli.register_defaults)."""
+    (the scheduler group comes from the registry: minigpt/launch/compose.py: register_defaults)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    with cli.hydra_search_path([cli.CONF_DIR]):
+    with hydra_search_path([CONF_DIR]):
         listed = GlobalHydra.instance().hydra.format_config_groups(lambda g: not g.startswith("hydra"))
     groups = [line.split(":")[0] for line in listed.splitlines()]
     assert "scheduler" in groups and "model" in groups and not any("defaults" in g for g in groups)

@@ -4,11 +4,9 @@ variables, which win over our defaults (offline, project minigpt, wandb/ in the 
 from pathlib import Path
 
 import pytest
-from hydra import compose
-from omegaconf import OmegaConf
 
-from minigpt.launch import cli
-from minigpt.config import LoggerConfig, config_from_dict
+from minigpt.launch.compose import compose
+from minigpt.config import LoggerConfig
 from minigpt.errors import UserError
 from minigpt.run.metrics import MetricsLogger, wandb_settings
 
@@ -18,9 +16,7 @@ ENV = {"WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_MODE":
 
 def logger_from_command_line(*overrides) -> LoggerConfig:
     """The logger config as train.py gets it from Hydra: logger=wandb plus the given overrides."""
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        cfg = compose("config", overrides=["logger=wandb", *overrides])
-    return config_from_dict(OmegaConf.to_container(cfg, resolve=True)).logger
+    return compose(["logger=wandb", *overrides]).logger
 
 
 def test_defaults_without_environment(tmp_path):

@@ -1,19 +1,13 @@
 """The warmup-divergence study: its configs compose, and on the CPU its signature shows for real."""
 
 import pytest
-from hydra import compose
 
 from conftest import ROOT
 from minigpt.launch import cli
+from minigpt.launch.compose import composed
 from minigpt import schedules
 from minigpt.config import config_from_dict
 from omegaconf import OmegaConf
-
-
-def composed(overrides):
-    with cli.hydra_search_path([cli.CONF_DIR]):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    return cfg
 
 
 def product(params) -> int:
@@ -64,7 +58,6 @@ def test_cpu_study_grid_spans_half_decades_and_runs_two_at_a_time():
     # (its precheck then asks for the instruments it cannot record to be off).
     stacked = composed(["sweep=warmup_divergence_cpu", "hydra/launcher=stacked"])
     assert "n_jobs" not in stacked.hydra.launcher and product(dict(stacked.hydra.sweeper.params)) == 135
-    from minigpt.launch import cli
     from minigpt.errors import UserError
     with pytest.raises(UserError, match="not supported for stacked runs; turn it off"):
         cli.precheck(["sweep=warmup_divergence_cpu", "hydra/launcher=stacked", "hydra.sweep.dir=unused"])

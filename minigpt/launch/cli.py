@@ -9,8 +9,6 @@ the check; the rest of the package never sees it.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import difflib
 import logging
 import math
@@ -23,51 +21,18 @@ from pathlib import Path
 
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-import yaml
 
 from minigpt import schedules
 from minigpt.config import Config, config_from_dict
 from minigpt.errors import UserError
 from minigpt.files import open_append, write_atomic
+from minigpt.launch.compose import CONF_DIR, composed, first_line, group_options, hydra_search_path
 from minigpt.run.metrics import RunStatus, write_failed_summary
 
-def _conf_dir() -> Path:
-    """conf/ of the checkout this package sits in, or the copy a (non-editable) install carries as
-    package data (pyproject.toml maps conf/ to minigpt.conf)."""
-    here = Path(__file__).resolve()
-    checkout = here.parents[2] / "conf"
-    return checkout if (checkout / "config.yaml").is_file() else here.parents[1] / "conf"
-
-
-CONF_DIR = _conf_dir()
 # Exit statuses of a single run: 0 completed, 1 a bug (traceback), 2 bad input (one line),
 # 3 diverged (summary.json says why), 128 + N stopped by signal N (resume with trainer.resume=auto).
 EXIT_DIVERGED = 3
 log = logging.getLogger("minigpt")
-
-
-# --- the defaults, for Hydra ------------------------------------------------------------------
-
-
-def register_defaults() -> None:
-    """Hand the dataclass defaults to Hydra, so that the files in conf/ hold only what differs
-    and every key can still be set on the command line without '+'. conf/config.yaml lists
-    `dataclass_defaults` first (every key but the scheduler's: minigpt/config.py). The `scheduler`
-    config group is the schedule registry itself: one option per registered schedule, at its
-    defaults (schedules.config_defaults), and `custom` (name, conventions, module) for a schedule
-    of one's own; a user's scheduler/<name>.yaml under --config-dir joins them (and may list
-    `/scheduler/<name>@_here_` in its defaults to start from a registered one). Plain values, no
-    types: config_from_dict checks them."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    store.store(name="dataclass_defaults", node={k: v for k, v in Config().to_dict().items() if k != "scheduler"})
-    for name in schedules.list_schedules():
-        store.store(group="scheduler", name=name, node=schedules.config_defaults(name))
-    store.store(group="scheduler", name="custom", node=schedules.config_defaults(None))
-
-
-register_defaults()  # on import: train.py, the precheck and every compose of this package come through here
 
 
 # --- running one job of a run or a sweep ------------------------------------------------------
@@ -402,10 +367,8 @@ def precheck(argv: list[str]) -> list[str]:
     ``argv`` is the command line (Hydra's flags and overrides). Returns overrides for Hydra's own
     settings to add to the command line (job directory names of a sweep, the run directory shared
     by the ranks of a torchrun launch)."""
-    from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     from minigpt.run.folder import release_early_claims
 
@@ -418,7 +381,7 @@ def precheck(argv: list[str]) -> list[str]:
     try:
         parsed = parser.parse_overrides(overrides)
     except HydraException as e:
-        raise UserError(f"cannot read the command line: {_first_line(e)}; write overrides as key=value") from None
+        raise UserError(f"cannot read the command line: {first_line(e)}; write overrides as key=value") from None
 
     # Each sweep value is checked once, with every other override at its first value.
     first = []
@@ -442,12 +405,9 @@ def precheck(argv: list[str]) -> list[str]:
             ovr = candidates.pop(0)
             _check_groups(ovr, conf_dirs)
             try:
-                cfg = compose_config(config_name, ovr, conf_dirs, parser)
-            except (HydraException, OmegaConfBaseException) as e:
-                message = _explain_compose_error(e, ovr, compose, config_name)
-                raise UserError(_name_the_schedule(message, ovr, parsed)) from None
-            except yaml.YAMLError as e:  # e.g. a python tag in a --config-dir file: refused, never constructed
-                raise UserError(yaml_error_line(e)) from None
+                cfg = composed(ovr, conf_dirs, config_name=config_name)
+            except UserError as e:
+                raise UserError(_name_the_schedule(str(e), ovr, parsed)) from None
             mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
             _check_config(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
             if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
@@ -459,71 +419,6 @@ def precheck(argv: list[str]) -> list[str]:
     extras = _hydra_extras(args, parsed, base, parser, full_names)
     claim_run_folders(args, base, job_dirs)
     return extras
-
-
-# Values Hydra reads while it composes (more config folders, the environment it records).
-COMPOSITION_KEYS = ("hydra.searchpath", "hydra.job.env_copy", "hydra.job.env_set")
-# Configs composed from config-group choices alone, for every later composition of this process
-# with the same choices: (config name, group overrides, working directory, conf files) -> config.
-_GROUP_CHOICES_COMPOSED: dict = {}
-
-
-def compose_config(config_name: str, overrides: list[str], conf_dirs: list[Path], parser) -> DictConfig:
-    """What Hydra's compose(config_name, overrides, return_hydra_config=True) returns, inside
-    hydra_search_path(conf_dirs), composing only config-group choices not composed before.
-
-    Hydra composes the defaults list of the group choices (a tenth of a second), then applies each
-    plain `key=value` override to the result with OmegaConf.update (next to nothing). So the
-    composition of the same choices, with the conf files unchanged, is copied and the values are
-    applied to the copy, as Hydra applies them; Hydra's record of the command line
-    (hydra.overrides, hydra.job.override_dirname) is written as Hydra writes it. The precheck of a
-    100-job grid of values composes once instead of 100 times. Other overrides (+key, ++key, ~key,
-    key@package), the values of COMPOSITION_KEYS and a value the update refuses go through Hydra
-    in full: errors are its own."""
-    from hydra import compose
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-
-    def composed_by_hydra(ovr: list[str]) -> DictConfig:
-        return compose(config_name=config_name, overrides=ovr, return_hydra_config=True)
-
-    parsed = parser.parse_overrides(overrides)
-    groups, values = [], []
-    for o in parsed:
-        (groups if _is_config_group(o.key_or_group, conf_dirs) else values).append(o)
-    if any(o.package is not None or o.is_add() or o.is_force_add() or o.is_delete()
-           or o.key_or_group.startswith(COMPOSITION_KEYS) for o in values):
-        return composed_by_hydra(overrides)
-    key = (config_name, tuple(o.input_line for o in groups), os.getcwd(), _conf_files_state(conf_dirs))
-    if key not in _GROUP_CHOICES_COMPOSED:
-        _GROUP_CHOICES_COMPOSED[key] = composed_by_hydra([o.input_line for o in groups])
-    cfg = copy.deepcopy(_GROUP_CHOICES_COMPOSED[key])  # flags (struct mode) included
-    try:
-        for o in values:
-            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
-    except Exception:
-        return composed_by_hydra(overrides)
-    task = [o for o in parsed if not o.is_hydra_override()]
-    cfg.hydra.overrides.task = [o.input_line for o in task]
-    cfg.hydra.overrides.hydra = [o.input_line for o in parsed if o.is_hydra_override()]
-    naming = cfg.hydra.job.config.override_dirname
-    cfg.hydra.job.override_dirname = get_overrides_dirname(overrides=task, kv_sep=naming.kv_sep,
-                                                           item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
-    return cfg
-
-
-def _is_config_group(key: str, conf_dirs: list[Path]) -> bool:
-    """`model`, `scheduler`, `hydra/launcher`: a config group (a key with a slash always is);
-    `model.n_layer`, `seed`: a value."""
-    from hydra.core.config_store import ConfigStore
-
-    if "/" in key:
-        return True
-    return any((d / key).is_dir() for d in conf_dirs) or isinstance(ConfigStore.instance().repo.get(key), dict)
-
-
-def _conf_files_state(conf_dirs: list[Path]) -> tuple:
-    return tuple((str(p), st.st_mtime_ns, st.st_size) for d in conf_dirs for p in sorted(Path(d).rglob("*"))
-                 if p.is_file() and (st := p.stat()))
 
 
 def config_dirs(args) -> list[Path]:
@@ -543,25 +438,6 @@ def config_dirs(args) -> list[Path]:
                             "with config groups in it, e.g. my_confs/scheduler/mine.yaml")
         dirs.insert(0, extra)
     return dirs
-
-
-@contextlib.contextmanager
-def hydra_search_path(conf_dirs: list[Path]):
-    """Hydra's compose API over the same search path that @hydra.main builds from the flags."""
-    from hydra._internal.hydra import Hydra  # the public initialize_config_dir takes one folder only
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-
-    search_path = create_config_search_path(str(conf_dirs[-1]))
-    for extra in conf_dirs[:-1]:
-        search_path.prepend(provider="command-line", path=f"file://{extra}", anchor=SearchPathQuery(provider="schema"))
-    GlobalHydra.instance().clear()
-    Hydra.create_main_hydra2(task_name="train", config_search_path=search_path)
-    try:
-        yield
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _sweep_file_values(cfg: DictConfig, parser, on_command_line: set[str]) -> list[str]:
@@ -731,18 +607,6 @@ def _another_commands_job(job_dir: Path, job_overrides, ignored: list[str]) -> b
         return False
 
 
-def group_options(group: str, conf_dirs: list[Path]) -> list[str]:
-    """The options of a config group: its files in the config folders and, for `scheduler`, the
-    registered schedules (register_defaults puts them in Hydra's ConfigStore). Empty for a key
-    that is not a group."""
-    from hydra.core.config_store import ConfigStore
-
-    options = {p.stem for d in conf_dirs if (d / group).is_dir() for p in (d / group).glob("*.yaml")}
-    if "/" not in group and isinstance(ConfigStore.instance().repo.get(group), dict):
-        options |= {name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)}
-    return sorted(options)
-
-
 def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:
     """An unknown option of a config group: one line with the valid ones and the closest."""
     for o in overrides:
@@ -755,41 +619,6 @@ def _check_groups(overrides: list[str], conf_dirs: list[Path]) -> None:
             close = difflib.get_close_matches(value, options, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise UserError(f"unknown {group} '{value}'{hint}; valid: {', '.join(options)}")
-
-
-# Config groups that Hydra plugins of the `sweeps` extra provide.
-PLUGIN_GROUPS = {"hydra/sweeper/optuna": "hydra-optuna-sweeper", "hydra/launcher/submitit": "hydra-submitit-launcher",
-                 "hydra/launcher/joblib": "hydra-joblib-launcher"}
-
-
-def _explain_compose_error(e, overrides, compose, config_name: str = "config") -> str:
-    text = str(e)
-    for group, package in PLUGIN_GROUPS.items():
-        if f"'{group}" in text:
-            return (f"'{group}' comes from the {package} plugin, which is not installed; "
-                    "install the sweeps extra: pip install -e '.[sweeps]'")
-    if "Could not append to config. An item is already at" in text:
-        for o in overrides:
-            key, _, value = o.partition("=")
-            if key.startswith("+") and not key.startswith("++") and f"'{key[1:]}'" in text:
-                return (f"{key[1:]} is already in the config: drop the + ({key[1:]}={value}); '+' adds a key that no "
-                        "config file holds")
-    for o in overrides:
-        key = o.partition("=")[0]
-        if f"'{key}'" in text or f"'{key.lstrip('+~')}'" in text:
-            parent, _, leaf = key.lstrip("+~").rpartition(".")
-            try:
-                base = compose(config_name=config_name, overrides=[x for x in overrides if x != o])
-                node = OmegaConf.select(base, parent) if parent else base
-                valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
-            except Exception:
-                valid = []
-            if valid and leaf not in valid:
-                close = difflib.get_close_matches(leaf, valid, n=1)
-                hint = f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
-                return (f"unknown config key '{key.lstrip('+~')}'{hint}; valid keys under "
-                        f"{parent or 'the top level'}: {', '.join(valid)}")
-    return f"bad config: {_first_line(e)}"
 
 
 def scope_schedule_keys(overrides: list[str]) -> list[str]:
@@ -955,15 +784,6 @@ def check_cache_dir(data) -> None:
             raise
 
 
-def yaml_error_line(e) -> str:
-    """One line for a config file YAML refuses (a !!python tag among them: a safe loader
-    constructs no objects), naming the file and line."""
-    mark = getattr(e, "problem_mark", None)
-    where = f" in {mark.name}, line {mark.line + 1}" if mark else ""
-    problem = getattr(e, "problem", None) or _first_line(e)
-    return f"a config file cannot be read{where}: {problem}; config files hold plain YAML values only"
-
-
 def _check_run_folder(run_dir: Path, tc) -> None:
     """A folder that holds another run, or that a live process is writing into, is refused
     before Hydra writes its config into it (minigpt/run/folder.py)."""
@@ -1036,14 +856,6 @@ def _check_writable(path: Path, key: str) -> None:
                         f"point {key} at a writable folder")
 
 
-def _first_line(e: Exception) -> str:
-    """The message's first line; when that only introduces the reason (Hydra's "In 'sweep/x':
-    ConfigKeyError raised while composing config:"), the reason's line too."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    if lines[0].endswith(":") and len(lines) > 1:
-        return f"{lines[0]} {lines[1]}"
-    return lines[0]
+
 
 

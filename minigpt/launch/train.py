@@ -2,7 +2,7 @@
 
 The only @hydra.main of the package: it checks the command line (minigpt/launch/cli.py precheck:
 bad input ends here with one line and exit status 2, before any directory is created), lets Hydra
-compose the config folder (cli.CONF_DIR: conf/ of a checkout, or the copy an install carries as
+compose the config folder (compose.CONF_DIR: conf/ of a checkout, or the copy an install carries as
 package data) into one config, types it (minigpt/config.py) and hands each job to cli.run_job,
 which trains it. It returns the final validation loss (inf for a run that diverged or failed) so
 that Hydra sweepers can minimise it. Exit statuses: minigpt/launch/cli.py. The module is named
@@ -36,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from minigpt.launch import cli  # noqa: E402
+from minigpt.launch.compose import CONF_DIR  # noqa: E402
 from minigpt.config import config_from_dict  # noqa: E402
 from minigpt.errors import Stopped, UserError  # noqa: E402
 
@@ -44,7 +45,7 @@ from minigpt.errors import Stopped, UserError  # noqa: E402
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)  # as the trainer's
 
 
-@hydra.main(config_path=str(cli.CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     # The LR of step t, from here: config.py types the composed config; plan.py (RunPlan, built
     # from it by the trainer) holds the run's plan, lr_at(t), and apply(), the one writer of an LR

@@ -19,64 +19,15 @@ The laws: minigpt/studies/loss_law.py; the rest: minigpt/studies/loss_prediction
 
 from __future__ import annotations
 
-import difflib
 import json
-import re
 import sys
 from pathlib import Path
 
 from minigpt.errors import UserError
+from minigpt.launch.compose import compose
 from minigpt.studies import loss_law
 from minigpt.studies import loss_prediction as lp
 from minigpt.tools import parser as tool_parser
-
-
-def compose(overrides: list[str]):
-    """train.py's config for these overrides, typed and validated (a UserError otherwise)."""
-    from hydra import compose as hydra_compose
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from minigpt.launch import cli
-    from minigpt.config import config_from_dict
-
-    with cli.hydra_search_path([cli.CONF_DIR]):  # conf/ over the dataclass defaults, as train.py composes it
-        try:
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
-        except (HydraException, OmegaConfBaseException) as e:
-            raise UserError(explain(e, overrides, hydra_compose)) from None
-    return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
-
-
-def explain(error, overrides: list[str], hydra_compose) -> str:
-    """One line for a refused override: an unknown key lists the valid keys beside it (as train.py does)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from minigpt.launch import cli
-
-    text = str(error)
-    missing = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
-    options = cli.group_options(missing.group(1), [cli.CONF_DIR]) if missing else []
-    if options:
-        group, value = missing.groups()
-        close = difflib.get_close_matches(value, options, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown {group} '{value}'{hint}; valid: {', '.join(options)}"
-    for o in overrides:
-        key = o.partition("=")[0].lstrip("+~")
-        if f"'{key}'" in text and "." in key:
-            parent, _, leaf = key.rpartition(".")
-            try:
-                node = OmegaConf.select(hydra_compose(config_name="config", overrides=[x for x in overrides if x != o]), parent)
-            except Exception:
-                node = None
-            if isinstance(node, DictConfig) and leaf not in node:
-                close = difflib.get_close_matches(leaf, list(node.keys()), n=1)
-                hint = f" (did you mean '{parent}.{close[0]}'?)" if close else ""
-                return f"unknown config key '{key}'{hint}; valid keys under {parent}: {', '.join(sorted(node.keys()))}"
-    first = next((line for line in text.splitlines() if line.strip()), type(error).__name__)
-    return f"{first} (overrides: {' '.join(overrides)})"
 
 
 def plan(overrides: list[str]):
