@@ -70,6 +70,9 @@ def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choi
     them; each new set of group choices is composed. A bad value anywhere in the grid is refused."""
     import hydra
 
+    from minigpt.launch import compose
+
+    monkeypatch.setattr(compose, "_GROUP_CHOICES_COMPOSED", {})  # what earlier tests of this process composed: not here
     composed = []
     real = hydra.compose
     monkeypatch.setattr(hydra, "compose", lambda **kw: composed.append(kw["overrides"]) or real(**kw))
