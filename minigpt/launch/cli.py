@@ -800,7 +800,8 @@ def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
     """A resume from a file that is no checkpoint, a damaged one, or one of another model or data
     or past the end of the run, is refused here, before Hydra writes into the run directory
     (which, for resume=auto, is the earlier run's)."""
-    from minigpt.run.checkpoint import load_checkpoint, newest_intact_checkpoint, resume_config_changes
+    from minigpt.run.checkpoint import (check_resume_step, load_checkpoint, newest_intact_checkpoint,
+                                        resume_config_changes)
 
     if config.trainer.resume == "auto":
         try:
@@ -814,9 +815,7 @@ def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
         path = Path(config.trainer.resume)
         state = load_checkpoint(path, mmap=True)  # mapped, not read: only the config is looked at
     resume_config_changes(state.get("config", {}), config.to_dict(), path)
-    if total is not None and state["step"] > total:
-        raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run ({total} steps); "
-                        f"give a run length of at least {state['step']} steps (trainer.max_steps / max_tokens / epochs)")
+    check_resume_step(path, state["step"], total)
 
 
 def _check_init_from(config, run_dir: Path | None) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from minigpt.run.checkpoint import (run_state, check_compatible, checkpoint_path, continue_records, find_resume, is_branch,
-                                load_states, prune_checkpoints, save_checkpoint)
+from minigpt.run.checkpoint import (run_state, check_compatible, check_resume_step, checkpoint_path, continue_records,
+                                find_resume, is_branch, load_states, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
 from minigpt.data.cache import Batches, complete_cache, prepare_data, verify_tokens
 from minigpt.errors import UserError
@@ -372,10 +372,7 @@ class Trainer:
         path, state, self.damaged = found if found else (None, None, [])
         if state is None:
             return self.say(f"resume: no checkpoint in {self.run_dir}; starting from step 0")
-        if state["step"] > self.total_steps:
-            raise UserError(f"trainer.resume: {path} is at step {state['step']}, past the end of this run "
-                            f"({self.total_steps} steps); give a run length of at least {state['step']} steps "
-                            "(trainer.max_steps / max_tokens / epochs)")
+        check_resume_step(path, state["step"], self.total_steps)
         check_compatible(state, path, vars(self.model_config), self.data.cache_dir.name, self.data.meta.get("sha256"))
         changed = verify_tokens(self.data.cache_dir, self.data.meta, full=True)  # every resume: the whole files
         if changed:
