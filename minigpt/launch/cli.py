@@ -3,8 +3,9 @@
 `train.py` is the entry: it reads the command line (`read_command_line`), calls `precheck`
 (every value a sweep would try is composed and validated here, so bad input ends with one line
 and exit status 2 before any directory is created), lets Hydra compose the config, types it
-(config.py) and hands each job to `run_job`. Hydra is imported here to read the command line and compose configs for
-the check; the rest of the package never sees it.
+(config.py) and hands each job to `run_job`. Hydra is imported here to read the command line; the
+configs are composed (and refusals explained) by minigpt/launch/compose.py, the one composition.
+Outside minigpt/launch/ the package never sees Hydra.
 """
 
 from __future__ import annotations
