@@ -642,6 +642,24 @@ def test_the_precheck_returns_holding_the_run_folders_lock_and_hands_it_to_the_r
     assert lock_holder(run_dir) is None  # and releases it at its end
 
 
+def test_the_precheck_claims_no_time_stamped_folder_and_under_torchrun_the_ranks_one(tmp_path, cache_dir,
+                                                                                     claims_kept_here, monkeypatch):
+    """A run folder named by a time stamp is resolved by Hydra when the job starts (maybe a second
+    later): the precheck leaves it to the trainer instead of creating a folder of its own second.
+    Under torchrun it claims the folder the ranks share (torchrun-<id>), not the time-stamped default."""
+    from minigpt.run.folder import lock_holder
+
+    monkeypatch.chdir(tmp_path)
+    cli.precheck(["run_name=plain", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
+    assert not (tmp_path / "outputs" / "plain").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "f58f043bcafe")
+    cli.precheck(["run_name=ddp", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
+    assert [p.name for p in (tmp_path / "outputs" / "ddp").iterdir()] == ["torchrun-f58f043b"]
+    assert lock_holder(tmp_path / "outputs" / "ddp" / "torchrun-f58f043b").startswith(f"pid {os.getpid()} ")
+
+
 def test_a_job_in_a_process_of_its_own_runs_under_its_launchers_claim(tmp_path, claims_kept_here, monkeypatch):
     from minigpt.run.folder import RunFolderInUse, RunFolderLock, claim_early
 

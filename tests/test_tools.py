@@ -12,9 +12,9 @@ import pytest
 from conftest import ROOT
 from minigpt import __main__ as command
 
-TOOLS = ["train", "report", "plot-run", "plot-schedules", "predict", "sample"]
+TOOLS = ["train", "report", "plot-run", "plot-schedules", "predict", "sample", "export-hf"]
 SHIMS = {"report.py": "report", "plot_run.py": "plot-run", "plot_schedules.py": "plot-schedules",
-         "predict_loss.py": "predict", "sample.py": "sample"}
+         "predict_loss.py": "predict", "sample.py": "sample", "export_hf.py": "export-hf"}
 
 
 def test_help_lists_every_tool(capsys):
@@ -30,7 +30,7 @@ def test_an_unknown_tool_is_one_line_with_the_closest(capsys):
     assert command.main(["plot-runs", "x"]) == 2
     err = capsys.readouterr().err
     assert err == ("error: unknown tool 'plot-runs' (did you mean 'plot-run'?); valid: "
-                   "train, report, plot-run, plot-schedules, predict, sample\n")
+                   "train, report, plot-run, plot-schedules, predict, sample, export-hf\n")
 
 
 def help_of(argv, capsys) -> str:

@@ -10,6 +10,7 @@ Outside minigpt/launch/ the package never sees Hydra.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import math
@@ -418,7 +419,7 @@ def precheck(argv: list[str]) -> list[str]:
                 candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
     job_dirs, full_names = _check_sweep_folders(args, parsed, base, parser)
     extras = _hydra_extras(args, parsed, base, parser, full_names)
-    claim_run_folders(args, base, job_dirs)
+    claim_run_folders(args, base, job_dirs, extras)
     return extras
 
 
@@ -751,7 +752,7 @@ def check_model_fits(config, device) -> None:
                         f"({have / 2**30:,.1f} GiB); use a smaller model.n_layer / model.n_embd / data.vocab_size")
 
 
-def claim_run_folders(args, cfg: DictConfig, job_dirs: list[Path]) -> None:
+def claim_run_folders(args, cfg: DictConfig, job_dirs: list[Path], extras: list[str] = ()) -> None:
     """The last step of the precheck, once every check has passed: take the lock of the run folder
     (or of each job folder of a grid sweep) in this, the launching process, before Hydra writes
     .hydra/ and its log there (minigpt/run/folder.py, claim_early, says why the claim is here).
@@ -765,10 +766,16 @@ def claim_run_folders(args, cfg: DictConfig, job_dirs: list[Path]) -> None:
     if args.multirun or getattr(mode, "name", None) == "MULTIRUN":
         folders = job_dirs
     else:
-        try:
+        cfg = copy.deepcopy(cfg)
+        for extra in extras:  # the precheck's own choice of folder (under torchrun: one for every rank)
+            key, _, value = extra.partition("=")
+            if key == "hydra.run.dir":
+                OmegaConf.update(cfg, key, value)
+        raw = OmegaConf.to_container(cfg.hydra.run, resolve=False).get("dir", "")
+        if "${now:" in str(raw):  # a time stamp Hydra resolves at run time (to another second, maybe):
+            folders = []          # a new folder, which its trainer claims
+        else:
             folders = [Path(str(OmegaConf.select(cfg.hydra, "run.dir")))]
-        except Exception:  # ${now:...}: resolved by Hydra at run time, a new folder
-            folders = []
     for folder in folders:
         claim_early(folder)
 
