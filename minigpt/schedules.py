@@ -568,7 +568,7 @@ def config_defaults(name: str | None) -> dict:
     convention preset fills, which are null (unset: the preset decides). ``name=None``: the keys
     of a schedule of one's own (``scheduler=custom``): name, conventions and module.
 
-    The one source of the config's scheduler defaults: minigpt/launch/cli.py hands them to Hydra as
+    The one source of the config's scheduler defaults: minigpt/launch/compose.py hands them to Hydra as
     the `scheduler` config group's options (no file in conf/; a user's scheduler/<name>.yaml
     under --config-dir may start from one and hold only what differs)."""
     if name is None:

@@ -28,7 +28,7 @@ from conftest import ROOT, nested, tiny_overrides
 from minigpt import schedules
 from minigpt.config import MAX_STEPS, config_from_dict
 from minigpt.errors import UserError
-from minigpt.launch import cli
+from minigpt.launch.precheck import precheck
 from minigpt.plan import BatchPlan
 
 
@@ -52,7 +52,7 @@ def peak_bytes(fn):
                                       "trainer.batch_ramp_start=4 trainer.batch_ramp_tokens=1e30"])
 def test_a_run_length_that_cannot_be_meant_is_refused_in_one_line(override, tmp_path):
     with pytest.raises(UserError, match=r"trainer\.(max_steps|max_tokens|epochs|batch_ramp_tokens)") as e:
-        cli.precheck([*override.split(), f"hydra.run.dir={tmp_path / 'r'}"])
+        precheck([*override.split(), f"hydra.run.dir={tmp_path / 'r'}"])
     assert "\n" not in str(e.value)
 
 
@@ -161,7 +161,7 @@ def test_a_lock_path_that_is_not_a_regular_file_is_refused_in_one_line(tiny, tmp
     {"link": lambda: lock.symlink_to(target), "folder": lock.mkdir, "fifo": lambda: os.mkfifo(lock)}[kind]()
     expected = r"the lock file '.*\.minigpt\.lock' is (a symbolic link|not a)"
     with pytest.raises(UserError, match=expected) as e:  # the precheck
-        cli.precheck([f"hydra.run.dir={run_dir}", "trainer.max_steps=4"])
+        precheck([f"hydra.run.dir={run_dir}", "trainer.max_steps=4"])
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match=expected):  # and the trainer's claim
         train(tiny(), run_dir, quiet=True)
@@ -222,7 +222,7 @@ def test_overwrite_moves_only_the_runs_files_and_refuses_a_folder_holding_more(t
     for args in ([f"hydra.run.dir={run_dir}", "trainer.overwrite=true", "trainer.max_steps=4"],):
         with pytest.raises(UserError, match=r"overwrite=true moves only a run's own files, and '.*R' also holds "
                                             r"\.git/, notes\.txt; move those"):
-            cli.precheck(args)
+            precheck(args)
     with pytest.raises(UserError, match=r"also holds \.git/, notes\.txt"):
         train(tiny(trainer__overwrite=True), run_dir, quiet=True)
     assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing moved
@@ -397,7 +397,7 @@ def test_a_meaningless_value_is_refused_in_one_line_naming_its_key(key, value):
 
 def test_an_empty_cache_dir_is_refused_by_the_precheck_as_an_empty_run_dir_is(tmp_path):
     with pytest.raises(UserError, match="data.cache_dir is empty, which would put the token caches into the working"):
-        cli.precheck(["data.cache_dir=", f"hydra.run.dir={tmp_path / 'r'}"])
+        precheck(["data.cache_dir=", f"hydra.run.dir={tmp_path / 'r'}"])
     assert not (tmp_path / "r").exists()
 
 
@@ -411,14 +411,14 @@ def test_a_python_tag_in_a_config_dir_file_is_one_line_and_constructs_nothing(tm
         f'n_layer: !!python/object/apply:os.system ["touch {flag}"]\n')
     with pytest.raises(UserError, match=r"a config file cannot be read in .*evil.yaml, line 1: could not determine "
                                         r"a constructor for the tag .*python/object/apply:os.system"):
-        cli.precheck(["--config-dir", str(tmp_path / "conf"), "model=evil", f"hydra.run.dir={tmp_path / 'r'}"])
+        precheck(["--config-dir", str(tmp_path / "conf"), "model=evil", f"hydra.run.dir={tmp_path / 'r'}"])
     assert not flag.exists() and not (tmp_path / "r").exists()
 
 
 def test_a_model_larger_than_the_machine_is_refused_before_it_is_built(tmp_path):
     with pytest.raises(UserError, match=r"model: 1024 layers of width 65536 need at least [\d,.]+ GiB .* more than "
                                         r"this machine's memory"):
-        cli.precheck(["model.n_layer=1024", "model.n_embd=65536", "model.n_head=1", f"hydra.run.dir={tmp_path}/r"])
+        precheck(["model.n_layer=1024", "model.n_embd=65536", "model.n_head=1", f"hydra.run.dir={tmp_path}/r"])
 
 
 def test_an_allocation_failure_while_building_the_model_is_one_line(monkeypatch):
@@ -632,7 +632,7 @@ def test_the_precheck_returns_holding_the_run_folders_lock_and_hands_it_to_the_r
     from minigpt.run.trainer import train
 
     run_dir = tmp_path / "R"
-    cli.precheck([f"hydra.run.dir={run_dir}", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
+    precheck([f"hydra.run.dir={run_dir}", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
     # held from here, through Hydra's writes of .hydra/ and the log, to the end of the run
     assert lock_holder(run_dir).startswith(f"pid {os.getpid()} on host ")
     with pytest.raises(RunFolderInUse, match="is in use by another process"), monkeypatch.context() as m:
@@ -650,12 +650,12 @@ def test_the_precheck_claims_no_time_stamped_folder_and_under_torchrun_the_ranks
     from minigpt.run.folder import lock_holder
 
     monkeypatch.chdir(tmp_path)
-    cli.precheck(["run_name=plain", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
+    precheck(["run_name=plain", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
     assert not (tmp_path / "outputs" / "plain").exists()
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "f58f043bcafe")
-    cli.precheck(["run_name=ddp", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
+    precheck(["run_name=ddp", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
     assert [p.name for p in (tmp_path / "outputs" / "ddp").iterdir()] == ["torchrun-f58f043b"]
     assert lock_holder(tmp_path / "outputs" / "ddp" / "torchrun-f58f043b").startswith(f"pid {os.getpid()} ")
 
@@ -675,6 +675,6 @@ def test_two_jobs_of_one_sweep_naming_one_folder_are_refused_before_any_starts(t
     sweep = tmp_path / "S"
     with pytest.raises(UserError, match=r"hydra.sweep.dir: job 1 of this sweep \(optim.lr=0.002\) and job 0 of this "
                                         r"sweep \(optim.lr=0.001\) would both write into '.*S/same'"):
-        cli.precheck(["-m", "optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same",
+        precheck(["-m", "optim.lr=0.001,0.002", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=same",
                       "trainer.max_steps=4"])
     assert not sweep.exists()

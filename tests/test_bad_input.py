@@ -3,7 +3,7 @@ touched.
 
 One completed earlier run (run directory, checkpoints, metrics, token cache) is made once and
 hashed. Every bad input of the table is then checked in process, as train.py checks it: most
-must be refused by the precheck (minigpt/launch/cli.py, before Hydra creates a run directory or any
+must be refused by the precheck (minigpt/launch/precheck.py, before Hydra creates a run directory or any
 data is read), the others by the trainer. A few go through a real `train.py` process for the
 contract a user sees: exit status 2, one `error:` line, no traceback. Afterwards the earlier
 run's files must hash the same.
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import hydra_args, nested, run_train, tiny_overrides
-from minigpt.launch import cli
+from minigpt.launch.precheck import precheck
 from minigpt.launch.compose import composed
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
@@ -222,7 +222,7 @@ def refusal(args: list[str], run_dir: Path) -> tuple[str, bool]:
     """(the error line train.py prints, whether the precheck refused it), in this process:
     the precheck first, then what a Hydra job does with the composed config."""
     try:
-        cli.precheck(args)
+        precheck(args)
     except UserError as e:
         return f"error: {e}", True
     from omegaconf import OmegaConf

@@ -49,7 +49,7 @@ def test_run_job_reports_a_run_a_watcher_stopped_without_taking_it_for_a_signal(
 
     import minigpt.run.trainer
     from minigpt.config import Config
-    from minigpt.launch import cli
+    from minigpt.launch import jobs
     from minigpt.run.metrics import RunResult, RunStatus
 
     summary = {"status": "stopped", "reason": "the watcher's limit was reached", "step": 7}
@@ -57,5 +57,5 @@ def test_run_job_reports_a_run_a_watcher_stopped_without_taking_it_for_a_signal(
                         lambda config, run_dir: RunResult(RunStatus.STOPPED, 4.5, summary, run_dir))
     hc = SimpleNamespace(runtime=SimpleNamespace(output_dir=str(tmp_path)), mode=RunMode.RUN)
     with caplog.at_level(logging.INFO, logger="minigpt"):
-        assert cli.run_job(Config(), hc) == 4.5
+        assert jobs.run_job(Config(), hc) == 4.5
     assert "stopped at step 7: the watcher's limit was reached" in caplog.text

@@ -2,7 +2,7 @@
 
 Commands are collected from ```bash blocks and from inline `python ...` and `minigpt ...` spans.
 Every train.py (or `minigpt train`) command is checked in process as train.py checks it
-(minigpt/launch/cli.py precheck: every sweep value composed and validated); commands that need a
+(minigpt/launch/precheck.py: every sweep value composed and validated); commands that need a
 GPU (or the network) are composed and type-checked instead. Every script a command names must
 exist, and every `minigpt` tool it names. One command per page then runs for real
 (slow), shortened with a tiny model and few steps: the first one of the page that runs on a CPU
@@ -242,7 +242,7 @@ def resolve_placeholders(command: str, cwd: Path) -> str | None:
 @pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}:{c[:60]}" for d, c in COMMANDS])
 def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedule_registry_kept):
     from minigpt.__main__ import TOOLS
-    from minigpt.launch import cli
+    from minigpt.launch.precheck import precheck
 
     script, _ = program(shlex.split(command))
     if script == "minigpt":
@@ -267,7 +267,7 @@ def test_documented_command_is_valid(doc, command, workdir, monkeypatch, schedul
     if is_gpu_command(command) or re.search(r"trainer.resume=(?!auto)|trainer.init_from=", command):
         return validate(args)  # (a resume from, or weights of, a checkpoint that an earlier command would have written)
     try:
-        cli.precheck(args)  # raises UserError with the line train.py would print
+        precheck(args)  # raises UserError with the line train.py would print
     except UserError:
         if first_job_config(args).trainer.device == "cuda":  # a GPU command through its experiment: no CUDA here
             return validate(args)

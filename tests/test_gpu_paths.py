@@ -321,13 +321,13 @@ def test_each_rank_restores_its_own_rng_state():
     (["monitor.sharpness_every=10"], "trainer.sync_debug=error with monitor.sharpness_every=10"),
 ])
 def test_sync_debug_error_with_a_syncing_option_is_refused_by_the_precheck(args, words, tmp_path):
-    from minigpt.launch import cli
+    from minigpt.launch.precheck import precheck
 
     with pytest.raises(UserError) as e:
-        cli.precheck(["trainer.sync_debug=error", *args, f"hydra.run.dir={tmp_path}/run"])
+        precheck(["trainer.sync_debug=error", *args, f"hydra.run.dir={tmp_path}/run"])
     assert str(e.value).startswith(words) and "use trainer.sync_debug=warn" in str(e.value)
     assert "\n" not in str(e.value) and not (tmp_path / "run").exists()
-    cli.precheck(["trainer.sync_debug=warn", *args, f"hydra.run.dir={tmp_path}/run"])  # warn: allowed
+    precheck(["trainer.sync_debug=warn", *args, f"hydra.run.dir={tmp_path}/run"])  # warn: allowed
 
 
 def test_fp16_with_an_unfused_optimizer_is_refused_under_sync_debug_error(make_config):

@@ -188,16 +188,16 @@ def test_the_gpu_commands_compose_and_pass_the_precheck(tmp_path, an_h100):
     the smoke runs, each warmup pair (2 jobs, 3 seeds per architecture), bench's presets (the
     GPT-2 vocabulary) and bench_sweep's GPU modes with both launchers."""
     from conftest import composed
-    from minigpt.launch import cli
+    from minigpt.launch.precheck import precheck
 
     stages = {s.name: s for s in suite.build_stages(tmp_path / "out", tmp_path / "data", dry_run=False,
                                                      budgets=suite.DEFAULT_BUDGETS)}
     for cmd in stages["smoke"].commands[1:]:
-        cli.precheck(train_args(cmd.argv))
+        precheck(train_args(cmd.argv))
     jobs = {"pre_ln": 0, "post_ln": 0}
     for cmd in (c for c in stages["warmup"].commands if c.paired):
         args = train_args(cmd.argv)
-        cli.precheck(args)  # every value of the sweep
+        precheck(args)  # every value of the sweep
         arch = next(a.split("=")[1] for a in args if a.startswith("arch="))
         jobs[arch] += math.prod(len(a.split("=", 1)[1].split(",")) for a in args if "," in a and "=" in a)
     assert jobs == {"pre_ln": 6, "post_ln": 6}
@@ -205,13 +205,13 @@ def test_the_gpu_commands_compose_and_pass_the_precheck(tmp_path, an_h100):
     for preset in ("gpt2_small", "gpt2_small_fp16"):
         cfg = composed(*bench.PRESETS[preset])
         assert cfg["data"]["vocab_size"] == 50257 and cfg["model"]["n_layer"] == 12
-        cli.precheck([*bench.PRESETS[preset], f"hydra.run.dir={tmp_path}/{preset}"])
+        precheck([*bench.PRESETS[preset], f"hydra.run.dir={tmp_path}/{preset}"])
     sweep = load_script("bench_sweep")
     train = [sys.executable, str(ROOT / "train.py")]
     common = sweep.GPU + ["trainer.progress=false", f"data.cache_dir={tmp_path / 'data'}"]
     for mode in ("stacked", "parallel", "sequential"):
         for cmd in sweep.mode_commands(mode, train, common, sweep.lrs(8), tmp_path / "sweep" / mode):
-            cli.precheck(train_args(cmd))
+            precheck(train_args(cmd))
 
 
 def test_a_results_folder_is_never_overwritten(tmp_path):

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from minigpt.launch import cli
+from minigpt.launch.precheck import precheck
 from minigpt.launch import compose
 from conftest import ROOT
 from minigpt.errors import UserError
@@ -32,7 +33,7 @@ def composed(argv):
 
 def test_config_dir_scheduler_and_model_are_used_like_shipped_ones(user_confs, tmp_path):
     argv = ["-cd", str(user_confs), "scheduler=mine", "model=mymodel", f"hydra.run.dir={tmp_path / 'run'}"]
-    cli.precheck(argv)  # validates the user's files like any other (no "cannot read the command line")
+    precheck(argv)  # validates the user's files like any other (no "cannot read the command line")
     cfg = composed(argv)
     assert cfg.scheduler.decay == 0.3 and cfg.scheduler.name == "wsd" and cfg.model.n_embd == 32
     for flags in (["--config-dir", str(user_confs)], [f"--config-dir={user_confs}"]):
@@ -45,41 +46,41 @@ def test_a_user_scheduler_file_can_start_from_a_registered_schedule(user_confs, 
     (user_confs / "scheduler" / "long_wsd.yaml").write_text("defaults:\n  - /scheduler/wsd@_here_\n  - _self_\n\n"
                                                              "decay: 0.4\n")
     argv = ["-cd", str(user_confs), "scheduler=long_wsd", f"hydra.run.dir={tmp_path / 'run'}"]
-    cli.precheck(argv)
+    precheck(argv)
     cfg = composed(argv)
     assert cfg.scheduler.name == "wsd" and cfg.scheduler.decay == 0.4 and cfg.scheduler.decay_shape is None
     assert list(cfg.scheduler) == list(composed(["scheduler=wsd"]).scheduler)  # every key, in the registry's order
     with pytest.raises(UserError, match=r"unknown scheduler 'long_wds' \(did you mean 'long_wsd'\?\); valid: .*cosine_warmup"):
-        cli.precheck(["-cd", str(user_confs), "scheduler=long_wds"])
+        precheck(["-cd", str(user_confs), "scheduler=long_wds"])
 
 
 def test_config_dir_options_are_listed_and_checked(user_confs):
     with pytest.raises(UserError, match=r"unknown scheduler 'mne' \(did you mean 'mine'\?\); valid: .*mine"):
-        cli.precheck(["-cd", str(user_confs), "scheduler=mne"])
+        precheck(["-cd", str(user_confs), "scheduler=mne"])
     (user_confs / "scheduler" / "bad.yaml").write_text("name: wsd\ndecay: 2.5\n")
     with pytest.raises(UserError, match="decay=2.5"):
-        cli.precheck(["-cd", str(user_confs), "scheduler=bad"])
+        precheck(["-cd", str(user_confs), "scheduler=bad"])
     with pytest.raises(UserError, match="--config-dir: 'no/such/dir' is not a folder"):
-        cli.precheck(["--config-dir", "no/such/dir"])
+        precheck(["--config-dir", "no/such/dir"])
 
 
 def test_config_name_and_config_path(tmp_path):
-    cli.precheck(["-cn", "config", f"hydra.run.dir={tmp_path}"])
-    cli.precheck(["--config-path", "conf", "--config-name", "config", f"hydra.run.dir={tmp_path}"])
+    precheck(["-cn", "config", f"hydra.run.dir={tmp_path}"])
+    precheck(["--config-path", "conf", "--config-name", "config", f"hydra.run.dir={tmp_path}"])
     assert composed(["-cp", str(ROOT / "conf"), "-cn", "config"]).model.name == "cpu"
     (tmp_path / "small.yaml").write_text("defaults:\n  - config\n  - _self_\n\ntrainer:\n  max_steps: 7\n")
     assert composed(["-cd", str(tmp_path), "-cn", "small"]).trainer.max_steps == 7
     with pytest.raises(UserError, match="nosuch"):
-        cli.precheck(["-cn", "nosuch"])
+        precheck(["-cn", "nosuch"])
     with pytest.raises(UserError, match="--config-path: 'nowhere' is not a folder"):
-        cli.precheck(["-cp", "nowhere"])
+        precheck(["-cp", "nowhere"])
 
 
 def test_multirun_flag_with_a_user_scheduler(user_confs):
-    extras = cli.precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"])
+    extras = precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"])
     assert any(e.startswith("hydra.job.config.override_dirname.exclude_keys=") and "optim.lr" in e for e in extras)
     with pytest.raises(UserError, match="unknown scheduler 'nope'"):
-        cli.precheck(["--multirun", "-cd", str(user_confs), "scheduler=mine,nope"])
+        precheck(["--multirun", "-cd", str(user_confs), "scheduler=mine,nope"])
 
 
 def test_arch_is_a_group_without_plus():
@@ -88,7 +89,7 @@ def test_arch_is_a_group_without_plus():
     assert composed([]).model.norm_position == "pre"  # no arch: the model file decides
     assert composed(["experiment=warmup_divergence_cpu", "arch=post_ln"]).model.norm_position == "post"
     with pytest.raises(UserError, match="unknown arch 'post'.*valid: post_ln, pre_ln, pre_ln_qk"):
-        cli.precheck(["arch=post"])
+        precheck(["arch=post"])
 
 
 def hydra(*argv):

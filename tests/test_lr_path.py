@@ -21,6 +21,7 @@ import torch
 
 from conftest import ROOT
 from minigpt.launch import cli
+from minigpt.launch import jobs as launch_jobs
 from minigpt.launch.compose import composed
 from minigpt.plan import RunPlan
 from minigpt.run.trainer import Trainer
@@ -74,11 +75,11 @@ def test_from_the_command_line_the_lr_of_step_t_is_computed_in_those_files(monke
     entry = load_train_entry()
     jobs = []
     monkeypatch.setattr(entry.HydraConfig, "get", staticmethod(lambda: "the job's HydraConfig"))
-    monkeypatch.setattr(cli, "run_job", lambda config, hc: jobs.append(config))  # the typed config, not trained
+    monkeypatch.setattr(launch_jobs, "run_job", lambda config, hc, stacked: jobs.append(config))  # typed, not trained
     optimizer = torch.optim.AdamW([{"params": [torch.zeros(2, requires_grad=True)], "lr_mult": 1.0},
                                    {"params": [torch.zeros(1, requires_grad=True)], "lr_mult": 0.5}])
     with Calls() as calls:
-        entry.hydra_main(cfg)  # Hydra's decorator hands a given config straight to the task
+        entry.hydra_app([])(cfg)  # Hydra's decorator hands a given config straight to the task
         plan = RunPlan.build(jobs[0], world_size=1)  # as the trainer builds it (trainer.max_steps: no data needed)
         lrs = {t: plan.apply(optimizer, t)[0] for t in (0, 9, 50, 99)}
     assert calls.files == set(layout_files()), calls.files

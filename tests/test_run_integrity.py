@@ -165,7 +165,7 @@ def sweep_command(cache_dir, sweep_dir, *extra) -> list[str]:
 def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cache_dir, tmp_path):
     """Job folders are named by number and overrides (0_optim.lr=0.001): the precheck names them
     as Hydra will and refuses a taken one, before Hydra rewrites its .hydra/."""
-    from minigpt.launch import cli
+    from minigpt.launch.precheck import precheck
 
     sweep = tmp_path / "sweep"
     taken = sweep / "1_optim.lr=0.003"
@@ -174,18 +174,18 @@ def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cac
     (taken / ".hydra" / "config.yaml").write_text("the earlier run's config\n")
     before = hashes(sweep)
     with pytest.raises(UserError) as e:
-        cli.precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3"))
+        precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3"))
     line = str(e.value)
     assert "\n" not in line and "job 1 of this sweep (optim.lr=0.003)" in line
     assert str(taken) in line and "metrics.jsonl (1 lines)" in line and "trainer.resume=auto" in line
     assert hashes(sweep) == before
     # Other jobs' names, a continuation, a replacement and a time-stamped sweep dir all pass.
-    cli.precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-2,3e-2"))
-    cli.precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3", "trainer.resume=auto"))
-    cli.precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3", "trainer.overwrite=true"))
-    cli.precheck([a for a in sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3") if not a.startswith("hydra.sweep")])
+    precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-2,3e-2"))
+    precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3", "trainer.resume=auto"))
+    precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3", "trainer.overwrite=true"))
+    precheck([a for a in sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3") if not a.startswith("hydra.sweep")])
     # The job number is part of the name: the same overrides in another position are another folder.
-    cli.precheck(sweep_command(cache_dir, sweep, "optim.lr=3e-3,1e-3"))
+    precheck(sweep_command(cache_dir, sweep, "optim.lr=3e-3,1e-3"))
     # a precheck that passes claims each job's folder (its lock file) before Hydra writes; nothing else
     assert {k: v for k, v in hashes(sweep).items() if not k.endswith(LOCK_FILE)} == before
     # A sweep file's grid, expanded as Hydra expands it (a MULTIRUN without -m).
@@ -193,26 +193,26 @@ def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cac
     (grid / "1_optim.lr=0.001,scheduler.warmup=0.01" / "checkpoints").mkdir(parents=True)
     (grid / "1_optim.lr=0.001,scheduler.warmup=0.01" / "summary.json").write_text('{"status": "failed", "step": 3}')
     with pytest.raises(UserError, match=r"job 1 of this sweep \(optim.lr=0.001 scheduler.warmup=0.01\)"):
-        cli.precheck(sweep_command(cache_dir, grid, "sweep=lr_warmup")[1:])
+        precheck(sweep_command(cache_dir, grid, "sweep=lr_warmup")[1:])
 
 
 def test_a_search_into_a_folder_that_holds_runs_is_refused(cache_dir, tmp_path):
     """A search cannot know its trials' folders (number and sampled values): any run in its
     sweep folder could be one of them."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    from minigpt.launch import cli
+    from minigpt.launch.precheck import precheck
 
     sweep = tmp_path / "sweep"
     (sweep / "1_optim.lr=0.003").mkdir(parents=True)
     (sweep / "1_optim.lr=0.003" / "metrics.jsonl").write_text('{"step": 0}\n')
     (sweep / "0_optim.lr=0.001").mkdir()  # a folder without a run is no obstacle
     with pytest.raises(UserError, match=r"already holds runs \(1_optim.lr=0.003\), and a search names its trials"):
-        cli.precheck(sweep_command(cache_dir, sweep, "sweep=optuna", "hydra.sweeper.n_trials=2")[1:])
-    cli.precheck(sweep_command(cache_dir, tmp_path / "fresh", "sweep=optuna", "hydra.sweeper.n_trials=2")[1:])
+        precheck(sweep_command(cache_dir, sweep, "sweep=optuna", "hydra.sweeper.n_trials=2")[1:])
+    precheck(sweep_command(cache_dir, tmp_path / "fresh", "sweep=optuna", "hydra.sweeper.n_trials=2")[1:])
 
 
 def test_a_sweep_job_folder_in_use_by_a_live_process_is_refused(cache_dir, tmp_path):
-    from minigpt.launch import cli
+    from minigpt.launch.precheck import precheck
 
     sweep = tmp_path / "sweep"
     job = sweep / "0_optim.lr=0.001"
@@ -220,7 +220,7 @@ def test_a_sweep_job_folder_in_use_by_a_live_process_is_refused(cache_dir, tmp_p
     holder = hold_lock(job)
     try:
         with pytest.raises(UserError, match=r"job 0 of this sweep .* another process is writing into \(pid"):
-            cli.precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3"))
+            precheck(sweep_command(cache_dir, sweep, "optim.lr=1e-3,3e-3"))
     finally:
         holder.kill()
         holder.wait()

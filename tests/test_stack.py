@@ -191,11 +191,11 @@ def test_max_stack_splits_a_sweep_into_stacks(make_config, tmp_path):
 def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(args, words, tmp_path):
     """Refused by train.py's precheck, in one line, before the sweep folder exists (the exit
     status and the missing traceback of such a refusal: tests/test_bad_input.py)."""
-    from minigpt.launch import cli
+    from minigpt.launch.precheck import precheck
 
     if "sweep=optuna" in args:
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     with pytest.raises(UserError) as e:
-        cli.precheck([*args, "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}/s"])
+        precheck([*args, "hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}/s"])
     assert words in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "s").exists()

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, composed_scheduler, hydra_args, run_train
 from minigpt.launch import cli
+from minigpt.launch.precheck import precheck
 from minigpt.launch.compose import CONF_DIR, composed, group_options, hydra_search_path
 from minigpt.errors import UserError
 from minigpt.schedules import list_schedules
@@ -60,7 +61,7 @@ def test_every_value_of_a_sweep_file_is_checked_before_any_job(tmp_path):
     """constant has no warmup: all 16 jobs of the LR x warmup grid would fail, so none starts."""
     # In process, as train.py checks it before Hydra starts (its exit status and one line: test_bad_input).
     with pytest.raises(UserError) as e:
-        cli.precheck(["sweep=lr_warmup", "scheduler=constant", f"hydra.sweep.dir={tmp_path}/s"])
+        precheck(["sweep=lr_warmup", "scheduler=constant", f"hydra.sweep.dir={tmp_path}/s"])
     assert "scheduler.warmup" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "s").exists()
 
@@ -77,17 +78,17 @@ def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choi
     real = hydra.compose
     monkeypatch.setattr(hydra, "compose", lambda **kw: composed.append(kw["overrides"]) or real(**kw))
     out = f"hydra.sweep.dir={tmp_path}/s"
-    cli.precheck(["-m", "optim.lr=1e-3,3e-3,1e-2", "seed=1,2,3", "scheduler.warmup=0,'64k tokens'", out])
-    cli.precheck(["-m", "optim.lr=1e-4,3e-4", "trainer.max_steps=50", out])  # the same (no) group choices
+    precheck(["-m", "optim.lr=1e-3,3e-3,1e-2", "seed=1,2,3", "scheduler.warmup=0,'64k tokens'", out])
+    precheck(["-m", "optim.lr=1e-4,3e-4", "trainer.max_steps=50", out])  # the same (no) group choices
     assert len(composed) <= 1  # none where an earlier test of this process composed the defaults
     composed.clear()
-    cli.precheck(["-m", "scheduler=wsd,inverse_sqrt,polynomial", "optim.lr=1e-3,3e-3", "seed=11", out])
+    precheck(["-m", "scheduler=wsd,inverse_sqrt,polynomial", "optim.lr=1e-3,3e-3", "seed=11", out])
     assert sorted(composed) == [["scheduler=inverse_sqrt"], ["scheduler=polynomial"], ["scheduler=wsd"]]
     with pytest.raises(UserError) as e:  # the third value of the second key
-        cli.precheck(["-m", "optim.lr=1e-3,3e-3", "trainer.max_steps=100,200,-5", out])
+        precheck(["-m", "optim.lr=1e-3,3e-3", "trainer.max_steps=100,200,-5", out])
     assert "trainer.max_steps" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UserError) as e:  # a key the group's file lacks: refused as Hydra refuses it
-        cli.precheck(["-m", "scheduler=wsd,constant", "scheduler.decay=0.1", out])
+        precheck(["-m", "scheduler=wsd,constant", "scheduler.decay=0.1", out])
     assert "scheduler.decay" in str(e.value)
 
 
@@ -351,11 +352,11 @@ def test_a_key_of_some_schedules_only_is_scoped_to_them(tmp_path):
 
     out = f"hydra.sweep.dir={tmp_path}/s"
     with pytest.raises(UserError) as e:
-        cli.precheck(["-m", "scheduler=cosine_warmup,wsd", "scheduler.decay=0.3", out])
+        precheck(["-m", "scheduler=cosine_warmup,wsd", "scheduler.decay=0.3", out])
     assert str(e.value).startswith("scheduler.decay: the jobs with scheduler=cosine_warmup cannot take it: schedule "
                                    "cosine_warmup has no key 'decay' (wsd has it); give it to the schedules that have "
                                    "it only with scheduler.wsd.decay=0.3 (docs/sweeps.md)")
-    cli.precheck(["-m", "scheduler=cosine_warmup,wsd", "scheduler.wsd.decay=0.3", out])  # Hydra gets the '+'
+    precheck(["-m", "scheduler=cosine_warmup,wsd", "scheduler.wsd.decay=0.3", out])  # Hydra gets the '+'
     assert cli.scope_schedule_keys(["scheduler.wsd.decay=0.3", "scheduler.warmup=5", "+scheduler.x.y=1"]) == \
         ["+scheduler.wsd.decay=0.3", "scheduler.warmup=5", "+scheduler.x.y=1"]
 
@@ -383,11 +384,11 @@ def test_a_second_command_shares_the_sweep_folder_without_colliding(tmp_path):
                                                        f"- data.cache_dir=/x\n")
         (job / "metrics.jsonl").write_text('{"step": 0}\n')
     second = ["-m", "scheduler=wsd", "scheduler.wsd.decay=0.3", "seed=1,2", f"hydra.sweep.dir={sweep}"]
-    extras = cli.precheck(second)
+    extras = precheck(second)
     (names,) = [e for e in extras if e.startswith("hydra.job.config.override_dirname.exclude_keys=")]
     assert "'scheduler'" not in names and "'scheduler.wsd.decay'" not in names and "'data.cache_dir'" in names
     same = ["-m", "scheduler=cosine_warmup", "seed=1,2", "data.cache_dir=/y", f"hydra.sweep.dir={sweep}"]
     with pytest.raises(UserError, match=r"job 0 of this sweep \(seed=1\) would write into .*already holds a run"):
-        cli.precheck(same)
-    (names,) = [e for e in cli.precheck([*same, "trainer.resume=auto"]) if "exclude_keys" in e]
+        precheck(same)
+    (names,) = [e for e in precheck([*same, "trainer.resume=auto"]) if "exclude_keys" in e]
     assert "'scheduler'" in names  # resumed under the first command's names

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT
 from minigpt.errors import UserError
-from minigpt.launch import cli
+from minigpt.launch import jobs
+from minigpt.launch.precheck import precheck
 from minigpt.launch.compose import CONF_DIR, hydra_search_path
 from minigpt.run.checkpoint import checkpoint_to_read
 from minigpt.run.trainer import Trainer, train
@@ -21,7 +22,7 @@ from minigpt.studies.sweep.jobs import find_jobs
 
 
 def fake_hc(run_dir: Path, multirun: bool = False, num: int = 0, launcher: str = "basic", task=()):
-    """The parts of a Hydra job's HydraConfig that cli.run_job reads."""
+    """The parts of a Hydra job's HydraConfig that jobs.run_job reads."""
     return types.SimpleNamespace(
         runtime=types.SimpleNamespace(output_dir=str(run_dir), choices={"hydra/launcher": launcher}),
         mode=RunMode.MULTIRUN if multirun else RunMode.RUN, job=types.SimpleNamespace(num=num, override_dirname=""),
@@ -31,7 +32,7 @@ def fake_hc(run_dir: Path, multirun: bool = False, num: int = 0, launcher: str =
 
 def test_plus_on_a_key_the_config_has_says_drop_the_plus():
     with pytest.raises(UserError) as e:
-        cli.precheck(["+scheduler.warmup=10"])
+        precheck(["+scheduler.warmup=10"])
     assert str(e.value) == ("scheduler.warmup is already in the config: drop the + (scheduler.warmup=10); '+' adds a "
                             "key that no config file holds")
 
@@ -49,12 +50,12 @@ def test_help_lists_no_internal_group():
 
 def test_a_stopped_sweep_prints_the_sweeps_resume_command(monkeypatch, tmp_path):
     job = tmp_path / "sweep" / "1_scheduler=wsd"
-    monkeypatch.setenv(cli.COMMAND_ENV, "-m scheduler=cosine_warmup,wsd 'optim.lr=1e-3,3e-3' hydra.sweep.dir=x")
+    monkeypatch.setenv(jobs.COMMAND_ENV, "-m scheduler=cosine_warmup,wsd 'optim.lr=1e-3,3e-3' hydra.sweep.dir=x")
     hc = fake_hc(job, multirun=True, task=["scheduler=wsd", "optim.lr=1e-3"])
-    assert cli.resume_command(hc, job, multirun=True) == (
+    assert jobs.resume_command(hc, job, multirun=True) == (
         f"python train.py -m scheduler=cosine_warmup,wsd optim.lr=1e-3,3e-3 hydra.sweep.dir={tmp_path / 'sweep'} "
         "trainer.resume=auto")
-    assert cli.resume_command(hc, job, multirun=False) == shlex.join(
+    assert jobs.resume_command(hc, job, multirun=False) == shlex.join(
         ["python", "train.py", "scheduler=wsd", "optim.lr=1e-3", f"hydra.run.dir={job}", "trainer.resume=auto"])
 
 
@@ -68,7 +69,7 @@ def test_every_launcher_ends_a_sweep_with_a_line_per_job(tmp_path, capsys):
             (sweep / name / "summary.json").write_text(json.dumps(summary))
     (sweep / "multirun.yaml").write_text("")
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}, "runtime": {"choices": {"hydra/launcher": "basic"}}}})
-    cli.SweepSummary().on_multirun_end(config)
+    jobs.SweepSummary().on_multirun_end(config)
     assert capsys.readouterr().out.splitlines() == [
         f"sweep {sweep}: 4 jobs",
         "  0_seed=1: completed; final val loss 4.2500",
@@ -76,10 +77,10 @@ def test_every_launcher_ends_a_sweep_with_a_line_per_job(tmp_path, capsys):
         "  2_seed=4: diverged; loss is nan",
         "  10_seed=3: no summary.json (stopped before it ended, or still running)"]
     config.hydra.runtime.choices["hydra/launcher"] = "stacked"  # prints its own after training
-    cli.SweepSummary().on_multirun_end(config)
+    jobs.SweepSummary().on_multirun_end(config)
     assert capsys.readouterr().out == ""
     hydra_conf = OmegaConf.load(ROOT / "conf" / "hydra" / "default.yaml")
-    assert hydra_conf.callbacks.sweep_summary._target_ == "minigpt.launch.cli.SweepSummary"
+    assert hydra_conf.callbacks.sweep_summary._target_ == "minigpt.launch.jobs.SweepSummary"
 
 
 def test_parallel_jobs_and_stacked_runs_name_themselves_in_their_lines(make_config, tmp_path, capsys, caplog):
@@ -89,7 +90,7 @@ def test_parallel_jobs_and_stacked_runs_name_themselves_in_their_lines(make_conf
     kept = root.handlers[:]
     root.addHandler(console)
     try:
-        cli._name_the_job_in_console_lines(3)
+        jobs._name_the_job_in_console_lines(3)
         logging.getLogger("minigpt").warning("done: final val loss 4.1")
     finally:
         root.handlers[:] = kept
@@ -130,7 +131,7 @@ def test_a_bad_input_found_by_the_data_leaves_a_failed_summary(make_config, tmp_
     run_dir = tmp_path / "runs" / "x"
     run_dir.mkdir(parents=True)  # Hydra made it, with .hydra/
     with pytest.raises(SystemExit) as e:
-        cli.run_job(cfg, fake_hc(run_dir))
+        jobs.run_job(cfg, fake_hc(run_dir))
     assert e.value.code == 2
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "data.text_field" in summary["reason"] and "'text'" in summary["reason"]

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import ROOT
-from minigpt.launch import cli
+from minigpt.launch.precheck import precheck
 from minigpt.launch.compose import composed
 from minigpt import schedules
 from minigpt.config import config_from_dict
@@ -60,7 +60,7 @@ def test_cpu_study_grid_spans_half_decades_and_runs_two_at_a_time():
     assert "n_jobs" not in stacked.hydra.launcher and product(dict(stacked.hydra.sweeper.params)) == 135
     from minigpt.errors import UserError
     with pytest.raises(UserError, match="not supported for stacked runs; turn it off"):
-        cli.precheck(["sweep=warmup_divergence_cpu", "hydra/launcher=stacked", "hydra.sweep.dir=unused"])
+        precheck(["sweep=warmup_divergence_cpu", "hydra/launcher=stacked", "hydra.sweep.dir=unused"])
 
 
 def test_no_warmup_starts_at_the_peak_and_warmup_ramps_from_one_step_in():

@@ -1,13 +1,15 @@
 """The `train` command: `python train.py ...` and `minigpt train ...` both run `main()` here.
 
-The only @hydra.main of the package: it checks the command line (minigpt/launch/cli.py precheck:
-bad input ends here with one line and exit status 2, before any directory is created), lets Hydra
-compose the config folder (compose.CONF_DIR: conf/ of a checkout, or the copy an install carries as
-package data) into one config, types it (minigpt/config.py) and hands each job to cli.run_job,
-which trains it. It returns the final validation loss (inf for a run that diverged or failed) so
-that Hydra sweepers can minimise it. Exit statuses: minigpt/launch/cli.py. The module is named
-`train` so that Hydra names the job `train` (train.log in the run folder), as it did when this
-code lived in train.py.
+The only @hydra.main of the package: it reads the command line (minigpt/launch/cli.py), checks it
+(minigpt/launch/precheck.py: bad input ends here with one line and exit status 2, before any
+directory is created), lets Hydra compose the config folder (compose.CONF_DIR: conf/ of a checkout,
+or the copy an install carries as package data) into one config, types it (minigpt/config.py) and
+hands each job to jobs.run_job, which trains it. A job returns the final validation loss (inf for
+a run that diverged or failed) so that Hydra sweepers can minimise it. Jobs of
+hydra/launcher=stacked come back in the list `main()` gives the app (`hydra_app`), and are trained
+together once Hydra has set them all up. Exit statuses: minigpt/launch/jobs.py. The module is
+named `train` so that Hydra names the job `train` (train.log in the run folder), as it did when
+this code lived in train.py.
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from minigpt.launch import cli  # noqa: E402
+from minigpt.launch import cli, jobs  # noqa: E402
 from minigpt.launch.compose import CONF_DIR  # noqa: E402
+from minigpt.launch.precheck import precheck  # noqa: E402
 from minigpt.config import config_from_dict  # noqa: E402
 from minigpt.errors import Stopped, UserError  # noqa: E402
 
@@ -45,8 +48,9 @@ from minigpt.errors import Stopped, UserError  # noqa: E402
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)  # as the trainer's
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def hydra_main(cfg: DictConfig) -> float | None:
+def run_hydra_job(cfg: DictConfig, stacked: list[jobs.StackedJob]) -> float | None:
+    """One job of Hydra's: its composed config typed and run (jobs.run_job); a stacked job is
+    appended to `stacked` instead."""
     # The LR of step t, from here: config.py types the composed config; plan.py (RunPlan, built
     # from it by the trainer) holds the run's plan, lr_at(t), and apply(), the one writer of an LR
     # into the optimizer; schedules.py holds the multiplier. docs/code_layout.md follows it.
@@ -54,8 +58,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         config = config_from_dict(OmegaConf.to_container(cfg, resolve=True))
     except UserError as e:
-        return cli.bad_input(e, hc)
-    return cli.run_job(config, hc)
+        return jobs.bad_input(e, hc)
+    return jobs.run_job(config, hc, stacked)
+
+
+def hydra_app(stacked: list[jobs.StackedJob]):
+    """The Hydra app (it reads sys.argv, composes, runs every job): its jobs of hydra/launcher=stacked
+    are appended to `stacked`, for the caller to train once the app returns. Called with a config,
+    the app runs that one job (Hydra's decorator hands a given config straight to the task)."""
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def task(cfg: DictConfig) -> float | None:  # Hydra names the job after this module: `train`
+        return run_hydra_job(cfg, stacked)
+
+    return task
 
 
 def _raise_stopped(signum, frame):
@@ -79,19 +95,20 @@ def main() -> None:
         signal.signal(sig, _raise_stopped)
     try:
         argv = sys.argv[1:]
-        os.environ[cli.COMMAND_ENV] = shlex.join(argv)  # a stopped sweep's resume command (job processes inherit it)
+        os.environ[jobs.COMMAND_ENV] = shlex.join(argv)  # a stopped sweep's resume command (job processes inherit it)
         args = cli.read_command_line(argv)
         extras = []
         if cli.runs_a_job(args):
             try:
-                extras = cli.precheck(argv)
+                extras = precheck(argv)
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)
         sys.argv = [sys.argv[0], *cli.flags_then_overrides(cli.absolute_config_path(argv, args), args.overrides), *extras]
-        hydra_main()
-        if cli.STACKED:
-            cli.train_stacked_jobs(cli.STACKED)
+        stacked: list[jobs.StackedJob] = []
+        hydra_app(stacked)()
+        if stacked:
+            jobs.train_stacked_jobs(stacked)
     except Stopped as e:
         for sig in STOP_SIGNALS:
             signal.signal(sig, _exit_now)

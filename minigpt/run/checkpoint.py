@@ -231,7 +231,7 @@ def resume_config_changes(saved: dict, new: dict, path: Path) -> list[str]:
 
 def check_resume_step(path: Path, step: int, total: int | None) -> None:
     """A checkpoint at a step past the end of this run (`total` steps; None: not known yet) is
-    refused: the one wording of the precheck (minigpt/launch/cli.py) and the trainer's resume."""
+    refused: the one wording of the precheck (minigpt/launch/precheck.py) and the trainer's resume."""
     if total is not None and step > total:
         raise UserError(f"trainer.resume: {path} is at step {step}, past the end of this run ({total} steps); "
                         f"give a run length of at least {step} steps (trainer.max_steps / max_tokens / epochs)")

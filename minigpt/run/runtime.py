@@ -23,7 +23,7 @@ from minigpt.errors import UserError
 log = logging.getLogger("minigpt")
 
 # SIGUSR2 is submitit's preemption / time-limit signal: under hydra/launcher=slurm the job then
-# requeues itself (minigpt/launch/cli.py) and continues from the checkpoint saved at the stop.
+# requeues itself (minigpt/launch/jobs.py) and continues from the checkpoint saved at the stop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 SYNC_DEBUG_AFTER = 3  # updates of a process that trainer.sync_debug leaves unchecked (compile, allocation)
 
