@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from minigpt import schedules
-from minigpt.config import config_from_dict
+from minigpt.config import Config, config_from_dict
 from minigpt.errors import UserError
 from minigpt.launch.cli import config_dirs, read_command_line, scope_schedule_keys
 from minigpt.launch.compose import composed, first_line, group_options, hydra_search_path
@@ -75,9 +75,9 @@ def precheck(argv: list[str]) -> list[str]:
             except UserError as e:
                 raise UserError(_name_the_schedule(str(e), ovr, parsed)) from None
             mode = OmegaConf.select(cfg, "hydra.mode")  # a RunMode; MULTIRUN when a sweep file sets it
-            _check_config(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
+            config = check_job(cfg, multirun=args.multirun or getattr(mode, "name", None) == "MULTIRUN")
             if OmegaConf.select(cfg, "hydra.runtime.choices")["hydra/launcher"] == "stacked":
-                _check_stackable(cfg)
+                _check_stackable(cfg, config)
             if base is None:  # a sweep file's grid (hydra.sweeper.params): each value once, too
                 base = cfg
                 candidates += [ovr + [v] for v in _sweep_file_values(cfg, parser, {o.get_key_element() for o in parsed})]
@@ -291,8 +291,12 @@ def _name_the_schedule(message: str, ovr: list[str], parsed) -> str:
             f"with {scoped} (docs/sweeps.md); {current}'s keys: {valid}")
 
 
-def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
-    """Typed validation, the schedule, the device and the output folder: all before any run."""
+def check_job(cfg: DictConfig, multirun: bool = False) -> Config:
+    """The checks of one job's composed config (`cfg`, with its `hydra` node), before any run; its
+    typed config. Each check is the function the trainer calls when the job runs (config_from_dict,
+    RunPlan.build, the runtime's checks, the run folder's, find_resume and check_resume_step,
+    find_init_weights), so a job that passes here is refused by the trainer only for what changed
+    in between or what needs the data (an epoch's length, the tokenizer)."""
     from minigpt.plan import RunPlan
 
     task = {k: v for k, v in cfg.items() if k != "hydra"}
@@ -344,14 +348,14 @@ def _check_config(cfg: DictConfig, multirun: bool = False) -> None:
     check_sync_debug(config, precision)
     check_compile_backend(tc)
     check_model_fits(config, device)
-    if tc.resume is not None:
-        _check_resume(cfg, config, total)
+    found = _check_resume(cfg, config, total) if tc.resume is not None else None
     if tc.init_from is not None:
-        _check_init_from(config, None if multirun else run_dir)
+        _check_init_from(config, None if multirun else run_dir, None if multirun else found)
     if config.data.source == "hub":  # offline without a token cache: one line now, not retries later
         from minigpt.data.cache import check_hub_data
 
         check_hub_data(config.data)
+    return config
 
 
 # --- issue 28: sizes the config accepts but no machine can hold ---------------------------------
@@ -409,54 +413,52 @@ def _check_run_folder(run_dir: Path, tc) -> None:
     check_run_folder(run_dir, tc.resume, tc.overwrite)
 
 
-def _check_resume(cfg: DictConfig, config, total: int | None) -> None:
+def _check_resume(cfg: DictConfig, config, total: int | None) -> tuple[Path, dict, list] | None:
     """A resume from a file that is no checkpoint, a damaged one, or one of another model or data
     or past the end of the run, is refused here, before Hydra writes into the run directory
-    (which, for resume=auto, is the earlier run's)."""
-    from minigpt.run.checkpoint import (check_resume_step, load_checkpoint, newest_intact_checkpoint,
-                                        resume_config_changes)
+    (which, for resume=auto, is the earlier run's), by the trainer's own lookup (find_resume) and
+    step check (check_resume_step). Returns what find_resume found (None: nothing to resume)."""
+    from minigpt.run.checkpoint import check_resume_step, find_resume
 
+    run_dir = None
     if config.trainer.resume == "auto":
         try:
             run_dir = Path(str(OmegaConf.select(cfg.hydra, "run.dir")))
         except Exception:  # ${now:...}: a new folder, with nothing to resume
-            return
-        path, state, _ = newest_intact_checkpoint(run_dir, mmap=True)
-        if path is None:
-            return
-    else:
-        path = Path(config.trainer.resume)
-        state = load_checkpoint(path, mmap=True)  # mapped, not read: only the config is looked at
-    resume_config_changes(state.get("config", {}), config.to_dict(), path)
-    check_resume_step(path, state["step"], total)
+            return None
+    # mapped, not read: only the config and the step are looked at
+    found = find_resume(run_dir, config.trainer.resume, config.to_dict(), say=lambda msg: None, mmap=True)
+    if found is not None:
+        check_resume_step(found[0], found[1]["step"], total)
+    return found
 
 
-def _check_init_from(config, run_dir: Path | None) -> None:
+def _check_init_from(config, run_dir: Path | None, resumes: tuple | None) -> None:
     """trainer.init_from names a checkpoint (or a run folder with one) of the model this run
-    builds, and one that the run's own start leaves where it is (minigpt/run/init_from.py)."""
-    from minigpt.run.checkpoint import newest_intact_checkpoint
-    from minigpt.run.init_from import check_model_shape, find_init_checkpoint, inside
+    builds (find_init_weights, as the trainer), and one that the run's own start leaves where it
+    is (minigpt/run/init_from.py). `resumes`: the run folder's checkpoint that resume=auto
+    continues (_check_resume), which wins over init_from, as in the trainer."""
+    from minigpt.run.init_from import find_init_weights, inside
 
     tc = config.trainer
-    if tc.resume == "auto" and run_dir is not None and run_dir.is_dir() and newest_intact_checkpoint(run_dir, mmap=True)[0]:
+    if resumes is not None:
         return  # the run folder's own checkpoint wins: this run continues (the trainer says so)
-    path, state = find_init_checkpoint(tc.init_from, mmap=True)  # mapped: only the config is looked at
-    check_model_shape(state, path, vars(config.model))
+    path, _ = find_init_weights(tc.init_from, vars(config.model), mmap=True)  # mapped: only the config is looked at
     if tc.overwrite and run_dir is not None and inside(path, run_dir):
         raise UserError(f"trainer.init_from: {path} lies inside hydra.run.dir '{run_dir}', whose run "
                         "trainer.overwrite=true would move aside before the weights are read; copy the checkpoint "
                         "elsewhere or pick another hydra.run.dir")
 
 
-def _check_stackable(cfg: DictConfig) -> None:
-    """Options that stacked runs do not support: refused before Hydra sets up any job."""
+def _check_stackable(cfg: DictConfig, config: Config) -> None:
+    """Options that stacked runs do not support: refused before Hydra sets up any job (`config`:
+    the typed config check_job returned)."""
     from minigpt.run.stack import check_stackable
 
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith("BasicSweeper"):
         raise UserError("hydra/launcher=stacked trains a grid of jobs at once; a search (sweep=optuna) needs each "
                         "result before it picks the next trial: use it with the default or the parallel launcher")
-    task = {k: v for k, v in cfg.items() if k != "hydra"}
-    check_stackable([config_from_dict(OmegaConf.to_container(OmegaConf.create(task), resolve=True))])
+    check_stackable([config])
 
 
 def _check_writable(path: Path, key: str) -> None:

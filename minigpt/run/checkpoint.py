@@ -287,20 +287,26 @@ def flatten(d: dict, prefix: str = "") -> dict:
 # --- run state: resume and branch -----------------------------------------------------------
 
 
-def find_resume(run_dir: Path, resume: str, config: dict, say) -> tuple[Path, dict, list] | None:
+def find_resume(run_dir: Path | None, resume: str, config: dict, say,
+                mmap: bool = False) -> tuple[Path, dict, list] | None:
     """(path, state, damaged) of the checkpoint that trainer.resume names, after checking its
-    config against `config`; None for resume=auto in a folder without one. resume=auto takes
-    the newest intact checkpoint, passing over damaged newer ones (`damaged`: (path, why))."""
+    config against `config`; None for resume=auto in a folder without one (or none: run_dir None).
+    resume=auto takes the newest intact checkpoint, passing over damaged newer ones (`damaged`:
+    (path, why)). The one lookup of the trainer's resume and of the precheck (mmap=True: the
+    tensors mapped, not read; only the config and the step are looked at); check_resume_step
+    then checks the step against the run's length."""
     damaged = []
     if resume == "auto":
-        path, state, damaged = newest_intact_checkpoint(run_dir)
+        if run_dir is None:
+            return None
+        path, state, damaged = newest_intact_checkpoint(run_dir, mmap=mmap)
         for p, why in damaged:
             say(f"resume: skipped {p.name}: {why}")
         if path is None:
             return None
     else:
         path = Path(resume)
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, mmap=mmap)
     changes = resume_config_changes(state.get("config", {}), config, path)
     if changes:
         say("resume: config changes from the checkpoint: " + "; ".join(changes))

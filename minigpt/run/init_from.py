@@ -41,6 +41,15 @@ def find_init_checkpoint(source: str, mmap: bool = False) -> tuple[Path, dict]:
         raise UserError(f"{KEY}: {e}") from None
 
 
+def find_init_weights(source: str, model: dict, mmap: bool = False) -> tuple[Path, dict]:
+    """(path, state) of the checkpoint trainer.init_from names, checked for the shape of `model`
+    (the run's model config): the one check of the trainer and of the precheck (mmap=True: the
+    tensors mapped, not read). The tokenizer is checked once the data is there (check_tokenizer)."""
+    path, state = find_init_checkpoint(source, mmap=mmap)
+    check_model_shape(state, path, model)
+    return path, state
+
+
 def origin(path: Path, state: dict) -> dict:
     """What summary.json records of the weights a run started from."""
     return {"path": str(Path(path).resolve()), "step": state["step"], "config_hash": config_hash(state.get("config", {}))}

@@ -31,7 +31,7 @@ from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
 from minigpt.run.records import RecordSchema, StepRecords
 from minigpt.run.folder import claim_run_folder
-from minigpt.run.init_from import check_model_shape, check_tokenizer, find_init_checkpoint, origin
+from minigpt.run.init_from import check_tokenizer, find_init_weights, origin
 from minigpt.run.runtime import Runtime, StopSignals, check_sync_debug, rank_rng_states
 from minigpt.run.sharpness import SharpnessProbe
 from minigpt.run.stepper import ModelStepper
@@ -90,8 +90,7 @@ class Trainer:
                 self.say(f"init_from: the run folder holds {found[0].name}; trainer.resume=auto continues this run "
                          f"from it, and trainer.init_from ({tc.init_from}) is not read")
             else:
-                init = find_init_checkpoint(tc.init_from)
-                check_model_shape(init[1], init[0], vars(mc))
+                init = find_init_weights(tc.init_from, vars(mc))
 
         # Data: the main rank builds the cache, the others wait and read it.
         if self.ddp.is_main:
