@@ -61,6 +61,8 @@ def run_job(config: Config, hc, stacked: list[StackedJob] | None = None) -> floa
     multirun = hc.mode == RunMode.MULTIRUN
     if multirun and hc.runtime.choices.get("hydra/launcher") == "parallel":
         _name_the_job_in_console_lines(hc.job.num)
+    if multirun and hc.runtime.choices.get("hydra/launcher") == "stacked" and stacked is None:
+        raise RuntimeError("run_job: a job of hydra/launcher=stacked needs the caller's list of stacked jobs")
     try:
         if submitit_job and config.trainer.resume is None and not config.trainer.eval_only:
             # A requeued job (preempted, or at its time limit) runs the same command again: it
@@ -73,8 +75,6 @@ def run_job(config: Config, hc, stacked: list[StackedJob] | None = None) -> floa
         if config.task == "lr_range_test":
             return _lr_range_test(config, run_dir)
         if multirun and hc.runtime.choices.get("hydra/launcher") == "stacked":
-            if stacked is None:
-                raise RuntimeError("run_job: a job of hydra/launcher=stacked needs the caller's list of stacked jobs")
             stacked.append(StackedJob(config, run_dir, hc.sweeper.get("max_batch_size")))
             return None  # trained after the sweep has set up every job: see train_stacked_jobs()
         result = train(config, run_dir)
