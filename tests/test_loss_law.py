@@ -88,6 +88,7 @@ def law_fits():
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("law", ["multi_power", "momentum"])
 def test_fitting_noisy_curves_of_a_law_recovers_its_parameters(law, law_fits):
     fit = law_fits(law)
@@ -179,6 +180,7 @@ def truth_at_end(kind: str) -> float:
     return loss_law.LAWS["multi_power"](TRUE["multi_power"], schedule(kind), [T])[0]
 
 
+@pytest.mark.slow
 def test_the_published_procedure_recovers_the_power_law_and_keeps_the_decay_shape_near_its_start(multi_power_fits):
     fit = multi_power_fits["published"]
     assert fit.procedure == "published" and fit.restarts == 0 and fit.at_bound == []  # no bounds to hit
@@ -202,6 +204,7 @@ def test_the_published_procedure_recovers_the_power_law_and_keeps_the_decay_shap
         assert fit.predict(schedule(kind), [T])[0] == pytest.approx(truth_at_end(kind), abs=0.05)
 
 
+@pytest.mark.slow
 def test_the_default_procedure_predicts_law_curves_at_least_as_well_as_the_other(multi_power_fits):
     # The evidence behind DEFAULT_PROCEDURE on curves the law itself drew (docs/loss_prediction.md):
     # the error on an unseen schedule's end, summed over two unseen schedules.
@@ -212,6 +215,7 @@ def test_the_default_procedure_predicts_law_curves_at_least_as_well_as_the_other
     assert error(multi_power_fits[loss_law.DEFAULT_PROCEDURE]) <= error(multi_power_fits[other])
 
 
+@pytest.mark.slow
 def test_the_prediction_band_of_a_well_identified_fit_covers_the_truth(law_fits):
     fit = law_fits("momentum")
     assert fit.unidentified == [] and fit.at_bound == []

@@ -459,6 +459,7 @@ def test_every_schedule_has_a_config_and_every_config_a_schedule():
     assert not (ROOT / "conf" / "scheduler").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_the_composed_scheduler_holds_every_parameter_at_its_dataclass_default(name):
     cfg = composed_scheduler(name)  # what `scheduler=<name>` composes: the file (only what differs) over the defaults
@@ -497,6 +498,7 @@ def test_every_parameter_is_explained_where_its_default_is():
             assert commented[(owner.__name__, f.name)], f"{owner.__name__}.{f.name}: no comment"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("total", [1000, 53])
 def test_config_defaults_build_and_pass_check_curve(name, total):
