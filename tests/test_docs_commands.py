@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from minigpt.errors import UserError
 
 pytestmark = pytest.mark.slow
-from minigpt.errors import UserError
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"python -m pytest"}  # the suite itself (with any options)
