@@ -327,7 +327,7 @@ class Study:
         decisions = load_decisions(self.root)
         if key in decisions.get("equal_time_steps", {}):
             return decisions["equal_time_steps"][key]
-        base_lr = self.chosen().get(BASELINE)
+        base_lr = self.sweep(self.spec(BASELINE)).chosen
         if spec.name == BASELINE or base_lr is None:
             return None
         arm_runs, base_runs = self.seed_runs(spec, lr), self.seed_runs(self.spec(BASELINE), base_lr)
@@ -517,8 +517,13 @@ def markdown(report: Report) -> list[str]:
         out += comparison_lines(report.equal_time)
     else:
         dear = [n for n, x in et["decisions"].items() if x["steps"]]
-        out += [f"No arm's step cost more than {et['ratio']}x the baseline's: the step comparison is the "
-                "wall-clock one." if not dear else "The equal-time runs have not finished.", ""]
+        if not et["decisions"]:
+            out += ["Not decided yet: the seeds of the baseline and of the other arms have not all finished.", ""]
+        elif not dear:
+            out += [f"No arm's step cost more than {et['ratio']}x the baseline's: the comparison above is also "
+                    "the one at equal wall-clock.", ""]
+        else:
+            out += ["The equal-time runs of " + ", ".join(dear) + " have not finished.", ""]
     return out
 
 
