@@ -61,12 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for row in report.data["arms"]:
+    for row in report.data["arms"] + report.data["equal_time"]["arms"]:
         d = row["minus_baseline"]
         verdict = "baseline" if row["name"] == study.BASELINE else \
             (f"{d['mean']:+.4f} vs cosine, {d['verdict']}" if d and d["mean"] is not None else "–")
         mean = f"{row['mean']:.4f}" if row["mean"] is not None else "–"
-        print(f"{row['name']:<22} lr {study.lr_text(row['lr']):<8} {mean} over {row['n']} seeds: {verdict}")
+        print(f"{row['name']:<26} lr {study.lr_text(row['lr']):<8} {mean} over {row['n']} seeds: {verdict}")
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -163,3 +163,22 @@ def test_the_cut_down_study_runs_end_to_end_and_resumes_without_rerunning(tmp_pa
     assert (tmp_path / "runs" / "no_warmup_gi_adam" / "lr0.005_s1" / "summary.json").exists()
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "trained 0 runs" in again.stdout, again.stderr + again.stdout
+
+
+def test_the_command_refuses_an_unknown_arm_or_override_in_one_line_before_anything_runs(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    loaded = importlib.util.spec_from_file_location("beats_cosine_study", ROOT / "scripts" / "beats_cosine_study.py")
+    script = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(script)
+    monkeypatch.chdir(ROOT)  # main() works from the checkout; the test's working folder comes back after it
+    runs = tmp_path / "runs"
+    assert script.main(["--runs", str(runs), "--arms", "cosin"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: unknown arm 'cosin'; the arms: cosine, wsd, linear_to_zero, constant_ema, schedule_free, muon, "
+        "no_warmup_adamw, no_warmup_gi_adam"]
+    assert script.main(["--runs", str(runs), "--arms", "wsd", "--extra", "trainer.max_stepz=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("error: unknown config key 'trainer.max_stepz' (did you mean 'trainer.max_steps'?)")
+    assert not runs.exists()

@@ -350,11 +350,13 @@ class Study:
             pending = [r for s in self.specs for r in self.sweep(s).pending]
             if not pending:
                 break
+            log(f"LR sweeps: {len(pending)} runs to train")
             seconds.update(train_runs(pending, self.root, jobs, log=log))
         chosen = self.chosen()
         for s in self.specs:
             if chosen[s.name] is None:
                 log(f"{s.name}: every LR of its sweep diverged; no seeds run")
+        log("chosen peak LRs: " + ", ".join(f"{n} {lr_text(lr) if lr else 'none'}" for n, lr in chosen.items()))
         seconds.update(train_runs([r for s in self.specs if chosen[s.name] for r in self.seed_runs(s, chosen[s.name])],
                                   self.root, jobs, log=log))
         later = []  # stage 3: equal wall-clock
@@ -581,7 +583,7 @@ def draw_wall_clock(curves: Sequence[tuple[str, Sequence[Job]]], path: Path) -> 
         smooth = [statistics.fmean(loss[max(0, k - window + 1):k + 1]) for k in range(n)]
         ax.plot(t, smooth, lw=1.2, color=f"C{i % 10}", ls="--" if "equal time" in label else "-", label=label)
     ax.set_xlabel("seconds of optimizer steps (mean over seeds; evaluations excluded)")
-    ax.set_ylabel("training loss, mean over seeds")
+    ax.set_ylabel("training loss (at the weights), mean over seeds")
     ax.set_title("loss against wall-clock (dashed: runs cut to the baseline's time)", fontsize=10)
     lows = [min(line.get_ydata()) for line in ax.get_lines()]
     highs = [line.get_ydata()[len(line.get_ydata()) // 10] for line in ax.get_lines()]  # past the first drop
@@ -603,5 +605,6 @@ def write_report(report: Report, out: Path) -> list[Path]:
     paths[1].write_text("\n".join(markdown(report)) + "\n")
     plot_sweep_curves(report.curves, "loss", paths[2])
     draw_lr_sweeps(report.data, paths[3])
-    draw_wall_clock(report.curves + report.equal_time_curves, paths[4])
+    same_runs = {RAW_CONSTANT}  # constant_ema's runs: the training loss of both is the weights'
+    draw_wall_clock([c for c in report.curves if c[0] not in same_runs] + report.equal_time_curves, paths[4])
     return paths
