@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.errors import UserError
+from minigpt.files import relative_name
 from minigpt.run.metrics import SUMMARY_FILE
 from minigpt.studies.sweep.arms import Arm, Comparison, Difference, Setting, compare, rank_arms
 from minigpt.studies.sweep.jobs import Job, read_job
@@ -456,7 +457,7 @@ def build_report(study: Study) -> Report:
         row["minus_baseline"] = _difference(equal.differences.get(row["name"])) if equal else None
 
     data = {
-        "title": "what beats cosine?",
+        "title": "what beats cosine?", "runs": relative_name(study.root),
         "base": BASE, "extra": list(study.extra), "seeds": list(study.seeds),
         "grid_points": study.grid_points, "extend": study.extend, "baseline": BASELINE,
         "unigram_entropy": entropy,
