@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, composed
+from helpers import ROOT, composed
 from minigpt import schedules
 from minigpt.config import Config, config_from_dict
 

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from conftest import nested, tiny_overrides
+from helpers import nested, tiny_overrides
 from minigpt.config import ModelConfig, OptimConfig, config_from_dict
 from minigpt.errors import UserError
 from minigpt.model import GPT, GPTConfig

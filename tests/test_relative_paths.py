@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 from minigpt.files import relative_name
 from minigpt.studies.sweep.jobs import Job

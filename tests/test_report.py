@@ -11,7 +11,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from conftest import run_train, tiny_overrides
+from helpers import run_train, tiny_overrides
 from minigpt.errors import UserError
 from minigpt.studies.sweep.arms import (
     Arm, Difference, build_arms, compare_sweep, paired_difference, rank_arms, seeds_needed, t_quantile,

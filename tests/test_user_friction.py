@@ -11,7 +11,7 @@ import pytest
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.errors import UserError
 from minigpt.launch import cli
 from minigpt.launch.compose import CONF_DIR, hydra_search_path
