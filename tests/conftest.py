@@ -1,5 +1,5 @@
 """Fixtures and pytest hooks: the session's token cache, tiny configs, the schedule registry kept,
-the host-sync detector, and the order of the slow tests. Shared helper functions are in helpers.py."""
+the host-sync detector, a synthetic sweep, and the order of the slow tests. Shared helper functions are in helpers.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import nested, tiny_overrides
+from helpers import nested, tiny_overrides, write_job
 from minigpt.config import config_from_dict
 
 # Under pytest-xdist (the README's `-n auto`) each core runs a worker; a worker and the train.py
@@ -123,3 +123,32 @@ def step_syncs():
         return detector
 
     return run
+
+
+@pytest.fixture
+def synthetic_sweep(tmp_path):
+    """pre-LN, 2 LRs x 2 warmups x 2 seeds, with a diverged seed, a crashed seed and a killed one."""
+    root = tmp_path / "sweep"
+    root.mkdir()
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    n = 0
+
+    def job(**kw):
+        nonlocal n
+        write_job(root, n, **kw)
+        n += 1
+
+    # no warmup: LR 0.01 trains (3.0, 3.2); LR 0.1 diverges on seed 1, reaches 7.0 (> initial) on seed 2
+    job(lr=0.01, warmup=0, seed=1, final=3.0, train=[6.0, 5.0, 4.0])
+    job(lr=0.01, warmup=0, seed=2, final=3.2, train=[6.0, 5.5, 4.5])
+    job(lr=0.1, warmup=0, seed=1, status="diverged", diverged_step=57, train=[6.0, 9.0, 8.0])
+    job(lr=0.1, warmup=0, seed=2, final=7.0, train=[6.0, 8.5, 7.0])
+    # 20% warmup: both LRs train
+    job(lr=0.01, warmup=0.2, seed=1, final=3.1, train=[6.0, 5.9, 5.0])
+    job(lr=0.01, warmup=0.2, seed=2, final=3.3, train=[6.0, 5.8, 5.2])
+    job(lr=0.1, warmup=0.2, seed=1, final=2.8, train=[6.0, 5.9, 5.1])
+    job(lr=0.1, warmup=0.2, seed=2, final=2.6, train=[6.0, 5.7, 5.3])
+    # a job that crashed before writing anything but error.txt, and one killed mid-run
+    job(lr=0.1, warmup=0.2, seed=3, initial=None, summary=False, error="RuntimeError: CUDA error: out of memory")
+    job(lr=0.01, warmup=0.2, seed=3, summary=False, train=[6.0, 5.9])
+    return root

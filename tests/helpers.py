@@ -1,16 +1,20 @@
 """Shared helpers of the tests (imported as `from helpers import ...`; tests/ is on sys.path,
 as pytest puts the folder of a rootless test module there): the repository's root, the tiny
-run's overrides, Hydra's composed config, and running train.py in a process. Fixtures and
-pytest hooks stay in conftest.py."""
+run's overrides, Hydra's composed config, running train.py in a process, and synthetic sweeps
+written on disk. Fixtures and pytest hooks stay in conftest.py."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,3 +79,97 @@ def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.Co
     full_env.update(env or {})
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+# --- synthetic sweeps on disk (tests of minigpt/studies/sweep/ and `minigpt report`) ----------------
+
+
+def run_report(*args):
+    return subprocess.run([sys.executable, "-m", "minigpt", "report", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def write_job(root, num, *, lr, warmup, seed, status="completed", final=None, initial=6.0, train=(),
+              norm="pre", qk=False, diverged_step=None, summary=True, error=None, total=100):
+    d = root / str(num)
+    (d / ".hydra").mkdir(parents=True)
+    config = {"seed": seed, "model": {"norm_position": norm, "qk_layernorm": qk, "z_loss": 0.0, "block_size": 32},
+              "optim": {"lr": lr}, "scheduler": {"name": "cosine_warmup", "warmup": warmup},
+              "trainer": {"max_steps": total, "micro_batch_size": 4, "grad_accum": 1}}
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    arch = {("pre", False): "pre_ln", ("post", False): "post_ln", ("pre", True): "pre_ln_qk"}[(norm, qk)]
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        [f"optim.lr={lr}", f"scheduler.warmup={warmup}", f"arch={arch}", f"seed={seed}", "trainer.max_steps=100"]))
+    records = [{"step": 0, "val/loss": initial}] if initial is not None else []
+    records += [{"step": i, "train/loss": v, "train/lr": lr, "spike/loss": False, "spike/grad_norm": False}
+                for i, v in enumerate(train)]
+    if final is not None:
+        records.append({"step": total, "val/loss": final})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if summary:
+        s = {"status": status, "reason": "loss above 6 for 50 consecutive steps" if status == "diverged" else "",
+             "diverged_step": diverged_step, "final_val_loss": final, "initial_val_loss": initial,
+             "best_val_loss": final, "peak_lr": lr, "total_steps": total, "tok_per_s": 1000.0,
+             "spikes/loss": 2 if status == "diverged" else 0, "spikes/grad_norm": 1}
+        (d / "summary.json").write_text(json.dumps(s))
+    if error:
+        (d / "error.txt").write_text(f"Traceback (most recent call last):\n  ...\n{error}\n")
+    return d
+
+
+def table_rows(text, header_cell, after=None):
+    """The body rows of the first markdown table whose header has `header_cell` (after a heading)."""
+    lines = text.splitlines()
+    start = lines.index(after) if after else 0
+    for i in range(start, len(lines)):
+        if lines[i].startswith("|") and header_cell in lines[i]:
+            rows = []
+            for line in lines[i + 2:]:
+                if not line.startswith("|"):
+                    break
+                rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]])
+            return rows
+    raise AssertionError(f"no table with '{header_cell}'")
+
+
+def arms_text(sweep, baseline=None):
+    """report.md's text without its figures (drawing them is what takes the time)."""
+    from minigpt.studies.sweep.jobs import find_jobs
+    from minigpt.studies.sweep.report import report_markdown
+
+    return report_markdown(sweep, find_jobs(sweep), None, {}, baseline=baseline)
+
+
+def write_arm_job(root, name, overrides, seed, final, *, stderr=0.004, status="completed", steps=20,
+                  model=None, data=None, max_steps=100, hydra=True):
+    """A job folder as a multirun leaves it: .hydra/{config,overrides}.yaml, metrics.jsonl, summary.json."""
+    d = root / name
+    d.mkdir(parents=True)
+    config = {"seed": seed, "model": {"n_layer": 2, "n_embd": 32, "block_size": 32, **(model or {})},
+              "data": {"name": "stdlib", "vocab_size": 300, "cache_dir": f"/tmp/cache{seed}", **(data or {})},
+              "optim": {"lr": 0.01}, "scheduler": {"name": "cosine_warmup"},
+              "trainer": {"max_steps": max_steps, "micro_batch_size": 4, "eval_iters": 5}}
+    if hydra:
+        (d / ".hydra").mkdir()
+        (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+            [f"{k}={v}" for k, v in overrides.items()] + [f"seed={seed}", f"data.cache_dir=/tmp/cache{seed}"]))
+    records = [{"step": i, "train/loss": 6.0 - (6.0 - final) * i / steps, "train/lr": 0.01} for i in range(steps)]
+    records.append({"step": steps, "val/loss": final, "val/loss_stderr": stderr})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (d / "summary.json").write_text(json.dumps({
+        "status": status, "final_val_loss": final if status == "completed" else None, "val_loss_stderr": stderr,
+        "initial_val_loss": 6.0, "total_steps": max_steps, "diverged_step": 10 if status == "diverged" else None}))
+    return d
+
+
+def arms_sweep(root, finals: dict[str, dict[int, float]], **kw):
+    """scheduler -> {seed: final val loss}, one job folder each."""
+    (root / "multirun.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    n = 0
+    for sched, by_seed in finals.items():
+        for seed, final in by_seed.items():
+            write_arm_job(root, f"{n}_scheduler={sched},seed={seed}", {"scheduler": sched}, seed, final, **kw)
+            n += 1
+    return root
