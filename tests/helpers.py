@@ -173,3 +173,33 @@ def arms_sweep(root, finals: dict[str, dict[int, float]], **kw):
             write_arm_job(root, f"{n}_scheduler={sched},seed={seed}", {"scheduler": sched}, seed, final, **kw)
             n += 1
     return root
+
+
+# --- runs of the loss-prediction tests: losses drawn from the multi-power law with these parameters --
+
+TRUE = {"L0": 3.0, "A": 1.6, "alpha": 0.5, "B": 70.0, "C": 0.5, "beta": 0.6, "gamma": 0.5}
+
+
+def fake_run(run_dir, overrides, every=20, noise=5e-4, seed=0, lr_records=True):
+    """A run directory as train.py writes it, with losses drawn from the multi-power law."""
+    import numpy as np
+
+    from minigpt.launch.compose import compose
+    from minigpt.studies import loss_law
+    from minigpt.studies import loss_prediction as lp
+
+    lrs = lp.planned_lrs(compose(overrides))
+    steps = np.arange(0, len(lrs) + 1, every)
+    losses = loss_law.multi_power_loss(lrs, np.maximum(steps, 1), **TRUE)
+    losses *= 1 + noise * np.random.default_rng(seed).standard_normal(len(steps))
+    val = dict(zip(steps.tolist(), losses.tolist()))
+    records = [{"step": s, **({"train/lr": float(lr)} if lr_records else {}), "train/loss": 9.0,
+                **({"val/loss": val[s]} if s in val else {})} for s, lr in enumerate(lrs)]
+    records.append({"step": len(lrs), "val/loss": val[len(lrs)]})
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides + [f"hydra.run.dir={run_dir}"]))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return lrs
+
+
+SHORT = ["trainer.max_steps=200", "trainer.eval_interval=20"]
