@@ -81,6 +81,14 @@ def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.Co
                           text=True, timeout=timeout, env=full_env)
 
 
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path: Path) -> bool:
+    """A PNG file (its signature), as the figures are written."""
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
 # --- synthetic sweeps on disk (tests of minigpt/studies/sweep/ and `minigpt report`) ----------------
 
 

@@ -1,5 +1,6 @@
-"""The dataclasses are the one source of defaults: the files in conf/ hold only what differs from
-them, and every key is still in the composed config (settable without '+')."""
+"""minigpt/config.py: the dataclasses are the one source of defaults (the files in conf/ hold only
+what differs from them, and every key is still in the composed config, settable without '+'), and
+config.coerce's rules for lists, literals and mappings."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from omegaconf import OmegaConf
 
 from helpers import ROOT, composed
 from minigpt import schedules
-from minigpt.config import Config, config_from_dict
+from minigpt.config import Config, coerce, config_from_dict
+from minigpt.errors import UserError
 
 CONF = ROOT / "conf"
 DEFAULTS = Config().to_dict()
@@ -74,3 +76,19 @@ def test_the_composed_config_holds_every_key_at_its_file_or_default_value(overri
     for key, default in leaves({k: v for k, v in DEFAULTS.items() if k not in CHOICES and k != "scheduler"}):
         assert got[key] == (int(given[key]) if key in given else default) or key == "run_name", key
     config_from_dict(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
+
+
+def test_lists_literals_and_mappings():
+    from typing import Literal, Optional
+
+    assert coerce("a.txt", list[str], "paths") == ["a.txt"]  # one path where a list is expected
+    assert coerce([1, "2"], tuple[int, ...], "milestones") == (1, 2)
+    assert coerce(None, dict, "scheduler") == {} and coerce(None, Optional[int], "k") is None
+    with pytest.raises(UserError, match=r"^norm: must be one of pre, post; got 'psot' \(did you mean 'post'\?\)$"):
+        coerce("psot", Literal["pre", "post"], "norm")
+    with pytest.raises(UserError, match=r"^milestones: expected a list, got 50$"):
+        coerce(50, tuple[int, ...], "milestones")
+    with pytest.raises(UserError, match=r"^k: must be set \(int\), got null$"):
+        coerce(None, int, "k")
+    # A length of a schedule: the structure by the type, each value by the schedule's own rule.
+    assert coerce(["10%", 3], tuple[int, ...], "m", scalar=lambda v, k: (k, v)) == (("m[0]", "10%"), ("m[1]", 3))

@@ -2,7 +2,7 @@
 weight average (optim.ema): each trains, each keeps its definition, each resumes exactly.
 
 All in process on a 2-layer, 32-wide model; the trainer's schedule figure is not drawn here (it
-is tested in test_schedules_plots.py and takes most of a tiny run's time).
+is tested in test_plots.py and takes most of a tiny run's time).
 """
 
 from __future__ import annotations
