@@ -1,6 +1,6 @@
 """No absolute path in what the project commits or writes: the committed files under docs/ hold
 none, and the writers (the sweep report here; `minigpt predict`'s fit, predict and optimize
-in tests/test_predict_loss.py) name their inputs relative to the folder they were run from
+in tests/test_predict.py) name their inputs relative to the folder they were run from
 (minigpt.files.relative_name)."""
 
 from __future__ import annotations
