@@ -1,6 +1,7 @@
 """minigpt/config.py: the dataclasses are the one source of defaults (the files in conf/ hold only
-what differs from them, and every key is still in the composed config, settable without '+'), and
-config.coerce's rules for lists, literals and mappings."""
+what differs from them, and every key is still in the composed config, settable without '+'),
+config.coerce's rules for lists, literals and mappings, and the checks of single settings (the LR
+scaling rule's reference batch, the weight-decay mode)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from omegaconf import OmegaConf
 
 from helpers import ROOT, composed
 from minigpt import schedules
-from minigpt.config import Config, coerce, config_from_dict
+from minigpt.config import Config, OptimConfig, coerce, config_from_dict
 from minigpt.errors import UserError
 
 CONF = ROOT / "conf"
@@ -78,6 +79,9 @@ def test_the_composed_config_holds_every_key_at_its_file_or_default_value(overri
     config_from_dict(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
 
 
+# --- values and single settings -----------------------------------------------------------------
+
+
 def test_lists_literals_and_mappings():
     from typing import Literal, Optional
 
@@ -92,3 +96,17 @@ def test_lists_literals_and_mappings():
         coerce(None, int, "k")
     # A length of a schedule: the structure by the type, each value by the schedule's own rule.
     assert coerce(["10%", 3], tuple[int, ...], "m", scalar=lambda v, k: (k, v)) == (("m[0]", "10%"), ("m[1]", 3))
+
+
+def test_scaling_rule_needs_a_reference_batch():
+    with pytest.raises(UserError, match="reference_batch_tokens"):
+        OptimConfig(lr_scaling="linear").validate()
+
+
+@pytest.mark.parametrize("overrides, text", [
+    ({"weight_decay_mode": "decoupled"}, "optim.weight_decay_mode: must be one of coupled, independent"),
+    ({"weight_decay_mode": "independent", "weight_decay": 1.0}, "optim.weight_decay must be < 1 with"),
+])
+def test_bad_decay_settings_are_one_line(overrides, text):
+    with pytest.raises(UserError, match=text.replace(".", r"\.")):
+        config_from_dict({"optim": overrides})
