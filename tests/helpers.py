@@ -211,3 +211,40 @@ def fake_run(run_dir, overrides, every=20, noise=5e-4, seed=0, lr_records=True):
 
 
 SHORT = ["trainer.max_steps=200", "trainer.eval_interval=20"]
+
+
+# --- a warmup study in memory (the study's signatures: tests of minigpt/studies/sweep/) --------------
+
+ENTROPY = 6.5  # trains well: <= 0.8 x 6.5 = 5.2; fails: diverged, stuck, or >= 6.4
+
+
+def warmup_job(arch, lr, warmup, seed, final=None, status="completed", reason="", total=100, lrs=None, losses=None):
+    """A job of the warmup study (arch pre, post or qk) as find_jobs reads it, with its records."""
+    from minigpt.studies.sweep.jobs import Job
+
+    norm, qk = {"pre": ("pre", False), "post": ("post", False), "qk": ("pre", True)}[arch]
+    lrs = lrs or [lr] * 20
+    losses = losses or [8.0] * len(lrs)
+    records = [{"step": 0, "val/loss": 8.0}]
+    records += [{"step": i, "train/loss": v, "train/lr": x} for i, (v, x) in enumerate(zip(losses, lrs))]
+    summary = {"status": status, "reason": reason, "final_val_loss": final, "initial_val_loss": 8.0,
+               "unigram_entropy_val": ENTROPY, "total_steps": total, "plan": {"warmup_steps": warmup},
+               "diverged_step": 60 if status == "diverged" else None}
+    config = {"seed": seed, "model": {"norm_position": norm, "qk_layernorm": qk}, "optim": {"lr": lr}}
+    return Job(Path(f"/{arch}-{lr}-{warmup}-{seed}"), f"{arch}{lr}{warmup}{seed}", [], config, summary, records, None)
+
+
+STUCK = dict(status="diverged", reason="loss stuck at the unigram level: mean 6.6 over the last 20 steps")
+
+
+def study_jobs():
+    """Three seeds of pre-LN and post-LN at two LRs, with and without warmup."""
+    jobs = []
+    for seed, (bare, warm) in enumerate([(5.0, 4.5), (5.1, 4.6), (4.9, 4.6)], start=1):
+        jobs += [warmup_job("pre", 0.01, 0, seed, bare), warmup_job("pre", 0.01, 10, seed, warm)]  # gaps 0.5, 0.5, 0.3
+    for seed, (bare, warm) in enumerate([(4.8, 4.5), (4.75, 4.6), (4.9, 4.6)], start=1):
+        jobs += [warmup_job("pre", 0.001, 0, seed, bare), warmup_job("pre", 0.001, 10, seed, warm)]  # 0.3, 0.15 (!), 0.3
+    for seed in (1, 2, 3):
+        jobs += [warmup_job("post", 0.001, 0, seed, **STUCK), warmup_job("post", 0.001, 50, seed, 4.7)]
+        jobs += [warmup_job("post", 0.01, 0, seed, 6.45), warmup_job("post", 0.01, 50, seed, 6.3 if seed == 2 else 5.0)]
+    return jobs

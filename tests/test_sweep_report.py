@@ -1,17 +1,21 @@
 """minigpt/studies/sweep/report.py (what `minigpt report` writes): the sweep table, the study
-tables, the arms' section, on synthetic sweeps and on a real multirun."""
+tables, the arms' section, the warmup study's signature tables and sensitivity per seed, on
+synthetic sweeps and on a real multirun."""
 
 import json
 
 import pytest
 import yaml
 
-from helpers import arms_text, run_report, run_train, table_rows, tiny_overrides, write_arm_job, write_job
+from helpers import (arms_text, run_report, run_train, study_jobs, table_rows, tiny_overrides, warmup_job, write_arm_job,
+                     write_job)
 from minigpt.errors import UserError
 from minigpt.studies.sweep.arms import build_arms
 from minigpt.studies.sweep.jobs import find_jobs, find_jobs_in
-from minigpt.studies.sweep.report import report_markdown, sweep_table, warmup_study_of, write_report
-from minigpt.studies.sweep.statistics import build_study, clipped_loss, lr_sensitivity
+from minigpt.studies.sweep.report import (lr_range_note, report_markdown, signature_tables, sweep_table, warmup_study_of,
+                                          write_report)
+from minigpt.studies.sweep.statistics import (build_study, clipped_loss, lr_sensitivity, seed_pairs, sensitivity_per_seed,
+                                              signatures)
 
 
 # --- a synthetic sweep on disk: every kind of job a multirun can leave behind (conftest.py) ----
@@ -191,3 +195,43 @@ def test_warmup_study_only_when_lr_and_warmup_vary_or_asked(tmp_path):
         warmup_study_of(find_jobs(flat), asked=True)
 
 
+# --- the warmup study's signatures, seed by seed (helpers.study_jobs) -------------------------------
+
+
+def test_signature_table_shows_each_seed_and_the_verdicts():
+    text = "\n".join(signature_tables(build_study(study_jobs())))
+    assert "| pre-LN | 0.01 | 2 | 5.100 | 4.600 | – | 10: +0.500 (lasting gap) |" in text
+    assert "| post-LN | 0.001 | 1 | stuck | – | 4.700 | 50: n/a (lasting gap) |" in text
+    assert "- rescue: post-LN at peak LR 0.001 with warmup 50 steps (50%) (3 seeds)" in text
+
+
+def test_sensitivity_per_seed_and_the_lr_range_note():
+    jobs = []
+    for seed, losses in ((1, (5.0, 4.0, 6.0)), (2, (5.5, 4.5, 8.5))):
+        for lr, final in zip((1e-3, 3e-3, 1e-2), losses):
+            jobs += [warmup_job("pre", lr, 0, seed, final), warmup_job("pre", lr, 10, seed, final)]
+    study = build_study(jobs)
+    # seed 1: mean(5.0, 4.0, 6.0) - 4.0 = 1.0; seed 2: 8.5 is above the initial 8.0, so mean(5.5, 4.5, 8.0) - 4.5
+    assert sensitivity_per_seed(study, "pre-LN", 0) == pytest.approx({"1": 1.0, "2": 18.0 / 3 - 4.5})
+    note = lr_range_note(study.lrs)
+    assert "0.001, 0.003, 0.01" in note and "0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3" in note
+    assert "lacks 0.0003, 0.03, 0.1, 0.3" in note
+
+
+def test_unfinished_runs_show_the_gap_so_far_and_count_for_no_signature():
+    jobs = []
+    for seed in (1, 2, 3):
+        bare = warmup_job("pre", 0.01, 0, seed, status="interrupted")
+        warm = warmup_job("pre", 0.01, 10, seed, status="interrupted")
+        bare.records += [{"step": 100, "val/loss": 5.6}, {"step": 200, "val/loss": 5.4}]
+        warm.records += [{"step": 100, "val/loss": 5.3}, {"step": 200, "val/loss": 5.0 + 0.01 * seed}]
+        bare.records += [{"step": 300, "val/loss": 5.2}]  # the warmup twin has not reached step 300
+        jobs += [bare, warm, warmup_job("pre", 0.1, 0, seed, 5.0), warmup_job("pre", 0.1, 10, seed, 5.0)]
+    study = build_study(jobs)
+    pairs = seed_pairs(study, "pre-LN", 0.01, 10)
+    assert [(p.common_step, round(p.gap_so_far, 3)) for p in pairs] == [(200, 0.39), (200, 0.38), (200, 0.37)]
+    assert all(p.gap is None and not p.lasting_gap for p in pairs)
+    assert signatures(study)[0].holds == []  # a verdict needs finished runs
+    text = "\n".join(signature_tables(study))
+    assert ("| pre-LN | 0.01 | 1 | 5.200 at step 300, interrupted | 5.010 at step 200, interrupted "
+            "| 10: +0.390 at step 200, not finished |") in text
