@@ -505,6 +505,18 @@ def test_config_defaults_build_and_pass_check_curve(name, total):
     check_curve(schedule_from_config(composed_scheduler(name), total, 4096))
 
 
+def test_the_fast_walk_of_a_curve_gives_the_values_of_each_call():
+    """Schedule.curve (how a run is checked and a loss predicted) is the per-step call, value for value,
+    with the one-update lag and lead-in of the DeepSpeed conventions too."""
+    deepspeed = ("constant_warmup", "linear_warmup", "cosine_warmup")  # the schedules DeepSpeed has
+    for name in ALL:
+        for conventions in ("minigpt", "deepspeed") if name in deepspeed else ("minigpt",):
+            s = schedules.build_schedule(name, 97, conventions=conventions)
+            assert s.curve(range(97)) == [s(t) for t in range(97)], (name, conventions)
+    lagged = schedules.build_schedule("cosine_warmup", 97, conventions="deepspeed")
+    assert lagged.lag == 1  # the second branch of curve() is exercised
+
+
 def test_custom_config_needs_name_and_module(tmp_path, monkeypatch, registry):
     cfg = composed_scheduler("custom")
     assert cfg == {"name": None, "conventions": "minigpt", "module": None}
