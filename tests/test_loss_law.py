@@ -1,5 +1,5 @@
 """The loss laws (minigpt/studies/loss_law.py): hand-computed values, fits that recover known parameters,
-speed, and the table schedule the optimizer writes."""
+long schedules, and the warnings of a fit. The table schedule the optimizer writes: test_lr_table.py."""
 
 from __future__ import annotations
 
