@@ -9,7 +9,7 @@ import pytest
 from minigpt.launch import cli
 from minigpt.launch.precheck import precheck
 from minigpt.launch import compose
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.errors import UserError
 
 

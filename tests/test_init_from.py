@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import nested, tiny_overrides
+from helpers import nested, tiny_overrides
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.run.checkpoint import load_checkpoint
@@ -27,6 +27,7 @@ def parent(cache_dir, tmp_path_factory):
     return cfg, result
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_the_weights_alone(parent, make_config, tmp_path):
     parent_cfg, a = parent
     # resume=auto in a folder without a checkpoint (a first Slurm attempt, say): init_from starts the run

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.launch import cli
 from minigpt.launch import jobs as launch_jobs
 from minigpt.launch.compose import composed

@@ -15,7 +15,7 @@ import pytest
 import hydra
 from omegaconf import OmegaConf
 
-from conftest import ROOT, composed_scheduler, hydra_args, run_train
+from helpers import ROOT, composed_scheduler, hydra_args, run_train
 from minigpt.launch import cli
 from minigpt.launch.precheck import precheck
 from minigpt.launch.compose import CONF_DIR, composed, group_options, hydra_search_path
@@ -66,6 +66,7 @@ def test_every_value_of_a_sweep_file_is_checked_before_any_job(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choice(tmp_path, monkeypatch):
     """Values of plain keys are applied to a composition of the group choices, as Hydra applies
     them; each new set of group choices is composed. A bad value anywhere in the grid is refused."""
@@ -99,6 +100,7 @@ def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choi
     ["sweep=warmup_divergence_cpu", "hydra/launcher=stacked", "trainer.eval_interval=5", "hydra.sweep.dir=s"],
     ["experiment=warmup_divergence_cpu", "++seed=3"],  # a ++ override: Hydra composes it all
 ])
+@pytest.mark.slow
 def test_the_precheck_composes_what_hydra_composes(overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a working directory of its own: composed afresh here
     ours = composed(overrides)

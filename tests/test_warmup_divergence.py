@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.launch.precheck import precheck
 from minigpt.launch.compose import composed
 from minigpt import schedules
@@ -17,6 +17,7 @@ def product(params) -> int:
     return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["warmup_divergence", "warmup_divergence_cpu"])
 def test_study_sweeps_compose_into_the_grid(name):
     cfg = composed([f"sweep={name}"])
@@ -84,7 +85,7 @@ HEADLINE_CUT = ["sweep=warmup_divergence_cpu", "arch=pre_ln", "optim.lr=1e-2", "
 
 @pytest.mark.slow
 def test_headline_cut_shows_the_pre_ln_lasting_gap_on_every_seed(cache_dir, tmp_path):
-    from conftest import run_train
+    from helpers import run_train
     from minigpt.studies.sweep.jobs import find_jobs
     from minigpt.studies.sweep.statistics import build_study, seed_pairs, signatures, trains_well
 
