@@ -59,34 +59,3 @@ def test_run_job_reports_a_run_a_watcher_stopped_without_taking_it_for_a_signal(
     with caplog.at_level(logging.INFO, logger="minigpt"):
         assert jobs.run_job(Config(), hc) == 4.5
     assert "stopped at step 7: the watcher's limit was reached" in caplog.text
-
-
-def test_stacked_jobs_come_back_in_the_list_the_app_was_given(monkeypatch, tmp_path):
-    """hydra/launcher=stacked: each job Hydra sets up is handed back to main() in the list it gave
-    the app (hydra_app(stacked)), with its typed config, folder and stack limit, and is not trained
-    there; two apps keep their own lists (no state left in a module between commands)."""
-    from types import SimpleNamespace
-
-    from hydra.types import RunMode
-
-    import minigpt.launch.train as entry
-    from minigpt.launch import jobs
-    from minigpt.launch.compose import composed
-
-    def trained(*args, **kwargs):
-        raise AssertionError("a stacked job was trained one by one")
-
-    monkeypatch.setattr("minigpt.run.trainer.train", trained)
-    first, second = [], []
-    for stacked, (seed, num) in ((first, (3, 0)), (first, (4, 1)), (second, (5, 0))):
-        run_dir = tmp_path / f"{num}_seed={seed}"
-        hc = SimpleNamespace(runtime=SimpleNamespace(output_dir=str(run_dir), choices={"hydra/launcher": "stacked"}),
-                             mode=RunMode.MULTIRUN, job=SimpleNamespace(num=num), sweep=SimpleNamespace(dir=str(tmp_path)),
-                             sweeper={"max_batch_size": 2})
-        monkeypatch.setattr(entry.HydraConfig, "get", staticmethod(lambda hc=hc: hc))
-        assert entry.hydra_app(stacked)(composed(["+debug=tiny", f"seed={seed}"], with_hydra=False)) is None
-    assert [(j.config.seed, j.run_dir.name, j.max_stack) for j in first] == [(3, "0_seed=3", 2), (4, "1_seed=4", 2)]
-    assert [j.config.seed for j in second] == [5]
-    assert all(isinstance(j, jobs.StackedJob) and j.config.logger.group == tmp_path.name for j in first + second)
-    with pytest.raises(RuntimeError, match="needs the caller's list of stacked jobs"):
-        jobs.run_job(first[0].config, hc)
