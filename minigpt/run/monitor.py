@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minigpt.config import MonitorConfig
-from minigpt.run.records import Key
+from minigpt.run.keys import Key
 
 
 class RollingZ:

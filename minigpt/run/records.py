@@ -1,8 +1,7 @@
 """Per-step records: from the device to the host in batches, and the one record schema.
 
-`Key` names every key a record of metrics.jsonl can have (train/, perf/, val/, spike/); the
-writers (here, the monitor, the trainer's evaluations) and the readers in run/, studies/ and
-tools/ use its names, and tests/test_records.py checks that a real run writes no other.
+The keys a record can have are named in keys.py (`Key`); `RecordSchema` turns a step's values
+into them, `Evaluation.fields` an evaluation's.
 
 On a GPU nothing in the step waits for the device: a step leaves its values (loss, grad norm,
 ...) on the GPU as one small tensor with its host-side facts (LR, tokens, timing). Every
@@ -22,58 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from minigpt.config import Config
+from minigpt.run.keys import Key
 from minigpt.run.sharpness import stability_threshold
-
-class Key:
-    """Every key of a metrics record (metrics.jsonl, wandb, tensorboard), by what writes it."""
-
-    STEP = "step"
-    # a step's values and facts (RecordSchema.record)
-    LR = "train/lr"
-    LOSS = "train/loss"  # the cross-entropy of the step's batch (the z-loss term apart)
-    LOSS_MAX = "train/loss_max"
-    GRAD_NORM = "train/grad_norm"
-    CLIPPED = "train/clipped"
-    TOKENS = "train/tokens"
-    BATCH_SIZE = "train/batch_size"
-    BETA1 = "train/beta1"
-    BETA2 = "train/beta2"  # sqrt_adam's scaled betas and eps (constants of the run)
-    EPS = "train/eps"
-    SKIPPED = "train/skipped"  # monitor.skip_spikes
-    SCALER_SKIPPED = "train/scaler_skipped"  # fp16's gradient scaler
-    Z_LOSS = "train/z_loss"
-    UPDATE_RATIO = "train/update_ratio"
-    MAX_ATTN_LOGIT = "train/max_attn_logit"
-    LOGZ = "train/logz"
-    SHARPNESS = "train/sharpness"
-    SHARPNESS_THRESHOLD = "train/sharpness_threshold"
-    STEP_MS = "perf/step_ms"
-    TOK_PER_S = "perf/tok_per_s"
-    MFU = "perf/mfu"
-    # the spike monitor (Monitor.observe)
-    SPIKE = "train/spike"
-    SPIKE_LOSS = "spike/loss"
-    SPIKE_LOSS_Z = "spike/loss_z"
-    SPIKE_GRAD_NORM = "spike/grad_norm"
-    SPIKE_GRAD_NORM_Z = "spike/grad_norm_z"
-    # the evaluations (Evaluation.fields)
-    VAL_LOSS = "val/loss"
-    VAL_LOSS_STDERR = "val/loss_stderr"
-    VAL_Z_LOSS = "val/z_loss"
-    VAL_LOSS_EMA = "val/loss_ema"
-
-    @staticmethod
-    def spike(series: str) -> str:
-        """spike/<series> (a flag); spike/<series>_z is its z-score."""
-        return f"spike/{series}"
-
-    @staticmethod
-    def train(field: str) -> str:
-        """train/<field>: where an optional per-step value (RecordSchema.fields) goes."""
-        return f"train/{field}"
-
-
-RECORD_KEYS = frozenset(v for k, v in vars(Key).items() if k.isupper())
 
 # Values every step produces, in this order; optional ones (monitor.*) follow when enabled.
 BASE_FIELDS = ("loss", "loss_max", "grad_norm")

@@ -30,7 +30,8 @@ from minigpt.optim import WeightAverage, build_optimizer, check_precision, eval_
 from minigpt.run.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
-from minigpt.run.records import Evaluation, Key, RecordSchema, StepRecords
+from minigpt.run.keys import Key
+from minigpt.run.records import Evaluation, RecordSchema, StepRecords
 from minigpt.run.folder import claim_run_folder
 from minigpt.run.init_from import check_model_shape, check_tokenizer, find_init_checkpoint, origin
 from minigpt.run.runtime import Distributed, Runtime, StopSignals, check_sync_debug, own_rng_state, rank_rng_states, set_rng_state
