@@ -291,6 +291,14 @@ class Schedule:
             return float(self.lead_in)
         return float(_REGISTRY[self.name].fn(self._at(step), self.total_steps, self.params))
 
+    def curve(self, steps) -> list[float]:
+        """[self(t) for t in steps], about twice as fast: a 10^5-step run is walked to check it
+        and again to predict its loss (the formula is called directly, without __call__'s checks)."""
+        fn, total, params, lag = _REGISTRY[self.name].fn, self.total_steps, self.params, self.lag
+        if lag == 0:
+            return [float(fn(t, total, params)) for t in steps]
+        return [self(t) for t in steps]
+
     def beta1(self, step: float) -> float | None:
         """Adam's beta1 for the step where the schedule cycles it (one_cycle), else None."""
         fn = _REGISTRY[self.name].beta1
@@ -398,8 +406,9 @@ def check_curve(schedule: Schedule) -> None:
     peak, and its cosine starts one step into the decay), and conventions=deepspeed reproduces it.
     """
     best, best_step = -math.inf, 0
-    for t in curve_steps(schedule):
-        value = schedule(t)
+    steps = curve_steps(schedule)
+    cycles_beta1 = _REGISTRY[schedule.name].beta1 is not None
+    for t, value in zip(steps, schedule.curve(steps)):
         if not math.isfinite(value) or value < 0:
             raise UserError(
                 f"scheduler '{schedule.name}': the LR multiplier at step {t} is {value!r}; "
@@ -407,7 +416,7 @@ def check_curve(schedule: Schedule) -> None:
             )
         if value > best:
             best, best_step = value, t
-        beta1 = schedule.beta1(t)
+        beta1 = schedule.beta1(t) if cycles_beta1 else None
         if beta1 is not None and not 0.0 <= beta1 < 1.0:
             raise UserError(f"scheduler '{schedule.name}': beta1 at step {t} is {beta1!r}; it must be in [0, 1)")
     if best < 1.0 - 1e-9 and best_step == schedule.total_steps - 1:

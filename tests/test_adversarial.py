@@ -169,6 +169,7 @@ def test_a_lock_path_that_is_not_a_regular_file_is_refused_in_one_line(tiny, tmp
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
 
 
+@pytest.mark.slow
 def test_links_planted_as_the_runs_temporaries_are_replaced_never_written_through(tiny, tmp_path, monkeypatch):
     from minigpt.run.trainer import train
 
@@ -210,6 +211,7 @@ def test_a_link_planted_as_a_file_the_run_appends_to_is_refused(tiny, tmp_path, 
 # --- 3. overwrite moves only the run's own files -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overwrite_moves_only_the_runs_files_and_refuses_a_folder_holding_more(tiny, tmp_path):
     from minigpt.run.folder import lock_holder
     from minigpt.run.trainer import train

@@ -235,6 +235,7 @@ def refusal(args: list[str], run_dir: Path) -> tuple[str, bool]:
     raise AssertionError(f"not refused: {args}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, overrides, expected, precheck", CASES, ids=[_case(c)[0] for c in CASES])
 def test_bad_input_is_one_line_naming_the_key(name, overrides, expected, precheck, earlier, scratch, cache_dir,
                                               monkeypatch):

@@ -97,6 +97,7 @@ def test_ramp_config_errors():
         plan(start=100, ramp="1k")
 
 
+@pytest.mark.slow
 def test_trainer_ramps_the_batch_and_counts_the_schedule_in_tokens(make_config, tmp_path):
     # micro-batch 2, full batch 8 (accum 4), context 32: 256 tokens per full update.
     common = dict(trainer__micro_batch_size=2, trainer__grad_accum=4, trainer__max_steps=None,

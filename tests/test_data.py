@@ -51,6 +51,7 @@ def test_tokenizer_round_trip(tokenizer, tmp_path):
     assert again.encode(SAMPLES[2]) == tok.encode(SAMPLES[2]) and again.eot_id == tok.eot_id
 
 
+@pytest.mark.slow
 def test_bpe_compresses_code():
     docs = stdlib_documents()[:60]
     tok = BPETokenizer.train(iter([d.text for d in docs]), vocab_size=1024)
@@ -75,6 +76,7 @@ def test_single_document_is_cut_at_a_line_break():
     assert train[0].text.endswith("\n") and 0.05 < len(val[0].text) / len(text) < 0.15
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_invalidated(tmp_path):
     cfg = DataConfig(max_chars=60_000, vocab_size=400, cache_dir=str(tmp_path))
     messages = []
@@ -275,6 +277,7 @@ def test_split_is_stratified_by_folder():
         assert counts == {"a": 10, "b": 6, "c": 4}, (seed, counts)
 
 
+@pytest.mark.slow
 def test_pieces_tokenize_to_the_tokens_of_the_whole():
     """Long documents are tokenized in pieces cut where no token can span: same ids as whole."""
     from minigpt.data.cache import pieces
@@ -392,6 +395,7 @@ def test_bad_jsonl_rows_are_one_line_naming_file_line_and_problem(tmp_path, cont
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_progress_false_silences_every_bar_the_datasets_ones_included(tmp_path, capfd):
     import datasets
 
@@ -411,6 +415,7 @@ def test_progress_false_silences_every_bar_the_datasets_ones_included(tmp_path, 
     assert datasets.is_progress_bar_enabled()  # left as it was found
 
 
+@pytest.mark.slow
 def test_fast_encoder_gives_the_ids_of_tokenizers_and_steps_aside_when_it_would_not(monkeypatch):
     import tiktoken
 

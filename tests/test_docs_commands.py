@@ -4,9 +4,12 @@ Commands are collected from ```bash blocks and from inline `python ...` and `min
 Every train.py (or `minigpt train`) command is checked in process as train.py checks it
 (minigpt/launch/cli.py precheck: every sweep value composed and validated); commands that need a
 GPU (or the network) are composed and type-checked instead. Every script a command names must
-exist, and every `minigpt` tool it names. One command per page then runs for real
-(slow), shortened with a tiny model and few steps: the first one of the page that runs on a CPU
-without the outputs of an earlier command.
+exist, and every `minigpt` tool it names. Then one command of each kind runs for real, shortened
+with a tiny model and few steps: a single train.py run, a train.py sweep, each script or tool; each
+is the first command of its kind, page by page, that runs on a CPU without the outputs of an
+earlier command. (The pages' other commands differ from these only in overrides, which the
+in-process check covers; one real run per page cost a minute of the suite for no new code path.)
+Every test here is slow-marked: the fast part is for the code, these are for the docs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import pytest
 
 from conftest import ROOT
 from minigpt.errors import UserError
+
+pytestmark = pytest.mark.slow
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN = {"python -m pytest"}  # the suite itself (with any options)
@@ -292,20 +297,42 @@ DOC_PAGES = sorted({d for d, _ in COMMANDS})
 
 
 def page_command(doc: str) -> str | None:
-    """The command of a page that runs for real: its first one that runs on its own (composed
-    here, when a test asks, rather than at collection)."""
+    """The first command of a page that runs on its own (composed here, when a test asks,
+    rather than at collection)."""
     return next((c for d, c in COMMANDS if d == doc and runs_on_its_own(c)), None)
+
+
+def command_kind(command: str) -> tuple[str, bool]:
+    """What a command exercises beyond its overrides: the program, and whether it is a sweep."""
+    script, args = program(shlex.split(command))
+    return script, "-m" in args or "--multirun" in args
+
+
+def commands_that_run() -> dict[str, str]:
+    """{page: command}: the first runnable command of each kind, pages in order."""
+    chosen, kinds = {}, set()
+    for doc in DOC_PAGES:
+        command = page_command(doc)
+        if command is not None and command_kind(command) not in kinds:
+            kinds.add(command_kind(command))
+            chosen[doc] = command
+    return chosen
 
 
 def test_every_page_has_a_command_that_runs():
     assert [d for d in DOC_PAGES if page_command(d) is None] == []
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("doc", DOC_PAGES)
+RUN_PAGES = ["README.md", "performance.md", "sweeps.md"]  # what commands_that_run() picks today
+
+
+def test_one_command_of_each_kind_runs():
+    assert list(commands_that_run()) == RUN_PAGES
+
+
+@pytest.mark.parametrize("doc", RUN_PAGES)
 def test_documented_command_runs(doc, workdir, cache_dir):
-    command = page_command(doc)
-    assert command is not None, doc
+    command = commands_that_run()[doc]
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true", PYTHONPATH=f"{ROOT}{os.pathsep}{workdir}")
     (workdir / "docs" / "images").mkdir(parents=True, exist_ok=True)
     argv = shlex.split(command)

@@ -27,6 +27,7 @@ def parent(cache_dir, tmp_path_factory):
     return cfg, result
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_the_weights_alone(parent, make_config, tmp_path):
     parent_cfg, a = parent
     # resume=auto in a folder without a checkpoint (a first Slurm attempt, say): init_from starts the run

@@ -4,7 +4,6 @@ speed, and the table schedule the optimizer writes."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -88,6 +87,7 @@ def law_fits():
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("law", ["multi_power", "momentum"])
 def test_fitting_noisy_curves_of_a_law_recovers_its_parameters(law, law_fits):
     fit = law_fits(law)
@@ -111,19 +111,16 @@ def test_too_few_points_and_unknown_laws_are_one_line_errors():
         loss_law.get_law("power")
 
 
-def test_a_hundred_thousand_step_schedule_predicts_in_well_under_a_second():
+def test_a_hundred_thousand_step_schedule_predicts_with_and_without_its_band():
+    """(Its speed is scripts/bench_predict.py's, not a test's.)"""
     fit = loss_law.Fit("multi_power", dict(TRUE["multi_power"]), {}, 0.0, 0.0, 0, 0)
     lrs = schedule("cosine", total=100_000, warmup=1000)
     steps = np.unique(np.linspace(1, 100_000, 200).astype(int))
-    start = time.perf_counter()
     predicted = fit.predict(lrs, steps)
-    seconds = time.perf_counter() - start
-    assert seconds < 0.5 and np.isfinite(predicted).all()
-    # With its band (what predict draws), one pass over the changes: about two predictions' time.
+    assert np.isfinite(predicted).all()
+    # With its band (what predict draws), in one pass over the changes: the same prediction.
     fit.covariance = (np.eye(7) * 1e-4).tolist()
-    start = time.perf_counter()
     with_band, band = fit.predict_with_band(lrs, steps)
-    assert time.perf_counter() - start < 3 * seconds + 0.05
     assert np.array_equal(with_band, predicted) and np.isfinite(band).all()
     # Merging neighbouring LR changes beyond MAX_CHANGES moves the prediction by a hair.
     exact = loss_law.loss_reduction(lrs[:20_000], [20_000], 70.0, 0.5, 0.6, 0.5)
@@ -179,6 +176,7 @@ def truth_at_end(kind: str) -> float:
     return loss_law.LAWS["multi_power"](TRUE["multi_power"], schedule(kind), [T])[0]
 
 
+@pytest.mark.slow
 def test_the_published_procedure_recovers_the_power_law_and_keeps_the_decay_shape_near_its_start(multi_power_fits):
     fit = multi_power_fits["published"]
     assert fit.procedure == "published" and fit.restarts == 0 and fit.at_bound == []  # no bounds to hit
@@ -202,6 +200,7 @@ def test_the_published_procedure_recovers_the_power_law_and_keeps_the_decay_shap
         assert fit.predict(schedule(kind), [T])[0] == pytest.approx(truth_at_end(kind), abs=0.05)
 
 
+@pytest.mark.slow
 def test_the_default_procedure_predicts_law_curves_at_least_as_well_as_the_other(multi_power_fits):
     # The evidence behind DEFAULT_PROCEDURE on curves the law itself drew (docs/loss_prediction.md):
     # the error on an unseen schedule's end, summed over two unseen schedules.
@@ -212,6 +211,7 @@ def test_the_default_procedure_predicts_law_curves_at_least_as_well_as_the_other
     assert error(multi_power_fits[loss_law.DEFAULT_PROCEDURE]) <= error(multi_power_fits[other])
 
 
+@pytest.mark.slow
 def test_the_prediction_band_of_a_well_identified_fit_covers_the_truth(law_fits):
     fit = law_fits("momentum")
     assert fit.unidentified == [] and fit.at_bound == []
@@ -270,6 +270,17 @@ def test_a_schedule_outside_the_fitted_lr_range_is_flagged_in_one_line():
     assert line.startswith("to zero: outside the LR range of the fitted runs (goes down to 0x")
     assert "below the fitted runs' lowest 0.1x" in line and "\n" not in line
     assert "peaks at" in fit.range_warning(2 * schedule("cosine"), "hot")
+
+
+def test_a_schedule_much_longer_than_the_fitted_runs_is_flagged():
+    fit = loss_law.Fit("multi_power", dict(TRUE["multi_power"]), {}, 0, 0, 0, 0,
+                       runs=[{"label": "cosine", "steps": T // 4, "lr_min": 0.1 * PEAK, "lr_max": PEAK}])
+    assert fit.range_warning(schedule("cosine")[: 3 * T // 4], "3x") is None  # up to 3x: the paper's reach
+    line = fit.range_warning(schedule("cosine"), "4x")
+    assert line.startswith("4x: outside what the fitted runs covered (runs ") and f"{T // 4:,}" in line
+    assert "4x the longest fitted run" in line and "\n" not in line
+    old = loss_law.Fit("multi_power", dict(TRUE["multi_power"]), {}, 0, 0, 0, 0, runs=[{"label": "c", "steps": T // 4}])
+    assert "4x the longest" in old.range_warning(schedule("cosine"), "4x")  # a fit without LR ranges still says it
 
 
 def test_unknown_procedures_are_one_line_errors():

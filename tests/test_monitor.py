@@ -296,7 +296,7 @@ def test_a_short_healthy_run_of_the_default_model_is_not_declared_stuck(make_con
     """`python train.py trainer.max_steps=60` was stopped at step 30 as stuck at the unigram level
     although its loss was falling: the default model, the default stuck settings."""
     cfg = make_config(model__n_layer=4, model__n_head=4, model__n_embd=128, model__block_size=128,
-                      trainer__micro_batch_size=16, trainer__max_steps=60, trainer__eval_interval=1000,
+                      trainer__micro_batch_size=8, trainer__max_steps=60, trainer__eval_interval=1000,
                       monitor__stuck_after=MonitorConfig().stuck_after)
     result = train(cfg, tmp_path, quiet=True)
     losses = [r["train/loss"] for r in train_records(tmp_path)]

@@ -79,6 +79,7 @@ def test_plot_run_script_without_records_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "metrics.jsonl" in lines[0]
 
 
+@pytest.mark.slow
 def test_plot_run_draws_sharpness_beside_the_adam_threshold(tmp_path):
     records = synthetic_records()
     for r in records[:40:5]:  # measured every 5 steps

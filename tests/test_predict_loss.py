@@ -210,6 +210,7 @@ def test_bad_input_from_the_command_line_exits_2_with_one_line(bad_input_runs):
     assert listing(bad_input_runs) == before
 
 
+@pytest.mark.slow
 def test_the_sweep_report_overlays_predicted_and_measured_curves(tmp_path):
     from minigpt.studies.sweep.report import write_report
 
@@ -276,6 +277,7 @@ def load_script():
     return predict_tool
 
 
+@pytest.mark.slow
 def test_optimize_on_a_poorly_identified_fit_warns_and_prints_no_command(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(lp, "WSD_FRACTIONS", (0.2, 0.5))  # a small grid: the guard is what is tested here

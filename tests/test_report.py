@@ -121,6 +121,7 @@ def test_reads_every_kind_of_job(synthetic_sweep):
     assert jobs[0].early_peak_loss(2) == 6.0 and jobs[2].early_peak_loss(3) == 9.0
 
 
+@pytest.mark.slow
 def test_study_numbers_match_a_hand_computation(synthetic_sweep):
     jobs = find_jobs(synthetic_sweep)
     study = build_study(jobs, early_steps=3)
@@ -143,6 +144,7 @@ def test_study_numbers_match_a_hand_computation(synthetic_sweep):
     assert early["0.1"][6] == "8.75 (8.50–9.00)"
 
 
+@pytest.mark.slow
 def test_sweep_table_lists_every_job_and_the_arms_lowest_mean(synthetic_sweep):
     paths = write_report(synthetic_sweep, synthetic_sweep / "out")
     text = paths["report"].read_text()
@@ -186,6 +188,7 @@ def test_not_a_study_without_an_lr_x_warmup_grid(tmp_path):
     assert (root / "report" / "loss.png").exists() and not (root / "report" / "study_lr.png").exists()
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         find_jobs(tmp_path / "nowhere")

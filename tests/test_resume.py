@@ -219,6 +219,7 @@ def short_run(cache_dir, tmp_path_factory):
     ({"data__max_chars": 300_000}, "data.max_chars (400000 -> 300000)"),
     ({"data__val_fraction": 0.1}, "data.val_fraction (0.05 -> 0.1)"),
 ])
+@pytest.mark.slow
 def test_resume_refuses_another_model_shape_tokenizer_or_data(short_run, make_config, tmp_path, cache_dir, change,
                                                                named):
     caches = sorted(p.name for p in cache_dir.iterdir())

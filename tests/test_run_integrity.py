@@ -72,6 +72,7 @@ def test_a_second_run_into_a_folder_that_holds_a_run_is_refused_and_touches_noth
     assert hashes(run_dir) == before
 
 
+@pytest.mark.slow
 def test_a_branch_into_a_folder_that_holds_a_run_is_refused(config_b, tmp_path):
     parent, other = tmp_path / "parent", tmp_path / "other"
     train(config_b(trainer__max_steps=4), parent, quiet=True)
@@ -111,6 +112,7 @@ def test_unreadable_lines_of_metrics_are_set_aside_and_every_readable_record_kep
     assert (tmp_path / UNREADABLE_FILE).read_text().splitlines() == [lines[5], "null", "[1, 2]"]
 
 
+@pytest.mark.slow
 def test_a_resume_keeps_the_records_after_a_garbled_line(config_b, tmp_path, caplog):
     run_dir = tmp_path / "X"
     train(config_b(trainer__max_steps=12, trainer__ckpt_interval=6, trainer__keep_checkpoints=3), run_dir, quiet=True)
@@ -162,6 +164,7 @@ def sweep_command(cache_dir, sweep_dir, *extra) -> list[str]:
     return ["-m", *extra, *args, f"hydra.sweep.dir={sweep_dir}"]
 
 
+@pytest.mark.slow
 def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cache_dir, tmp_path):
     """Job folders are named by number and overrides (0_optim.lr=0.001): the precheck names them
     as Hydra will and refuses a taken one, before Hydra rewrites its .hydra/."""
@@ -260,6 +263,7 @@ def damage(path: Path, how: str) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["overwritten", "truncated", "empty"])
 def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(config_b, tmp_path, caplog, how):
     run_dir = tmp_path / "X"

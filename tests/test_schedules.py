@@ -459,6 +459,7 @@ def test_every_schedule_has_a_config_and_every_config_a_schedule():
     assert not (ROOT / "conf" / "scheduler").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_the_composed_scheduler_holds_every_parameter_at_its_dataclass_default(name):
     cfg = composed_scheduler(name)  # what `scheduler=<name>` composes: the file (only what differs) over the defaults
@@ -497,10 +498,23 @@ def test_every_parameter_is_explained_where_its_default_is():
             assert commented[(owner.__name__, f.name)], f"{owner.__name__}.{f.name}: no comment"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("total", [1000, 53])
 def test_config_defaults_build_and_pass_check_curve(name, total):
     check_curve(schedule_from_config(composed_scheduler(name), total, 4096))
+
+
+def test_the_fast_walk_of_a_curve_gives_the_values_of_each_call():
+    """Schedule.curve (how a run is checked and a loss predicted) is the per-step call, value for value,
+    with the one-update lag and lead-in of the DeepSpeed conventions too."""
+    deepspeed = ("constant_warmup", "linear_warmup", "cosine_warmup")  # the schedules DeepSpeed has
+    for name in ALL:
+        for conventions in ("minigpt", "deepspeed") if name in deepspeed else ("minigpt",):
+            s = schedules.build_schedule(name, 97, conventions=conventions)
+            assert s.curve(range(97)) == [s(t) for t in range(97)], (name, conventions)
+    lagged = schedules.build_schedule("cosine_warmup", 97, conventions="deepspeed")
+    assert lagged.lag == 1  # the second branch of curve() is exercised
 
 
 def test_custom_config_needs_name_and_module(tmp_path, monkeypatch, registry):

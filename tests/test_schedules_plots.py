@@ -19,6 +19,7 @@ def is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 def test_plot_schedule_curve(tmp_path):
     for name in ("cosine_warmup", "one_cycle", "wsd"):  # one_cycle also draws beta1
         out = tmp_path / "sub" / f"{name}.png"

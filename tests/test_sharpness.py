@@ -199,6 +199,7 @@ def test_adam_on_a_quadratic_is_unstable_exactly_above_the_threshold():
         assert grew == grows and (grows or t.norm() < 1e-3), (factor, float(t.norm()))
 
 
+@pytest.mark.slow
 def test_a_run_records_sharpness_every_n_steps_without_changing_the_training(make_config, tmp_path):
     base = train(make_config(trainer__max_steps=10), tmp_path / "off", quiet=True)
     cfg = make_config(trainer__max_steps=10, monitor__sharpness_every=3, monitor__sharpness_iters=10)

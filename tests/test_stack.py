@@ -176,6 +176,7 @@ def test_a_signal_stops_every_run_of_the_stack_with_a_checkpoint(make_config, tm
         assert_same_run(uninterrupted.run_dir, resumed.run_dir, range(8))
 
 
+@pytest.mark.slow
 def test_max_stack_splits_a_sweep_into_stacks(make_config, tmp_path):
     configs = [make_config(trainer__max_steps=2, trainer__threads=1, seed=s) for s in (1, 2, 3)]
     results = train_stacked(configs, [tmp_path / str(s) for s in (1, 2, 3)], quiet=True, max_stack=2)
@@ -188,6 +189,7 @@ def test_max_stack_splits_a_sweep_into_stacks(make_config, tmp_path):
     (["-m", "optim.lr=1e-3,2e-3", "monitor.sharpness_every=5"], "monitor.sharpness_every is not supported for stacked runs"),
     (["sweep=optuna"], "needs each result before it picks the next trial"),
 ])
+@pytest.mark.slow
 def test_stacked_sweep_with_an_unsupported_option_stops_before_any_job(args, words, tmp_path):
     """Refused by train.py's precheck, in one line, before the sweep folder exists (the exit
     status and the missing traceback of such a refusal: tests/test_bad_input.py)."""

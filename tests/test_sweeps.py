@@ -65,6 +65,7 @@ def test_every_value_of_a_sweep_file_is_checked_before_any_job(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choice(tmp_path, monkeypatch):
     """Values of plain keys are applied to a composition of the group choices, as Hydra applies
     them; each new set of group choices is composed. A bad value anywhere in the grid is refused."""
@@ -98,6 +99,7 @@ def test_a_sweep_of_values_is_checked_with_one_composition_per_config_group_choi
     ["sweep=warmup_divergence_cpu", "hydra/launcher=stacked", "trainer.eval_interval=5", "hydra.sweep.dir=s"],
     ["experiment=warmup_divergence_cpu", "++seed=3"],  # a ++ override: Hydra composes it all
 ])
+@pytest.mark.slow
 def test_the_precheck_composes_what_hydra_composes(overrides, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a working directory of its own: composed afresh here
     ours = composed(overrides)

@@ -15,6 +15,7 @@ def final_params(trainer):
     return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_one_big_batch(make_config, tmp_path):
     """8 micro-batches of 1 and 1 of 8 (and 4 of 2) see the same windows and make the same updates."""
     results = {}

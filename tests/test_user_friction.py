@@ -36,6 +36,7 @@ def test_plus_on_a_key_the_config_has_says_drop_the_plus():
                             "key that no config file holds")
 
 
+@pytest.mark.slow
 def test_help_lists_no_internal_group():
     """--help lists the groups a user picks from; the schedules' defaults are no group of their own
     (the scheduler group comes from the registry: minigpt/launch/compose.py: register_defaults)."""

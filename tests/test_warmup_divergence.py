@@ -17,6 +17,7 @@ def product(params) -> int:
     return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["warmup_divergence", "warmup_divergence_cpu"])
 def test_study_sweeps_compose_into_the_grid(name):
     cfg = composed([f"sweep={name}"])

@@ -50,6 +50,7 @@ def test_independent_decay_follows_the_scaled_peak_lr_in_a_run(make_config, tmp_
     assert decay["weight_decay"] * t.plan.peak_lr == pytest.approx(1e-3) and no_decay["weight_decay"] == 0.0
 
 
+@pytest.mark.slow
 def test_stacked_runs_apply_each_runs_decay_mode(make_config, tmp_path):
     """A stack mixing both modes ends where each run ends alone."""
     variants = [{"optim__weight_decay": 0.5}, {"optim__weight_decay": 0.05, "optim__weight_decay_mode": "independent"}]

@@ -15,6 +15,7 @@ def steps(run_dir):
     return {r["step"]: r for r in read_metrics(run_dir) if "train/loss" in r}
 
 
+@pytest.mark.slow
 def test_cooldown_branch_equals_a_run_that_decayed_there_from_the_start(make_config, tmp_path):
     # The long stable run: no decay at all, a checkpoint every 4 steps.
     stable = make_config(trainer__max_steps=16, trainer__ckpt_interval=4, trainer__keep_checkpoints=10,

@@ -243,6 +243,9 @@ LAWS = {
 PROCEDURES = ("published", "bounded")
 DEFAULT_PROCEDURE = "bounded"  # the better on the evidence so far (docs/loss_prediction.md)
 UNIDENTIFIED_ABOVE = 1.0  # relative standard error beyond which a parameter counts as unidentified
+# The multi-power paper (Luo et al. 2025) predicts runs up to 3x the fitted length (24k -> 72k steps);
+# beyond that a prediction is flagged.
+LONGER_THAN_FITTED = 3.0
 AT_BOUND_WITHIN = 1e-3  # of the bound interval's width: a bounded fit's parameter this close sits at the bound
 
 
@@ -364,20 +367,27 @@ class Fit:
                 "whose LR falls in different ways, or longer runs)")
 
     def range_warning(self, lrs, label: str = "the schedule") -> str | None:
-        """One line when a schedule's LRs leave the range the fitted runs covered, else None."""
+        """One line when a schedule leaves what the fitted runs covered (their LR range, or more
+        than LONGER_THAN_FITTED times the longest run's length), else None."""
+        out = []
+        longest = max((r.get("steps") or 0 for r in self.runs), default=0)
+        if longest and len(lrs) > LONGER_THAN_FITTED * longest:
+            out.append(f"runs {len(lrs):,} steps, {len(lrs) / longest:.3g}x the longest fitted run's {longest:,} "
+                       f"(predictions were validated up to {LONGER_THAN_FITTED:g}x)")
         fitted = self.lr_range()
         if fitted is None:
-            return None
+            return f"{label}: outside what the fitted runs covered ({'; '.join(out)}): the law extrapolates" if out else None
         low, high = lr_range(lrs)
         (fit_low, fit_high), peak = fitted, fitted[1]
-        out = []
         if low < 0.95 * fit_low:
             out.append(f"goes down to {low / peak:.3g}x the fitted peak, below the fitted runs' lowest {fit_low / peak:.3g}x")
         if high > 1.01 * fit_high:
             out.append(f"peaks at {high:.3g}, above the fitted runs' {fit_high:.3g}")
         if not out:
             return None
-        return f"{label}: outside the LR range of the fitted runs ({'; '.join(out)}): the law extrapolates"
+        too_long = longest and len(lrs) > LONGER_THAN_FITTED * longest
+        what = "what the fitted runs covered" if too_long else "the LR range of the fitted runs"
+        return f"{label}: outside {what} ({'; '.join(out)}): the law extrapolates"
 
     def to_dict(self) -> dict:
         return {"law": self.law, "procedure": self.procedure, "params": self.params, "stderr": self.stderr,

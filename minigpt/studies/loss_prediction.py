@@ -176,6 +176,8 @@ def planned_lrs(config) -> np.ndarray:
     if plan.total_steps > MAX_STEPS:
         raise UserError(f"the run has {plan.total_steps:,} steps, more than the {MAX_STEPS:,} a loss law is predicted "
                         "on here (minigpt/studies/loss_prediction.py MAX_STEPS); give a shorter trainer.max_steps")
+    if plan.schedule_unit == "steps":  # the schedule is read at the step itself: one walk of the formula
+        return plan.peak_lr * np.asarray(plan.schedule.curve(range(plan.total_steps)))
     lrs, tokens = np.empty(plan.total_steps), 0
     for step in range(plan.total_steps):
         lrs[step] = plan.lr_at(step, tokens)[0]
