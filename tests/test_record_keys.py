@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import re
 
+import pytest
+
 from conftest import ROOT
 from minigpt.run.keys import RECORD_KEYS, Key
 from minigpt.run.metrics import read_metrics
@@ -19,6 +21,7 @@ def written_keys(run_dir) -> set[str]:
     return {k for r in read_metrics(run_dir) for k in r}
 
 
+@pytest.mark.slow
 def test_a_real_run_writes_only_schema_keys_and_every_one_of_them(make_config, tmp_path):
     # Every per-step option on (sqrt_adam's betas and eps, the z-loss, the weight average, the
     # spike skipping, sharpness and the monitors), then a schedule that cycles beta1.

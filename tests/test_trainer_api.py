@@ -65,18 +65,22 @@ def test_a_run_and_its_resume_read_only_the_api(make_config, tmp_path, outside_r
     assert train(make_config(trainer__max_steps=3, **options), tmp_path / "a", quiet=True).status == "completed"
     again = train(make_config(trainer__max_steps=5, trainer__resume="auto", **options), tmp_path / "a", quiet=True)
     assert again.status == "completed" and again.summary["resumed_from"]
-    evaluated = train(make_config(trainer__eval_only=True, trainer__init_from=str(tmp_path / "a")),
-                      tmp_path / "e", quiet=True)
-    assert evaluated.summary["task"] == "eval_only"
     assert outside_reads, "the spy saw nothing"
     assert {k: v for k, v in outside_reads.items() if k not in api()} == {}
 
 
 @pytest.mark.slow
-def test_a_stack_a_range_test_and_the_benchmark_read_only_the_api(make_config, cache_dir, tmp_path, outside_reads):
+def test_an_evaluation_a_stack_a_range_test_and_the_benchmark_read_only_the_api(make_config, cache_dir, tmp_path,
+                                                                                outside_reads):
     from minigpt.launch.compose import compose
     from minigpt.run.stack import train_stacked
+    from minigpt.run.trainer import train
     from minigpt.studies.lr_range_test import run_lr_range_test
+
+    assert train(make_config(trainer__max_steps=2), tmp_path / "a", quiet=True).status == "completed"
+    evaluated = train(make_config(trainer__eval_only=True, trainer__init_from=str(tmp_path / "a")),
+                      tmp_path / "e", quiet=True)
+    assert evaluated.summary["task"] == "eval_only"
 
     results = train_stacked([make_config(trainer__max_steps=3, seed=s) for s in (1, 2)],
                             [tmp_path / "s1", tmp_path / "s2"], quiet=True)
