@@ -56,6 +56,7 @@ def test_the_api_is_small_and_typed():
     assert len(names) < 45
 
 
+@pytest.mark.slow
 def test_a_run_and_its_resume_read_only_the_api(make_config, tmp_path, outside_reads):
     from minigpt.run.trainer import train
 
