@@ -1,20 +1,16 @@
-"""Shared fixtures: a small slice of the default corpus, tiny configs, and running train.py."""
+"""Fixtures and pytest hooks: the session's token cache, tiny configs, the schedule registry kept,
+the host-sync detector, a synthetic sweep, and the order of the slow tests. Shared helper functions are in helpers.py."""
 
 from __future__ import annotations
 
-import copy
-import functools
 import gc
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import nested, tiny_overrides, write_job
 from minigpt.config import config_from_dict
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Under pytest-xdist (the README's `-n auto`) each core runs a worker; a worker and the train.py
 # processes its tests start use one thread each, so two workers do not fight over two cores.
@@ -50,32 +46,6 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
-SMALL_CHARS = 400_000  # a slice of the stdlib corpus: a BPE trains on it in well under a second
-
-
-def nested(overrides: dict) -> dict:
-    """{'model.n_layer': 1} -> {'model': {'n_layer': 1}}"""
-    out: dict = {}
-    for key, value in overrides.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
-def tiny_overrides(cache_dir) -> dict:
-    """A model and run small enough for a test to train in a few seconds on 2 cores."""
-    return {
-        "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32,
-        "data.max_chars": SMALL_CHARS, "data.vocab_size": 512, "data.cache_dir": str(cache_dir),
-        "trainer.max_steps": 12, "trainer.micro_batch_size": 4, "trainer.eval_interval": 4,
-        "trainer.eval_iters": 2, "trainer.progress": False, "monitor.stuck_after": 0.0,
-        "scheduler.name": "cosine_warmup",
-    }
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """One token cache directory for the whole session: the small corpus is prepared once."""
@@ -90,43 +60,6 @@ def make_config(cache_dir):
         return config_from_dict(nested(merged))
 
     return make
-
-
-@functools.lru_cache(maxsize=None)
-def _composed(overrides: tuple[str, ...]) -> dict:
-    from omegaconf import OmegaConf
-
-    from minigpt.launch.compose import composed
-
-    return OmegaConf.to_container(composed(list(overrides), with_hydra=False))
-
-
-def composed(*overrides: str) -> dict:
-    """The config Hydra composes from conf/ for these overrides (unresolved plain dicts, a fresh copy)."""
-    return copy.deepcopy(_composed(tuple(overrides)))
-
-
-def composed_scheduler(name: str) -> dict:
-    """The scheduler group of `scheduler=<name>` as Hydra composes it: the file over the defaults."""
-    return composed(f"scheduler={name}")["scheduler"]
-
-
-def hydra_args(cache_dir, run_dir, **extra) -> list[str]:
-    """train.py command-line overrides for the tiny run."""
-    args = {k: v for k, v in tiny_overrides(cache_dir).items() if k != "scheduler.name"}
-    args.update(extra)
-    out = []
-    for k, v in args.items():
-        v = {True: "true", False: "false", None: "null"}.get(v, v) if isinstance(v, (bool, type(None))) else v
-        out.append(f"{k}={v}")
-    return out + [f"hydra.run.dir={run_dir}"]
-
-
-def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
 
 
 @pytest.fixture
@@ -190,3 +123,32 @@ def step_syncs():
         return detector
 
     return run
+
+
+@pytest.fixture
+def synthetic_sweep(tmp_path):
+    """pre-LN, 2 LRs x 2 warmups x 2 seeds, with a diverged seed, a crashed seed and a killed one."""
+    root = tmp_path / "sweep"
+    root.mkdir()
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    n = 0
+
+    def job(**kw):
+        nonlocal n
+        write_job(root, n, **kw)
+        n += 1
+
+    # no warmup: LR 0.01 trains (3.0, 3.2); LR 0.1 diverges on seed 1, reaches 7.0 (> initial) on seed 2
+    job(lr=0.01, warmup=0, seed=1, final=3.0, train=[6.0, 5.0, 4.0])
+    job(lr=0.01, warmup=0, seed=2, final=3.2, train=[6.0, 5.5, 4.5])
+    job(lr=0.1, warmup=0, seed=1, status="diverged", diverged_step=57, train=[6.0, 9.0, 8.0])
+    job(lr=0.1, warmup=0, seed=2, final=7.0, train=[6.0, 8.5, 7.0])
+    # 20% warmup: both LRs train
+    job(lr=0.01, warmup=0.2, seed=1, final=3.1, train=[6.0, 5.9, 5.0])
+    job(lr=0.01, warmup=0.2, seed=2, final=3.3, train=[6.0, 5.8, 5.2])
+    job(lr=0.1, warmup=0.2, seed=1, final=2.8, train=[6.0, 5.9, 5.1])
+    job(lr=0.1, warmup=0.2, seed=2, final=2.6, train=[6.0, 5.7, 5.3])
+    # a job that crashed before writing anything but error.txt, and one killed mid-run
+    job(lr=0.1, warmup=0.2, seed=3, initial=None, summary=False, error="RuntimeError: CUDA error: out of memory")
+    job(lr=0.01, warmup=0.2, seed=3, summary=False, train=[6.0, 5.9])
+    return root

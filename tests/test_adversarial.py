@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, nested, tiny_overrides
+from helpers import ROOT, nested, tiny_overrides
 
 from minigpt import schedules
 from minigpt.config import MAX_STEPS, config_from_dict

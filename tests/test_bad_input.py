@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import hydra_args, nested, run_train, tiny_overrides
+from helpers import hydra_args, nested, run_train, tiny_overrides
 from minigpt.launch import cli
 from minigpt.launch.compose import composed
 from minigpt.config import config_from_dict

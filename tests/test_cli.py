@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from conftest import hydra_args, run_train
+from helpers import hydra_args, run_train
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ accept and refuse the same values, with the same words."""
 
 import pytest
 
-from minigpt.config import coerce
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.schedules import build_schedule
@@ -55,17 +54,3 @@ def test_the_config_and_the_schedules_take_a_value_alike(kind, value, expected):
         assert type(in_config) is type(expected) and type(in_schedule) is type(expected)
 
 
-def test_lists_literals_and_mappings():
-    from typing import Literal, Optional
-
-    assert coerce("a.txt", list[str], "paths") == ["a.txt"]  # one path where a list is expected
-    assert coerce([1, "2"], tuple[int, ...], "milestones") == (1, 2)
-    assert coerce(None, dict, "scheduler") == {} and coerce(None, Optional[int], "k") is None
-    with pytest.raises(UserError, match=r"^norm: must be one of pre, post; got 'psot' \(did you mean 'post'\?\)$"):
-        coerce("psot", Literal["pre", "post"], "norm")
-    with pytest.raises(UserError, match=r"^milestones: expected a list, got 50$"):
-        coerce(50, tuple[int, ...], "milestones")
-    with pytest.raises(UserError, match=r"^k: must be set \(int\), got null$"):
-        coerce(None, int, "k")
-    # A length of a schedule: the structure by the type, each value by the schedule's own rule.
-    assert coerce(["10%", 3], tuple[int, ...], "m", scalar=lambda v, k: (k, v)) == (("m[0]", "10%"), ("m[1]", 3))

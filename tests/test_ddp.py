@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
-from conftest import ROOT, hydra_args
+from helpers import ROOT, hydra_args
 from minigpt.config import config_from_dict
 from minigpt.run.metrics import read_metrics
 from minigpt.run.trainer import Trainer, train

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.errors import UserError
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, hydra_args
+from helpers import ROOT, hydra_args
 from minigpt.data.cache import prepare_data
 from minigpt.model import GPT, GPTConfig
 from minigpt.run.dry_run import dry_run, memory_estimate

@@ -187,7 +187,7 @@ def test_the_gpu_commands_compose_and_pass_the_precheck(tmp_path, an_h100):
     """The suite's real commands (not the dry run's shrunk ones) through Hydra and the precheck:
     the smoke runs, each warmup pair (2 jobs, 3 seeds per architecture), bench's presets (the
     GPT-2 vocabulary) and bench_sweep's GPU modes with both launchers."""
-    from conftest import composed
+    from helpers import composed
     from minigpt.launch import cli
 
     stages = {s.name: s for s in suite.build_stages(tmp_path / "out", tmp_path / "data", dry_run=False,

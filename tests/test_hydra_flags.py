@@ -8,7 +8,7 @@ import pytest
 
 from minigpt.launch import cli
 from minigpt.launch import compose
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.errors import UserError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import nested, tiny_overrides
+from helpers import nested, tiny_overrides
 from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.run.checkpoint import load_checkpoint

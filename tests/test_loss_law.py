@@ -1,5 +1,5 @@
 """The loss laws (minigpt/studies/loss_law.py): hand-computed values, fits that recover known parameters,
-speed, and the table schedule the optimizer writes."""
+long schedules, and the warnings of a fit. The table schedule the optimizer writes: test_lr_table.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from minigpt.studies import loss_law
 from minigpt.errors import UserError
-from minigpt.schedules import build_schedule, schedule_from_config
 
 PEAK, T, W = 5e-3, 600, 60
 
@@ -142,17 +141,6 @@ def test_exact_below_the_merge_threshold(monkeypatch):
     direct = 70.0 * np.sum(drops * (1 - (0.5 * lrs[k] ** -0.5 * tail[k] + 1) ** -0.6))
     assert exact == pytest.approx(direct, rel=1e-12)
     assert merged == pytest.approx(direct, abs=2e-3)
-
-
-def test_the_table_schedule_interpolates_its_knots_and_refuses_bad_tables():
-    import minigpt.studies.lr_table  # noqa: F401  (registers "table")
-
-    s = schedule_from_config({"name": "table", "knots": [0, 0.5, 1.0], "values": [0.1, 1.0, 0.0]}, 10, None)
-    assert [round(s(t), 6) for t in range(10)] == [0.1, 0.28, 0.46, 0.64, 0.82, 1.0, 0.8, 0.6, 0.4, 0.2]
-    with pytest.raises(UserError, match="must increase strictly"):
-        build_schedule("table", 10, knots=(0, 5, 5), values=(1.0, 0.5, 0.1))
-    with pytest.raises(UserError, match="same length"):
-        build_schedule("table", 10, knots=(0, 5), values=(1.0,))
 
 
 def law_curves(law: str, kinds=("constant", "cosine", "wsd"), noise=5e-4, every=20):

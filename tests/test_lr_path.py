@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.launch import cli
 from minigpt.launch.compose import composed
 from minigpt.plan import RunPlan

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import hydra_args, run_train
+from helpers import hydra_args, run_train
 from minigpt.studies.lr_range_test import smooth, suggest
 
 

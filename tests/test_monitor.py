@@ -16,7 +16,7 @@ from minigpt.run.metrics import read_metrics
 from minigpt.run.monitor import Monitor, RollingZ
 from minigpt.run.trainer import Trainer, train
 
-from conftest import ROOT, hydra_args, run_train
+from helpers import ROOT, hydra_args, run_train
 
 # --- the rolling z-score ---------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Malladi et al.'s square-root rule (LR, betas, eps) beside the LR-only rule, the z-loss kept out
-of val/loss, and per-group LR multipliers on top of the schedule."""
+"""Optimizer rules in a run: Malladi et al.'s square-root rule (LR, betas, eps) applied and recorded,
+the z-loss kept out of val/loss, and per-group LR multipliers on top of the schedule. The rule's
+plan (minigpt/plan.py) is tested in test_plan.py."""
 
 import math
 
@@ -7,46 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minigpt.config import config_from_dict
 from minigpt.errors import UserError
 from minigpt.run.metrics import read_metrics
 from minigpt.plan import RunPlan
 from minigpt.run.stack import check_stackable
 from minigpt.run.trainer import Trainer
 
-BASE = {"trainer": {"micro_batch_size": 4, "max_steps": 10}, "model": {"block_size": 32}}  # 128 tokens per update
-
-
-def plan_of(optim, scheduler=None):
-    return RunPlan.build(config_from_dict({**BASE, "optim": optim, "scheduler": scheduler or {"name": "constant"}}))
-
 
 # --- the square-root rule ----------------------------------------------------------------------
-
-
-def test_sqrt_adam_scales_lr_betas_and_eps_and_sqrt_lr_only_the_lr():
-    # k = 128 / 32 = 4: lr x 2, beta1 1 - 4 x 0.1 = 0.6, beta2 1 - 4 x 0.05 = 0.8, eps / 2
-    full = plan_of({"lr": 1e-3, "lr_scaling": "sqrt_adam", "reference_batch_tokens": 32})
-    assert full.peak_lr == pytest.approx(2e-3)
-    assert (full.beta1, full.beta2, full.eps) == pytest.approx((0.6, 0.8, 5e-9))
-    assert full.lr_at(3) == pytest.approx((2e-3, 0.6))
-    assert {k: full.describe()[k] for k in ("beta1", "beta2", "eps")} == pytest.approx(
-        {"beta1": 0.6, "beta2": 0.8, "eps": 5e-9})
-    lr_only = plan_of({"lr": 1e-3, "lr_scaling": "sqrt_lr", "reference_batch_tokens": 32})
-    assert lr_only.peak_lr == pytest.approx(2e-3) and (lr_only.beta1, lr_only.beta2, lr_only.eps) == (0.9, 0.95, 1e-8)
-    assert lr_only.lr_at(3)[1] is None
-    # a smaller batch than the reference moves the betas towards 1: k = 1/2
-    small = plan_of({"lr": 1e-3, "lr_scaling": "sqrt_adam", "reference_batch_tokens": 256})
-    assert (small.beta1, small.beta2, small.eps) == pytest.approx((0.95, 0.975, 1e-8 * math.sqrt(2)))
-
-
-def test_sqrt_adam_bad_combinations_are_one_line():
-    with pytest.raises(UserError, match=r"beta2 = 1 - 32 x \(1 - 0.95\) = -0.6, outside \[0, 1\)"):
-        plan_of({"lr_scaling": "sqrt_adam", "reference_batch_tokens": 4, "beta1": 0.99})
-    with pytest.raises(UserError, match="scheduler=one_cycle cycles it"):
-        plan_of({"lr_scaling": "sqrt_adam", "reference_batch_tokens": 32}, {"name": "one_cycle"})
-    with pytest.raises(UserError, match="did you mean 'sqrt_lr'"):
-        plan_of({"lr_scaling": "sqrt", "reference_batch_tokens": 32})
 
 
 def test_a_run_with_sqrt_adam_uses_and_records_the_scaled_betas_and_eps(make_config, tmp_path):

@@ -15,7 +15,7 @@ from minigpt.run.perf import flops_per_token, peak_flops, peak_flops_for_name
 from minigpt.run.stepper import ModelStepper
 from minigpt.run.trainer import Trainer, advance
 
-from conftest import ROOT, hydra_args
+from helpers import ROOT, hydra_args
 
 
 def test_flops_per_token_is_6n_plus_the_attention_term():

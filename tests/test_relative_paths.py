@@ -1,6 +1,6 @@
 """No absolute path in what the project commits or writes: the committed files under docs/ hold
 none, and the writers (the sweep report here; `minigpt predict`'s fit, predict and optimize
-in tests/test_predict_loss.py) name their inputs relative to the folder they were run from
+in tests/test_predict.py) name their inputs relative to the folder they were run from
 (minigpt.files.relative_name)."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
-from minigpt.files import relative_name
 from minigpt.studies.sweep.jobs import Job
 from minigpt.studies.sweep.report import report_markdown
 
@@ -68,14 +67,6 @@ def test_no_committed_file_under_docs_holds_an_absolute_path():
         hits += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in ABSOLUTE.finditer(without_scratch_commands(text))
                  if m.group(0) not in NOT_FILES]
     assert not hits, "absolute paths under docs/ (write them relative to where the command ran):\n" + "\n".join(hits)
-
-
-def test_relative_name_is_relative_to_the_working_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "runs" / "a").mkdir(parents=True)
-    assert relative_name(tmp_path / "runs" / "a") == "runs/a"
-    assert relative_name("runs/a") == "runs/a"
-    assert relative_name(tmp_path.parent / "elsewhere") == "../elsewhere"
 
 
 def test_the_sweep_report_names_its_folder_relative_to_where_it_ran(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, hydra_args, run_train
+from helpers import ROOT, hydra_args, run_train
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 

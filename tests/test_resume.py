@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, hydra_args, nested, run_train, tiny_overrides
+from helpers import ROOT, hydra_args, nested, run_train, tiny_overrides
 from minigpt.run import checkpoint as ckpt_mod
 from minigpt.data import cache as data_mod
 from minigpt.config import config_from_dict

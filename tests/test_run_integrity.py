@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, hydra_args, nested, tiny_overrides
+from helpers import ROOT, hydra_args, nested, tiny_overrides
 from minigpt import schedules
 from minigpt.run.checkpoint import (DamagedCheckpoint, checkpoint_path, list_checkpoints, load_checkpoint,
                                 prune_checkpoints, save_checkpoint)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import composed_scheduler
+from helpers import composed_scheduler
 from minigpt import schedules
 from minigpt.errors import UserError
 from minigpt.schedules import (

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 from torch.optim import lr_scheduler  # noqa: E402
 from transformers import get_scheduler  # noqa: E402
 
-from conftest import composed_scheduler  # noqa: E402
+from helpers import composed_scheduler  # noqa: E402
 from minigpt.errors import UserError  # noqa: E402
 from minigpt.schedules import build_schedule, check_curve, schedule_from_config  # noqa: E402
 

@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from conftest import hydra_args, run_train
+from helpers import hydra_args, run_train
 from minigpt.errors import UserError
 from minigpt.run.metrics import read_metrics
 from minigpt.run.stack import StackedStepper, stack_groups, train_stacked

@@ -15,7 +15,7 @@ import pytest
 import hydra
 from omegaconf import OmegaConf
 
-from conftest import ROOT, composed_scheduler, hydra_args, run_train
+from helpers import ROOT, composed_scheduler, hydra_args, run_train
 from minigpt.launch import cli
 from minigpt.launch.compose import CONF_DIR, composed, group_options, hydra_search_path
 from minigpt.errors import UserError

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt import __main__ as command
 
 TOOLS = ["train", "report", "plot-run", "plot-schedules", "predict", "sample", "export-hf"]

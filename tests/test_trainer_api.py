@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 from minigpt.run.trainer import Trainer
 
 TRAINER_FILE = str(ROOT / "minigpt" / "run" / "trainer.py")

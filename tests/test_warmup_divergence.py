@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.launch import cli
 from minigpt.launch.compose import composed
 from minigpt import schedules
@@ -85,7 +85,7 @@ HEADLINE_CUT = ["sweep=warmup_divergence_cpu", "arch=pre_ln", "optim.lr=1e-2", "
 
 @pytest.mark.slow
 def test_headline_cut_shows_the_pre_ln_lasting_gap_on_every_seed(cache_dir, tmp_path):
-    from conftest import run_train
+    from helpers import run_train
     from minigpt.studies.sweep.jobs import find_jobs
     from minigpt.studies.sweep.statistics import build_study, seed_pairs, signatures, trains_well
 

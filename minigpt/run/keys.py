@@ -5,7 +5,7 @@ records.Evaluation for an evaluation) and the readers (the progress bar, the LR 
 the sweep reports, the loss prediction, `minigpt plot-run`) use these names. Free of torch,
 so that the tools reading runs import it cheaply. (plots.py, a layer below run/, spells the
 keys it draws; the test below holds them to this list.)
-tests/test_record_keys.py checks that a real run writes no key outside `RECORD_KEYS` and that
+tests/test_keys.py checks that a real run writes no key outside `RECORD_KEYS` and that
 every key written in the package is one of them.
 """
 

@@ -1,8 +1,9 @@
-"""The optimizers (optim=adamw | muon | schedule_free), GI-Adam (optim.adam_init=grad) and the
-weight average (optim.ema): each trains, each keeps its definition, each resumes exactly.
+"""minigpt/optim.py: the optimizers (optim=adamw | muon | schedule_free), GI-Adam (optim.adam_init=grad),
+the weight average (optim.ema) and the two weight-decay modes: each trains, each keeps its
+definition, each resumes exactly.
 
 All in process on a 2-layer, 32-wide model; the trainer's schedule figure is not drawn here (it
-is tested in test_schedules_plots.py and takes most of a tiny run's time).
+is tested in test_plots.py and takes most of a tiny run's time).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import nested, tiny_overrides
+from helpers import nested, tiny_overrides
 from minigpt.config import ModelConfig, OptimConfig, config_from_dict
 from minigpt.errors import UserError
 from minigpt.model import GPT, GPTConfig
@@ -326,3 +327,35 @@ def test_fp16_is_refused_for_optimizers_torch_has_not_fused():
 def test_the_stacked_launcher_refuses_what_it_cannot_vectorise(config, tmp_path, extra, text):
     with pytest.raises(UserError, match=text):
         train_stacked([config(**extra)], [tmp_path / "s"], quiet=True)
+
+
+# --- weight decay: coupled (torch AdamW: lr_t x wd per step) or independent (s_t x wd) ----------
+
+
+class TwoParams(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.matrix = torch.nn.Parameter(torch.full((3, 2), 2.0))  # decays
+        self.gain = torch.nn.Parameter(torch.full((2,), 2.0))  # never decays
+
+
+def decayed_once(mode: str, weight_decay: float, peak_lr: float, multiplier: float) -> tuple[float, float]:
+    """One AdamW step with zero gradients (so the Adam update is 0): only the decay moves the weights."""
+    model = TwoParams()
+    cfg = OptimConfig(lr=peak_lr, weight_decay=weight_decay, weight_decay_mode=mode)
+    opt = build_optimizer(model, cfg, torch.device("cpu"), peak_lr)
+    for group in opt.param_groups:
+        group["lr"] = peak_lr * multiplier  # as the trainer sets it: peak x schedule(step)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    return model.matrix[0, 0].item() / 2.0, model.gain[0].item() / 2.0
+
+
+@pytest.mark.parametrize("peak_lr", [1e-3, 1e-2])
+@pytest.mark.parametrize("multiplier", [1.0, 0.25])
+def test_coupled_decay_scales_with_the_lr_and_independent_only_with_the_schedule(peak_lr, multiplier):
+    kept, gain = decayed_once("coupled", 0.1, peak_lr, multiplier)
+    assert kept == pytest.approx(1 - peak_lr * multiplier * 0.1, rel=1e-7) and gain == 1.0
+    kept, gain = decayed_once("independent", 1e-3, peak_lr, multiplier)
+    assert kept == pytest.approx(1 - multiplier * 1e-3, rel=1e-7) and gain == 1.0  # the same at both peak LRs

@@ -1,14 +1,17 @@
-"""The dataclasses are the one source of defaults: the files in conf/ hold only what differs from
-them, and every key is still in the composed config (settable without '+')."""
+"""minigpt/config.py: the dataclasses are the one source of defaults (the files in conf/ hold only
+what differs from them, and every key is still in the composed config, settable without '+'),
+config.coerce's rules for lists, literals and mappings, and the checks of single settings (the LR
+scaling rule's reference batch, the weight-decay mode)."""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import ROOT, composed
+from helpers import ROOT, composed
 from minigpt import schedules
-from minigpt.config import Config, config_from_dict
+from minigpt.config import Config, OptimConfig, coerce, config_from_dict
+from minigpt.errors import UserError
 
 CONF = ROOT / "conf"
 DEFAULTS = Config().to_dict()
@@ -74,3 +77,36 @@ def test_the_composed_config_holds_every_key_at_its_file_or_default_value(overri
     for key, default in leaves({k: v for k, v in DEFAULTS.items() if k not in CHOICES and k != "scheduler"}):
         assert got[key] == (int(given[key]) if key in given else default) or key == "run_name", key
     config_from_dict(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
+
+
+# --- values and single settings -----------------------------------------------------------------
+
+
+def test_lists_literals_and_mappings():
+    from typing import Literal, Optional
+
+    assert coerce("a.txt", list[str], "paths") == ["a.txt"]  # one path where a list is expected
+    assert coerce([1, "2"], tuple[int, ...], "milestones") == (1, 2)
+    assert coerce(None, dict, "scheduler") == {} and coerce(None, Optional[int], "k") is None
+    with pytest.raises(UserError, match=r"^norm: must be one of pre, post; got 'psot' \(did you mean 'post'\?\)$"):
+        coerce("psot", Literal["pre", "post"], "norm")
+    with pytest.raises(UserError, match=r"^milestones: expected a list, got 50$"):
+        coerce(50, tuple[int, ...], "milestones")
+    with pytest.raises(UserError, match=r"^k: must be set \(int\), got null$"):
+        coerce(None, int, "k")
+    # A length of a schedule: the structure by the type, each value by the schedule's own rule.
+    assert coerce(["10%", 3], tuple[int, ...], "m", scalar=lambda v, k: (k, v)) == (("m[0]", "10%"), ("m[1]", 3))
+
+
+def test_scaling_rule_needs_a_reference_batch():
+    with pytest.raises(UserError, match="reference_batch_tokens"):
+        OptimConfig(lr_scaling="linear").validate()
+
+
+@pytest.mark.parametrize("overrides, text", [
+    ({"weight_decay_mode": "decoupled"}, "optim.weight_decay_mode: must be one of coupled, independent"),
+    ({"weight_decay_mode": "independent", "weight_decay": 1.0}, "optim.weight_decay must be < 1 with"),
+])
+def test_bad_decay_settings_are_one_line(overrides, text):
+    with pytest.raises(UserError, match=text.replace(".", r"\.")):
+        config_from_dict({"optim": overrides})

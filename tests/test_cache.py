@@ -1,3 +1,5 @@
+"""minigpt/data/cache.py: the train/val split, the token cache (key, reuse, damage, interruption), batches."""
+
 import json
 from dataclasses import replace
 
@@ -6,57 +8,14 @@ import pytest
 import torch
 
 from minigpt.config import DataConfig
+from minigpt.data.cache import Batches, cache_key, prepare_data, split_documents, unigram_entropy
 from minigpt.data.corpus import Document, load_documents, stdlib_documents
-from minigpt.data.cache import (Batches, cache_key, prepare_data, split_documents,
-                          unigram_entropy)
+from minigpt.data.tokenizer import BPETokenizer
 from minigpt.errors import UserError
-from minigpt.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
-
-SAMPLES = [
-    "def f(x):\n    return x ** 2  # square\n",
-    "  leading spaces, trailing tabs\t\t\n\n\n",
-    "unicode: héllo wörld ✓ 日本語 🙂",
-    "",
-    "<|endoftext|> is just text here",
-]
 
 
 def quiet(_msg):
     pass
-
-
-def test_stdlib_corpus_is_real_python_without_tests():
-    docs = stdlib_documents()
-    ids = [d.id for d in docs]
-    assert len(docs) > 300 and sum(len(d.text) for d in docs) > 5_000_000
-    assert "os.py" in ids and "json/__init__.py" in ids
-    assert not any(part in ("test", "tests", "site-packages") for i in ids for part in i.split("/")[:-1])
-    assert ids == sorted(ids, key=lambda i: (i.split("/")[:-1], i)) or len(set(ids)) == len(ids)
-
-
-@pytest.mark.parametrize("tokenizer", ["bpe", "byte"])
-def test_tokenizer_round_trip(tokenizer, tmp_path):
-    if tokenizer == "bpe":
-        tok = BPETokenizer.train(iter([d.text for d in stdlib_documents()[:40]]), vocab_size=600)
-        assert tok.vocab_size == 600
-    else:
-        tok = ByteTokenizer()
-    for text in SAMPLES:
-        ids = tok.encode(text)
-        assert all(0 <= i < tok.vocab_size for i in ids)
-        assert tok.decode(ids) == text
-    # Saved and loaded, it encodes the same.
-    tok.save(tmp_path / "tokenizer.json")
-    again = load_tokenizer(tmp_path / "tokenizer.json")
-    assert again.encode(SAMPLES[2]) == tok.encode(SAMPLES[2]) and again.eot_id == tok.eot_id
-
-
-@pytest.mark.slow
-def test_bpe_compresses_code():
-    docs = stdlib_documents()[:60]
-    tok = BPETokenizer.train(iter([d.text for d in docs]), vocab_size=1024)
-    text = docs[0].text
-    assert len(tok.encode(text)) < 0.6 * len(text.encode())  # merges learned: fewer tokens than bytes
 
 
 def test_split_is_by_document_deterministic_and_disjoint():
@@ -121,43 +80,6 @@ def test_unigram_entropy():
     assert unigram_entropy(np.array([1, 1, 1, 1]), 4) == pytest.approx(0.0)
     assert unigram_entropy(np.array([0, 1, 2, 3]), 4) == pytest.approx(np.log(4))
     assert unigram_entropy(np.array([0, 0, 0, 1]), 4) == pytest.approx(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
-
-
-def test_local_text_jsonl_and_parquet_files(tmp_path):
-    import datasets
-
-    folder = tmp_path / "corpus"
-    folder.mkdir()
-    (folder / "a.txt").write_text("alpha text\n" * 50)
-    (folder / "b.md").write_text("# beta\n" * 50)
-    (folder / "skip.bin").write_bytes(b"\x00\x01")
-    with open(folder / "rows.jsonl", "w") as f:
-        for i in range(5):
-            f.write(json.dumps({"content": f"row {i} " * 20, "other": i}) + "\n")
-    datasets.Dataset.from_dict({"content": ["parquet row one " * 10, "parquet row two " * 10]}).to_parquet(
-        str(folder / "t.parquet"))
-    cfg = DataConfig(source="files", paths=[str(folder)], text_field="content", cache_dir=str(tmp_path / "c"))
-    docs = load_documents(cfg)
-    texts = [d.text for d in docs]
-    assert "alpha text\n" * 50 in texts and "# beta\n" * 50 in texts
-    assert sum(t.startswith("row ") for t in texts) == 5 and sum(t.startswith("parquet row") for t in texts) == 2
-    assert len(docs) == 9  # skip.bin is not a text extension
-    with pytest.raises(UserError, match="no column 'text'.*content"):
-        load_documents(DataConfig(source="files", paths=[str(folder / "rows.jsonl")], cache_dir=str(tmp_path / "c")))
-
-
-def test_bad_data_inputs_say_what_is_wrong(tmp_path):
-    with pytest.raises(UserError, match="does not exist"):
-        load_documents(DataConfig(source="files", paths=[str(tmp_path / "nope")]))
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    (empty / "blank.txt").write_text("   \n\n")
-    with pytest.raises(UserError, match="empty"):
-        load_documents(DataConfig(source="files", paths=[str(empty)]))
-    with pytest.raises(UserError, match="no files ending in"):
-        load_documents(DataConfig(source="files", paths=[str(empty)], extensions=[".jsonl"]))
-    with pytest.raises(UserError, match="fewer than one context window"):
-        Batches(np.arange(10), block_size=16, batch_size=2, seed=0, device=torch.device("cpu"))
 
 
 def test_hub_dataset_offline_gives_one_clear_line_at_once(tmp_path, monkeypatch):
@@ -297,8 +219,8 @@ def test_pieces_tokenize_to_the_tokens_of_the_whole():
 
 
 def test_a_one_line_file_is_read_and_tokenized_in_pieces(tmp_path, monkeypatch):
-    import minigpt.data.corpus
     import minigpt.data.cache
+    import minigpt.data.corpus
 
     monkeypatch.setattr(minigpt.data.corpus, "READ_CHARS", 5_000)  # small pieces: many cuts in a small file
     monkeypatch.setattr(minigpt.data.cache, "PIECE_CHARS", 2_000)
@@ -378,23 +300,6 @@ def test_damaged_cache_is_found_on_load_and_rebuilt(tmp_path):
     assert np.array_equal(np.asarray(again.train), good) and again.tokenizer.vocab_size == 300
 
 
-@pytest.mark.parametrize("content, problem", [
-    ('{"text": "fine"}\n{"text": 42}\n', r"line 2: field 'text' is a number \(42\), not a string"),
-    ('{"text": "fine"}\n\n{"text": ["a", "b"]}\n', r"line 3: field 'text' is a list, not a string"),
-    ('{"text": "fine"}\n{"text": "cut sh\n', r"line 2: not valid JSON"),
-    ('{"text": "fine"}\n[1, 2]\n', r"line 2: expected a JSON object"),
-    ("", r"has no rows"),
-    ('[{"text": "fine"},\n {"text": null},\n {"text": 5}]', r"item 2: field 'text' is a number \(5\)"),
-])
-def test_bad_jsonl_rows_are_one_line_naming_file_line_and_problem(tmp_path, content, problem):
-    path = tmp_path / ("rows.json" if content.startswith("[") else "rows.jsonl")
-    path.write_text(content)
-    with pytest.raises(UserError, match=problem) as err:
-        prepare_data(DataConfig(source="files", paths=[str(path)], cache_dir=str(tmp_path / "c")),
-                     log=quiet, progress=False)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
-
-
 @pytest.mark.slow
 def test_progress_false_silences_every_bar_the_datasets_ones_included(tmp_path, capfd):
     import datasets
@@ -415,20 +320,3 @@ def test_progress_false_silences_every_bar_the_datasets_ones_included(tmp_path, 
     assert datasets.is_progress_bar_enabled()  # left as it was found
 
 
-@pytest.mark.slow
-def test_fast_encoder_gives_the_ids_of_tokenizers_and_steps_aside_when_it_would_not(monkeypatch):
-    import tiktoken
-
-    tok = BPETokenizer.train(iter([d.text for d in stdlib_documents()[:40]] + SAMPLES), vocab_size=600)
-    texts = SAMPLES + [d.text for d in stdlib_documents()[40:50]]
-    fast = [a.tolist() for a in tok.encode_arrays(texts, np.int64)]
-    assert tok.uses_tiktoken and fast == [tok.encode(t) for t in texts]
-
-    class Wrong:  # an encoder that disagrees with tokenizers
-        def encode_ordinary_batch(self, texts, num_threads):
-            return [[1] * len(t) for t in texts]
-
-    monkeypatch.setattr(tiktoken, "Encoding", lambda *args, **kwargs: Wrong())
-    checked = BPETokenizer(tok.backend)  # the same BPE; its tiktoken copy is built (wrongly) on first use
-    ids = [a.tolist() for a in checked.encode_arrays(texts, np.int64, check=True)]
-    assert ids == [tok.encode(t) for t in texts] and not checked.uses_tiktoken

@@ -1,42 +1,14 @@
-"""Schedule plots: minigpt/plots.py and `minigpt plot-schedules` (minigpt/tools/plot_schedules.py), on a headless machine."""
+"""`minigpt plot-schedules` (minigpt/tools/plot_schedules.py): chosen schedules, bad input, a headless machine."""
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from minigpt.plots import plot_schedule_curve, plot_schedules
-from minigpt.schedules import build_schedule
+from helpers import is_png
 
 pytest.importorskip("matplotlib")
-
-PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def is_png(path: Path) -> bool:
-    return path.is_file() and path.read_bytes()[:8] == PNG
-
-
-@pytest.mark.slow
-def test_plot_schedule_curve(tmp_path):
-    for name in ("cosine_warmup", "one_cycle", "wsd"):  # one_cycle also draws beta1
-        out = tmp_path / "sub" / f"{name}.png"
-        plot_schedule_curve(build_schedule(name, 300), 3e-3, out)
-        assert is_png(out)
-    long_run = tmp_path / "long.png"  # drawn from a subsample of the steps
-    plot_schedule_curve(build_schedule("cosine_warmup", 25_000, warmup=250), 1e-3, long_run)
-    assert is_png(long_run)
-
-
-def test_plot_schedules(tmp_path):
-    out = tmp_path / "all.png"
-    group = [build_schedule("wsd", n) for n in (100, 400)] + [build_schedule("step", 100)]
-    plot_schedules(group, 1.0, out)
-    assert is_png(out)
-    with pytest.raises(ValueError):
-        plot_schedules([], 1.0, out)
 
 
 @pytest.fixture

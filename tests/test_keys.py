@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 from minigpt.run.keys import RECORD_KEYS, Key
 from minigpt.run.metrics import read_metrics
 from minigpt.run.trainer import train
