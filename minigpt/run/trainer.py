@@ -178,7 +178,7 @@ class Trainer:
         if tc.resume:
             self.resume(found)
 
-        adam = {"train/beta2": self.plan.beta2, "train/eps": self.plan.eps} if self.plan.lr_scaling == "sqrt_adam" else {}
+        adam = {Key.BETA2: self.plan.beta2, Key.EPS: self.plan.eps} if self.plan.lr_scaling == "sqrt_adam" else {}
         self.records = StepRecords(RecordSchema.of_run(
             cfg, self.scaler is not None, self.flops_per_token,
             self.peak_flops * self.ddp.world_size if self.peak_flops else None, adam), self.device)
