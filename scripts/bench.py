@@ -102,7 +102,7 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
                     advance(stepper)
                 else:  # the same step, its per-step values never leave the device
                     stepper.train_step()
-                    trainer.records.discard()
+                    stepper.parts.records.discard()
             if logging:
                 trainer.flush(wait=True)
             sync()
@@ -141,8 +141,8 @@ def bench_one(raw: dict, warmup: int, steps: int, compare: bool, repeats: int) -
         "compile": tc.compile,
         "compile_backend": tc.compile_backend if tc.compile else None,
         "n_layer": cfg.model.n_layer, "n_embd": cfg.model.n_embd, "block_size": cfg.model.block_size,
-        "vocab_size": trainer.model_config.padded_vocab_size,
-        "n_params": trainer.model.num_params(),
+        "vocab_size": stepper.parts.model_config.padded_vocab_size,
+        "n_params": stepper.parts.model.num_params(),
         "micro_batch_size": tc.micro_batch_size,
         "grad_accum": trainer.plan.grad_accum,
         "tokens_per_step": trainer.plan.tokens_per_step,

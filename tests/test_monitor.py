@@ -74,7 +74,7 @@ def observe_series(monitor, losses, grad_norms=None):
         record = {"step": step, "train/loss": float(loss)}
         if grad_norms is not None:
             record["train/grad_norm"] = float(grad_norms[step])
-        records.append(monitor.observe(record))
+        records.append({**record, **monitor.observe(record)})  # observe returns its fields
     return records
 
 
@@ -153,8 +153,8 @@ def test_monitor_state_round_trip_flags_what_an_uninterrupted_run_flags():
     buffer.seek(0)
     resumed = Monitor(cfg, total_steps=1200, unigram_entropy=1.0)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    rest = [resumed.observe({"step": s, "train/loss": float(losses[s]), "train/grad_norm": float(norms[s])})
-            for s in range(600, 1200)]
+    rest = [{**r, **resumed.observe(r)} for r in ({"step": s, "train/loss": float(losses[s]),
+                                                   "train/grad_norm": float(norms[s])} for s in range(600, 1200))]
     assert rest == expected[600:]  # same flags and z-scores, step by step
     assert [r["step"] for r in rest if r["train/spike"]] == [605, 607, 611, 1100]
     assert resumed.summary() == whole.summary()

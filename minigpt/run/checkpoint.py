@@ -1,7 +1,9 @@
-"""Checkpoints: atomic save and safe load of everything needed to resume a run exactly.
+"""Checkpoints as files: atomic save, safe load, checksums, pruning, finding the one to resume.
 
-A checkpoint is one file, `<run_dir>/checkpoints/step_XXXXXXX.pt`, holding plain tensors,
-numbers, strings, lists and dicts only: it is loaded with `weights_only=True`, so opening one
+What a checkpoint holds is the run's (`Trainer.state_dict()` / `load_state_dict()`); this
+module writes, checks and finds the files. A checkpoint is one file,
+`<run_dir>/checkpoints/step_XXXXXXX.pt`, holding plain tensors, numbers, strings, lists and
+dicts only: it is loaded with `weights_only=True`, so opening one
 can never run code. It is written to a temporary file, flushed to the disk and renamed, so a
 crash in the middle of a save leaves the previous checkpoint whole. Next to it,
 `step_XXXXXXX.pt.sha256` holds its SHA-256 (in `sha256sum` format, written before the
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -26,10 +27,8 @@ import torch
 
 from minigpt.errors import UserError
 from minigpt.files import file_sha256, fsync_dir, open_new, write_atomic
-from minigpt.run.metrics import (FORMAT_VERSION, UNREADABLE_FILE, check_format, read_metrics, truncate_metrics,
-                                 write_metrics)
+from minigpt.run.metrics import UNREADABLE_FILE, check_format, read_metrics, truncate_metrics, write_metrics
 from minigpt.model import GPTConfig
-from minigpt.run.runtime import Distributed, own_rng_state, set_rng_state
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKSUM_SUFFIX = ".sha256"
@@ -311,44 +310,6 @@ def find_resume(run_dir: Path | None, resume: str, config: dict, say,
     if changes:
         say("resume: config changes from the checkpoint: " + "; ".join(changes))
     return path, state, damaged
-
-
-def run_state(run, rng_ranks: list[dict], train_point: list | None = None) -> dict:
-    """Everything a resume of `run` (a trainer.Trainer) needs, as plain values. `rng_ranks`: every
-    rank's RNG state (runtime.rank_rng_states). `train_point`: schedule-free AdamW's training
-    weights (the model holds its evaluation point then)."""
-    return {
-        "format_version": FORMAT_VERSION,  # metrics.FORMAT_VERSION; none in a checkpoint written before it: 0
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "train_point": train_point,
-        "ema": run.ema.state_dict() if run.ema is not None else None,  # optim.ema's average
-        "val_history_ema": [list(v) for v in run.val_history_ema],
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-        "step": run.step,
-        "tokens_seen": run.tokens_seen,
-        "rng": rng_ranks[0],
-        "rng_ranks": rng_ranks,
-        "monitor": run.monitor.state_dict(),
-        "val_history": [list(v) for v in run.val_history],
-        "config": run.cfg.to_dict(),
-        "model_config": vars(run.model_config).copy(),
-        "data_key": run.data.cache_dir.name,
-        "data_sha256": run.data.meta.get("sha256"),  # the token files' hashes: a resume trains on these tokens
-        "tokenizer": (run.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
-        "wandb_id": run.wandb_id,
-        "init_from": run.init_origin,  # where a run begun with trainer.init_from took its weights (or None)
-        "elapsed": run.elapsed_before + (time.time() - run.t0),
-    }
-
-
-def load_states(state: dict, ddp: Distributed, device, **parts) -> None:
-    """Load a checkpoint's states into the run's parts (model, optimizer, scaler (None: none),
-    monitor), and this rank's RNG state into this process (`device`: the one GPU it uses)."""
-    for name, part in parts.items():
-        if part is not None and state.get(name) is not None:
-            part.load_state_dict(state[name])
-    set_rng_state(own_rng_state(state, ddp), device)
 
 
 def check_compatible(state: dict, path: Path, model_config: dict, data_key: str, data_sha256: dict | None = None) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from minigpt.config import LoggerConfig
 from minigpt.errors import UserError
 from minigpt.files import open_append, refuse_link, write_atomic
+from minigpt.run.keys import Key
 
 METRICS_FILE = "metrics.jsonl"
 UNREADABLE_FILE = "metrics.jsonl.unreadable"  # lines of metrics.jsonl that a resume could not read
@@ -276,12 +277,12 @@ class MetricsLogger:
             self.wandb.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
         if self.tensorboard is not None:
             self.tensorboard.log(record)
-        if self.bar is not None and "train/loss" in record:
+        if self.bar is not None and Key.LOSS in record:
             self.bar.n = record["step"] + 1
             postfix = {"loss": f"{record['train/loss']:.4f}", "lr": f"{record['train/lr']:.3g}"}
-            if "val/loss" in record:
+            if Key.VAL_LOSS in record:
                 postfix["val"] = f"{record['val/loss']:.4f}"
-            if record.get("train/spike"):
+            if record.get(Key.SPIKE):
                 postfix["spike"] = "!"
             self.bar.set_postfix(postfix, refresh=False)
             self.bar.refresh()

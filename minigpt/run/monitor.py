@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minigpt.config import MonitorConfig
+from minigpt.run.keys import Key
 
 
 class RollingZ:
@@ -108,20 +109,21 @@ class Monitor:
         return False
 
     def observe(self, record: dict) -> dict:
-        """Score one step's record; add the spike fields to it; update the divergence verdict."""
-        step, loss = record["step"], record["train/loss"]
+        """Score one step's record and update the divergence verdict; return the spike fields
+        (spike/*, train/spike) for the record, which is left as it was."""
+        step, loss = record[Key.STEP], record[Key.LOSS]
         self.steps_seen += 1
-        if record.get("train/skipped"):
+        if record.get(Key.SKIPPED):
             self.skipped_steps += 1
-        if record.get("train/scaler_skipped"):
+        if record.get(Key.SCALER_SKIPPED):
             self.scaler_skipped_steps += 1
-        values = {"loss": loss, "grad_norm": record.get("train/grad_norm", math.nan)}
-        any_spike = False
+        values = {"loss": loss, "grad_norm": record.get(Key.GRAD_NORM, math.nan)}
+        fields, any_spike = {}, False
         for name, x in values.items():
             z = self.detectors[name].score(x)
             spike = z is not None and z > self.cfg.spike_k
-            record[f"spike/{name}_z"] = round(z, 4) if z is not None and math.isfinite(z) else z
-            record[f"spike/{name}"] = spike
+            fields[Key.spike(name) + "_z"] = round(z, 4) if z is not None and math.isfinite(z) else z
+            fields[Key.spike(name)] = spike
             self.spikes[name] += spike
             any_spike |= spike
             self.detectors[name].push(x)
@@ -130,9 +132,9 @@ class Monitor:
                 self.scored_steps[name] += 1
                 self.score_hits[name] += abs(z_score) >= self.cfg.spike_score_k
             self.score_windows[name].push(x)
-        record["train/spike"] = any_spike
+        fields[Key.SPIKE] = any_spike
         self._update_divergence(step, loss)
-        return record
+        return fields
 
     def _update_divergence(self, step: int, loss: float) -> None:
         if self.verdict.diverged:

@@ -1,5 +1,8 @@
 """Per-step records: from the device to the host in batches, and the one record schema.
 
+The keys a record can have are named in keys.py (`Key`); `RecordSchema` turns a step's values
+into them, `Evaluation.fields` an evaluation's.
+
 On a GPU nothing in the step waits for the device: a step leaves its values (loss, grad norm,
 ...) on the GPU as one small tensor with its host-side facts (LR, tokens, timing). Every
 `trainer.flush_every` steps the pending values are copied to pinned host memory without
@@ -18,10 +21,30 @@ from dataclasses import dataclass, field
 import torch
 
 from minigpt.config import Config
+from minigpt.run.keys import Key
 from minigpt.run.sharpness import stability_threshold
 
 # Values every step produces, in this order; optional ones (monitor.*) follow when enabled.
 BASE_FIELDS = ("loss", "loss_max", "grad_norm")
+
+
+@dataclass
+class Evaluation:
+    """One evaluation of a run on the fixed validation windows: what its record holds."""
+
+    loss: float  # the mean cross-entropy (the z-loss term apart)
+    stderr: float | None = None  # its standard error over the batches (None for a single batch)
+    z_loss: float | None = None  # the z-loss term, when the z-loss is on
+    ema_loss: float | None = None  # the weight average's loss (optim.ema)
+
+    def fields(self) -> dict:
+        """The evaluation's keys of a record (val/*), those it has."""
+        out = {Key.VAL_LOSS: self.loss}
+        for key, value in ((Key.VAL_LOSS_STDERR, self.stderr), (Key.VAL_Z_LOSS, self.z_loss),
+                           (Key.VAL_LOSS_EMA, self.ema_loss)):
+            if value is not None:
+                out[key] = value
+        return out
 
 
 @dataclass
@@ -96,33 +119,33 @@ class RecordSchema:
         seconds = p.seconds if p.events is None else p.events[0].elapsed_time(p.events[1]) / 1000
         tok_per_s = p.batch_size * self.block_size / max(seconds, 1e-9)
         record = {
-            "step": p.step,
-            "train/lr": p.lr,
-            "train/loss": values["loss"],
-            "train/loss_max": values["loss_max"],
-            "train/grad_norm": values["grad_norm"],
-            "train/clipped": bool(self.grad_clip > 0 and values["grad_norm"] > self.grad_clip),
-            "train/tokens": p.tokens,
-            "train/batch_size": p.batch_size,
-            "perf/step_ms": round(seconds * 1000, 3),
-            "perf/tok_per_s": round(tok_per_s, 1),
+            Key.STEP: p.step,
+            Key.LR: p.lr,
+            Key.LOSS: values["loss"],
+            Key.LOSS_MAX: values["loss_max"],
+            Key.GRAD_NORM: values["grad_norm"],
+            Key.CLIPPED: bool(self.grad_clip > 0 and values["grad_norm"] > self.grad_clip),
+            Key.TOKENS: p.tokens,
+            Key.BATCH_SIZE: p.batch_size,
+            Key.STEP_MS: round(seconds * 1000, 3),
+            Key.TOK_PER_S: round(tok_per_s, 1),
         }
         if self.peak_flops:
-            record["perf/mfu"] = round(self.flops_per_token * tok_per_s / self.peak_flops, 4)
+            record[Key.MFU] = round(self.flops_per_token * tok_per_s / self.peak_flops, 4)
         if p.beta1 is not None:
-            record["train/beta1"] = p.beta1
+            record[Key.BETA1] = p.beta1
         record.update(self.constants)
         if self.skip_spikes:
-            record["train/skipped"] = p.skipped
+            record[Key.SKIPPED] = p.skipped
         if "scaler_skipped" in values:
-            record["train/scaler_skipped"] = bool(values["scaler_skipped"])
+            record[Key.SCALER_SKIPPED] = bool(values["scaler_skipped"])
         for name in ("z_loss", "update_ratio", "max_attn_logit", "logz"):
             if name in values:
-                record[f"train/{name}"] = values[name]
+                record[Key.train(name)] = values[name]
         if self.sharpness_every and p.step % self.sharpness_every == 0 and (
                 self.sharpness_until is None or p.step < self.sharpness_until):
-            record["train/sharpness"] = values["sharpness"]
-            record["train/sharpness_threshold"] = stability_threshold(p.lr, p.beta1 if p.beta1 is not None else self.beta1)
+            record[Key.SHARPNESS] = values["sharpness"]
+            record[Key.SHARPNESS_THRESHOLD] = stability_threshold(p.lr, p.beta1 if p.beta1 is not None else self.beta1)
         return record
 
 

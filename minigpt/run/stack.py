@@ -39,7 +39,7 @@ from minigpt.errors import UserError
 from minigpt.run.checkpoint import flatten
 from minigpt.model import GPT
 from minigpt.optim import decay_coefficient
-from minigpt.run.records import PendingStep
+from minigpt.run.records import Evaluation, PendingStep
 from minigpt.run.metrics import RunResult
 from minigpt.run.trainer import Trainer, batch_stderr, fit
 
@@ -95,7 +95,8 @@ def check_stackable(configs: list[Config]) -> None:
 
 class StackedStepper:
     """Steps the runs of one stack together; `runs` are the Trainers still in the stack, in
-    stack order (a run that ends is dropped from every stacked tensor)."""
+    stack order (a run that ends is dropped from every stacked tensor), and `parts` their
+    StepParts (state.py): what the stepper reads and advances of each."""
 
     def __init__(self, configs: list[Config], run_dirs: list[Path], quiet: bool = False):
         check_stackable(configs)
@@ -111,16 +112,18 @@ class StackedStepper:
 
     def _setup(self, quiet: bool) -> None:
         self.runs = list(self.all)
-        first = self.runs[0]
-        if first.precision == "fp16":
+        self.all_parts = [r.step_parts() for r in self.all]
+        self.parts = list(self.all_parts)
+        first = self.parts[0]
+        if first.runtime.precision == "fp16":
             raise UserError("trainer.precision: fp16 (this GPU has no bf16) is not supported for stacked runs; "
                             "use trainer.precision=fp32 or the default launcher")
-        steps = sorted({r.step for r in self.runs})
+        steps = sorted({p.progress.step for p in self.parts})
         if len(steps) > 1:
             raise UserError(f"trainer.resume: the stacked runs resume from different steps ({steps}); "
                             "resume them one by one with the default launcher")
         self.say = (lambda msg: None) if quiet else log.info
-        self.device, self.step, self.total_steps = first.device, first.step, first.total_steps
+        self.device, self.step, self.total_steps = first.runtime.device, first.progress.step, first.plan.total_steps
         self.grad_accum, self.tc = first.plan.grad_accum, first.cfg.trainer
 
         # The parameters in a fixed order, decayed ones first (AdamW decays the leading columns).
@@ -130,14 +133,14 @@ class StackedStepper:
         self.shapes = {n: p.shape for n, p in named}
         self.n_decay = sum(p.numel() for _, p in named if p.dim() >= 2)
         width = sum(p.numel() for _, p in named)
-        own = [dict(r.model.named_parameters()) for r in self.runs]
+        own = [dict(p.model.named_parameters()) for p in self.parts]
         with torch.no_grad():
             self.flat = torch.cat([torch.stack([o[n].detach().reshape(-1) for o in own]) for n in self.names], dim=1)
         self.flat_grad = torch.zeros_like(self.flat)
         # AdamW state; a resumed run brings its own.
-        states = [[r.optimizer.state.get(o[n]) for n in self.names] for r, o in zip(self.runs, own)]
+        states = [[p.optimizer.state.get(o[n]) for n in self.names] for p, o in zip(self.parts, own)]
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(self.flat), torch.zeros_like(self.flat)
-        self.adam_step = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
+        self.adam_step = torch.zeros(len(self.parts), dtype=torch.float64, device=self.device)
         self.fresh = not all(s is not None for run in states for s in run)
         if not self.fresh:
             with torch.no_grad():
@@ -152,16 +155,16 @@ class StackedStepper:
         def column(values):
             return torch.tensor(values, dtype=torch.float64, device=self.device)
 
-        optims = [r.cfg.optim for r in self.runs]
+        optims = [p.cfg.optim for p in self.parts]
         # Adam's betas and eps after the batch-size rule (sqrt_adam scales them): the run plan's.
-        self.beta2, self.eps = column([r.plan.beta2 for r in self.runs]), column([r.plan.eps for r in self.runs])
-        self.weight_decay = column([decay_coefficient(r.cfg.optim, r.plan.peak_lr) for r in self.runs])
+        self.beta2, self.eps = column([p.plan.beta2 for p in self.parts]), column([p.plan.eps for p in self.parts])
+        self.weight_decay = column([decay_coefficient(p.cfg.optim, p.plan.peak_lr) for p in self.parts])
         self.max_norm = column([o.grad_clip if o.grad_clip > 0 else math.inf for o in optims])
         # optim.adam_init=grad (GI-Adam): those runs' second moment starts at the first gradient's square
         self.grad_init = torch.tensor([[o.adam_init == "grad"] for o in optims], device=self.device)
-        plans = [[r.plan.lr_at(t) for t in range(self.total_steps)] for r in self.runs]  # stacks count in steps
+        plans = [[p.plan.lr_at(t) for t in range(self.total_steps)] for p in self.parts]  # stacks count in steps
         self.lrs = [[lr for lr, _ in plan] for plan in plans]
-        self.beta1s = [[b if b is not None else r.plan.beta1 for _, b in plan] for r, plan in zip(self.runs, plans)]
+        self.beta1s = [[b if b is not None else p.plan.beta1 for _, b in plan] for p, plan in zip(self.parts, plans)]
         self.lr_table, self.beta1_table = column(self.lrs).T.contiguous(), column(self.beta1s).T.contiguous()
 
         with torch.device("meta"):  # the model's code, without weights: functional_call supplies them
@@ -171,7 +174,7 @@ class StackedStepper:
             # CUDA's flash / memory-efficient / cuDNN attention kernels have one.
             warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented "
                                     "the batching rule for aten::_scaled_dot_product_flash_attention_for_cpu")
-        self.shared_data = len({r.cfg.seed for r in self.runs}) == 1
+        self.shared_data = len({p.cfg.seed for p in self.parts}) == 1
         self._build_views()
 
     # --- the stacked model ---
@@ -197,14 +200,15 @@ class StackedStepper:
     def _batches(self, get):
         """(x, y) for every run in the stack: one batch when all runs share a seed, else stacked."""
         if self.shared_data:
-            return get(self.runs[0])
-        pairs = [get(r) for r in self.runs]
+            return get(self.parts[0])
+        pairs = [get(p) for p in self.parts]
         return torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])
 
     def drop(self, run: Trainer) -> None:
         """Take a run that ended out of every stacked tensor."""
         keep = [k for k, r in enumerate(self.runs) if r is not run]
         self.runs = [self.runs[k] for k in keep]
+        self.parts = [self.parts[k] for k in keep]
         if not keep:
             return
         if run.ended() is not None:
@@ -221,7 +225,7 @@ class StackedStepper:
     # --- one optimizer step for every run ---
 
     def train_step(self) -> None:
-        step, first, m = self.step, self.runs[0], len(self.runs)
+        step, first, m = self.step, self.parts[0], len(self.parts)
         start = time.perf_counter()
         events = first.records.timing()  # CUDA events around the step's work; None on the CPU
         loss_sum = torch.zeros(m, device=self.device)
@@ -243,12 +247,12 @@ class StackedStepper:
         if events is not None:
             events[1].record()
         seconds = None if events is not None else time.perf_counter() - start
-        for k, r in enumerate(self.runs):
-            i = self.all.index(r)
-            r.tokens_seen += r.plan.tokens_per_step
-            r.records.add(PendingStep(step, self.lrs[i][step], r.plan.lr_at(step)[1], r.tokens_seen,
+        for k, r in enumerate(self.parts):
+            i = self.all_parts.index(r)
+            r.progress.tokens += r.plan.tokens_per_step
+            r.records.add(PendingStep(step, self.lrs[i][step], r.plan.lr_at(step)[1], r.progress.tokens,
                                       r.plan.global_batch, False, seconds, events), values[k])
-            r.step += 1
+            r.progress.step += 1
         self.step += 1
 
     @torch.no_grad()
@@ -276,11 +280,11 @@ class StackedStepper:
         return norm
 
     @torch.no_grad()
-    def evaluate(self) -> list[float]:
-        """Each run's mean loss over the fixed validation windows."""
-        first = self.runs[0]
+    def evaluate(self) -> list[Evaluation]:
+        """Each run's mean loss over the fixed validation windows, with its standard error."""
+        first = self.parts[0]
         self.template.eval()
-        total = torch.zeros(len(self.runs), device=self.device, dtype=torch.float64)
+        total = torch.zeros(len(self.parts), device=self.device, dtype=torch.float64)
         total_sq = torch.zeros_like(total)  # for each run's standard error over the batches (val/loss_stderr)
         for i in range(self.tc.eval_iters):
             x, y = self._batches(lambda r: r.val_batches.eval_batch(i))
@@ -289,27 +293,28 @@ class StackedStepper:
             total += loss
             total_sq += loss**2
         self.template.train()
-        for run, s, sq in zip(self.runs, total.tolist(), total_sq.tolist()):
-            run.val_stderr = batch_stderr(s, sq, self.tc.eval_iters)
-        return (total / self.tc.eval_iters).tolist()
+        n = self.tc.eval_iters
+        return [Evaluation(s / n, batch_stderr(s, sq, n)) for s, sq in zip(total.tolist(), total_sq.tolist())]
 
     def save(self, run: Trainer) -> Path | None:
         """Copy the run's slice into its Trainer's model and optimizer; save an ordinary checkpoint."""
         k = self.runs.index(run)
-        own = dict(run.model.named_parameters())
+        parts = self.parts[k]
+        own = dict(parts.model.named_parameters())
         with torch.no_grad():
             offset = 0
             for name in self.names:
                 n = math.prod(self.shapes[name])
                 p = own[name]
                 p.copy_(self.flat[k, offset:offset + n].view(self.shapes[name]))
-                run.optimizer.state[p] = {
+                parts.optimizer.state[p] = {
                     "step": torch.tensor(float(self.adam_step[k])),
                     "exp_avg": self.exp_avg[k, offset:offset + n].view(self.shapes[name]).clone(),
                     "exp_avg_sq": self.exp_avg_sq[k, offset:offset + n].view(self.shapes[name]).clone(),
                 }
                 offset += n
-        run.plan.apply(run.optimizer, max(self.step - 1, 0))  # the LR and beta1 of the last update, as the trainer leaves them
+        # the LR and beta1 of the last update, as the trainer leaves them
+        parts.plan.apply(parts.optimizer, max(self.step - 1, 0))
         return run.save()
 
     def run(self) -> list[RunResult]:

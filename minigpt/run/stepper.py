@@ -1,6 +1,6 @@
 """One optimizer update of one model: the stepper that `trainer.fit` drives for an ordinary run.
 
-    plan.apply(optimizer, step, tokens_seen)        # lr_at(step): the schedule sees optimizer steps only
+    plan.apply(optimizer, step, tokens)        # lr_at(step): the schedule sees optimizer steps only
     for each micro-batch: forward, backward (loss / accumulation), no DDP sync until the last
     clip the global gradient norm, optimizer step, zero the gradients
     hand the step's values (on the device) and facts (on the host) to the run's records
@@ -19,25 +19,26 @@ import torch
 import torch.distributed as dist
 
 from minigpt.optim import init_second_moment
-from minigpt.run.records import PendingStep
+from minigpt.run.records import Evaluation, PendingStep
 
 
 class ModelStepper:
-    """Steps one run (a Trainer); reads its model, optimizer and scaler at every step, so a
-    test or a tool may swap them."""
+    """Steps one run (a Trainer) through its `StepParts` (state.py), taken when the stepper is
+    built: a test or a tool may swap the run's model, optimizer or scaler before that."""
 
     def __init__(self, run):
         self.runs = [run]  # the runs still training: this one, until it ends
+        self.parts = run.step_parts()
         # The sharpness record between measurements: made on the device once, so a step that
         # does not measure copies nothing host -> device (a pageable copy would wait for the GPU).
-        self.no_sharpness = torch.full((), math.nan, device=run.device)
+        self.no_sharpness = torch.full((), math.nan, device=self.parts.runtime.device)
 
     @property
     def step(self) -> int:
-        return self.runs[0].step
+        return self.parts.progress.step
 
-    def evaluate(self) -> list[float]:
-        return [self.runs[0].evaluate()]
+    def evaluate(self) -> list[Evaluation]:
+        return [self.runs[0].evaluation()]
 
     def save(self, run) -> Path | None:
         return run.save()
@@ -46,16 +47,17 @@ class ModelStepper:
         self.runs = [r for r in self.runs if r is not run]
 
     def train_step(self) -> None:
-        r = self.runs[0]
-        cfg, step, ddp = r.cfg, r.step, r.runtime.ddp
-        lr, beta1 = r.plan.apply(r.optimizer, step, r.tokens_seen)  # the schedule's LR (x lr_mult) into the groups
-        accum = r.plan.batches.accum_at(r.tokens_seen)
+        r = self.parts
+        cfg, progress, ddp, device = r.cfg, r.progress, r.runtime.ddp, r.runtime.device
+        step = progress.step
+        lr, beta1 = r.plan.apply(r.optimizer, step, progress.tokens)  # the schedule's LR (x lr_mult) into the groups
+        accum = r.plan.batches.accum_at(progress.tokens)
 
         start = time.perf_counter()
         events = r.records.timing()  # CUDA events around the step's work; None on the CPU
-        loss_sum = torch.zeros((), device=r.device)
-        loss_max = torch.full((), -math.inf, device=r.device)
-        z_sum = torch.zeros((), device=r.device)
+        loss_sum = torch.zeros((), device=device)
+        loss_max = torch.full((), -math.inf, device=device)
+        z_sum = torch.zeros((), device=device)
         z_loss_on = cfg.model.z_loss > 0
         for micro in range(accum):
             x, y = r.train_batches.train_batch(step, ddp.rank * accum + micro)
@@ -87,9 +89,9 @@ class ModelStepper:
         grad_norm = torch.nn.utils.clip_grad_norm_(r.model.parameters(), clip).float()
 
         skipped = cfg.monitor.skip_spikes and r.monitor.should_skip(loss_mean.item(), grad_norm.item())
-        if r.adam_init_pending:  # GI-Adam: v_0 from this first (clipped) gradient, once
+        if progress.second_moment_pending:  # GI-Adam: v_0 from this first (clipped) gradient, once
             init_second_moment(r.optimizer)
-            r.adam_init_pending = False
+            progress.second_moment_pending = False
         extras = {}
         if cfg.monitor.update_ratio:
             before = [p.detach().clone() for p in r.model.parameters()]
@@ -124,7 +126,7 @@ class ModelStepper:
             extras["z_loss"] = z_mean
         if r.sharpness is not None:  # after the update, with the preconditioner it used
             if r.sharpness.due(step):  # a measurement waits for the GPU anyway (docs/performance.md)
-                extras["sharpness"] = torch.tensor(r.sharpness.measure(r.model, r.optimizer), device=r.device)
+                extras["sharpness"] = torch.tensor(r.sharpness.measure(r.model, r.optimizer), device=device)
             else:
                 extras["sharpness"] = self.no_sharpness
 
@@ -134,6 +136,6 @@ class ModelStepper:
             events[1].record()
         seconds = None if events is not None else time.perf_counter() - start
         batch = accum * r.plan.batches.quantum
-        r.tokens_seen += batch * cfg.model.block_size
-        r.records.add(PendingStep(step, lr, beta1, r.tokens_seen, batch, skipped, seconds, events), values)
-        r.step += 1
+        progress.tokens += batch * cfg.model.block_size
+        r.records.add(PendingStep(step, lr, beta1, progress.tokens, batch, skipped, seconds, events), values)
+        progress.step += 1

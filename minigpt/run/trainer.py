@@ -11,31 +11,33 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from minigpt.run.checkpoint import (run_state, check_compatible, check_resume_step, checkpoint_path, continue_records,
-                                find_resume, is_branch, load_states, prune_checkpoints, save_checkpoint)
+from minigpt.run.checkpoint import (check_compatible, check_resume_step, checkpoint_path, continue_records, find_resume,
+                                    is_branch, prune_checkpoints, save_checkpoint)
 from minigpt.config import Config
 from minigpt.data.cache import Batches, complete_cache, prepare_data, verify_tokens
 from minigpt.errors import UserError
-from minigpt.run.metrics import MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
+from minigpt.run.metrics import FORMAT_VERSION, MetricsLogger, RunResult, RunStatus, completed_summary, write_summary
 from minigpt.model import GPT, GPTConfig
 from minigpt.run.monitor import Monitor
 from minigpt.optim import WeightAverage, build_optimizer, check_precision, eval_point, load_optimizer_state
 from minigpt.run.perf import flops_per_token, peak_flops
 from minigpt.plan import RunPlan
 from minigpt.plots import plot_schedule_curve
-from minigpt.run.records import RecordSchema, StepRecords
+from minigpt.run.keys import Key
+from minigpt.run.records import Evaluation, RecordSchema, StepRecords
 from minigpt.run.folder import claim_run_folder
 from minigpt.run.init_from import check_tokenizer, find_init_weights, origin
-from minigpt.run.runtime import Runtime, StopSignals, check_sync_debug, rank_rng_states
+from minigpt.run.runtime import Distributed, Runtime, StopSignals, check_sync_debug, own_rng_state, rank_rng_states, set_rng_state
 from minigpt.run.sharpness import SharpnessProbe
+from minigpt.run.state import Progress, StepParts
 from minigpt.run.stepper import ModelStepper
-from minigpt.run.summary import run_summary
 
 log = logging.getLogger("minigpt")
 
@@ -52,7 +54,29 @@ def batch_stderr(total: float, total_sq: float, n: float) -> float | None:
 
 class Trainer:
     """One run. `checkpoints=False` writes none (the LR range test trains a throwaway copy).
-    `watchers` see every record on the host; a reason one returns ends the run (`stopped`)."""
+    `watchers` see every record on the host; a reason one returns ends the run (`stopped`).
+
+    Its typed API, what other modules may read (tests/test_trainer_api.py checks it): the
+    attributes annotated here, the properties and the public methods. The steppers work on
+    `step_parts()`; a checkpoint holds `state_dict()`; summary.json holds `summary()`. Every
+    other attribute is the trainer's own."""
+
+    cfg: Config
+    run_dir: Path
+    checkpoints: bool  # whether this run writes checkpoints
+    watchers: list  # called with each record on the host; one that returns a reason stops the run
+    ddp: Distributed  # rank, world size
+    device: torch.device
+    precision: str  # fp32 / bf16 / fp16, resolved
+    plan: RunPlan  # batch, length, schedule, peak LR
+    total_steps: int  # the run's length (plan.total_steps)
+    progress: Progress  # step and tokens: the stepper advances it
+    metrics: MetricsLogger  # set by open()
+    flops_per_token: float  # model FLOPs per training token (perf.py)
+    peak_flops: float | None  # the device's dense peak (None: a CPU or an unknown GPU)
+    flush_every: int  # steps between hand-offs of the records to the host
+    flush_seconds: float  # host time spent handing records over (scripts/bench.py reads it)
+    last_record: dict  # the newest record written
 
     def __init__(self, cfg: Config, run_dir: Path, quiet: bool = False, checkpoints: bool = True,
                  label: str | None = None):
@@ -124,7 +148,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device, self.plan.peak_lr,
                                          (self.plan.beta1, self.plan.beta2, self.plan.eps))
         self.params = list(self.model.parameters())  # tied weights once: what the optimizer and the average hold
-        self.adam_init_pending = cfg.optim.adam_init == "grad"  # GI-Adam: the stepper sets v_0 at the first update
         self.ema = WeightAverage(self.params, self.plan.ema_decay) if self.plan.ema_half_life else None
         self.total_steps = self.plan.total_steps
         self.monitor = Monitor(cfg.monitor, self.total_steps, meta.get("unigram_entropy_val"))
@@ -140,8 +163,9 @@ class Trainer:
         self.peak_flops = peak_flops(self.device)
         self.flush_every = tc.flush_every or (32 if self.device.type == "cuda" else 1)
 
-        # Progress through the run; a resume overwrites these.
-        self.step, self.tokens_seen = 0, 0
+        # Progress through the run; a resume overwrites it. GI-Adam: the stepper sets v_0 at the
+        # first update (of parameters without an optimizer state: not again after a resume).
+        self.progress = Progress(second_moment_pending=cfg.optim.adam_init == "grad")
         self.val_history: list[tuple[int, float]] = []
         self.val_history_ema: list[tuple[int, float]] = []  # the weight average's (optim.ema)
         self.wandb_id: str | None = None
@@ -153,20 +177,41 @@ class Trainer:
         if tc.resume:
             self.resume(found)
 
-        adam = {"train/beta2": self.plan.beta2, "train/eps": self.plan.eps} if self.plan.lr_scaling == "sqrt_adam" else {}
+        adam = {Key.BETA2: self.plan.beta2, Key.EPS: self.plan.eps} if self.plan.lr_scaling == "sqrt_adam" else {}
         self.records = StepRecords(RecordSchema.of_run(
             cfg, self.scaler is not None, self.flops_per_token,
             self.peak_flops * self.ddp.world_size if self.peak_flops else None, adam), self.device)
-        self.flush_seconds = 0.0  # host time spent handing records over (scripts/bench.py reads it)
-        self.val_at: dict[int, float] = {}
-        self.val_z_at: dict[int, float] = {}  # the z-loss term at the evaluations, when the z-loss is on
-        self.val_stderr_at: dict[int, float] = {}  # val/loss_stderr of the evaluations (none with eval_iters=1)
-        self.val_z_loss: float | None = None
-        self.val_ema_at: dict[int, float] = {}  # the weight average's loss at the evaluations (optim.ema)
-        self.val_ema_loss: float | None = None
-        self.val_stderr: float | None = None  # standard error of the last evaluation's mean, over its batches
-        self.last_record: dict = {}
+        self.flush_seconds = 0.0
+        self.val_at: dict[int, Evaluation] = {}  # evaluations waiting for their step's record
+        self.last_eval: Evaluation | None = None  # the newest evaluation (the final one, at the end)
+        self.last_record = {}
         self.t0 = time.time()
+
+    # --- the typed API's views ---
+
+    @property
+    def step(self) -> int:
+        """Updates done (the progress's step)."""
+        return self.progress.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.progress.step = value
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.progress.tokens
+
+    @property
+    def adam_init_pending(self) -> bool:
+        """GI-Adam: whether v_0 is still to be set at the next update."""
+        return self.progress.second_moment_pending
+
+    def step_parts(self) -> StepParts:
+        """What a stepper uses of this run, typed; its progress is this run's own."""
+        return StepParts(self.cfg, self.progress, self.plan, self.model, self.step_model, self.model_config,
+                         self.optimizer, self.scaler, self.ema, self.train_batches, self.val_batches, self.runtime,
+                         self.records, self.monitor, self.sharpness)
 
     def run(self) -> RunResult:
         if self.cfg.trainer.eval_only:
@@ -208,22 +253,25 @@ class Trainer:
             run_name=cfg.run_name, shared_process=shared_process)
         self.wandb_id = self.metrics.wandb_id
 
-    def evaluate(self) -> float:
-        """Mean cross-entropy over the fixed validation windows (split across ranks), at the
-        optimizer's evaluation point (schedule-free AdamW's average; the weights otherwise). With the
-        z-loss on, its term is not part of it: it goes to self.val_z_loss (val/z_loss). With
-        optim.ema, the weight average's goes to self.val_ema_loss (val/loss_ema)."""
+    def evaluation(self) -> Evaluation:
+        """The mean cross-entropy over the fixed validation windows (split across ranks), at the
+        optimizer's evaluation point (schedule-free AdamW's average; the weights otherwise), with
+        its standard error and, when on, the z-loss term (not part of the loss); with optim.ema,
+        the weight average's loss too."""
         with eval_point(self.optimizer, self.params):
-            loss = self._val_loss()
+            evaluation = self._val_loss()
         if self.ema is not None:
-            z_loss, stderr = self.val_z_loss, self.val_stderr
             with self.ema.swapped_in():
-                self.val_ema_loss = self._val_loss()
-            self.val_z_loss, self.val_stderr = z_loss, stderr  # val/z_loss and the standard error stay the weights' own
-        return loss
+                evaluation.ema_loss = self._val_loss().loss  # val/z_loss and the standard error stay the weights' own
+        self.last_eval = evaluation
+        return evaluation
+
+    def evaluate(self) -> float:
+        """The validation loss (evaluation().loss)."""
+        return self.evaluation().loss
 
     @torch.no_grad()
-    def _val_loss(self) -> float:
+    def _val_loss(self) -> Evaluation:
         self.model.eval()
         z_on = self.cfg.model.z_loss > 0
         # cross-entropy sum, batch count, z sum, sum of squared batch cross-entropies
@@ -240,10 +288,9 @@ class Trainer:
         if self.ddp.enabled:
             dist.all_reduce(total)
         self.model.train()
-        self.val_z_loss = float(total[2] / total[1]) if z_on else None
         n, mean = float(total[1]), float(total[0] / total[1])
-        self.val_stderr = batch_stderr(float(total[0]), float(total[3]), n)
-        return mean
+        return Evaluation(mean, batch_stderr(float(total[0]), float(total[3]), n),
+                          float(total[2] / total[1]) if z_on else None)
 
     def evaluate_only(self) -> RunResult:
         """trainer.eval_only: the validation loss of init_from's weights (eval_iters batches, with
@@ -253,18 +300,15 @@ class Trainer:
             self.metrics = MetricsLogger(self.run_dir, self.cfg.logger, config=self.cfg.to_dict(), total_steps=0,
                                          progress=False, enabled=self.ddp.is_main, run_name=self.cfg.run_name)
             step = self.init_origin["step"]
-            loss = self.evaluate()
-            record = {"step": step, "val/loss": loss}
-            if self.val_stderr is not None:
-                record["val/loss_stderr"] = self.val_stderr
-            if self.val_z_loss is not None:
-                record["val/z_loss"] = self.val_z_loss
-            self.metrics.log(record)
+            evaluation = self.evaluation()
+            evaluation.ema_loss = None  # the weights of init_from are evaluated, no average of them
+            loss = evaluation.loss
+            self.metrics.log({Key.STEP: step, **evaluation.fields()})
             tc, entropy = self.cfg.trainer, self.data.meta.get("unigram_entropy_val")
             summary = {
                 "status": RunStatus.COMPLETED.value, "task": "eval_only", "reason": "", "step": step,
-                "total_steps": step, "final_val_loss": loss, "val_loss_stderr": self.val_stderr,
-                "final_val_z_loss": self.val_z_loss, "best_val_loss": loss, "initial_val_loss": None,
+                "total_steps": step, "final_val_loss": loss, "val_loss_stderr": evaluation.stderr,
+                "final_val_z_loss": evaluation.z_loss, "best_val_loss": loss, "initial_val_loss": None,
                 "unigram_entropy_val": entropy,
                 "val_loss_over_unigram_entropy": round(loss / entropy, 4) if entropy else None,
                 "eval_iters": tc.eval_iters, "eval_tokens": tc.eval_iters * tc.micro_batch_size * self.cfg.model.block_size,
@@ -283,43 +327,31 @@ class Trainer:
         finally:
             self.close()
 
-    def evaluated(self, step: int, loss: float, final: bool = False) -> None:
-        """Note the validation loss at `step`: the step's record takes it, or a record of its own at the end."""
+    def evaluated(self, step: int, evaluation: Evaluation, final: bool = False) -> None:
+        """Note the evaluation at `step`: the step's record takes it, or a record of its own at the end."""
+        self.last_eval = evaluation
         if not final:
-            self.val_at[step] = loss
-            if self.val_z_loss is not None:
-                self.val_z_at[step] = self.val_z_loss
-            if self.val_stderr is not None:
-                self.val_stderr_at[step] = self.val_stderr
-            if self.ema is not None:
-                self.val_ema_at[step] = self.val_ema_loss
+            self.val_at[step] = evaluation
             return
-        self.val_history.append((step, loss))
-        record = {"step": step, "val/loss": loss, "train/tokens": self.tokens_seen}
-        if self.val_stderr is not None:
-            record["val/loss_stderr"] = self.val_stderr
-        if self.val_z_loss is not None:
-            record["val/z_loss"] = self.val_z_loss
-        if self.ema is not None:
-            record["val/loss_ema"] = self.val_ema_loss
-            self.val_history_ema.append((step, self.val_ema_loss))
+        self._note_evaluation(step, evaluation)
+        record = {Key.STEP: step, Key.VAL_LOSS: evaluation.loss, Key.TOKENS: self.tokens_seen}
+        record.update(evaluation.fields())
         self.metrics.log(record)
+
+    def _note_evaluation(self, step: int, evaluation: Evaluation) -> None:
+        self.val_history.append((step, evaluation.loss))
+        if evaluation.ema_loss is not None:
+            self.val_history_ema.append((step, evaluation.ema_loss))
 
     def flush(self, wait: bool = False) -> None:
         """Write the records whose values reached the host (all pending ones when `wait`)."""
         start = time.perf_counter()
         for record in self.records.flush(wait):
-            if record["step"] in self.val_at:
-                record["val/loss"] = self.val_at[record["step"]]
-                if record["step"] in self.val_stderr_at:
-                    record["val/loss_stderr"] = self.val_stderr_at.pop(record["step"])
-                if record["step"] in self.val_z_at:
-                    record["val/z_loss"] = self.val_z_at.pop(record["step"])
-                if record["step"] in self.val_ema_at:
-                    record["val/loss_ema"] = self.val_ema_at.pop(record["step"])
-                    self.val_history_ema.append((record["step"], record["val/loss_ema"]))
-                self.val_history.append((record["step"], self.val_at.pop(record["step"])))
-            self.monitor.observe(record)
+            evaluation = self.val_at.pop(record[Key.STEP], None)
+            if evaluation is not None:
+                record.update(evaluation.fields())
+                self._note_evaluation(record[Key.STEP], evaluation)
+            record.update(self.monitor.observe(record))
             self.metrics.log(record)
             for watch in self.watchers:
                 self.stop_reason = self.stop_reason or watch(record)
@@ -361,7 +393,7 @@ class Trainer:
             self.metrics.sync()  # the records up to this step are on the disk before the checkpoint is
         # Schedule-free is saved at its average; the state holds the live tensors, so it is written inside.
         with eval_point(self.optimizer, self.params) as train_point:
-            path = save_checkpoint(run_state(self, rng_ranks, train_point), checkpoint_path(self.run_dir, self.step))
+            path = save_checkpoint(self.state_dict(rng_ranks, train_point), checkpoint_path(self.run_dir, self.step))
         prune_checkpoints(self.run_dir, self.cfg.trainer.keep_checkpoints)
         self.saved_step = self.step
         self.say(f"checkpoint: step {self.step} -> {path}")
@@ -377,7 +409,50 @@ class Trainer:
         if changed:
             raise UserError(f"trainer.resume: the token cache {self.data.cache_dir} changed after it was written: "
                             f"{changed}; delete it so that the next start rebuilds it, then resume")
-        load_states(state, self.ddp, self.device, model=self.model, scaler=self.scaler, monitor=self.monitor)
+        self.load_state_dict(state, path)
+        self.resumed_from, self.saved_step = path, self.step
+        self.branched_from = path if is_branch(path, self.run_dir) else None
+        if self.branched_from:
+            self.wandb_id = None  # a branch is a new run of its own
+
+    def state_dict(self, rng_ranks: list[dict], train_point: list | None = None) -> dict:
+        """Everything a resume of this run needs, as plain values (a checkpoint's content).
+        `rng_ranks`: every rank's RNG state (runtime.rank_rng_states, gathered from all ranks).
+        `train_point`: schedule-free AdamW's training weights (the model holds its evaluation
+        point then: save() writes inside eval_point)."""
+        return {
+            "format_version": FORMAT_VERSION,  # metrics.FORMAT_VERSION; none in a checkpoint written before it: 0
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "train_point": train_point,
+            "ema": self.ema.state_dict() if self.ema is not None else None,  # optim.ema's average
+            "val_history_ema": [list(v) for v in self.val_history_ema],
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "step": self.progress.step,
+            "tokens_seen": self.progress.tokens,
+            "rng": rng_ranks[0],
+            "rng_ranks": rng_ranks,
+            "monitor": self.monitor.state_dict(),
+            "val_history": [list(v) for v in self.val_history],
+            "config": self.cfg.to_dict(),
+            "model_config": vars(self.model_config).copy(),
+            "data_key": self.data.cache_dir.name,
+            "data_sha256": self.data.meta.get("sha256"),  # the token files' hashes: a resume trains on these tokens
+            "tokenizer": (self.data.cache_dir / "tokenizer.json").read_text(),  # samplers need no data cache
+            "wandb_id": self.wandb_id,
+            "init_from": self.init_origin,  # where a run begun with trainer.init_from took its weights (or None)
+            "elapsed": self.elapsed_before + (time.time() - self.t0),
+        }
+
+    def load_state_dict(self, state: dict, path: Path) -> None:
+        """Take a checkpoint's state (checked by resume(); `path` names it in errors and notes):
+        the parts' states, this rank's RNG state, the progress and the histories. A checkpoint
+        of an earlier format lacks some keys (the weight average, its history, the elapsed
+        time): their defaults."""
+        for name, part in (("model", self.model), ("scaler", self.scaler), ("monitor", self.monitor)):
+            if part is not None and state.get(name) is not None:
+                part.load_state_dict(state[name])
+        set_rng_state(own_rng_state(state, self.ddp), self.device)
         # After the model: schedule-free's weights go back from the saved average to the training point.
         load_optimizer_state(self.optimizer, state["optimizer"], path, self.params, state.get("train_point"))
         if self.ema is not None:
@@ -387,25 +462,74 @@ class Trainer:
                 self.ema.restart()
                 self.say(f"resume: {path} holds no weight average; optim.ema starts from its weights")
         self.val_history_ema = [tuple(v) for v in state.get("val_history_ema") or []]
-        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.progress.step, self.progress.tokens = state["step"], state["tokens_seen"]
         self.val_history = [tuple(v) for v in state["val_history"]]
         self.elapsed_before = state.get("elapsed", 0.0)
-        self.resumed_from, self.saved_step = path, self.step
-        self.branched_from = path if is_branch(path, self.run_dir) else None
-        self.wandb_id = None if self.branched_from else state.get("wandb_id")
+        self.wandb_id = state.get("wandb_id")
         self.init_origin = state.get("init_from")  # a run begun with trainer.init_from keeps saying so
 
     # --- the end ---
 
     def finish(self, status: RunStatus, checkpoint: Path | None, wall: float, stop_signal: int | None = None,
                **extra) -> RunResult:
-        summary = run_summary(self, status, wall, checkpoint, stop_signal)
+        summary = self.summary(status, wall, checkpoint, stop_signal)
         summary.update(extra)
         if self.ddp.is_main:
             write_summary(self.run_dir, summary)
         self.metrics.close(summary)
         final = summary["final_val_loss"] if status == RunStatus.COMPLETED else math.inf
         return RunResult(status, final, summary, self.run_dir, checkpoint)
+
+
+    def summary(self, status: RunStatus, wall: float, checkpoint: Path | None, stop_signal: int | None = None) -> dict:
+        """summary.json's content (one flat dict; docs/reading_a_run.md lists the fields) for this
+        run ending with `status` after `wall` seconds."""
+        verdict = self.monitor.verdict
+        vals = [v for _, v in self.val_history]
+        final = self.val_history[-1][1] if self.val_history and status == RunStatus.COMPLETED else None
+        last = self.last_eval if final is not None else None  # the final evaluation's
+        entropy = self.data.meta.get("unigram_entropy_val")
+        train_seconds = self.elapsed_before + (time.time() - self.t0)
+        reasons = {RunStatus.DIVERGED: verdict.reason, RunStatus.STOPPED: self.stop_reason,
+                   RunStatus.INTERRUPTED: f"stopped by {signal.Signals(stop_signal).name}" if stop_signal else ""}
+        summary = {
+            "format_version": FORMAT_VERSION,  # as write_summary puts it in the file: the result and the file agree
+            "status": status.value,
+            "reason": reasons.get(status, ""),
+            "diverged_step": verdict.step if status == RunStatus.DIVERGED else None,
+            "step": self.progress.step,
+            "total_steps": self.plan.total_steps,
+            "final_val_loss": final,  # cross-entropy; with the z-loss on, its term is final_val_z_loss
+            # the final evaluation's standard error over its batches (val/loss_stderr), as eval_only's summary
+            "val_loss_stderr": last.stderr if last is not None else None,
+            "final_val_z_loss": last.z_loss if last is not None and self.cfg.model.z_loss > 0 else None,
+            "best_val_loss": min(vals) if vals else None,
+            # optim.ema: the weight average's validation loss (None without one)
+            "final_val_loss_ema": self.val_history_ema[-1][1] if final is not None and self.val_history_ema else None,
+            "best_val_loss_ema": min(v for _, v in self.val_history_ema) if self.val_history_ema else None,
+            "initial_val_loss": self.val_history[0][1] if self.val_history and self.val_history[0][0] == 0 else None,
+            "unigram_entropy_val": entropy,
+            "val_loss_over_unigram_entropy": round(final / entropy, 4) if final and entropy else None,
+            "final_train_loss": self.last_record.get(Key.LOSS),
+            "tokens": self.progress.tokens,
+            "peak_lr": self.plan.peak_lr,
+            "configured_lr": self.cfg.optim.lr,
+            "schedule": self.plan.schedule.name,
+            "plan": self.plan.describe(),
+            "wall_time_s": round(wall, 2),
+            "train_time_s": round(train_seconds, 2),
+            "tok_per_s": round(self.progress.tokens / train_seconds, 1) if train_seconds > 0 else None,
+            "device": self.runtime.device_name(),
+            "precision": self.precision,
+            "world_size": self.ddp.world_size,
+            "n_params": self.model.num_params(),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "branched_from": str(self.branched_from) if self.branched_from else None,
+            "init_from": self.init_origin,  # trainer.init_from: {path, step, config_hash} of the weights it began with
+        }
+        summary.update(self.monitor.summary())
+        return summary
 
 
 def train(cfg: Config, run_dir: Path, quiet: bool = False) -> RunResult:

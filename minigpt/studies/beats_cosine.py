@@ -35,6 +35,7 @@ from pathlib import Path
 
 from minigpt.errors import UserError
 from minigpt.files import relative_name
+from minigpt.run.keys import Key
 from minigpt.run.metrics import SUMMARY_FILE
 from minigpt.studies.sweep.arms import Arm, Comparison, Difference, Setting, compare, rank_arms
 from minigpt.studies.sweep.jobs import Job, read_job
@@ -158,7 +159,7 @@ class AveragedJob(Job):
         return None
 
     def curve(self, key: str) -> tuple[list[int], list[float]]:
-        return super().curve("val/loss_ema" if key == "val/loss" else key)
+        return super().curve(Key.VAL_LOSS_EMA if key == Key.VAL_LOSS else key)
 
 
 def judged(job: Job, spec: ArmSpec) -> Job:
@@ -237,7 +238,7 @@ def lr_sweep(spec: ArmSpec, root: Path, extra: Sequence[str] = (), grid_points: 
 def step_ms(jobs: Sequence[Job], skip: int = 10) -> float | None:
     """The median time of one optimizer step (perf/step_ms, evaluations excluded) over the jobs'
     steps after their first `skip`."""
-    values = [r["perf/step_ms"] for j in jobs for r in j.train_records if "perf/step_ms" in r and r["step"] >= skip]
+    values = [r[Key.STEP_MS] for j in jobs for r in j.train_records if Key.STEP_MS in r and r["step"] >= skip]
     return statistics.median(values) if values else None
 
 
@@ -568,13 +569,13 @@ def draw_wall_clock(curves: Sequence[tuple[str, Sequence[Job]]], path: Path) -> 
     for i, (label, jobs) in enumerate(curves):
         per_job = []
         for j in jobs:
-            rows = [r for r in j.train_records if "perf/step_ms" in r and "train/loss" in r]
+            rows = [r for r in j.train_records if Key.STEP_MS in r and Key.LOSS in r]
             if rows:
                 t, clock = [], 0.0
                 for r in rows:
-                    clock += r["perf/step_ms"] / 1000
+                    clock += r[Key.STEP_MS] / 1000
                     t.append(clock)
-                per_job.append((t, [r["train/loss"] for r in rows]))
+                per_job.append((t, [r[Key.LOSS] for r in rows]))
         if not per_job:
             continue
         n = min(len(t) for t, _ in per_job)

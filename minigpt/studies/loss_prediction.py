@@ -18,6 +18,7 @@ from minigpt.studies import loss_law
 from minigpt.errors import UserError
 from minigpt.files import relative_name
 from minigpt.run.metrics import read_metrics
+from minigpt.run.keys import Key
 
 Composer = Callable[[list[str]], object]  # train.py overrides -> a validated minigpt.config.Config
 # The longest run read or planned here: the laws take the LR of every update (8 bytes each, a few
@@ -37,10 +38,10 @@ def read_run(run_dir: Path, target: str = "val", smoothing: float = 0.9, every: 
     if not run_dir.is_dir():
         raise UserError(f"'{run_dir}' is not a run directory; give the folder a run wrote (it holds metrics.jsonl)")
     records = read_metrics(run_dir)
-    lr_of = {r["step"]: r["train/lr"] for r in records if "step" in r and r.get("train/lr") is not None}
-    for key, values in (("train/lr", lr_of.items()),
-                        ("val/loss", ((r["step"], r.get("val/loss")) for r in records)),
-                        ("train/loss", ((r["step"], r.get("train/loss")) for r in records))):
+    lr_of = {r["step"]: r[Key.LR] for r in records if "step" in r and r.get(Key.LR) is not None}
+    for key, values in ((Key.LR, lr_of.items()),
+                        (Key.VAL_LOSS, ((r["step"], r.get(Key.VAL_LOSS)) for r in records)),
+                        (Key.LOSS, ((r["step"], r.get(Key.LOSS)) for r in records))):
         bad = next(((step, v) for step, v in values if v is not None and not _is_number(v)), None)
         if bad:
             raise UserError(f"'{run_dir}': {key} of step {bad[0]} in {run_dir / 'metrics.jsonl'} is {bad[1]!r}, not a "
@@ -62,12 +63,12 @@ def read_run(run_dir: Path, target: str = "val", smoothing: float = 0.9, every: 
                         f"{first}); the laws need the LR of every update")
     lrs = np.array([lr_of[s] for s in range(total)])
     if target == "val":
-        points = sorted({r["step"]: r["val/loss"] for r in records
-                         if r.get("val/loss") is not None and r.get("step", -1) <= total}.items())
+        points = sorted({r["step"]: r[Key.VAL_LOSS] for r in records
+                         if r.get(Key.VAL_LOSS) is not None and r.get("step", -1) <= total}.items())
     else:
         # train/loss of step s is measured on the batch of update s, before it: the loss after s
         # updates, like val/loss of step s
-        losses = sorted((r["step"], r["train/loss"]) for r in records if r.get("train/loss") is not None)
+        losses = sorted((r["step"], r[Key.LOSS]) for r in records if r.get(Key.LOSS) is not None)
         points, ema = [], 0.0
         for i, (step, loss) in enumerate(losses):
             ema = smoothing * ema + (1 - smoothing) * loss

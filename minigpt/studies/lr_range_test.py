@@ -25,6 +25,7 @@ import numpy as np
 from minigpt.config import Config
 from minigpt.errors import UserError
 from minigpt.files import write_atomic
+from minigpt.run.keys import Key
 
 RESULT_FILE = "lr_range_test.json"
 PLOT_FILE = "lr_range_test.png"
@@ -82,9 +83,9 @@ def run_lr_range_test(cfg: Config, run_dir: Path, quiet: bool = False) -> RangeT
     state = {"ema": 0.0, "best": math.inf}  # the EMA before bias correction; the smoothed minimum
 
     def watch(record: dict) -> str | None:
-        if "train/loss" not in record:
+        if Key.LOSS not in record:
             return None
-        loss, lr = record["train/loss"], record["train/lr"]
+        loss, lr = record[Key.LOSS], record[Key.LR]
         lrs.append(lr)
         losses.append(loss)
         if not math.isfinite(loss):

@@ -16,6 +16,7 @@ from pathlib import Path
 from minigpt.plots import plot_run
 from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
 from minigpt.tools import parser
+from minigpt.run.keys import Key
 
 
 def main(argv=None, prog=None) -> int:
@@ -26,7 +27,7 @@ def main(argv=None, prog=None) -> int:
     args = ap.parse_args(argv)
 
     records = read_metrics(args.run_dir)
-    if not any("train/loss" in r for r in records):
+    if not any(Key.LOSS in r for r in records):
         where = args.run_dir / METRICS_FILE
         why = "does not exist" if not where.exists() else "holds no training records yet"
         print(f"error: {where} {why}; give a run directory written by train.py", file=sys.stderr)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from minigpt.plots import new_figure, save_figure
 from minigpt.studies.sweep.statistics import warmup_label
+from minigpt.run.keys import Key
 
 _LEGEND_MAX = 16  # more lines than this get no legend: it would hide the curves
 
@@ -54,22 +55,22 @@ def plot_sweep_curves(arms: Sequence[tuple[str, Sequence]], key: str, path) -> N
         unfinished = sum(j.status != "completed" for j in jobs)
         name = label + (f" ({seeds} seeds)" if seeds > 1 else "") + (f" [{unfinished} not completed]" if unfinished else "")
         if key == "lr":
-            steps, values = jobs[0].curve("train/lr") if jobs else ([], [])
+            steps, values = jobs[0].curve(Key.LR) if jobs else ([], [])
             if steps:
                 ax.plot(steps, values, lw=1.2, color=color, label=name)
             continue
-        steps, mean, low, high = _mean_curve(jobs, "train/loss")
+        steps, mean, low, high = _mean_curve(jobs, Key.LOSS)
         if steps:
             window = max(1, len(steps) // 100)
             smoothed = max(smoothed, window)
             ax.plot(steps, _smooth(mean, window), lw=1.2, color=color, label=name, alpha=0.9)
             if seeds > 1:
                 ax.fill_between(steps, _smooth(low, window), _smooth(high, window), color=color, alpha=0.15, lw=0)
-        vsteps, vmean, _, _ = _mean_curve(jobs, "val/loss")
+        vsteps, vmean, _, _ = _mean_curve(jobs, Key.VAL_LOSS)
         if vsteps:
             ax.plot(vsteps, vmean, "o", ms=3, color=color)
         for job in jobs:
-            values = job.curve("train/loss")[1]
+            values = job.curve(Key.LOSS)[1]
             finite = [v for v in values if math.isfinite(v)]
             if job.diverged_step is not None and finite:
                 ax.plot([job.diverged_step], [finite[-1]], "x", ms=8, mew=2, color=color)
@@ -103,8 +104,8 @@ def _colors(n: int):
 def _clip_loss_axis(ax, jobs) -> None:
     """Keep diverging runs from squashing the rest: top of the axis a little above the highest initial loss."""
     initial = [j.initial_loss for j in jobs if j.initial_loss is not None]
-    lows = [min(v for v in j.curve("train/loss")[1] if math.isfinite(v)) for j in jobs
-            if any(math.isfinite(v) for v in j.curve("train/loss")[1])]
+    lows = [min(v for v in j.curve(Key.LOSS)[1] if math.isfinite(v)) for j in jobs
+            if any(math.isfinite(v) for v in j.curve(Key.LOSS)[1])]
     if initial and lows:
         top = max(initial)
         ax.set_ylim(min(lows) - 0.05 * (top - min(lows)), top + 0.25 * (top - min(lows)))
@@ -176,7 +177,7 @@ def plot_study_early(study, lr, path) -> None:
             if cell is None:
                 continue
             for k, job in enumerate(cell.jobs):
-                steps, values = job.curve("train/loss")
+                steps, values = job.curve(Key.LOSS)
                 keep = [(s, v) for s, v in zip(steps, values) if s < steps_shown]
                 if not keep:
                     continue
@@ -186,7 +187,7 @@ def plot_study_early(study, lr, path) -> None:
                 if job.diverged_step is not None and job.diverged_step < steps_shown:
                     ax.plot([keep[-1][0]], [keep[-1][1]], "x", color=color, ms=8, mew=2)
                 if k == 0:  # every seed has the same LR curve
-                    lr_rows = [(s, v) for s, v in zip(*job.curve("train/lr")) if s < steps_shown]
+                    lr_rows = [(s, v) for s, v in zip(*job.curve(Key.LR)) if s < steps_shown]
                     ax_lr.plot([s for s, _ in lr_rows], [v for _, v in lr_rows], color=color, lw=1.2)
         initial = [j.initial_loss for w in study.warmups for j in getattr(study.cells.get((arch, w, lr)), "jobs", [])
                    if j.initial_loss is not None]
@@ -213,8 +214,8 @@ def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: in
     the preconditioned sharpness against Adam's stability threshold (Cohen et al. 2022), and the
     largest attention logit. jobs_by_warmup: label -> runs (one line per run), no warmup first.
     Returns the figure (after saving it to `path`)."""
-    keys = [("train/loss", "training loss"), ("train/lr", "LR"), ("train/sharpness", "sharpness (log)"),
-            ("train/max_attn_logit", "max attention logit")]
+    keys = [(Key.LOSS, "training loss"), (Key.LR, "LR"), (Key.SHARPNESS, "sharpness (log)"),
+            (Key.MAX_ATTN_LOGIT, "max attention logit")]
     fig = new_figure(7.5, 9.0)
     axes = fig.subplots(len(keys), 1, sharex=True)
     for color, (label, jobs) in zip(_WARMUP_COLORS, jobs_by_warmup.items()):
@@ -224,13 +225,13 @@ def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: in
                 keep = [(st, v) for st, v in zip(steps, values) if st < steps_shown]
                 if not keep:
                     continue
-                if key == "train/sharpness":  # negative only when the whole spectrum is: a gap on the log axis
+                if key == Key.SHARPNESS:  # negative only when the whole spectrum is: a gap on the log axis
                     keep = [(st, v if v > 0 else math.nan) for st, v in keep]
-                style = "o-" if key == "train/sharpness" else "-"
+                style = "o-" if key == Key.SHARPNESS else "-"
                 ax.plot([st for st, _ in keep], [v for _, v in keep], style, color=color, lw=0.9, ms=2.5, alpha=0.85,
                         label=label if k == 0 else None)
-                if key == "train/sharpness" and k == 0:
-                    t_steps, t_values = job.curve("train/sharpness_threshold")
+                if key == Key.SHARPNESS and k == 0:
+                    t_steps, t_values = job.curve(Key.SHARPNESS_THRESHOLD)
                     t_keep = [(st, v) for st, v in zip(t_steps, t_values) if st < steps_shown]
                     ax.plot([st for st, _ in t_keep], [v for _, v in t_keep], "--", color=color, lw=1.0,
                             label=f"Adam threshold (2 + 2 beta1) / ((1 - beta1) lr), {label}")
@@ -238,7 +239,7 @@ def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: in
         ax.set_ylabel(name, fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-        if key == "train/sharpness" and ax.get_lines():
+        if key == Key.SHARPNESS and ax.get_lines():
             ax.set_yscale("log")
         if ax.get_lines():
             ax.legend(fontsize=7, loc="best")
@@ -252,7 +253,7 @@ def plot_study_mechanism(jobs_by_warmup: Mapping[str, Sequence], steps_shown: in
 
 def job_lrs(job):
     """The LR of every update of a job, or None when its records skip a step (an unfinished run)."""
-    steps, lrs = job.curve("train/lr")
+    steps, lrs = job.curve(Key.LR)
     if not steps or list(steps) != list(range(len(steps))):
         return None
     return lrs
@@ -273,7 +274,7 @@ def plot_predicted_curves(jobs, labels: dict, fit, path) -> list[tuple[str, floa
         steps = np.unique(np.linspace(1, len(lrs), min(200, len(lrs))).round().astype(int))
         predicted = fit.predict(lrs, steps)
         ax.plot(steps, predicted, "-", lw=1.2, color=color, label=labels.get(job.name, job.name))
-        vsteps, vvalues = job.curve("val/loss")
+        vsteps, vvalues = job.curve(Key.VAL_LOSS)
         late = [(s, v) for s, v in zip(vsteps, vvalues) if s >= len(lrs) // 10 and math.isfinite(v)]
         if late:
             ax.plot(*zip(*late), "o", ms=3, color=color)

@@ -22,6 +22,7 @@ import yaml
 
 from minigpt.errors import UserError
 from minigpt.run.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
+from minigpt.run.keys import Key
 
 ERROR_FILE = "error.txt"
 
@@ -54,11 +55,11 @@ class Job:
 
     @property
     def train_records(self) -> list[dict]:
-        return [r for r in self.records if "train/loss" in r]
+        return [r for r in self.records if Key.LOSS in r]
 
     @property
     def val_records(self) -> list[dict]:
-        return [r for r in self.records if "val/loss" in r]
+        return [r for r in self.records if Key.VAL_LOSS in r]
 
     @property
     def final_val_loss(self) -> float | None:
@@ -67,7 +68,7 @@ class Job:
             return None
         value = (self.summary or {}).get("final_val_loss")
         if value is None and self.val_records:
-            value = self.val_records[-1]["val/loss"]
+            value = self.val_records[-1][Key.VAL_LOSS]
         return finitenumber(value)
 
     @property
@@ -77,7 +78,7 @@ class Job:
             return None
         value = finitenumber((self.summary or {}).get("val_loss_stderr"))
         if value is None and self.val_records:
-            value = finitenumber(self.val_records[-1].get("val/loss_stderr"))
+            value = finitenumber(self.val_records[-1].get(Key.VAL_LOSS_STDERR))
         return value
 
     @property
@@ -97,7 +98,7 @@ class Job:
 
     @property
     def best_val_loss(self) -> float | None:
-        values = [finitenumber(r["val/loss"]) for r in self.val_records]
+        values = [finitenumber(r[Key.VAL_LOSS]) for r in self.val_records]
         values = [v for v in values if v is not None]
         if values:
             return min(values)
@@ -110,10 +111,10 @@ class Job:
         if value is not None:
             return value
         first_val = [r for r in self.val_records if r["step"] == 0]
-        if first_val and finitenumber(first_val[0]["val/loss"]) is not None:
-            return float(first_val[0]["val/loss"])
+        if first_val and finitenumber(first_val[0][Key.VAL_LOSS]) is not None:
+            return float(first_val[0][Key.VAL_LOSS])
         train = self.train_records
-        return finitenumber(train[0]["train/loss"]) if train else None
+        return finitenumber(train[0][Key.LOSS]) if train else None
 
     @property
     def spikes(self) -> tuple[int, int] | None:
@@ -122,16 +123,16 @@ class Job:
         if "spikes/loss" in s:
             return int(s["spikes/loss"]), int(s.get("spikes/grad_norm", 0))
         train = self.train_records
-        if not train or "spike/loss" not in train[0]:
+        if not train or Key.SPIKE_LOSS not in train[0]:
             return None
-        return sum(bool(r.get("spike/loss")) for r in train), sum(bool(r.get("spike/grad_norm")) for r in train)
+        return sum(bool(r.get(Key.SPIKE_LOSS)) for r in train), sum(bool(r.get(Key.SPIKE_GRAD_NORM)) for r in train)
 
     @property
     def tok_per_s(self) -> float | None:
         value = (self.summary or {}).get("tok_per_s")
         if value is not None:
             return float(value)
-        rates = [r["perf/tok_per_s"] for r in self.train_records if "perf/tok_per_s" in r]
+        rates = [r[Key.TOK_PER_S] for r in self.train_records if Key.TOK_PER_S in r]
         return statistics.median(rates) if rates else None
 
     @property
@@ -163,7 +164,7 @@ class Job:
 
     def early_peak_loss(self, steps: int) -> float | None:
         """Highest training loss over the first `steps` updates (steps 0..steps-1); inf if it was not finite."""
-        values = [r["train/loss"] for r in self.train_records if r["step"] < steps]
+        values = [r[Key.LOSS] for r in self.train_records if r["step"] < steps]
         if not values:
             return None
         return max(v if math.isfinite(v) else math.inf for v in values)
@@ -178,12 +179,12 @@ class Job:
         return self.status == "diverged" and "stuck" in self.reason
 
     def val_loss_at(self, step: int) -> float | None:
-        values = [finitenumber(r["val/loss"]) for r in self.val_records if r["step"] == step]
+        values = [finitenumber(r[Key.VAL_LOSS]) for r in self.val_records if r["step"] == step]
         return values[-1] if values else None
 
     def mean_train_loss(self, first: int, last: int) -> float | None:
         """Mean training loss over steps first..last-1 (inf if any was not finite); None without records."""
-        values = [r["train/loss"] for r in self.train_records if first <= r["step"] < last]
+        values = [r[Key.LOSS] for r in self.train_records if first <= r["step"] < last]
         if not values:
             return None
         return statistics.fmean(values) if all(math.isfinite(v) for v in values) else math.inf
@@ -192,14 +193,14 @@ class Job:
         """The first step after which the summed LR of the updates so far reaches `exposure`."""
         total = 0.0
         for r in self.train_records:
-            total += r.get("train/lr", 0.0)
+            total += r.get(Key.LR, 0.0)
             if total >= exposure * (1 - 1e-9):
                 return r["step"] + 1
         return None
 
     def lr_exposure(self, steps: int) -> float:
         """Summed LR of the updates of steps 0..steps-1."""
-        return sum(r.get("train/lr", 0.0) for r in self.train_records if r["step"] < steps)
+        return sum(r.get(Key.LR, 0.0) for r in self.train_records if r["step"] < steps)
 
     def curve(self, key: str) -> tuple[list[int], list[float]]:
         rows = [r for r in self.records if key in r and r[key] is not None]

@@ -19,6 +19,7 @@ from minigpt.studies.sweep.arms import (
     seeds_needed,
     setting_title,
 )
+from minigpt.run.keys import Key
 from minigpt.studies.sweep.figures import (
     plot_predicted_curves,
     plot_study_early,
@@ -508,7 +509,7 @@ def write_report(sweep_dir, out_dir=None, early_steps: int | None = None, high_l
         plot_study_lr(study, out / "study_lr.png")
         plot_study_early(study, lrs, out / "study_early.png")
         figures.update(study_lr="study_lr.png", study_early="study_early.png")
-        if any("train/sharpness" in r or "train/max_attn_logit" in r for j in jobs for r in j.train_records):
+        if any(Key.SHARPNESS in r or Key.MAX_ATTN_LOGIT in r for j in jobs for r in j.train_records):
             arch = study.archs[0]
             lr = lrs[arch]
             by_warmup = {warmup_label(w, study.total_steps): study.cells[(arch, w, lr)].jobs
