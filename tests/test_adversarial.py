@@ -238,6 +238,7 @@ def test_overwrite_moves_only_the_runs_files_and_refuses_a_folder_holding_more(t
     assert lock_holder(run_dir) is None
 
 
+@pytest.mark.slow
 def test_overwrite_refuses_a_folder_with_a_live_run_below_naming_it(tiny, tmp_path):
     from minigpt.run.folder import RunFolderLock
     from minigpt.run.trainer import train

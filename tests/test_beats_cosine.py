@@ -140,6 +140,7 @@ def test_finished_runs_are_not_run_again_and_an_interrupted_one_is(tmp_path):
         bc.train_runs([done, killed], root, python=no_python, log=lambda line: None)
 
 
+@pytest.mark.slow
 def test_the_report_writes_its_json_markdown_and_figures_and_says_what_is_missing(tmp_path):
     root = tmp_path / "runs"
     study = bc.Study(root, bc.arm_specs(["wsd"]), seeds=(1, 2), grid_points=1, extend=0)

@@ -236,6 +236,7 @@ def test_a_one_line_file_is_read_and_tokenized_in_pieces(tmp_path, monkeypatch):
     assert np.asarray(data.val).tolist() == expected_val
 
 
+@pytest.mark.slow
 def test_bpe_learns_from_a_bounded_share_of_every_training_document(tmp_path):
     messages = []
     cfg = DataConfig(max_chars=200_000, vocab_size=400, tokenizer_train_chars=50_000, cache_dir=str(tmp_path))
@@ -275,6 +276,7 @@ def test_interrupted_preparation_leaves_no_cache_that_is_used(tmp_path, monkeypa
     assert not list(cache.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_damaged_cache_is_found_on_load_and_rebuilt(tmp_path):
     import os
 

@@ -25,6 +25,7 @@ def test_stdlib_corpus_is_real_python_without_tests():
     assert ids == sorted(ids, key=lambda i: (i.split("/")[:-1], i)) or len(set(ids)) == len(ids)
 
 
+@pytest.mark.slow
 def test_local_text_jsonl_and_parquet_files(tmp_path):
     import datasets
 

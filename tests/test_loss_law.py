@@ -228,6 +228,7 @@ def test_the_multi_power_derivatives_match_finite_differences():
         assert grads[i] == pytest.approx(numeric, abs=1e-7), p.name
 
 
+@pytest.mark.slow
 def test_a_fit_flags_parameters_at_a_bound_and_those_the_runs_cannot_identify():
     # One constant-LR curve: no LR ever drops, so no point depends on the decay term.
     constant = law_curves("multi_power", ("constant",))

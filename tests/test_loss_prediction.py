@@ -90,6 +90,7 @@ def test_search_wsd_finds_the_grid_point_with_the_lowest_predicted_loss():
         assert loss <= lp.final_loss(fit, lp.planned_lrs(compose(base + other)))
 
 
+@pytest.mark.slow
 def test_search_free_writes_a_table_train_py_runs_with_a_lower_predicted_loss_than_cosine():
     fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0.0, 0.0, 0, 0)
     base = ["trainer.max_steps=300"]

@@ -84,6 +84,7 @@ def test_defaults_are_the_documented_ones():
     assert (cfg.spike_score_k, cfg.spike_score_window) == (7.0, 1000)  # OLMo 2's spike score
 
 
+@pytest.mark.slow
 def test_injected_loss_spikes_are_flagged_and_noise_is_not():
     losses = gaussian_loss_curve(10_000, seed=0)
     injected = [1000, 2500, 4000, 7777, 9999]

@@ -18,6 +18,7 @@ def script():
     return main
 
 
+@pytest.mark.slow
 def test_script_draws_chosen_schedules_with_overrides(tmp_path, script, capsys):
     out = tmp_path / "s.png"
     argv = ["wsd", "multistep", "--total-steps", "200", "1000", "--set", "wsd.decay_shape=cosine",

@@ -284,6 +284,7 @@ def test_resume_continues_the_same_wandb_run(make_config, tmp_path, monkeypatch)
     assert calls[1]["id"] == "run-abc123" and calls[1]["resume"] == "allow"
 
 
+@pytest.mark.slow
 def test_rewinding_to_an_older_checkpoint_drops_the_later_history(make_config, tmp_path):
     run_dir = tmp_path / "run"
     cfg = dict(trainer__ckpt_interval=2, trainer__eval_interval=100)
@@ -349,6 +350,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path,
     assert state["step"] == 3 and torch.equal(state["model"]["w"], torch.full((3,), 3.0))
 
 
+@pytest.mark.slow
 def test_a_run_whose_save_fails_resumes_from_the_previous_checkpoint(make_config, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     cfg = dict(trainer__ckpt_interval=2, trainer__eval_interval=100)
@@ -418,6 +420,7 @@ def test_a_real_checkpoint_holds_only_safe_types_and_everything_to_resume(short_
 # --- token cache -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_half_written_token_cache_is_detected_and_rebuilt(make_config, tmp_path, monkeypatch):
     cfg = make_config(data__cache_dir=str(tmp_path), data__max_chars=100_000).data
 

@@ -60,6 +60,7 @@ def steps_of(run_dir: Path) -> list[int]:
 # --- 1. one run per folder ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_folder_that_holds_a_run_is_refused_and_touches_nothing(config_b, tmp_path):
     run_dir = tmp_path / "X"
     train(config_b(trainer__max_steps=8), run_dir, quiet=True)
@@ -83,6 +84,7 @@ def test_a_branch_into_a_folder_that_holds_a_run_is_refused(config_b, tmp_path):
     assert hashes(other) == before
 
 
+@pytest.mark.slow
 def test_overwrite_moves_the_old_run_aside_and_starts_clean(config_b, tmp_path):
     run_dir = tmp_path / "X"
     train(config_b(trainer__max_steps=8, trainer__ckpt_interval=4), run_dir, quiet=True)
