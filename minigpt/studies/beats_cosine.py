@@ -26,9 +26,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from minigpt.files import relative_name
 from minigpt.run.keys import Key
 from minigpt.run.metrics import SUMMARY_FILE
 from minigpt.studies.sweep.arms import Arm, Comparison, Difference, Setting, compare, rank_arms
+from minigpt.studies.run_queue import train_queue
 from minigpt.studies.sweep.jobs import Job, read_job
 
 BASE = ["experiment=cpu_quick"]  # what every run trains on; `extra` overrides come after it
@@ -267,33 +266,8 @@ def train_runs(runs: Sequence[Run], root: Path, jobs: int = 2, python: str = sys
                log: Callable[[str], None] = print) -> dict[str, float]:
     """Train the runs not finished yet, `jobs` at a time (one torch thread each, as cpu_quick sets);
     a diverged run is finished (train.py exits 3). Returns the wall seconds of each run trained."""
-    todo = [r for r in runs if not finished(r, root)]
-    seconds, running = {}, []
-    while todo or running:
-        while todo and len(running) < jobs:
-            r = todo.pop(0)
-            folder = r.folder(root)
-            command = [python, "train.py", *r.overrides, "trainer.progress=false", f"hydra.run.dir={folder}"]
-            if folder.exists():
-                command.append("trainer.overwrite=true")  # an unfinished run starts again
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            log(f"run {r.group}/{r.name}")
-            out = open(folder.parent / f"{r.name}.log", "w")  # noqa: SIM115 (closed when the run ends)
-            running.append((r, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), time.perf_counter(), out))
-        time.sleep(0.2)
-        for item in list(running):
-            r, proc, start, out = item
-            if proc.poll() is None:
-                continue
-            out.close()
-            running.remove(item)
-            if proc.returncode not in (0, 3):
-                for _, other, _, _ in running:
-                    other.terminate()
-                raise UserError(f"run {r.group}/{r.name} failed (exit {proc.returncode}); see "
-                                f"{r.folder(root).parent / (r.name + '.log')}")
-            seconds[f"{r.group}/{r.name}"] = time.perf_counter() - start
-    return seconds
+    todo = [(f"{r.group}/{r.name}", r.folder(root), list(r.overrides)) for r in runs if not finished(r, root)]
+    return train_queue(todo, jobs, python, ok_status=(0, 3), poll_s=0.2, log=lambda label, command: log(f"run {label}"))
 
 
 @dataclass

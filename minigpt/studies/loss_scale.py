@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minigpt.errors import UserError
 from minigpt.studies import loss_law
 from minigpt.studies import loss_prediction as lp
+from minigpt.studies.run_queue import train_queue
 
 MODEL = ["model.n_layer=4", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "data.vocab_size=1024"]
 LENGTHS = (600, 2000, 5000)
@@ -95,34 +94,9 @@ def finished(folder: Path) -> bool:
 def train_runs(runs: list[Run], root: Path, jobs: int = 2, python: str = sys.executable, log=print) -> dict[str, float]:
     """Train the runs not finished yet, `jobs` at a time (one torch thread each); returns the seconds
     each run took."""
-    todo = [r for r in runs if not finished(r.folder(root))]
-    seconds, running = {}, []
-    while todo or running:
-        while todo and len(running) < jobs:
-            r = todo.pop(0)
-            folder = r.folder(root)
-            command = [python, "train.py", *r.overrides, "trainer.threads=1", "trainer.progress=false",
-                       f"hydra.run.dir={folder}"]
-            if folder.exists():
-                command.append("trainer.overwrite=true")  # an unfinished run starts again
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            log(f"run {r.length}/{r.name}: {lp.train_command(command[2:])}")
-            out = open(folder.parent / f"{r.name}.log", "w")  # noqa: SIM115 (closed when the run ends)
-            running.append((r, subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), time.perf_counter(), out))
-        time.sleep(0.5)
-        for item in list(running):
-            r, proc, start, out = item
-            if proc.poll() is None:
-                continue
-            out.close()
-            running.remove(item)
-            if proc.returncode != 0:
-                for _, other, _, _ in running:
-                    other.terminate()
-                raise UserError(f"run {r.length}/{r.name} failed (exit {proc.returncode}); see "
-                                f"{r.folder(root).parent / (r.name + '.log')}")
-            seconds[f"{r.length}/{r.name}"] = time.perf_counter() - start
-    return seconds
+    todo = [(f"{r.length}/{r.name}", r.folder(root), [*r.overrides, "trainer.threads=1"])
+            for r in runs if not finished(r.folder(root))]
+    return train_queue(todo, jobs, python, log=lambda label, command: log(f"run {label}: {lp.train_command(command[2:])}"))
 
 
 def collect_curves(runs: list[Run], root: Path) -> dict[str, dict]:
