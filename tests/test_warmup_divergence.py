@@ -74,11 +74,13 @@ def test_no_warmup_starts_at_the_peak_and_warmup_ramps_from_one_step_in():
 
 
 # The headline's pre-LN cells cut to fit a test: the study's sweep file, launcher (two
-# single-thread jobs at once), schedule and optimizer, on a 4-layer 64-wide model at context 64
-# with a 300-token BPE, 400 steps. Measured on the 2-core CPU, final val loss without / with a
-# 10% warmup: 3.648 / 3.233, 3.698 / 3.164, 3.521 / 3.065 (seeds 1, 2, 3; unigram entropy 4.31).
-HEADLINE_CUT = ["sweep=warmup_divergence_cpu", "arch=pre_ln", "optim.lr=1e-2", "scheduler.warmup=0,0.1",
-                "model.n_layer=4", "model.n_embd=64", "model.n_head=2", "model.block_size=64",
+# single-thread jobs at once), schedule and optimizer, on a 2-layer 64-wide model at context 64
+# with a 300-token BPE, 400 steps, at peak LR 2e-2 (half the cost of the 4-layer cut at 1e-2
+# that this test ran before; the search is in docs/warmup_divergence.md, "The test"). Measured on
+# the 2-core CPU, final val loss without / with a 10% warmup: 3.726 / 3.243, 3.645 / 3.307,
+# 3.611 / 3.331 (seeds 1, 2, 3; gaps 0.48, 0.34, 0.28; unigram entropy 4.31).
+HEADLINE_CUT = ["sweep=warmup_divergence_cpu", "arch=pre_ln", "optim.lr=2e-2", "scheduler.warmup=0,0.1",
+                "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64",
                 "data.vocab_size=300", "trainer.max_steps=400", "monitor.sharpness_every=null",
                 "monitor.max_attn_logit=false", "monitor.update_ratio=false"]
 
@@ -94,10 +96,10 @@ def test_headline_cut_shows_the_pre_ln_lasting_gap_on_every_seed(cache_dir, tmp_
                      env={"PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = build_study(find_jobs(sweep))
-    pairs = seed_pairs(study, "pre-LN", 0.01, 40)
+    pairs = seed_pairs(study, "pre-LN", 0.02, 40)
     assert [p.seed for p in pairs] == ["1", "2", "3"]
     for p in pairs:  # every seed: warmup trains well, no warmup ends at least 0.2 nats worse
         assert trains_well(p.with_warmup), (p.seed, p.with_warmup.final_val_loss)
         assert p.gap >= 0.2, (p.seed, p.no_warmup.final_val_loss, p.with_warmup.final_val_loss)
     gap = {s.name: s.holds for s in signatures(study)}["lasting gap"]
-    assert gap == [("pre-LN", 0.01, 40, 3)]
+    assert gap == [("pre-LN", 0.02, 40, 3)]

@@ -15,8 +15,8 @@ and reports their paired difference with its 95% interval.
 `scripts/loss_scale_study.py` is the one command that runs it (a finished run is not run again).
 
 The model: 4 layers, 64 wide, 2 heads, context 64, a BPE of 1,024 tokens (0.26M parameters
-without embeddings). It is the warmup study's cut of the CPU model (tests/test_warmup_divergence.py),
-with a vocabulary larger than the test's 300 tokens (whose loss flattens early), and about 4x
+without embeddings). It is the warmup study's 4-layer cut of the CPU model (its slow test's until 2026-12-07),
+with a vocabulary larger than that test's 300 tokens (whose loss flattens early), and about 4x
 cheaper per step than the default CPU model: about 0.08 s of CPU a step, so the study's 106,400
 steps take about 1.2 hours of two cores, two runs at a time (docs/loss_prediction.md).
 """
