@@ -265,6 +265,9 @@ class TrainerConfig:
     # step (torch.cuda.set_sync_debug_mode), after the first updates; ignored on a CPU
     sync_debug: Optional[Literal["warn", "error"]] = None
     progress: bool = True  # tqdm progress bar
+    # Draw the planned LR into schedule.png when the run starts. matplotlib costs about 1.5 s of
+    # CPU in a fresh process (0.2 s after that); false saves it in sweeps of many short runs.
+    schedule_plot: bool = True
     # Print the run's plan (schedule with its phases and floor, tokens, epochs, batch, parameters,
     # memory estimate), draw schedule.png, and stop: no data prepared, no model built, nothing
     # trained (minigpt/run/dry_run.py). A sweep prints one line per job.

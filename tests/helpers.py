@@ -39,7 +39,7 @@ def tiny_overrides(cache_dir) -> dict:
         "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "model.block_size": 32,
         "data.max_chars": SMALL_CHARS, "data.vocab_size": 512, "data.cache_dir": str(cache_dir),
         "trainer.max_steps": 12, "trainer.micro_batch_size": 4, "trainer.eval_interval": 4,
-        "trainer.eval_iters": 2, "trainer.progress": False, "monitor.stuck_after": 0.0,
+        "trainer.eval_iters": 2, "trainer.progress": False, "trainer.schedule_plot": False, "monitor.stuck_after": 0.0,
         "scheduler.name": "cosine_warmup",
     }
 

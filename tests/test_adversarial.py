@@ -182,7 +182,7 @@ def test_links_planted_as_the_runs_temporaries_are_replaced_never_written_throug
         (run_dir / name).symlink_to(target)
     # the write test's name was .minigpt-write-test-<pid>: a link under it was written through
     (run_dir / f".minigpt-write-test-{os.getpid()}").symlink_to(target)
-    result = train(tiny(trainer__ckpt_interval=2), run_dir, quiet=True)
+    result = train(tiny(trainer__ckpt_interval=2, trainer__schedule_plot=True), run_dir, quiet=True)
     assert result.status == "completed"
     assert target.read_text() == "years of notes\n"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
@@ -217,7 +217,7 @@ def test_overwrite_moves_only_the_runs_files_and_refuses_a_folder_holding_more(t
     from minigpt.run.trainer import train
 
     run_dir = tmp_path / "R"
-    train(tiny(trainer__ckpt_interval=2), run_dir, quiet=True)
+    train(tiny(trainer__ckpt_interval=2, trainer__schedule_plot=True), run_dir, quiet=True)
     (run_dir / "notes.txt").write_text("mine\n")
     (run_dir / ".git").mkdir()
     before = sorted(p.name for p in run_dir.iterdir())
@@ -231,7 +231,7 @@ def test_overwrite_moves_only_the_runs_files_and_refuses_a_folder_holding_more(t
     (run_dir / "notes.txt").unlink()
     (run_dir / ".git").rmdir()
     (run_dir / "train.log").write_text("the launcher's log\n")
-    assert train(tiny(trainer__overwrite=True), run_dir, quiet=True).status == "completed"
+    assert train(tiny(trainer__overwrite=True, trainer__schedule_plot=True), run_dir, quiet=True).status == "completed"
     (aside,) = [p for p in run_dir.iterdir() if p.name.startswith("replaced-")]
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "metrics.jsonl", "schedule.png", "summary.json"]
     assert (run_dir / "train.log").read_text() == "the launcher's log\n"

@@ -12,7 +12,8 @@ from helpers import hydra_args, run_train
 def test_train_py_runs_end_to_end_with_overrides(cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     proc = run_train(hydra_args(cache_dir, run_dir, **{"scheduler": "constant", "optim.lr": 3e-3,
-                                                        "trainer.max_steps": 8}))
+                                                        "trainer.max_steps": 8,
+                                                        "trainer.schedule_plot": True}))
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train/loss" in r] == list(range(8))

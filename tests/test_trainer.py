@@ -60,7 +60,7 @@ def test_schedule_advances_once_per_optimizer_step_and_logs_the_lr_used(make_con
 
 
 def test_records_summary_and_final_evaluation(make_config, tmp_path):
-    cfg = make_config(trainer__max_steps=9, trainer__eval_interval=4)
+    cfg = make_config(trainer__max_steps=9, trainer__eval_interval=4, trainer__schedule_plot=True)
     result = train(cfg, tmp_path, quiet=True)
     records = read_metrics(tmp_path)
     train_records = [r for r in records if "train/loss" in r]
@@ -110,6 +110,7 @@ def test_run_length_in_tokens_and_epochs(make_config, tmp_path):
 def test_bf16_autocast_runs_on_cpu(make_config, tmp_path):
     result = train(make_config(trainer__precision="bf16", trainer__max_steps=3), tmp_path, quiet=True)
     assert result.status == "completed" and math.isfinite(result.final_val_loss)
+    assert not (tmp_path / "schedule.png").exists()  # trainer.schedule_plot=false, the tests' tiny default
 
 
 def test_precision_and_device_errors():

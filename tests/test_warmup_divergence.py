@@ -82,7 +82,7 @@ def test_no_warmup_starts_at_the_peak_and_warmup_ramps_from_one_step_in():
 HEADLINE_CUT = ["sweep=warmup_divergence_cpu", "arch=pre_ln", "optim.lr=2e-2", "scheduler.warmup=0,0.1",
                 "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64",
                 "data.vocab_size=300", "trainer.max_steps=400", "monitor.sharpness_every=null",
-                "monitor.max_attn_logit=false", "monitor.update_ratio=false"]
+                "monitor.max_attn_logit=false", "monitor.update_ratio=false", "trainer.schedule_plot=false"]
 
 
 @pytest.mark.slow

@@ -245,7 +245,7 @@ class Trainer:
         self.say(f"model: {self.model.describe()}")
         for line in self.plan.lines(cfg.trainer.micro_batch_size, self.ddp.world_size, self.data.meta["train_tokens"]):
             self.say(line)
-        if self.ddp.is_main:
+        if self.ddp.is_main and cfg.trainer.schedule_plot:
             plot_schedule_curve(self.plan.schedule, self.plan.peak_lr, self.run_dir / "schedule.png")
         self.metrics = MetricsLogger(
             self.run_dir, cfg.logger, config=cfg.to_dict(), total_steps=self.total_steps, start_step=self.step,
