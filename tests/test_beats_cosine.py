@@ -168,7 +168,7 @@ def test_the_cut_down_study_runs_end_to_end(tmp_path):
     command = [sys.executable, str(ROOT / "scripts" / "beats_cosine_study.py"), "--runs", str(tmp_path / "runs"),
                "--report", str(tmp_path / "report"), "--arms", "no_warmup_gi_adam", "--seeds", "1",
                "--grid-points", "1", "--extend", "0", "--extra", "+debug=tiny", "trainer.max_steps=10",
-               "trainer.eval_iters=1"]
+               "trainer.eval_iters=1", "trainer.schedule_plot=false"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "trained 2 runs" in done.stdout
