@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-outputs/loss_prediction}
 IMAGES=docs/images
-COMMON="trainer.eval_interval=25 trainer.progress=false"
+# scheduler.warmup=0.1: the runs were made with it, the default until 2026-12-07 (now 20%)
+COMMON="trainer.eval_interval=25 trainer.progress=false scheduler.warmup=0.1"
 NOTE=${NOTE:-"2-core CPU, default CPU model"}
 
 run() {  # run NAME OVERRIDES...

@@ -60,9 +60,9 @@ def test_dry_run_plans_without_data_or_model(make_config, cache_dir, monkeypatch
     assert r.plan.total_steps == 200 and r.plan.total_tokens == 200 * 4 * 32
     text = "\n".join(r.lines)
     assert f"{200 * 4 * 32 / meta['train_tokens']:.2f} epochs" in text and "global batch 4 sequences" in text
-    assert "schedule: wsd (200 steps): warmup 0..19, stable 20..159, decay 160..199" in text
+    assert "schedule: wsd (200 steps): warmup 0..39, stable 40..159, decay 160..199" in text
     assert "floor 0.0002 at step 199" in text and "memory: about" in text
-    assert r.line.startswith("wsd (warmup 0..19, stable 20..159, decay 160..199), 200 steps x 4 sequences = 25,600 tokens")
+    assert r.line.startswith("wsd (warmup 0..39, stable 40..159, decay 160..199), 200 steps x 4 sequences = 25,600 tokens")
 
     no_cache = make_config(trainer__max_steps=None, trainer__epochs=2.0, data__vocab_size=700)
     r = dry_run(no_cache)
@@ -77,7 +77,7 @@ def test_dry_run_from_the_command_line_prints_the_plan_and_draws_the_schedule(mo
     args = hydra_args(cache_dir, run_dir, **{"trainer.dry_run": True, "trainer.max_steps": 100})
     run_train_main(monkeypatch, args)  # returns: exit status 0
     text = capsys.readouterr().out
-    assert "schedule: cosine_warmup (100 steps): warmup 0..9, decay 10..99" in text and "floor 0.0005 at step 99" in text
+    assert "schedule: cosine_warmup (100 steps): warmup 0..19, decay 20..99" in text and "floor 0.0005 at step 99" in text
     assert "dry run: nothing prepared, built or trained" in text
     # Nothing of a run: no data, records, checkpoints or summary (.hydra/ and the folder's lock aside)
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == \
@@ -91,7 +91,7 @@ def test_dry_run_from_the_command_line_prints_the_plan_and_draws_the_schedule(mo
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("dry run, job")]
     assert len(lines) == 4
     assert lines[3].startswith("dry run, job 3 (optim.lr=0.003,scheduler=wsd): "
-                               "wsd (warmup 0..9, stable 10..79, decay 80..99), 100 steps")
-    assert "peak 0.003 at step 9" in lines[3] and "floor 0.0003 at step 99" in lines[3]
+                               "wsd (warmup 0..19, stable 20..79, decay 80..99), 100 steps")
+    assert "peak 0.003 at step 19" in lines[3] and "floor 0.0003 at step 99" in lines[3]
     assert all((sweep / d / "schedule.png").is_file() for d in ("0_optim.lr=0.001,scheduler=cosine_warmup",
                                                                 "3_optim.lr=0.003,scheduler=wsd"))

@@ -71,7 +71,7 @@ def test_predictions_do_not_depend_on_how_a_run_was_split_into_resumed_pieces(ma
 
 def test_search_wsd_finds_the_grid_point_with_the_lowest_predicted_loss():
     fit = loss_law.Fit("multi_power", dict(TRUE), {}, 0.0, 0.0, 0, 0)
-    base = ["trainer.max_steps=300"]
+    base = ["trainer.max_steps=300", "scheduler.warmup=0.1"]
     search = lp.search_wsd(fit, compose, base)
     overrides, loss = search.overrides, search.predicted
     # a 10% warmup leaves room for cooldowns up to 90% of the run: 0.95 is skipped

@@ -81,11 +81,11 @@ def test_from_the_command_line_the_lr_of_step_t_is_computed_in_those_files(monke
     with Calls() as calls:
         entry.hydra_app([])(cfg)  # Hydra's decorator hands a given config straight to the task
         plan = RunPlan.build(jobs[0], world_size=1)  # as the trainer builds it (trainer.max_steps: no data needed)
-        lrs = {t: plan.apply(optimizer, t)[0] for t in (0, 9, 50, 99)}
+        lrs = {t: plan.apply(optimizer, t)[0] for t in (0, 19, 50, 99)}
     assert calls.files == set(layout_files()), calls.files
-    # The values of the documented conventions: warmup of 10% = 10 steps, step 0 at 1/10 of the
-    # peak, the peak at step 9, the floor (0.1 x peak) at the last step; the group's multiplier on top.
-    assert abs(lrs[0] - 3e-4) < 1e-12 and abs(lrs[9] - 3e-3) < 1e-12 and abs(lrs[99] - 3e-4) < 1e-12
+    # The values of the documented conventions: warmup of 20% = 20 steps, step 0 at 1/20 of the
+    # peak, the peak at step 19, the floor (0.1 x peak) at the last step; the group's multiplier on top.
+    assert abs(lrs[0] - 1.5e-4) < 1e-12 and abs(lrs[19] - 3e-3) < 1e-12 and abs(lrs[99] - 3e-4) < 1e-12
     assert 3e-4 < lrs[50] < 3e-3
     assert [g["lr"] for g in optimizer.param_groups] == [lrs[99], lrs[99] * 0.5]
 

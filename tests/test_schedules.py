@@ -308,7 +308,7 @@ def test_unknown_parameter_names_it_the_schedule_and_the_accepted_ones():
         ("step", {"step_size": 0}, "step_size=0 is out of range; accepted: 1 <= step_size"),
         ("exponential", {"gamma": 2.0}, "0.0 < gamma <= 1.0"),
         ("multistep", {"milestones": (60, 50)}, "must be strictly increasing"),
-        ("multistep", {"milestones": (50, 120)}, "milestones[1]=120 is out of range; accepted: 10 (warmup) <= milestone <= 99"),
+        ("multistep", {"milestones": (50, 120)}, "milestones[1]=120 is out of range; accepted: 20 (warmup) <= milestone <= 99"),
         ("wsd", {"warmup": 50, "decay": 60}, "decay=60 is out of range; accepted: 0 <= decay <= 50 (total_steps - warmup)"),
         ("wsd", {"warmup": 10, "decay_start": 150},
          "decay_start=150 is out of range; accepted: 10 (warmup) <= decay_start <= 100 (total_steps)"),
@@ -439,7 +439,7 @@ def test_schedule_from_config_converts_lengths_once():
     m = schedule_from_config({"name": "multistep", "milestones": ["50%", 0.75, 9000, "999k tokens"]}, 10_000, 100)
     assert m.params.milestones == (5000, 7500, 9000, 9990)
     assert build_schedule("cosine_warmup", 1010, warmup=0.05).params.warmup == 51  # 0.05 of 1010 = 50.5 -> 51
-    assert build_schedule("cosine_warmup", 1005).params.warmup == 101  # default 0.1 of 1005 = 100.5 -> 101
+    assert build_schedule("cosine_warmup", 1003).params.warmup == 201  # default 0.2 of 1003 = 200.6 -> 201
     assert build_schedule("cosine_warmup", 100, warmup="10%").params.warmup == 10
     assert "scheduler 'wsd': decay='ten'" in error(schedule_from_config, {"name": "wsd", "decay": "ten"}, 100, 10)
     assert "tokens per step is unknown" in error(build_schedule, "wsd", 100, decay="1M tokens")

@@ -60,17 +60,19 @@ class ArmSpec:
     judged_at: str = "weights"  # "weights": final val/loss | "average": final val/loss_ema (optim.ema)
 
 
+# The study ran with a 10% warmup, the default until 2026-12-07 (now 20%): the arms say it.
+W10 = "scheduler.warmup=0.1"
 MODDED_NANOGPT = ("scheduler=wsd", "scheduler.warmup=0", "scheduler.decay=0.6", "scheduler.decay_shape=linear",
                   "scheduler.min_lr_ratio=0.15")
 ARMS = (
-    ArmSpec("cosine", "AdamW, cosine to 0.1x, 10% warmup (baseline)", ("scheduler=cosine_warmup",), 5e-3),
+    ArmSpec("cosine", "AdamW, cosine to 0.1x, 10% warmup (baseline)", ("scheduler=cosine_warmup", W10), 5e-3),
     ArmSpec("wsd", "AdamW, WSD: 10% warmup, 20% 1-sqrt cooldown to 0",
-            ("scheduler=wsd", "scheduler.decay=0.2", "scheduler.decay_shape=1-sqrt", "scheduler.min_lr_ratio=0"), 5e-3),
+            ("scheduler=wsd", W10, "scheduler.decay=0.2", "scheduler.decay_shape=1-sqrt", "scheduler.min_lr_ratio=0"), 5e-3),
     ArmSpec("linear_to_zero", "AdamW, linear decay to 0, 10% warmup",
-            ("scheduler=linear_warmup", "scheduler.min_lr_ratio=0"), 5e-3),
+            ("scheduler=linear_warmup", W10, "scheduler.min_lr_ratio=0"), 5e-3),
     ArmSpec("constant_ema", "AdamW, constant, 10% warmup, EMA half-life 10% (judged at the EMA)",
-            ("scheduler=constant_warmup", "optim.ema=10%"), 5e-3, judged_at="average"),
-    ArmSpec("schedule_free", "schedule-free AdamW, 10% warmup", ("optim=schedule_free", "scheduler=constant_warmup"),
+            ("scheduler=constant_warmup", W10, "optim.ema=10%"), 5e-3, judged_at="average"),
+    ArmSpec("schedule_free", "schedule-free AdamW, 10% warmup", ("optim=schedule_free", "scheduler=constant_warmup", W10),
             5e-3),
     ArmSpec("muon", "Muon (AdamW at 0.25x on the rest), no warmup, linear cooldown over the last 60% to 0.15x",
             ("optim=muon", *MODDED_NANOGPT), 2e-2),

@@ -210,7 +210,14 @@ def search_wsd(fit: loss_law.Fit, compose: Composer, base: list[str]) -> WSDResu
     lengths the warmup leaves no room for are skipped), shape and floor (0 to 0.7 of the peak);
     the warmup, peak LR and run length stay those of `base`. Says which of the best schedule's
     settings sit on an edge of what was tried."""
+    from minigpt.schedules import WarmupParams
+
+    # The warmup is base's: merge_overrides drops a base's scheduler.* keys when the schedule
+    # changes, and every *_warmup schedule shares these keys.
+    base_schedule = compose(base).scheduler
+    warmup = {f.name: base_schedule[f.name] for f in dataclasses.fields(WarmupParams) if f.name in base_schedule}
     config = compose(merge_overrides(base, ["scheduler=wsd"]))
+    config = dataclasses.replace(config, scheduler={**config.scheduler, **warmup})
     tried = []
     for shape in WSD_SHAPES:
         for fraction in WSD_FRACTIONS:

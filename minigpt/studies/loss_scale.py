@@ -36,6 +36,8 @@ from minigpt.studies import loss_law
 from minigpt.studies import loss_prediction as lp
 from minigpt.studies.run_queue import train_queue
 
+# The runs at 600 and 2,000 steps were made with a 10% warmup, the default until 2026-12-07.
+WARMUP = "scheduler.warmup=0.1"
 MODEL = ["model.n_layer=4", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "data.vocab_size=1024"]
 LENGTHS = (600, 2000, 5000)
 SEEDS = (1337, 1, 2)  # 1337 is the default seed: every schedule runs with it
@@ -76,7 +78,7 @@ def plan_runs(lengths=LENGTHS, seeds=SEEDS, extra: list[str] = ()) -> list[Run]:
     """Every run of the study, with its train.py overrides (`extra` after the study's own)."""
     runs = []
     for length in lengths:
-        common = [*MODEL, f"trainer.eval_interval={max(1, length // EVALUATIONS)}", f"trainer.eval_iters={EVAL_ITERS}"]
+        common = [*MODEL, WARMUP, f"trainer.eval_interval={max(1, length // EVALUATIONS)}", f"trainer.eval_iters={EVAL_ITERS}"]
         for name, overrides in {**FITTED, **UNSEEN, LONG: FITTED["cosine"]}.items():
             steps = 2 * length if name == LONG else length
             for seed in (seeds if name in SPREAD else seeds[:1]):
