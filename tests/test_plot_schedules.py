@@ -25,7 +25,7 @@ def test_script_draws_chosen_schedules_with_overrides(tmp_path, script, capsys):
             "--set", "multistep.milestones=['30%', 0.6]", "--set", "wsd.decay_start=null", "-o", str(out)]
     assert script(argv) == 0
     printed = capsys.readouterr().out
-    assert "multistep (1000 steps): warmup 0..99, stage 1 100..299, stage 2 300..599" in printed
+    assert "multistep (1000 steps): warmup 0..199, stage 1 200..299, stage 2 300..599" in printed
     assert is_png(out)
     # Each flag given twice adds to the first (issue 27: every schedule's line, not the last one's).
     assert script(["--names", "wsd", "--names", "constant", "--total-steps", "100", "--total-steps", "50",
