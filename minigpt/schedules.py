@@ -706,8 +706,8 @@ class WarmupParams:
     default is the minigpt preset's value."""
 
     # warmup length: steps (300), fraction of the run (0.05), "5%", "300 steps" or "2M tokens".
-    # 20% by default: with 10% one seed in ten of the default CPU run ended 0.45 nats above the
-    # others (a gradient spike inside the warmup); with 20% ten seeds end within 0.05 (README).
+    # 20% by default: with 10%, seed 5 of the default CPU run ended 0.45 nats above the others
+    # (a gradient spike inside the warmup); with 20% it ends among them (README: ten seeds).
     warmup: int = length_field(0.2)
     # linear | cosine | exponential (needs warmup_start_ratio > 0) | log (DeepSpeed) | 1-sqrt
     warmup_shape: str = "linear"

@@ -19,6 +19,7 @@ from minigpt.errors import UserError
 from minigpt.files import relative_name
 from minigpt.run.metrics import read_metrics
 from minigpt.run.keys import Key
+from minigpt.schedules import WarmupParams
 
 Composer = Callable[[list[str]], object]  # train.py overrides -> a validated minigpt.config.Config
 # The longest run read or planned here: the laws take the LR of every update (8 bytes each, a few
@@ -210,8 +211,6 @@ def search_wsd(fit: loss_law.Fit, compose: Composer, base: list[str]) -> WSDResu
     lengths the warmup leaves no room for are skipped), shape and floor (0 to 0.7 of the peak);
     the warmup, peak LR and run length stay those of `base`. Says which of the best schedule's
     settings sit on an edge of what was tried."""
-    from minigpt.schedules import WarmupParams
-
     # The warmup is base's: merge_overrides drops a base's scheduler.* keys when the schedule
     # changes, and every *_warmup schedule shares these keys.
     base_schedule = compose(base).scheduler
