@@ -252,6 +252,11 @@ class TrainerConfig:
     compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = None
     eval_interval: int = 100  # evaluate every N updates (and always at the start and the end)
     eval_iters: int = 20  # validation batches per evaluation
+    # Which validation windows every evaluation reads. One seed for every run, so runs of different
+    # seeds are scored on the same text and their difference is the models' alone; null draws them
+    # with the run's `seed` (what every run did until 2026-12-07). 1337, the default seed, keeps the
+    # default run's windows as they were.
+    eval_seed: Optional[int] = 1337
     ckpt_interval: int = 0  # checkpoint every N updates; 0: only at the end
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones are deleted
     resume: Optional[str] = None  # 'auto' (newest in the run directory) or a checkpoint path
@@ -306,6 +311,9 @@ class TrainerConfig:
                    "trainer.batch_ramp_tokens", f"must be in [1, {MAX_TOKENS:.0e}]", self.batch_ramp_tokens)
         for key in ("eval_interval", "eval_iters", "keep_checkpoints"):
             _check(getattr(self, key) >= 1, f"trainer.{key}", "must be >= 1", getattr(self, key))
+        if self.eval_seed is not None:
+            _check(0 <= self.eval_seed <= MAX_SEED, "trainer.eval_seed", f"must be in [0, {MAX_SEED}] or null (the run's seed)",
+                   self.eval_seed)
         for key in ("ckpt_interval", "flush_every", "threads"):
             _check(getattr(self, key) >= 0, f"trainer.{key}", "must be >= 0", getattr(self, key))
         _check(self.threads <= MAX_THREADS, "trainer.threads", f"must be <= {MAX_THREADS} (0: torch's default)",

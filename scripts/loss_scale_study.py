@@ -53,6 +53,19 @@ def optimized_runs(args, curves: dict, length: int, extra: list[str]) -> tuple[l
     return runs, decision
 
 
+def load_known(path: str | None, runs: list[study.Run]) -> dict:
+    """The curves of this study's runs that an earlier report's curves.json holds ({} without one)."""
+    if path is None:
+        return {}
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--reuse-curves {path}: cannot read it as a report's curves.json ({e}); "
+                        "give the curves.json a loss-scale report wrote") from None
+    wanted = {f"{r.length}/{r.name}" for r in runs}
+    return {key: curve for key, curve in earlier.items() if key in wanted} if isinstance(earlier, dict) else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="outputs/loss_scale", help="where the runs go")
@@ -60,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=list(study.LENGTHS), help="run lengths (steps)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
     parser.add_argument("--extra", nargs="*", default=[], help="train.py overrides added to every run (e.g. +debug=tiny)")
+    parser.add_argument("--reuse-curves", metavar="CURVES_JSON",
+                        help="take the runs an earlier report's curves.json holds from it instead of training them "
+                             "(e.g. docs/images/loss_scale/curves.json, to add a length to the committed study)")
     parser.add_argument("--restarts", type=int, default=12, help="random starts of the bounded procedure")
     parser.add_argument("--check-optimized", choices=["auto", "always", "never"], default="auto",
                         help="run the optimized WSD schedule against cosine on 3 seeds (auto: unless the fit is flagged)")
@@ -70,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         runs = study.plan_runs(args.lengths, study.SEEDS, args.extra)
         for r in runs:  # every run's overrides composed and checked before anything runs
             compose(r.overrides)
-        seconds = study.train_runs(runs, runs_root, args.jobs)
-        curves = study.collect_curves(runs, runs_root)
+        known = load_known(args.reuse_curves, runs)
+        seconds = study.train_runs(runs, runs_root, args.jobs, known=known)
+        curves = study.collect_curves(runs, runs_root, known=known)
         report = {"title": f"where each loss law holds ({', '.join(map(str, args.lengths))} steps)",
                   "model": study.MODEL, "lengths": args.lengths, "seeds": list(study.SEEDS), "extra": args.extra,
                   "runs": lp.relative_path(runs_root),
                   "seed_spread": {str(n): study.seed_spread(curves, n) for n in args.lengths},
-                  "run_seconds": seconds}
+                  "run_seconds": seconds, "reused_curves": sorted(known)}
         start = time.perf_counter()
         report["fits"] = study.evaluate(curves, args.lengths, restarts=args.restarts)
         report["evaluate_seconds"] = time.perf_counter() - start

@@ -134,6 +134,8 @@ CASES = [
     ("negative_seed", {"seed": -1}, ["seed must be in [0, 9223372036854775807]", "got -1"], True),
     ("seed_past_64_bits", {"seed": 18446744073709551616}, ["seed must be in [0,", "got 18446744073709551616"], True),
     ("negative_split_seed", {"data.split_seed": -1}, ["data.split_seed must be in [0,", "got -1"], True),
+    ("negative_eval_seed", {"trainer.eval_seed": -3}, ["trainer.eval_seed must be in [0,", "or null (the run's seed)",
+                                                       "got -3"], True),
     # this one used to crash mid-run and overwrite the finished run's summary with "failed"
     ("resume_auto_of_a_finished_run_with_a_bad_seed", {"_run_dir": "{earlier}", "trainer.resume": "auto", "seed": -1},
      ["seed must be in [0,"], True),

@@ -88,6 +88,23 @@ def test_eval_only_evaluates_the_checkpoint_and_trains_nothing(parent, make_conf
                 quiet=True).run().final_val_loss, abs=1e-6)  # the run folder: its newest checkpoint, same windows
 
 
+def test_every_seed_reads_the_same_validation_windows_unless_eval_seed_is_null(parent, make_config, tmp_path):
+    _, a = parent
+
+    def val_loss(name, **overrides):
+        cfg = make_config(trainer__eval_only=True, trainer__init_from=str(a.checkpoint), trainer__eval_iters=2, **overrides)
+        return Trainer(cfg, tmp_path / name, quiet=True).run().final_val_loss
+
+    # One set of weights: its loss is a property of the windows alone.
+    common = {seed: val_loss(f"s{seed}", seed=seed) for seed in (1, 2, 1337)}
+    assert common[1] == common[2] == common[1337]
+    own = {seed: val_loss(f"own{seed}", seed=seed, trainer__eval_seed=None) for seed in (1, 2, 1337)}
+    assert own[1] != own[2] and abs(own[1] - own[2]) > 1e-4  # null: each seed draws its own windows
+    # the default eval_seed is the default seed, so the default run reads the windows it always read
+    assert own[1337] == common[1337]
+    assert val_loss("s7", seed=1, trainer__eval_seed=7) == val_loss("s7b", seed=2, trainer__eval_seed=7) != common[1]
+
+
 @pytest.mark.parametrize("overrides, says", [
     ({"trainer.init_from": "x.pt", "trainer.resume": "y.pt"}, "both name weights to start from"),
     ({"trainer.eval_only": True}, "trainer.eval_only=true evaluates the checkpoint that trainer.init_from names"),

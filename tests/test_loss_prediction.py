@@ -143,8 +143,13 @@ def test_the_printed_command_carries_the_evaluation_settings_and_survives_any_po
     (tmp_path / "run" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
         {"seed": 7, "trainer": {"eval_interval": 20, "eval_iters": 5, "max_steps": 200}}))
     base = lp.comparable_overrides(tmp_path / "run")
+    # no folder, no progress bar, no cache folder; a run from before trainer.eval_seed read the
+    # validation windows of its own seed, so the new run must too
     assert base == ["trainer.max_steps=200", "scheduler=cosine_warmup", "trainer.eval_interval=20",
-                    "trainer.eval_iters=5", "seed=7"]  # no folder, no progress bar, no cache folder
+                    "trainer.eval_iters=5", "seed=7", "trainer.eval_seed=null"]
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"seed": 7, "trainer": {"eval_interval": 20, "eval_iters": 5, "eval_seed": 42, "max_steps": 200}}))
+    assert lp.comparable_overrides(tmp_path / "run")[-1] == "trainer.eval_seed=42"
     overrides = lp.merge_overrides(base, ["scheduler=custom", "+scheduler.knots=[0,0.5,1.0]",
                                           "+scheduler.values=[1,0.5,0]", "data.name=my corpus"])
     command = lp.train_command(overrides)

@@ -127,7 +127,8 @@ class Trainer:
         # Every context window must fit in the splits: checked before a model of that context is built.
         self.train_batches = Batches(self.data.train, mc.block_size, tc.micro_batch_size, cfg.seed, self.device, "train",
                                      meta["vocab_size"])
-        self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, cfg.seed, self.device,
+        eval_seed = cfg.seed if tc.eval_seed is None else tc.eval_seed
+        self.val_batches = Batches(self.data.val, mc.block_size, tc.micro_batch_size, eval_seed, self.device,
                                    "validation", meta["vocab_size"])
         self.model_config = GPTConfig.build(mc, meta["vocab_size"])
         torch.manual_seed(cfg.seed)

@@ -109,8 +109,11 @@ def comparable_overrides(run_dir: Path) -> list[str]:
         import yaml
 
         config = yaml.safe_load(config_file.read_text()) or {}
-        pinned = {"trainer.eval_interval": config.get("trainer", {}).get("eval_interval"),
-                  "trainer.eval_iters": config.get("trainer", {}).get("eval_iters"), "seed": config.get("seed")}
+        trainer = config.get("trainer", {})
+        pinned = {"trainer.eval_interval": trainer.get("eval_interval"), "trainer.eval_iters": trainer.get("eval_iters"),
+                  "seed": config.get("seed")}
+        if trainer:  # a run from before trainer.eval_seed drew its validation windows with its own seed
+            pinned["trainer.eval_seed"] = "null" if trainer.get("eval_seed") is None else trainer["eval_seed"]
         overrides = merge_overrides(overrides, [f"{k}={v}" for k, v in pinned.items() if v is not None])
     return overrides
 
@@ -138,7 +141,8 @@ def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
 PLACEMENT_KEYS = ("hydra.", "trainer.resume", "trainer.progress", "trainer.threads", "data.cache_dir",
                   "trainer.ckpt_interval", "trainer.keep_checkpoints", "trainer.overwrite", "logger.")
 RUN_ONLY_KEYS = ("hydra.", "trainer.resume", "trainer.progress", "trainer.threads", "data.cache_dir",
-                 "trainer.eval_interval", "trainer.eval_iters", "trainer.ckpt_interval", "seed", "logger.")
+                 "trainer.eval_interval", "trainer.eval_iters", "trainer.eval_seed", "trainer.ckpt_interval", "seed",
+                 "logger.")
 
 
 def fit_overrides(record: dict, path) -> list[str]:

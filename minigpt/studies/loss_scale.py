@@ -36,8 +36,9 @@ from minigpt.studies import loss_law
 from minigpt.studies import loss_prediction as lp
 from minigpt.studies.run_queue import train_queue
 
-# The runs at 600 and 2,000 steps were made with a 10% warmup, the default until 2026-12-07.
-WARMUP = "scheduler.warmup=0.1"
+# The runs at 600 and 2,000 steps were made with a 10% warmup and validation windows drawn with
+# each run's seed, the defaults until 2026-12-07; every length keeps them, so the lengths compare.
+PINNED = ["scheduler.warmup=0.1", "trainer.eval_seed=null"]
 MODEL = ["model.n_layer=4", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "data.vocab_size=1024"]
 LENGTHS = (600, 2000, 5000)
 SEEDS = (1337, 1, 2)  # 1337 is the default seed: every schedule runs with it
@@ -78,7 +79,7 @@ def plan_runs(lengths=LENGTHS, seeds=SEEDS, extra: list[str] = ()) -> list[Run]:
     """Every run of the study, with its train.py overrides (`extra` after the study's own)."""
     runs = []
     for length in lengths:
-        common = [*MODEL, WARMUP, f"trainer.eval_interval={max(1, length // EVALUATIONS)}", f"trainer.eval_iters={EVAL_ITERS}"]
+        common = [*MODEL, *PINNED, f"trainer.eval_interval={max(1, length // EVALUATIONS)}", f"trainer.eval_iters={EVAL_ITERS}"]
         for name, overrides in {**FITTED, **UNSEEN, LONG: FITTED["cosine"]}.items():
             steps = 2 * length if name == LONG else length
             for seed in (seeds if name in SPREAD else seeds[:1]):
@@ -93,18 +94,25 @@ def finished(folder: Path) -> bool:
     return summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
 
 
-def train_runs(runs: list[Run], root: Path, jobs: int = 2, python: str = sys.executable, log=print) -> dict[str, float]:
-    """Train the runs not finished yet, `jobs` at a time (one torch thread each); returns the seconds
-    each run took."""
+def train_runs(runs: list[Run], root: Path, jobs: int = 2, python: str = sys.executable, log=print,
+               known: dict | None = None) -> dict[str, float]:
+    """Train the runs not finished yet and not in `known` (curves of an earlier report), `jobs` at a
+    time (one torch thread each); returns the seconds each run took."""
+    known = known or {}
     todo = [(f"{r.length}/{r.name}", r.folder(root), [*r.overrides, "trainer.threads=1"])
-            for r in runs if not finished(r.folder(root))]
+            for r in runs if f"{r.length}/{r.name}" not in known and not finished(r.folder(root))]
     return train_queue(todo, jobs, python, log=lambda label, command: log(f"run {label}: {lp.train_command(command[2:])}"))
 
 
-def collect_curves(runs: list[Run], root: Path) -> dict[str, dict]:
-    """The fitted and predicted curves of every run: {"length/name": curve as JSON, with the seed}."""
+def collect_curves(runs: list[Run], root: Path, known: dict | None = None) -> dict[str, dict]:
+    """The fitted and predicted curves of every run: {"length/name": curve as JSON, with the seed};
+    a run in `known` (curves of an earlier report) is taken from there."""
     out = {}
     for r in runs:
+        key = f"{r.length}/{r.name}"
+        if known and key in known:
+            out[key] = known[key]
+            continue
         curve, _ = lp.read_run(r.folder(root))
         out[f"{r.length}/{r.name}"] = {**loss_law.curve_to_dict(curve), "seed": r.seed, "schedule": r.schedule}
     return out

@@ -47,6 +47,7 @@ BOOKKEEPING_GROUPS = ("logger", "hydra")  # logger=..., logger.*, hydra/launcher
 # What must be equal for final losses to compare (the rest of a difference is an arm).
 MODEL_SIZE = ("model.n_layer", "model.n_head", "model.n_embd", "model.block_size")
 EVALUATION = ("trainer.eval_iters", "trainer.micro_batch_size")  # the validation windows follow from these
+EVAL_SEED = "trainer.eval_seed"  # and from this one (null: each run's seed)
 RUN_LENGTH = "tokens trained"
 DATA_NOT_SETTING = ("cache_dir", "cache_key")  # where the token cache lives, not what it holds
 
@@ -360,6 +361,11 @@ def setting_of(job: Job) -> dict[str, str]:
     for k in MODEL_SIZE + EVALUATION:
         if job.get(k) is not None:
             out[k] = _canonical(job.get(k))
+    trainer = job.config.get("trainer") if isinstance(job.config.get("trainer"), Mapping) else None
+    if trainer is not None:
+        # null, or a run from before the key existed: the windows follow each run's own seed
+        seed = trainer.get("eval_seed")
+        out[EVAL_SEED] = "the run's seed" if seed is None else _canonical(seed)
     if job.config or (job.summary or {}).get("plan"):
         out[RUN_LENGTH] = run_tokens(job)
     return out
