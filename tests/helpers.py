@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+import forkserver
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALL_CHARS = 400_000  # a slice of the stdlib corpus: a BPE trains on it in well under a second
@@ -74,11 +76,23 @@ def hydra_args(cache_dir, run_dir, **extra) -> list[str]:
     return out + [f"hydra.run.dir={run_dir}"]
 
 
-def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
+def run_python(argv: list, cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """`python *argv` (a script of this checkout, or `-m minigpt ...`) in a process of its own, as
+    subprocess.run(capture_output=True, text=True) returns it; forked from a server that has torch
+    imported (forkserver.py) where it can be: starting the interpreter cost more than most runs."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+    argv = [str(a) for a in argv]
+    done = forkserver.run(argv, cwd, full_env, timeout)
+    if done is not None:
+        return done
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """`python train.py *args` in a process of its own (run_python)."""
+    return run_python([ROOT / "train.py", *args], cwd=cwd, timeout=timeout, env=env)
 
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -93,8 +107,7 @@ def is_png(path: Path) -> bool:
 
 
 def run_report(*args):
-    return subprocess.run([sys.executable, "-m", "minigpt", "report", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return run_python(["-m", "minigpt", "report", *args], timeout=300)
 
 
 def write_job(root, num, *, lr, warmup, seed, status="completed", final=None, initial=6.0, train=(),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, nested, tiny_overrides
+from helpers import ROOT, nested, tiny_overrides, run_python
 
 from minigpt import schedules
 from minigpt.config import MAX_STEPS, config_from_dict
@@ -487,8 +487,7 @@ def test_train_py_ends_bad_input_with_one_line_and_exit_2(tmp_path, case):
         args += ["trainer.max_steps=null", "trainer.epochs=inf"]
     else:
         (run_dir / ".minigpt.lock").mkdir(parents=True)
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = run_python([ROOT / "train.py", *args], timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
 

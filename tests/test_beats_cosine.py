@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import yaml
 
 from minigpt.errors import UserError
 from minigpt.studies import beats_cosine as bc
+from helpers import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTROPY = 6.0
@@ -165,11 +164,11 @@ def test_the_report_writes_its_json_markdown_and_figures_and_says_what_is_missin
 def test_the_cut_down_study_runs_end_to_end(tmp_path):
     # two tiny runs (cosine and GI-Adam, one LR, one seed): the subprocesses, folders and report; the
     # statistics over seeds and the resume are the in-process tests' above
-    command = [sys.executable, str(ROOT / "scripts" / "beats_cosine_study.py"), "--runs", str(tmp_path / "runs"),
+    command = [ROOT / "scripts" / "beats_cosine_study.py", "--runs", str(tmp_path / "runs"),
                "--report", str(tmp_path / "report"), "--arms", "no_warmup_gi_adam", "--seeds", "1",
                "--grid-points", "1", "--extend", "0", "--extra", "+debug=tiny", "trainer.max_steps=10",
                "trainer.eval_iters=1", "trainer.schedule_plot=false"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = run_python(command, timeout=120)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "trained 2 runs" in done.stdout
     data = json.loads((tmp_path / "report" / "report.json").read_text())

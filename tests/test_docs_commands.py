@@ -19,13 +19,12 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, run_python
 from minigpt.errors import UserError
 
 pytestmark = pytest.mark.slow
@@ -346,10 +345,10 @@ def test_documented_command_runs(doc, workdir, cache_dir):
         args = args + [a.format(cache_dir=cache_dir) for a in SCRIPT_SHORTEN.get(script, [])]
     # `minigpt <tool> ...` runs as `python -m minigpt <tool> ...` (the console script is the same main()).
     if script.startswith("minigpt "):
-        start = [sys.executable, "-m", *script.split()]
+        start = ["-m", *script.split()]
     elif script == "train.py" and "minigpt" in argv[:3]:
-        start = [sys.executable, "-m", "minigpt", "train"]
+        start = ["-m", "minigpt", "train"]
     else:
-        start = [sys.executable, str(ROOT / script)]
-    proc = subprocess.run([*start, *args], cwd=workdir, capture_output=True, text=True, timeout=600, env=env)
+        start = [ROOT / script]
+    proc = run_python([*start, *args], cwd=workdir, timeout=600, env=env)
     assert proc.returncode == 0, f"{doc}: {command}\n{proc.stdout[-1500:]}\n{proc.stderr[-3000:]}"

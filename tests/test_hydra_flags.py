@@ -1,15 +1,12 @@
 """Hydra 1.3's command-line flags work as in any Hydra app, and a user's --config-dir adds
 config files that are used like the shipped ones (checked by the precheck too)."""
 
-import subprocess
-import sys
-
 import pytest
 
 from minigpt.launch import cli
 from minigpt.launch.precheck import precheck
 from minigpt.launch import compose
-from helpers import ROOT
+from helpers import ROOT, run_python
 from minigpt.errors import UserError
 
 
@@ -93,8 +90,7 @@ def test_arch_is_a_group_without_plus():
 
 
 def hydra(*argv):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return run_python([ROOT / "train.py", *argv], timeout=120)
 
 
 @pytest.mark.slow  # its own processes

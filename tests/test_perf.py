@@ -15,7 +15,7 @@ from minigpt.run.perf import flops_per_token, peak_flops, peak_flops_for_name
 from minigpt.run.stepper import ModelStepper
 from minigpt.run.trainer import Trainer, advance
 
-from helpers import ROOT, hydra_args
+from helpers import ROOT, hydra_args, run_python
 
 
 def test_flops_per_token_is_6n_plus_the_attention_term():
@@ -81,8 +81,7 @@ def test_bench_runs_several_configs_and_writes_json(cache_dir, tmp_path):
 
 
 def test_bench_bad_override_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "optim.lr=fast",
-                           "--out", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=300)
+    proc = run_python([ROOT / "scripts" / "bench.py", "optim.lr=fast", "--out", tmp_path / "b.json"], timeout=300)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "optim.lr" in lines[0], proc.stderr

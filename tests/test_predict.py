@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from helpers import SHORT, TRUE, fake_run
+from helpers import SHORT, TRUE, fake_run, run_python
 from minigpt.studies import loss_law
 from minigpt.studies import loss_prediction as lp
 from minigpt.tools import predict as predict_tool
@@ -19,8 +17,7 @@ pytestmark = pytest.mark.usefixtures("table_schedule_stays_here")
 
 
 def run_script(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "minigpt", "predict", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return run_python(["-m", "minigpt", "predict", *args], cwd=cwd, timeout=300)
 
 
 BAD = {

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, hydra_args, nested, run_train, tiny_overrides
+from helpers import ROOT, hydra_args, nested, run_train, tiny_overrides, run_python
 from minigpt.run import checkpoint as ckpt_mod
 from minigpt.data import cache as data_mod
 from minigpt.config import config_from_dict
@@ -158,8 +158,7 @@ def test_sigterm_sigint_sigusr1_save_at_the_next_step_and_say_how_to_resume(refe
         assert command.startswith("python train.py ") and command.endswith(f"hydra.run.dir={run_dir} trainer.resume=auto")
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "interrupted" and summary["step"] == stop_step
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *shlex.split(command)[2:]], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_python([ROOT / "train.py", *shlex.split(command)[2:]], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, ref_records = reference()
     assert_same_as_reference(run_dir, ref_records)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, hydra_args, nested, tiny_overrides
+from helpers import ROOT, hydra_args, nested, tiny_overrides, run_python
 from minigpt import schedules
 from minigpt.run.checkpoint import (DamagedCheckpoint, checkpoint_path, list_checkpoints, load_checkpoint,
                                 prune_checkpoints, save_checkpoint)
@@ -237,8 +237,7 @@ def test_train_py_refuses_a_folder_in_use_with_one_line(cache_dir, tmp_path):
     run_dir.mkdir()
     holder = hold_lock(run_dir)
     try:
-        proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *hydra_args(cache_dir, run_dir),
-                               "trainer.resume=auto"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        proc = run_python([ROOT / "train.py", *hydra_args(cache_dir, run_dir), "trainer.resume=auto"], timeout=300)
     finally:
         holder.kill()
         holder.wait()

@@ -32,7 +32,9 @@ def assert_same_run(single_dir, stacked_dir, steps):
     assert [s for s, _ in vals(stacked_dir)] == [s for s, _ in vals(single_dir)]
     assert [v for _, v in vals(stacked_dir)] == pytest.approx([v for _, v in vals(single_dir)], abs=1e-5)
     stderr = lambda d: [r["val/loss_stderr"] for r in read_metrics(d) if "val/loss" in r]  # noqa: E731
-    assert stderr(stacked_dir) == pytest.approx(stderr(single_dir), rel=1e-3)
+    # the batches' losses agree to about 1e-6, and a standard error of ~1e-4 (batches alike) is a
+    # difference of nearly equal sums: compared to the same absolute precision
+    assert stderr(stacked_dir) == pytest.approx(stderr(single_dir), rel=1e-3, abs=1e-6)
 
 
 def checkpoint_weights(path):

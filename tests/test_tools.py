@@ -4,12 +4,11 @@ old script paths that point to it, and `minigpt train` as the same app as `pytho
 from __future__ import annotations
 
 import runpy
-import subprocess
 import sys
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, run_python
 from minigpt import __main__ as command
 
 TOOLS = ["train", "report", "plot-run", "plot-schedules", "predict", "sample", "export-hf"]
@@ -67,12 +66,9 @@ def test_the_old_script_paths_say_where_the_tool_went_and_run_it(script, monkeyp
 @pytest.mark.slow  # two processes of the Hydra app
 def test_minigpt_train_is_python_train_py(tmp_path):
     argv = ["scheduler=wsd", "optim.lr=3e-3", "--cfg", "job", "--resolve"]
-    via_command = subprocess.run([sys.executable, "-m", "minigpt", "train", *argv], cwd=tmp_path, capture_output=True,
-                                 text=True, timeout=120)
-    via_script = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], cwd=tmp_path, capture_output=True,
-                                text=True, timeout=120)
+    via_command = run_python(["-m", "minigpt", "train", *argv], cwd=tmp_path, timeout=120)
+    via_script = run_python([ROOT / "train.py", *argv], cwd=tmp_path, timeout=120)
     assert via_command.returncode == via_script.returncode == 0, via_command.stderr + via_script.stderr
     assert via_command.stdout == via_script.stdout and "name: wsd" in via_command.stdout
-    bad = subprocess.run([sys.executable, "-m", "minigpt", "train", "scheduler=wds"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
+    bad = run_python(["-m", "minigpt", "train", "scheduler=wds"], cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown scheduler 'wds' (did you mean 'wsd'?)")

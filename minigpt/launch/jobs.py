@@ -95,8 +95,9 @@ def run_job(config: Config, hc, stacked: list[StackedJob] | None = None) -> floa
         log.info(f"eval: val loss {s['final_val_loss']:.4f}{stderr} on {s['eval_iters']} batches ({s['eval_tokens']:,} "
                  f"tokens) of {s['init_from']['path']} at step {s['step']}; summary in {run_dir / 'summary.json'}")
     elif result.status == RunStatus.COMPLETED:
-        ratio = f" = {s['val_loss_over_unigram_entropy']:.3f} x the unigram entropy {s['unigram_entropy_val']:.3f}" \
-            if s.get("val_loss_over_unigram_entropy") else ""
+        # from the unrounded values: the summary's ratio is already rounded to 4 places (0.6415 would print 0.641)
+        ratio = f" = {s['final_val_loss'] / s['unigram_entropy_val']:.3f} x the unigram entropy " \
+            f"{s['unigram_entropy_val']:.3f}" if s.get("val_loss_over_unigram_entropy") else ""
         log.info(f"done: final val loss {s['final_val_loss']:.4f}{ratio}; {s['tokens']:,} tokens in "
                  f"{s['train_time_s']:.0f}s ({s['tok_per_s']:,.0f} tok/s); outputs in {run_dir}")
     elif result.status == RunStatus.DIVERGED:

@@ -39,7 +39,9 @@ from minigpt.studies.sweep.arms import Arm, Comparison, Difference, Setting, com
 from minigpt.studies.run_queue import train_queue
 from minigpt.studies.sweep.jobs import Job, read_job
 
-BASE = ["experiment=cpu_quick"]  # what every run trains on; `extra` overrides come after it
+# What every run trains on (`extra` overrides come after it). The study's runs read validation
+# windows drawn with each run's seed, the only kind until trainer.eval_seed (2026-12-07): pinned.
+BASE = ["experiment=cpu_quick", "trainer.eval_seed=null"]
 SEEDS = (1, 2, 3)  # cpu_quick's documented seeds; SEEDS[0] runs the LR sweep
 GRID_POINTS = 3  # the LR sweep's starting grid: centre x 10^(k/2), k = -1, 0, 1
 EXTEND = 2  # at most this many more points per side when the best LR sits at an edge
