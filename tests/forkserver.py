@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -53,32 +54,32 @@ def serve(path: str) -> None:
     parent = os.getppid()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
-    server.listen(1)
-    server.settimeout(2.0)
-    while True:
-        try:
+    server.listen(8)
+    children: dict[int, socket.socket] = {}  # running children and the connection waiting for each
+    while os.getppid() == parent:  # until the pytest worker is gone
+        if select.select([server], [], [], 0.02)[0]:
             conn, _ = server.accept()
-        except socket.timeout:
-            if os.getppid() != parent:  # the worker is gone
-                return
-            continue
-        with conn:
             message, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-            request = json.loads(message)
             pid = os.fork()
             if pid == 0:
-                server.close()
-                conn.close()
-                _child(request, fds, base_path)  # never returns
+                for other in (server, conn, *children.values()):
+                    other.close()
+                _child(json.loads(message), fds, base_path)  # never returns
             for fd in fds:
                 os.close(fd)
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-            _, status = os.waitpid(pid, 0)
+            children[pid] = conn
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = children.pop(pid)
             code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
             try:
                 conn.sendall(json.dumps({"returncode": code}).encode() + b"\n")
             except OSError:
                 pass
+            conn.close()
 
 
 def _child(request: dict, fds: list[int], base_path: list[str]) -> None:
@@ -177,9 +178,43 @@ def _start() -> str | None:
     return path
 
 
-def run(argv: list, cwd, env: dict, timeout: float) -> subprocess.CompletedProcess | None:
-    """`python *argv` in cwd with env, as subprocess.run(..., capture_output=True, text=True) gives
-    it; None when the server cannot run it (the caller starts a fresh interpreter)."""
+class Forked:
+    """A child of the server, as much of subprocess.Popen as the tests use: pid, poll, wait,
+    send_signal, kill, returncode."""
+
+    def __init__(self, conn: socket.socket, pid: int, args: list[str]):
+        self.conn, self.pid, self.args, self.returncode = conn, pid, args, None
+
+    def poll(self) -> int | None:
+        return self.wait(timeout=0) if self.returncode is None else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit status (negative: killed by that signal); wait(0) returns None while it runs,
+        another timeout raises subprocess.TimeoutExpired, as Popen.wait does."""
+        if self.returncode is not None:
+            return self.returncode
+        self.conn.settimeout(timeout)
+        try:
+            line = _line(self.conn)
+        except (socket.timeout, TimeoutError, BlockingIOError):
+            if timeout == 0:
+                return None
+            raise subprocess.TimeoutExpired(self.args, timeout) from None
+        self.conn.close()
+        self.returncode = json.loads(line)["returncode"]
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def start(argv: list, cwd, env: dict, stdout, stderr) -> Forked | None:
+    """`python *argv` started in cwd with env, its output to the open files stdout and stderr
+    (stderr may be subprocess.STDOUT), stdin empty; None when the server cannot run it."""
     argv = [str(a) for a in argv]
     ours = (argv[0] == "-m" and len(argv) > 1 and argv[1].split(".")[0] == "minigpt") or \
         (argv[0] != "-m" and Path(argv[0]).resolve().is_relative_to(ROOT) and argv[0].endswith(".py"))
@@ -188,31 +223,37 @@ def run(argv: list, cwd, env: dict, timeout: float) -> subprocess.CompletedProce
     path = _start()
     if path is None:
         return None
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as null:
-        request = {"argv": argv, "cwd": str(cwd), "env": env}
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
+    err = stdout if stderr == subprocess.STDOUT else stderr
+    request = {"argv": argv, "cwd": str(cwd), "env": env}
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with open(os.devnull, "rb") as null:
             conn.connect(path)
-            socket.send_fds(conn, [json.dumps(request).encode()], [null.fileno(), out.fileno(), err.fileno()])
-            pid = json.loads(_line(conn))["pid"]
-        except (OSError, ValueError, KeyError):
-            conn.close()
-            return None
-        conn.settimeout(timeout)
-        try:
-            line = _line(conn)
-        except (socket.timeout, TimeoutError):
-            os.kill(pid, signal.SIGKILL)
-            conn.settimeout(None)
-            _line(conn)  # the server has reaped it
-            conn.close()
-            raise subprocess.TimeoutExpired([sys.executable, *argv], timeout) from None
+            socket.send_fds(conn, [json.dumps(request).encode()], [null.fileno(), stdout.fileno(), err.fileno()])
+        pid = json.loads(_line(conn))["pid"]
+    except (OSError, ValueError, KeyError):
         conn.close()
-        returncode = json.loads(line)["returncode"]
+        return None
+    return Forked(conn, pid, [sys.executable, *argv])
+
+
+def run(argv: list, cwd, env: dict, timeout: float) -> subprocess.CompletedProcess | None:
+    """`python *argv` in cwd with env, as subprocess.run(..., capture_output=True, text=True) gives
+    it; None when the server cannot run it (the caller starts a fresh interpreter)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = start(argv, cwd, env, out, err)
+        if child is None:
+            return None
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()  # as subprocess.run does
+            child.wait()
+            raise
         out.seek(0)
         err.seek(0)
         stdout, stderr = (_text(f.read()) for f in (out, err))
-    return subprocess.CompletedProcess([sys.executable, *argv], returncode, stdout, stderr)
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
 
 
 def _line(conn: socket.socket) -> bytes:

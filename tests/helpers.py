@@ -90,6 +90,20 @@ def run_python(argv: list, cwd=ROOT, timeout=600, env=None) -> subprocess.Comple
                           env=full_env)
 
 
+def start_python(argv: list, stdout, stderr=subprocess.STDOUT, cwd=ROOT, env=None):
+    """`python *argv` started with its output to open files (not pipes: a full pipe would stall the
+    run): a subprocess.Popen, or forkserver's child that answers the same pid, poll, wait,
+    send_signal and kill."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
+    full_env.update(env or {})
+    argv = [str(a) for a in argv]
+    child = forkserver.start(argv, cwd, full_env, stdout, stderr)
+    if child is not None:
+        return child
+    return subprocess.Popen([sys.executable, *argv], cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                            env=full_env)
+
+
 def run_train(args: list[str], cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
     """`python train.py *args` in a process of its own (run_python)."""
     return run_python([ROOT / "train.py", *args], cwd=cwd, timeout=timeout, env=env)

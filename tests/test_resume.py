@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import ROOT, hydra_args, nested, run_train, tiny_overrides, run_python
+from helpers import ROOT, hydra_args, nested, run_python, run_train, start_python, tiny_overrides
 from minigpt.run import checkpoint as ckpt_mod
 from minigpt.data import cache as data_mod
 from minigpt.config import config_from_dict
@@ -46,14 +46,12 @@ def run_args(cache_dir, run_dir, **extra) -> list[str]:
     return hydra_args(cache_dir, run_dir, **args)
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
-    out = open(log, "w")  # a file, not a pipe: a full pipe would stall the run
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=out,
-                            stderr=subprocess.STDOUT, env=env)
+def start(args: list[str], log: Path):
+    with open(log, "w") as out:
+        return start_python([ROOT / "train.py", *args], out)
 
 
-def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, log: Path, timeout: float = 300) -> None:
+def wait_for_step(proc, run_dir: Path, step: int, log: Path, timeout: float = 300) -> None:
     """Return once metrics.jsonl holds the record of `step` (the run is then past it)."""
     deadline = time.time() + timeout
     while time.time() < deadline:

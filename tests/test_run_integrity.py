@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, hydra_args, nested, tiny_overrides, run_python
+from helpers import ROOT, hydra_args, nested, run_python, start_python, tiny_overrides
 from minigpt import schedules
 from minigpt.run.checkpoint import (DamagedCheckpoint, checkpoint_path, list_checkpoints, load_checkpoint,
                                 prune_checkpoints, save_checkpoint)
@@ -398,14 +398,15 @@ def test_a_signal_during_data_preparation_is_one_line_and_128_plus_the_signal(ca
     os.mkfifo(fifo)  # reading it blocks: data preparation waits here until the signal comes
     run_dir = tmp_path / "run"
     args = hydra_args(tmp_path / "cache", run_dir, **{"data": "files", "data.paths": f"[{fifo}]"})
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    with open(tmp_path / "out.txt", "w") as out_file, open(tmp_path / "err.txt", "w") as err_file:
+        proc = start_python([ROOT / "train.py", *args], out_file, err_file)
     deadline = time.time() + 120
     while not (run_dir / LOCK_FILE).exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    out, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
     assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err + out
     assert err.strip().splitlines()[-1].startswith(f"stopped by {signal.Signals(sig).name} outside training")
