@@ -76,6 +76,17 @@ def hydra_args(cache_dir, run_dir, **extra) -> list[str]:
     return out + [f"hydra.run.dir={run_dir}"]
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_python(argv: list, cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
     """`python *argv` (a script of this checkout, or `-m minigpt ...`) in a process of its own, as
     subprocess.run(capture_output=True, text=True) returns it; forked from a server that has torch

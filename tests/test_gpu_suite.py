@@ -7,7 +7,6 @@ reason a CPU would have shown."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -18,15 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
 
 
 suite = load_script("gpu_suite")

@@ -27,6 +27,37 @@ def test_the_study_runs_every_schedule_at_every_length_with_its_seeds_and_eval_s
     assert all(study.MODEL[0] in r.overrides for r in runs)
 
 
+def test_runs_train_longest_first_and_an_earlier_reports_curves_are_not_trained_again(tmp_path, monkeypatch):
+    runs = study.plan_runs((600, 2000))
+    queued = []
+    monkeypatch.setattr(study, "train_queue", lambda todo, jobs, python, log: queued.extend(todo) or {})
+    known = {"600/constant": {"seed": 1337}, "2000/cosine_s1": {"seed": 1}}
+    study.train_runs(runs, tmp_path, known=known)
+    labels = [label for label, _, _ in queued]
+    assert labels[0] == "2000/cosine_2x" and labels[1:3] == ["2000/constant", "2000/cosine"]  # 4,000, then 2,000 steps
+    assert len(labels) == len(runs) - 2 and not set(known) & set(labels)
+    assert labels.index("600/cosine_2x") < labels.index("600/cosine")  # 1,200 steps before 600
+    assert study.collect_curves(runs[:1], tmp_path, known=known) == {"600/constant": {"seed": 1337}}
+
+
+def test_reuse_curves_takes_only_this_studys_runs_and_refuses_an_unreadable_file_in_one_line(tmp_path):
+    import json
+
+    from helpers import load_script
+    from minigpt.errors import UserError
+
+    script = load_script("loss_scale_study")
+    runs = study.plan_runs((600,))
+    earlier = tmp_path / "curves.json"
+    earlier.write_text(json.dumps({"600/constant": {"seed": 1337}, "80/constant": {"seed": 1337}}))
+    assert script.load_known(str(earlier), runs) == {"600/constant": {"seed": 1337}}  # not a length of this study
+    assert script.load_known(None, runs) == {}
+    earlier.write_text("{not json")
+    with pytest.raises(UserError, match="--reuse-curves .*curves.json: cannot read it") as e:
+        script.load_known(str(earlier), runs)
+    assert "\n" not in str(e.value)
+
+
 def law_curves(length: int) -> dict:
     """The study's curves at `length` as the momentum law draws them, every run's seed 1337."""
     from test_loss_law import schedule

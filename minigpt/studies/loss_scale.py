@@ -99,9 +99,15 @@ def train_runs(runs: list[Run], root: Path, jobs: int = 2, python: str = sys.exe
     """Train the runs not finished yet and not in `known` (curves of an earlier report), `jobs` at a
     time (one torch thread each); returns the seconds each run took."""
     known = known or {}
-    todo = [(f"{r.length}/{r.name}", r.folder(root), [*r.overrides, "trainer.threads=1"])
-            for r in runs if f"{r.length}/{r.name}" not in known and not finished(r.folder(root))]
+    # Longest first: the run twice as long, started last, would finish alone with a core idle.
+    left = sorted((r for r in runs if f"{r.length}/{r.name}" not in known and not finished(r.folder(root))),
+                  key=lambda r: -steps_of(r))
+    todo = [(f"{r.length}/{r.name}", r.folder(root), [*r.overrides, "trainer.threads=1"]) for r in left]
     return train_queue(todo, jobs, python, log=lambda label, command: log(f"run {label}: {lp.train_command(command[2:])}"))
+
+
+def steps_of(run: Run) -> int:
+    return 2 * run.length if run.schedule == LONG else run.length
 
 
 def collect_curves(runs: list[Run], root: Path, known: dict | None = None) -> dict[str, dict]:
