@@ -179,17 +179,18 @@ def test_slurm_launcher_composes_into_an_sbatch_script(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_each_job_with_two_ranks(cache_dir, tmp_path):
-    """The launcher code path of Slurm, run locally: 2 jobs of 2 tasks, each task a DDP rank."""
+    """The launcher code path of Slurm, run locally: a job of 2 tasks, each task a DDP rank (one
+    job: a second would only repeat it, and each task is a process of its own)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
     args = sweep_args(cache_dir, sweep, **{"trainer.max_steps": 4, "trainer.batch_size": 8, "trainer.micro_batch_size": 2})
     proc = run_train(["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
-                      "hydra.launcher.timeout_min=10", "optim.lr=1e-3,3e-3", *args], env=THIS_CHECKOUT)
+                      "hydra.launcher.timeout_min=10", "optim.lr=3e-3", *args], env=THIS_CHECKOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = summaries(sweep)
-    assert sorted(found) == ["0_optim.lr=0.001", "1_optim.lr=0.003"]
+    assert len(found) == 1, sorted(found)
     for name, s in found.items():
-        assert s["status"] == "completed" and s["world_size"] == 2 and s["configured_lr"] == float(name.split("=")[1])
+        assert s["status"] == "completed" and s["world_size"] == 2 and s["configured_lr"] == 3e-3
         records = [json.loads(x) for x in (sweep / name / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records if "train/loss" in r] == [0, 1, 2, 3]  # rank 0 alone wrote them
 
