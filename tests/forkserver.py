@@ -174,7 +174,7 @@ def _start() -> str | None:
             return None
         time.sleep(0.05)
     _server.update(pid=proc.pid, path=path, proc=proc)
-    atexit.register(proc.kill)
+    atexit.register(_stop, proc)
     return path
 
 
@@ -210,6 +210,11 @@ class Forked:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()  # reaped, so that its CPU time (and its children's) counts in the worker's
 
 
 def start(argv: list, cwd, env: dict, stdout, stderr) -> Forked | None:
