@@ -21,9 +21,18 @@ import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 
 from helpers import ROOT, hydra_args
+
 from minigpt.config import config_from_dict
 from minigpt.run.metrics import read_metrics
 from minigpt.run.trainer import Trainer, train
+
+# The ranks of the in-process DDP tests start as children of multiprocessing's fork server,
+# which has torch and the package imported once, rather than each as a fresh interpreter
+# (about 4 s of CPU apiece). Only where that server is single-threaded (one OpenMP thread, as
+# under pytest-xdist): forking a process with OpenMP threads can hang the child.
+START = "forkserver" if os.environ.get("OMP_NUM_THREADS") == "1" else "spawn"
+if START == "forkserver":
+    mp.set_forkserver_preload(["torch", "torch._dynamo", "torch.distributed", "minigpt.run.trainer", "helpers"])
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +77,8 @@ def test_two_ranks_take_the_same_steps_as_one_process(make_config, tmp_path):
 
     cfg = make_config(**GLOBAL)
     run_dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
-    mp.spawn(_rank_main, args=(2, free_port(), cfg.to_dict(), run_dirs, str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_rank_main, args=(2, free_port(), cfg.to_dict(), run_dirs, str(tmp_path)), nprocs=2, join=True,
+                       start_method=START)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     # The same losses, grad norms and LRs at every step, and the same weights at the end.
@@ -154,8 +164,8 @@ def test_ranks_that_see_a_divergence_a_flush_apart_stop_together(make_config, tm
     cfg = make_config(**GLOBAL | {"trainer__max_steps": 24, "trainer__eval_interval": 100}, trainer__flush_every=4,
                       trainer__ckpt_interval=0)
     run_dirs = [str(tmp_path / "rank0"), str(tmp_path / "rank1")]
-    ctx = mp.spawn(_rank_with_late_records, args=(2, free_port(), cfg.to_dict(), run_dirs, str(tmp_path)), nprocs=2,
-                   join=False)
+    ctx = mp.start_processes(_rank_with_late_records, args=(2, free_port(), cfg.to_dict(), run_dirs, str(tmp_path)),
+                             nprocs=2, join=False, start_method=START)
     deadline = time.time() + 300
     while not ctx.join(timeout=5):
         if time.time() > deadline:  # a hang: the bug this test is about
