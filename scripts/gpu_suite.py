@@ -166,17 +166,23 @@ WARMUP_ARMS = {"pre_ln": ["arch=pre_ln", "optim.lr=1e-2", "scheduler.warmup=0,0.
                "post_ln": ["arch=post_ln", "optim.lr=1e-3", "scheduler.warmup=0,0.5"]}
 
 
+# The dry run's data: the corpus slice and vocabulary of bench_sweep.py --tiny, so that every stage
+# reuses the one token cache the first builds.
+DRY_DATA = ["data.max_chars=400000", "data.vocab_size=512"]
+
+
 def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, float]) -> list[Stage]:
     """The suite's stages. A dry run keeps every command and every check and shrinks the
     configs to CPU size, so anything that would crash on the GPU for a reason a CPU can show
     crashes there first."""
     data = [f"data.cache_dir={data_dir}"]
-    quiet = ["trainer.progress=false"]
+    # no schedule.png: matplotlib's import costs each run's process about a second for a figure nobody reads here
+    quiet = ["trainer.progress=false", "trainer.schedule_plot=false"]
 
     # 1. smoke: the gpu tests, then 50 compiled steps in bf16 and fp16 with syncs made errors
     if dry_run:  # fp16 needs CUDA; bf16 autocast and fp32 both run on the CPU
         run_cfg = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
-                   "data.max_chars=200000", "data.vocab_size=300", "trainer.device=cpu",
+                   *DRY_DATA, "trainer.device=cpu",
                    "trainer.micro_batch_size=4", "trainer.compile=true", "trainer.compile_backend=eager",
                    "trainer.eval_interval=10", "trainer.eval_iters=2", "monitor.stuck_after=0"]
         smoke_steps, precisions = 10, ["bf16", "fp32"]
@@ -200,7 +206,7 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
     bench_dir = out / "bench"
     if dry_run:
         tiny = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32",
-                "data.max_chars=200000", "data.vocab_size=300", "trainer.device=cpu", "trainer.micro_batch_size=4"]
+                *DRY_DATA, "trainer.device=cpu", "trainer.micro_batch_size=4"]
         # One row: the GPU rows differ only in their preset, and a CPU has no fp16 to rehearse
         # (each extra row cost 10 s of the suite's slow test for no new code path).
         rows = {"bf16": (["-c", " ".join(tiny + ["trainer.precision=bf16"]), "--compare-logging", "--repeats", "1"], [])}
@@ -236,7 +242,7 @@ def build_stages(out: Path, data_dir: Path, dry_run: bool, budgets: dict[str, fl
     warm_dir = out / "warmup" / "sweep"
     if dry_run:
         cell = ["experiment=warmup_divergence", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
-                "model.block_size=32", "data.max_chars=200000", "data.vocab_size=300", "trainer.device=cpu",
+                "model.block_size=32", *DRY_DATA, "trainer.device=cpu",
                 "trainer.micro_batch_size=4", "trainer.max_steps=8", "trainer.eval_interval=4", "trainer.eval_iters=2"]
         seeds = [1]
     else:

@@ -432,12 +432,13 @@ def test_the_shipped_docs_hold_every_block_the_updater_fills():
 
 
 @pytest.mark.slow
-def test_dry_run_executes_every_stage_on_the_cpu(tmp_path):
+def test_dry_run_executes_every_stage_on_the_cpu(tmp_path, cache_dir):
     out = tmp_path / "suite"
     # --no-preflight: inductor's compile check costs a minute cold on this CPU (tests/test_gpu_paths.py
-    # compiles with inductor once; the preflight's refusals are tested below)
+    # compiles with inductor once; the preflight's refusals are tested below). The session's token
+    # cache: the dry run's data settings are the tests' tiny ones, so the cache is built once.
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_suite.py"), "--dry-run", "--out", str(out),
-                           "--data-dir", str(tmp_path / "data"), "--no-preflight", "--bring-back", str(tmp_path / "back")],
+                           "--data-dir", str(cache_dir), "--no-preflight", "--bring-back", str(tmp_path / "back")],
                           capture_output=True, text=True, timeout=1200)
     result = json.loads((out / "suite.json").read_text())
     assert list(result["stages"]) == ["smoke", "bench", "sweep", "warmup"]
