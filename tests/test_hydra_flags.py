@@ -74,7 +74,7 @@ def test_config_name_and_config_path(tmp_path):
 
 
 def test_multirun_flag_with_a_user_scheduler(user_confs):
-    extras = precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"])
+    extras = precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"]).extras
     assert any(e.startswith("hydra.job.config.override_dirname.exclude_keys=") and "optim.lr" in e for e in extras)
     with pytest.raises(UserError, match="unknown scheduler 'nope'"):
         precheck(["--multirun", "-cd", str(user_confs), "scheduler=mine,nope"])

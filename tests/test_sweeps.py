@@ -387,11 +387,11 @@ def test_a_second_command_shares_the_sweep_folder_without_colliding(tmp_path):
                                                        f"- data.cache_dir=/x\n")
         (job / "metrics.jsonl").write_text('{"step": 0}\n')
     second = ["-m", "scheduler=wsd", "scheduler.wsd.decay=0.3", "seed=1,2", f"hydra.sweep.dir={sweep}"]
-    extras = precheck(second)
+    extras = precheck(second).extras
     (names,) = [e for e in extras if e.startswith("hydra.job.config.override_dirname.exclude_keys=")]
     assert "'scheduler'" not in names and "'scheduler.wsd.decay'" not in names and "'data.cache_dir'" in names
     same = ["-m", "scheduler=cosine_warmup", "seed=1,2", "data.cache_dir=/y", f"hydra.sweep.dir={sweep}"]
     with pytest.raises(UserError, match=r"job 0 of this sweep \(seed=1\) would write into .*already holds a run"):
         precheck(same)
-    (names,) = [e for e in precheck([*same, "trainer.resume=auto"]) if "exclude_keys" in e]
+    (names,) = [e for e in precheck([*same, "trainer.resume=auto"]).extras if "exclude_keys" in e]
     assert "'scheduler'" in names  # resumed under the first command's names

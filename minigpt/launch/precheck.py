@@ -16,6 +16,7 @@ import difflib
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,12 +28,20 @@ from minigpt.launch.compose import composed, first_line, group_options, hydra_se
 from minigpt.launch.jobs import claim_run_folders
 
 
-def precheck(argv: list[str]) -> list[str]:
+class Checked(NamedTuple):
+    """What the precheck found that Hydra needs: overrides for Hydra's own settings to add to the
+    command line (job directory names of a sweep, the run directory shared by the ranks of a
+    torchrun launch), and the composed config's `hydra.mode` (a RunMode or None), which Hydra
+    would otherwise compose the whole config once more to read (Hydra.get_mode)."""
+
+    extras: list[str]
+    mode: object
+
+
+def precheck(argv: list[str]) -> Checked:
     """Compose and validate the config of every value a sweep would try; raise UserError.
 
-    ``argv`` is the command line (Hydra's flags and overrides). Returns overrides for Hydra's own
-    settings to add to the command line (job directory names of a sweep, the run directory shared
-    by the ranks of a torchrun launch)."""
+    ``argv`` is the command line (Hydra's flags and overrides)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -84,7 +93,7 @@ def precheck(argv: list[str]) -> list[str]:
     job_dirs, full_names = _check_sweep_folders(args, parsed, base, parser)
     extras = _hydra_extras(args, parsed, base, parser, full_names)
     claim_run_folders(args, base, job_dirs, extras)
-    return extras
+    return Checked(extras, OmegaConf.select(base, "hydra.mode"))
 
 
 def _sweep_file_values(cfg: DictConfig, parser, on_command_line: set[str]) -> list[str]:
