@@ -40,10 +40,8 @@ def test_the_smallest_memory_a_model_needs():
 
 @pytest.mark.parametrize("command", [
     [],  # a run
-    ["optim.lr=1e-3,3e-3"],  # values without -m: Hydra refuses them later; the mode is still a run's
-    ["-m", "optim.lr=1e-3,3e-3"],
+    ["-m", "optim.lr=1e-3,3e-3"],  # a sweep by the flag: the config's mode is still unset
     ["sweep=schedules"],  # a sweep file sets hydra.mode=MULTIRUN
-    ["experiment=warmup_divergence_cpu"],
     ["hydra.mode=MULTIRUN", "seed=1,2"],
 ])
 def test_the_mode_the_precheck_hands_hydra_is_the_one_hydra_would_compose(command, tmp_path):
@@ -54,11 +52,7 @@ def test_the_mode_the_precheck_hands_hydra_is_the_one_hydra_would_compose(comman
 
     argv = [*command, "+debug=tiny", f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
     overrides = [a for a in argv if a != "-m"]
-    try:
-        mode = precheck(argv).mode
-    except UserError:  # values without -m: refused before Hydra (test_sweeps.py); nothing to hand over
-        assert command == ["optim.lr=1e-3,3e-3"]
-        return
+    mode = precheck(argv).mode
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         expected = GlobalHydra.instance().hydra.get_mode(config_name="config", overrides=overrides)
     assert mode == expected
