@@ -2,8 +2,6 @@
 changes, and (on a GPU) no host-device synchronisation in the step loop."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,11 +55,9 @@ def tiny_hydra_overrides(cache_dir) -> str:
 def test_bench_runs_several_configs_and_writes_json(cache_dir, tmp_path):
     tiny = tiny_hydra_overrides(cache_dir)
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "-c", tiny,
-         "-c", tiny + " trainer.compile=true trainer.compile_backend=eager",
-         "--warmup", "2", "--steps", "3", "--compare-logging", "--repeats", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    compiled = tiny + " trainer.compile=true trainer.compile_backend=eager"
+    proc = run_python([ROOT / "scripts" / "bench.py", "-c", tiny, "-c", compiled, "--warmup", "2", "--steps", "3",
+                       "--compare-logging", "--repeats", "1", "--out", out], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())["results"]
     assert len(results) == 2
