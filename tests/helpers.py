@@ -87,14 +87,16 @@ def load_script(name: str):
     return module
 
 
-def run_python(argv: list, cwd=ROOT, timeout=600, env=None) -> subprocess.CompletedProcess:
+def run_python(argv: list, cwd=ROOT, timeout=600, env=None, fork=True) -> subprocess.CompletedProcess:
     """`python *argv` (a script of this checkout, or `-m minigpt ...`) in a process of its own, as
     subprocess.run(capture_output=True, text=True) returns it; forked from a server that has torch
-    imported (forkserver.py) where it can be: starting the interpreter cost more than most runs."""
+    imported (forkserver.py) where it can be: starting the interpreter cost more than most runs.
+    fork=False for a command that ends before it imports torch (bad input): a fresh interpreter
+    is cheaper than the server's start in a worker that has none yet."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_SILENT="true")
     full_env.update(env or {})
     argv = [str(a) for a in argv]
-    done = forkserver.run(argv, cwd, full_env, timeout)
+    done = forkserver.run(argv, cwd, full_env, timeout) if fork else None
     if done is not None:
         return done
     return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout,

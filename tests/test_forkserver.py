@@ -11,6 +11,8 @@ import pytest
 import forkserver
 from helpers import ROOT, run_python
 
+pytestmark = pytest.mark.slow  # processes of their own
+
 
 @pytest.fixture(autouse=True)
 def server_runs():

@@ -77,7 +77,8 @@ def test_bench_runs_several_configs_and_writes_json(cache_dir, tmp_path):
 
 
 def test_bench_bad_override_is_one_line(tmp_path):
-    proc = run_python([ROOT / "scripts" / "bench.py", "optim.lr=fast", "--out", tmp_path / "b.json"], timeout=300)
+    proc = run_python([ROOT / "scripts" / "bench.py", "optim.lr=fast", "--out", tmp_path / "b.json"], timeout=300,
+                      fork=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "optim.lr" in lines[0], proc.stderr

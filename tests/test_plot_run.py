@@ -20,7 +20,7 @@ def test_plot_run_script_on_a_real_run(make_config, tmp_path):
 
 
 def test_plot_run_script_without_records_is_one_line(tmp_path):
-    proc = run_python(["-m", "minigpt", "plot-run", tmp_path], timeout=300)
+    proc = run_python(["-m", "minigpt", "plot-run", tmp_path], timeout=300, fork=False)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "metrics.jsonl" in lines[0]

@@ -38,6 +38,7 @@ def test_the_smallest_memory_a_model_needs():
         check_model_fits(config, torch.device("cpu"))
 
 
+@pytest.mark.slow  # Hydra composes each command line a few times (a second or more)
 @pytest.mark.parametrize("command", [
     [],  # a run
     ["-m", "optim.lr=1e-3,3e-3"],  # a sweep by the flag: the config's mode is still unset
