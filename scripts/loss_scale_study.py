@@ -62,7 +62,7 @@ def load_known(path: str | None, runs: list[study.Run]) -> dict:
     except (OSError, ValueError) as e:
         raise UserError(f"--reuse-curves {path}: cannot read it as a report's curves.json ({e}); "
                         "give the curves.json a loss-scale report wrote") from None
-    wanted = {f"{r.length}/{r.name}" for r in runs}
+    wanted = {r.key for r in runs}
     return {key: curve for key, curve in earlier.items() if key in wanted} if isinstance(earlier, dict) else {}
 
 

@@ -11,6 +11,7 @@ stderr, working directory, environment and argv; it runs train.py as `__main__` 
 
 What a fork cannot give, the client falls back to a fresh interpreter for: an environment that
 differs in a variable read while the modules were imported (PYTHON*, TORCH*, OMP_*, ...).
+MINIGPT_TESTS_NO_FORKSERVER=1 starts every process fresh (to rule the server out).
 
     server: python tests/forkserver.py SOCKET      (started by `run`, ended with the worker)
     client: run(argv, cwd, env, timeout) -> subprocess.CompletedProcess, or None to fall back
@@ -147,14 +148,19 @@ _server: dict = {}
 
 
 def usable(env: dict) -> bool:
-    """Whether a child forked from the server can run with `env`."""
+    """Whether a child forked from the server can run with `env`: no variable read at import time
+    differs from the environment the server imported under (or will, started now)."""
     if os.environ.get("MINIGPT_TESTS_NO_FORKSERVER"):
         return False
-    here = os.environ
-    for key in set(env) | set(here):
-        if env.get(key) != here.get(key) and key.startswith(IMPORT_TIME_ENV) and key not in RUN_TIME_ENV:
+    imported_under = _server.get("env") or _server_env()
+    for key in set(env) | set(imported_under):
+        if env.get(key) != imported_under.get(key) and key.startswith(IMPORT_TIME_ENV) and key not in RUN_TIME_ENV:
             return False
     return True
+
+
+def _server_env() -> dict:
+    return dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 def _start() -> str | None:
@@ -164,7 +170,7 @@ def _start() -> str | None:
         return _server["path"]
     folder = tempfile.mkdtemp(prefix="minigpt-forkserver-")
     path = os.path.join(folder, "socket")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = _server_env()
     proc = subprocess.Popen([sys.executable, __file__, path], env=env, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not os.path.exists(path):
@@ -173,7 +179,7 @@ def _start() -> str | None:
             _server["failed"] = True  # e.g. OpenMP started threads (OMP_NUM_THREADS unset): fresh processes
             return None
         time.sleep(0.05)
-    _server.update(pid=proc.pid, path=path, proc=proc)
+    _server.update(pid=proc.pid, path=path, proc=proc, env=env)
     atexit.register(_stop, proc)
     return path
 

@@ -118,7 +118,8 @@ def main() -> None:
         os.environ[jobs.COMMAND_ENV] = shlex.join(argv)  # a stopped sweep's resume command (job processes inherit it)
         args = cli.read_command_line(argv)
         extras, mode = [], None
-        if cli.runs_a_job(args):
+        checked = cli.runs_a_job(args)
+        if checked:
             try:
                 extras, mode = precheck(argv)
             except UserError as e:
@@ -126,7 +127,7 @@ def main() -> None:
                 sys.exit(2)
         sys.argv = [sys.argv[0], *cli.flags_then_overrides(cli.absolute_config_path(argv, args), args.overrides), *extras]
         stacked: list[jobs.StackedJob] = []
-        with hydra_mode_known(cli.runs_a_job(args), mode):
+        with hydra_mode_known(checked, mode):
             hydra_app(stacked)()
         if stacked:
             jobs.train_stacked_jobs(stacked)

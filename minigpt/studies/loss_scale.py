@@ -71,6 +71,11 @@ class Run:
     seed: int
     overrides: list[str] = field(default_factory=list)
 
+    @property
+    def key(self) -> str:
+        """"length/name": the run's key in the report's curves."""
+        return f"{self.length}/{self.name}"
+
     def folder(self, root: Path) -> Path:
         return Path(root) / str(self.length) / self.name
 
@@ -100,9 +105,8 @@ def train_runs(runs: list[Run], root: Path, jobs: int = 2, python: str = sys.exe
     time (one torch thread each); returns the seconds each run took."""
     known = known or {}
     # Longest first: the run twice as long, started last, would finish alone with a core idle.
-    left = sorted((r for r in runs if f"{r.length}/{r.name}" not in known and not finished(r.folder(root))),
-                  key=lambda r: -steps_of(r))
-    todo = [(f"{r.length}/{r.name}", r.folder(root), [*r.overrides, "trainer.threads=1"]) for r in left]
+    left = sorted((r for r in runs if r.key not in known and not finished(r.folder(root))), key=lambda r: -steps_of(r))
+    todo = [(r.key, r.folder(root), [*r.overrides, "trainer.threads=1"]) for r in left]
     return train_queue(todo, jobs, python, log=lambda label, command: log(f"run {label}: {lp.train_command(command[2:])}"))
 
 
@@ -115,12 +119,11 @@ def collect_curves(runs: list[Run], root: Path, known: dict | None = None) -> di
     a run in `known` (curves of an earlier report) is taken from there."""
     out = {}
     for r in runs:
-        key = f"{r.length}/{r.name}"
-        if known and key in known:
-            out[key] = known[key]
+        if known and r.key in known:
+            out[r.key] = known[r.key]
             continue
         curve, _ = lp.read_run(r.folder(root))
-        out[f"{r.length}/{r.name}"] = {**loss_law.curve_to_dict(curve), "seed": r.seed, "schedule": r.schedule}
+        out[r.key] = {**loss_law.curve_to_dict(curve), "seed": r.seed, "schedule": r.schedule}
     return out
 
 
