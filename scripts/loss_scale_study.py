@@ -1,6 +1,8 @@
 """The scale study of docs/loss_prediction.md, in one command: where does each loss law hold?
 
     python scripts/loss_scale_study.py                      # the study: 600, 2,000 and 5,000 steps
+    python scripts/loss_scale_study.py --corpus torch --runs outputs/loss_scale_torch \
+        --report docs/images/loss_scale_torch              # the same on a corpus no run repeats
     python scripts/loss_scale_study.py --lengths 40 80 --runs outputs/loss_scale_cut \\
         --report outputs/loss_scale_cut/report --extra +debug=tiny   # a cut-down check of the pipeline
 
@@ -36,7 +38,8 @@ def optimized_runs(args, curves: dict, length: int, extra: list[str]) -> tuple[l
     with every seed; and what was decided (or why it was skipped)."""
     fitted = loss_law.fit("multi_power", [loss_law.curve_from_dict(curves[f"{length}/{n}"])
                                           for n in study.FIT_SETS["3 runs"]], restarts=args.restarts)
-    base = next(r.overrides for r in study.plan_runs([length], study.SEEDS[:1], extra) if r.schedule == "cosine")
+    base = next(r.overrides for r in study.plan_runs([length], study.SEEDS[:1], extra, args.corpus)
+                if r.schedule == "cosine")
     search = lp.search_wsd(fitted, compose, base)
     best = lp.planned_lrs(compose(lp.merge_overrides(base, search.overrides)))
     warnings = lp.warnings_for(fitted, [("the optimized schedule", best)])
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default="docs/images/loss_scale", help="where the report, curves and figure go")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(study.LENGTHS), help="run lengths (steps)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
+    parser.add_argument("--corpus", choices=study.CORPORA, default="stdlib",
+                        help="the text every run reads: the default stdlib corpus, or the installed torch package's "
+                             "Python sources (4x larger: no run repeats a token)")
     parser.add_argument("--extra", nargs="*", default=[], help="train.py overrides added to every run (e.g. +debug=tiny)")
     parser.add_argument("--reuse-curves", metavar="CURVES_JSON",
                         help="take the runs an earlier report's curves.json holds from it instead of training them "
@@ -83,14 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     try:
         runs_root, report_dir = Path(args.runs), Path(args.report)
-        runs = study.plan_runs(args.lengths, study.SEEDS, args.extra)
+        runs = study.plan_runs(args.lengths, study.SEEDS, args.extra, args.corpus)
         for r in runs:  # every run's overrides composed and checked before anything runs
             compose(r.overrides)
         known = load_known(args.reuse_curves, runs)
         seconds = study.train_runs(runs, runs_root, args.jobs, known=known)
         curves = study.collect_curves(runs, runs_root, known=known)
-        report = {"title": f"where each loss law holds ({', '.join(map(str, args.lengths))} steps)",
-                  "model": study.MODEL, "lengths": args.lengths, "seeds": list(study.SEEDS), "extra": args.extra,
+        report = {"title": f"where each loss law holds ({', '.join(map(str, args.lengths))} steps, "
+                           f"{args.corpus} corpus)",
+                  "model": study.MODEL, "corpus": args.corpus, "lengths": args.lengths, "seeds": list(study.SEEDS),
+                  "extra": args.extra,
                   "runs": lp.relative_path(runs_root),
                   "seed_spread": {str(n): study.seed_spread(curves, n) for n in args.lengths},
                   "run_seconds": seconds, "reused_curves": sorted(known)}

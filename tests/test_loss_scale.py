@@ -3,6 +3,8 @@ the optimized-schedule check and the report's figure; in process, without traini
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,21 @@ def test_the_study_runs_every_schedule_at_every_length_with_its_seeds_and_eval_s
     # --extra replaces the study's own value instead of repeating the key (Hydra refuses duplicates)
     assert [o for o in seeded.overrides if o.startswith("trainer.eval_iters=")] == ["trainer.eval_iters=5"]
     assert all(study.MODEL[0] in r.overrides for r in runs)
+
+
+def test_the_torch_corpus_reads_the_installed_torch_sources_and_the_default_reads_the_stdlib():
+    import torch
+
+    from minigpt.launch.compose import compose
+
+    (torch_run,) = [r for r in study.plan_runs((600,), corpus="torch") if r.name == "cosine"]
+    data = compose(torch_run.overrides).data
+    assert (data.source, data.name, list(data.extensions)) == ("files", "torch_source", [".py"])
+    assert [Path(p) for p in data.paths] == [Path(torch.__file__).parent]
+    (default_run,) = [r for r in study.plan_runs((600,)) if r.name == "cosine"]
+    assert compose(default_run.overrides).data.source == "stdlib"
+    with pytest.raises(ValueError, match="unknown corpus 'wiki'; valid: stdlib, torch"):
+        study.plan_runs((600,), corpus="wiki")
 
 
 def test_runs_train_longest_first_and_an_earlier_reports_curves_are_not_trained_again(tmp_path, monkeypatch):
