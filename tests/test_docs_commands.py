@@ -40,7 +40,8 @@ GPU_MARKERS = ("trainer=gpu", "trainer.device=cuda", "torchrun", "data=hub", "--
 # one would first train a BPE on the whole corpus (half of the test's time).
 SCRIPT_SHORTEN = {"scripts/bench.py": ["--warmup", "1", "--steps", "2", "--repeats", "1", "+debug=tiny",
                                        "data.cache_dir={cache_dir}"],
-                  "scripts/bench_sweep.py": ["--runs", "2", "--modes", "sequential,stacked", "--out", "bench_sweep"],
+                  "scripts/bench_sweep.py": ["--runs", "2", "--modes", "sequential,stacked", "--out", "bench_sweep",
+                                             "data.cache_dir={cache_dir}"],
                   "minigpt sample": ["--max-new-tokens", "20"],
                   "scripts/bench_data.py": ["--sizes", "1", "--file-mb", "1", "--rounds", "1", "--max-chars", "100000",
                                             "--root", "bench-data", "--out", "bench_data.json"]}
