@@ -8,10 +8,11 @@
 
 Trains every run not finished yet (two at a time, one thread each; minigpt/studies/loss_scale.py
 lists them), stores the curves they give (LRs and val losses: the report's `curves.json`), fits
-both laws by both procedures on two and on three runs at each length, predicts the unseen runs,
+both laws by both procedures on each set of fitted runs at each length, predicts the unseen runs,
 and writes `report.json` and `error_vs_length.png`. With --check-optimized (auto: only where the
-fit is not flagged) it runs the WSD schedule `optimize` picks from the multi-power fit at the
-longest length on three seeds and reports its paired difference to cosine with a 95% interval.
+fit is not flagged) it runs the WSD schedule `optimize` picks from the multi-power fit that
+predicts best (the smallest largest error, at whatever length and on whichever fitted runs) on
+three seeds and reports its paired difference to cosine with a 95% interval.
 """
 
 from __future__ import annotations
@@ -33,17 +34,24 @@ from minigpt.studies import loss_prediction as lp  # noqa: E402
 from minigpt.studies import loss_scale as study  # noqa: E402
 
 
-def optimized_runs(args, curves: dict, length: int, extra: list[str]) -> tuple[list[study.Run], dict]:
-    """The WSD schedule optimize picks from the multi-power fit on three runs at `length`, as runs
+def where_it_predicts_best(fits: list[dict]) -> dict:
+    """The multi-power fit by the default procedure with the smallest largest error on the unseen
+    same-length runs (the longer length on a tie): where the study checks what `optimize` picks."""
+    rows = [r for r in fits if r["law"] == "multi_power" and r["procedure"] == loss_law.DEFAULT_PROCEDURE]
+    return min(rows, key=lambda r: (r["max_abs_error"], -r["length"]))
+
+
+def optimized_runs(args, row: dict, extra: list[str]) -> tuple[list[study.Run], dict]:
+    """The WSD schedule optimize picks from the fit of the report's `row`, as runs at that row's length
     with every seed; and what was decided (or why it was skipped)."""
-    fitted = loss_law.fit("multi_power", [loss_law.curve_from_dict(curves[f"{length}/{n}"])
-                                          for n in study.FIT_SETS["3 runs"]], restarts=args.restarts)
+    length, fitted = row["length"], loss_law.Fit.from_dict(row["fit"])
     base = next(r.overrides for r in study.plan_runs([length], study.SEEDS[:1], extra, args.corpus)
                 if r.schedule == "cosine")
     search = lp.search_wsd(fitted, compose, base)
     best = lp.planned_lrs(compose(lp.merge_overrides(base, search.overrides)))
     warnings = lp.warnings_for(fitted, [("the optimized schedule", best)])
-    decision = {"procedure": fitted.procedure, "overrides": search.overrides, "predicted_final_loss": search.predicted,
+    decision = {"length": length, "fit_set": row["fit_set"], "procedure": fitted.procedure,
+                "overrides": search.overrides, "predicted_final_loss": search.predicted,
                 "grid_edges": search.edges, "warnings": warnings}
     if warnings and args.check_optimized != "always":
         decision["skipped"] = "the fit or the schedule is flagged (warnings); --check-optimized always runs it anyway"
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="outputs/loss_scale", help="where the runs go")
     parser.add_argument("--report", default="docs/images/loss_scale", help="where the report, curves and figure go")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(study.LENGTHS), help="run lengths (steps)")
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs (and then fits) at a time, each on one thread")
     parser.add_argument("--corpus", choices=study.CORPORA, default="stdlib",
                         help="the text every run reads: the default stdlib corpus, or the installed torch package's "
                              "Python sources (4x larger: no run repeats a token)")
@@ -103,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
                   "seed_spread": {str(n): study.seed_spread(curves, n) for n in args.lengths},
                   "run_seconds": seconds, "reused_curves": sorted(known)}
         start = time.perf_counter()
-        report["fits"] = study.evaluate(curves, args.lengths, restarts=args.restarts)
+        report["fits"] = study.evaluate(curves, args.lengths, restarts=args.restarts, jobs=args.jobs)
         report["evaluate_seconds"] = time.perf_counter() - start
         if args.check_optimized != "never":
-            length = max(args.lengths)
-            extra_runs, report["optimized"] = optimized_runs(args, curves, length, args.extra)
+            extra_runs, report["optimized"] = optimized_runs(args, where_it_predicts_best(report["fits"]), args.extra)
+            length = report["optimized"]["length"]
             if extra_runs:
                 report["run_seconds"].update(study.train_runs(extra_runs, runs_root, args.jobs))
                 finals = {r.seed: study.final_loss(lp.read_run(r.folder(runs_root))[0]) for r in extra_runs}

@@ -76,9 +76,14 @@ def test_search_wsd_finds_the_grid_point_with_the_lowest_predicted_loss():
     overrides, loss = search.overrides, search.predicted
     # a 10% warmup leaves room for cooldowns up to 90% of the run: 0.95 is skipped
     assert search.candidates == len(lp.WSD_SHAPES) * (len(lp.WSD_FRACTIONS) - 1) * len(lp.WSD_FLOORS)
-    assert loss == pytest.approx(lp.final_loss(fit, lp.planned_lrs(compose(base + overrides))), abs=1e-12)
+    # The overrides run what was searched, with base's 10% warmup (WSD's own default is 20%), also
+    # where choosing the scheduler drops base's scheduler.* keys, as the study and `optimize` do.
+    for runs in (compose(base + overrides), compose(lp.merge_overrides(base, overrides))):
+        assert runs.scheduler["warmup"] == 0.1
+        assert loss == pytest.approx(lp.final_loss(fit, lp.planned_lrs(runs)), abs=1e-12)
     # Each setting on an edge of the grid is said, and only those.
     best = dict(o.removeprefix("scheduler.").split("=") for o in overrides[1:])
+    assert best["warmup"] == "0.1"
     assert len(search.edges) == sum([float(best["decay"]) in (0.05, 0.9),
                                      float(best["min_lr_ratio"]) in (lp.WSD_FLOORS[0], lp.WSD_FLOORS[-1])])
     for edge in search.edges:  # each note names the setting and its value

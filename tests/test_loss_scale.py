@@ -79,7 +79,8 @@ def law_curves(length: int) -> dict:
     """The study's curves at `length` as the momentum law draws them, every run's seed 1337."""
     from test_loss_law import schedule
 
-    shapes = {"constant": "constant", "cosine": "cosine", "two_stage": "step", "wsd_linear": "wsd",
+    shapes = {"constant": "constant", "cosine": "cosine", "two_stage": "step", "cosine_to_zero": "cosine",
+              "wsd_linear": "wsd",
               "wsd_sqrt": "wsd", "linear_to_zero": "cosine", "step_decay": "step", "cyclic": "cosine",
               study.LONG: "cosine"}
     out = {}
@@ -108,6 +109,9 @@ def test_the_evaluation_predicts_each_unseen_run_and_reports_its_error_beside_th
         extra = dict(curves["400/cosine"])
         extra.update(seed=seed, losses=[v + shift for v in extra["losses"]])
         curves[f"400/cosine_s{seed}"] = extra
+    extra = dict(curves["400/wsd_sqrt"])  # one more seed of an unseen schedule, 0.02 higher at the end
+    extra.update(seed=1, losses=[*extra["losses"][:-1], extra["losses"][-1] + 0.02])
+    curves["400/wsd_sqrt_s1"] = extra
     rows = study.evaluate(curves, [400], laws=("momentum",), procedures=("bounded",), restarts=2)
     assert [(r["fit_set"], r["fitted"]) for r in rows] == [(k, list(v)) for k, v in study.FIT_SETS.items()]
     assert fitted_on == [list(v) for v in study.FIT_SETS.values()]
@@ -115,15 +119,27 @@ def test_the_evaluation_predicts_each_unseen_run_and_reports_its_error_beside_th
         assert set(row["errors"]) == {*study.UNSEEN, study.LONG}
         assert row["max_abs_error"] < 1e-6 and row["within_target"] and row["long_abs_error"] < 1e-6
         assert row["errors"]["cyclic"]["measured"] == curves["400/cyclic"]["losses"][-1]
+        assert "seed_mean" not in row["errors"]["cyclic"]  # one seed only
+        assert row["errors"]["wsd_sqrt"]["error_to_seed_mean"] == pytest.approx(row["errors"]["wsd_sqrt"]["error"] - 0.01)
         assert row["mean_abs_error"] == pytest.approx(np.mean([abs(row["errors"][n]["error"]) for n in study.UNSEEN]))
     spread = study.seed_spread(curves, 400)
-    assert spread == {"cosine": pytest.approx(0.01)}  # std of x - 0.01, x, x + 0.01
+    # the std of x - 0.01, x, x + 0.01, and of y, y + 0.02
+    assert spread == {"cosine": pytest.approx(0.01), "wsd_sqrt": pytest.approx(0.02 / 2**0.5)}
     report = {"fits": rows, "seed_spread": {"400": spread}, "title": "t"}
     study.draw(report, tmp_path / "error.png")
     assert (tmp_path / "error.png").stat().st_size > 1000
     lines = study.summary_lines(report)
-    assert len(lines) == 2 and lines[0].startswith("   400 momentum    bounded   2 runs: mean error ")
-    assert "seed spread 0.0100" in lines[0]
+    assert len(lines) == len(study.FIT_SETS) and lines[0].startswith("   400 momentum    bounded   2 runs: mean error ")
+    assert "seed spread 0.0121" in lines[0]  # the mean of the two schedules' spreads
+
+
+def test_fits_in_two_processes_give_the_rows_one_process_gives_in_the_same_order():
+    curves = law_curves(200)
+    parallel = study.evaluate(curves, [200], laws=("momentum",), procedures=("bounded",), restarts=1, jobs=2)
+    assert [r["fit_set"] for r in parallel] == list(study.FIT_SETS)
+    for row in (parallel[0], parallel[-1]):  # the same seeded fit as in this process
+        here = study.fit_row((200, "momentum", "bounded", row["fit_set"]), curves, restarts=1)
+        assert row["fit"]["params"] == here["fit"]["params"] and row["errors"] == here["errors"]
 
 
 def test_the_optimized_check_pairs_each_seed_with_its_cosine_run():
@@ -136,3 +152,16 @@ def test_the_optimized_check_pairs_each_seed_with_its_cosine_run():
     assert check["differences"] == pytest.approx([-0.1, -0.1, -0.1])  # seeds 1, 1337, 2
     assert check["mean"] == pytest.approx(-0.1) and check["interval_95"] == pytest.approx([-0.1, -0.1])
     assert "beyond seed noise: optimized better" in check["line"]
+
+
+def test_the_optimize_check_takes_the_multi_power_fit_with_the_smallest_largest_error():
+    from helpers import load_script
+
+    script = load_script("loss_scale_study")
+    rows = [{"law": "multi_power", "procedure": "bounded", "length": 2000, "fit_set": "3 runs", "max_abs_error": 0.04},
+            {"law": "multi_power", "procedure": "bounded", "length": 5000, "fit_set": "2 runs", "max_abs_error": 0.03},
+            {"law": "multi_power", "procedure": "bounded", "length": 600, "fit_set": "3 runs", "max_abs_error": 0.03},
+            {"law": "multi_power", "procedure": "published", "length": 2000, "fit_set": "3 runs", "max_abs_error": 0.01},
+            {"law": "momentum", "procedure": "bounded", "length": 2000, "fit_set": "3 runs", "max_abs_error": 0.001}]
+    best = script.where_it_predicts_best(rows)
+    assert (best["length"], best["fit_set"]) == (5000, "2 runs")  # the tie with 600 steps goes to the longer run

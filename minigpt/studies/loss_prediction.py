@@ -220,6 +220,7 @@ def search_wsd(fit: loss_law.Fit, compose: Composer, base: list[str]) -> WSDResu
     base_schedule = compose(base).scheduler
     warmup = {f.name: base_schedule[f.name] for f in dataclasses.fields(WarmupParams) if f.name in base_schedule}
     config = compose(merge_overrides(base, ["scheduler=wsd"]))
+    wsd_defaults = dict(config.scheduler)
     config = dataclasses.replace(config, scheduler={**config.scheduler, **warmup})
     tried = []
     for shape in WSD_SHAPES:
@@ -243,7 +244,12 @@ def search_wsd(fit: loss_law.Fit, compose: Composer, base: list[str]) -> WSDResu
             if name == "decay" and value == high and high < WSD_FRACTIONS[-1]:
                 why += "; no longer cooldown fits after the warmup"
             edges.append(f"{name}={value:g} ({why})")
-    return WSDResult(["scheduler=wsd"] + [f"scheduler.{k}={v}" for k, v in params.items()], loss, len(tried), edges)
+    # The base's warmup goes into the overrides where WSD's default differs: choosing a scheduler
+    # drops the base's scheduler.* keys (merge_overrides), and the runs must be the searched ones.
+    pinned = {k: v for k, v in warmup.items() if wsd_defaults.get(k) != v}
+    overrides = ["scheduler=wsd", *(f"scheduler.{k}={'null' if v is None else v}" for k, v in pinned.items()),
+                 *(f"scheduler.{k}={v}" for k, v in params.items())]
+    return WSDResult(overrides, loss, len(tried), edges)
 
 
 def search_free(fit: loss_law.Fit, compose: Composer, base: list[str], knots: int = 24) -> tuple[list[str], float]:
