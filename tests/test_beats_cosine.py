@@ -161,13 +161,14 @@ def test_the_report_writes_its_json_markdown_and_figures_and_says_what_is_missin
 
 
 @pytest.mark.slow
-def test_the_cut_down_study_runs_end_to_end(tmp_path):
+def test_the_cut_down_study_runs_end_to_end(tmp_path, cache_dir):
     # two tiny runs (cosine and GI-Adam, one LR, one seed): the subprocesses, folders and report; the
     # statistics over seeds and the resume are the in-process tests' above
     command = [ROOT / "scripts" / "beats_cosine_study.py", "--runs", str(tmp_path / "runs"),
                "--report", str(tmp_path / "report"), "--arms", "no_warmup_gi_adam", "--seeds", "1",
                "--grid-points", "1", "--extend", "0", "--extra", "+debug=tiny", "trainer.max_steps=10",
-               "trainer.eval_iters=1", "trainer.schedule_plot=false"]
+               "trainer.eval_iters=1", "trainer.schedule_plot=false", f"data.cache_dir={cache_dir}"]
+    # (the script runs in the checkout: without the session's cache it would write one into data/)
     done = run_python(command, timeout=120)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "trained 2 runs" in done.stdout
