@@ -20,8 +20,9 @@ and reports their paired difference with its 95% interval.
 The model: 4 layers, 64 wide, 2 heads, context 64, a BPE of 1,024 tokens (0.26M parameters
 without embeddings). It is the warmup study's 4-layer cut of the CPU model (its slow test's until 2026-12-07),
 with a vocabulary larger than that test's 300 tokens (whose loss flattens early), and about 4x
-cheaper per step than the default CPU model: about 0.08 s of CPU a step, so the study's 106,400
-steps take about 1.2 hours of two cores, two runs at a time (docs/loss_prediction.md).
+cheaper per step than the default CPU model: about 0.08 s of CPU a step. The whole study on the
+torch corpus (129,200 steps, the fits and the optimized check) took 1 h 43 min on an idle
+2-core machine, two runs at a time (docs/loss_prediction.md).
 """
 
 from __future__ import annotations
