@@ -166,12 +166,17 @@ def final_loss(curve: loss_law.Curve) -> float:
     return float(at_end[0]) if len(at_end) else math.nan
 
 
+def seed_finals(curves: dict, length: int, schedule: str) -> list[float]:
+    """The final loss of every seed's run of `schedule` at `length`."""
+    return [final_loss(loss_law.curve_from_dict(c)) for key, c in curves.items()
+            if key.startswith(f"{length}/") and c["schedule"] == schedule]
+
+
 def seed_spread(curves: dict, length: int) -> dict[str, float]:
     """The standard deviation over seeds of the final loss of each SPREAD schedule at `length`."""
     out = {}
     for schedule in SPREAD:
-        finals = [final_loss(loss_law.curve_from_dict(c)) for key, c in curves.items()
-                  if key.startswith(f"{length}/") and c["schedule"] == schedule]
+        finals = seed_finals(curves, length, schedule)
         if len(finals) >= 2:
             out[schedule] = float(np.std(finals, ddof=1))
     return out
@@ -221,7 +226,7 @@ def fit_row(task: tuple, curves: dict, restarts: int) -> dict:
         band = fitted.band(c.lrs, [len(c.lrs)])
         errors[name] = {"predicted": predicted, "measured": final_loss(c), "error": predicted - final_loss(c),
                         "band": None if band is None else float(band[0])}
-        seeds = [final_loss(loss_law.curve_from_dict(other)) for other in curves.values() if other["schedule"] == name]
+        seeds = seed_finals(curves, length, name)
         if len(seeds) > 1:  # a SPREAD schedule: its error against the mean over seeds too
             errors[name].update(seed_mean=float(np.mean(seeds)), error_to_seed_mean=predicted - float(np.mean(seeds)))
         warning = fitted.range_warning(c.lrs, name)
