@@ -77,6 +77,19 @@ def load_known(path: str | None, runs: list[study.Run]) -> dict:
     return {key: curve for key, curve in earlier.items() if key in wanted} if isinstance(earlier, dict) else {}
 
 
+def earlier_seconds(report_dir: Path, runs_root: Path) -> dict[str, float]:
+    """The run times an earlier report in `report_dir` recorded for runs that are still finished in
+    `runs_root` (the same folder it names): a rerun that trains nothing keeps them, one that trains
+    a run again replaces its time."""
+    try:
+        earlier = json.loads((report_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return {}  # no earlier report, or not one this script wrote: nothing to keep
+    if not isinstance(earlier, dict) or earlier.get("runs") != lp.relative_path(runs_root):
+        return {}
+    return {key: s for key, s in (earlier.get("run_seconds") or {}).items() if study.finished(runs_root / key)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", default="outputs/loss_scale", help="where the runs go")
@@ -101,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:  # every run's overrides composed and checked before anything runs
             compose(r.overrides)
         known = load_known(args.reuse_curves, runs)
-        seconds = study.train_runs(runs, runs_root, args.jobs, known=known)
+        kept = earlier_seconds(report_dir, runs_root)
+        seconds = {**kept, **study.train_runs(runs, runs_root, args.jobs, known=known)}
         curves = study.collect_curves(runs, runs_root, known=known)
         report = {"title": f"where each loss law holds ({', '.join(map(str, args.lengths))} steps, "
                            f"{args.corpus} corpus)",

@@ -94,6 +94,28 @@ def law_curves(length: int) -> dict:
     return out
 
 
+def test_a_rerun_keeps_the_earlier_reports_time_of_every_run_it_does_not_train_again(tmp_path, monkeypatch):
+    import json
+
+    from helpers import load_script
+
+    script = load_script("loss_scale_study")
+    monkeypatch.chdir(tmp_path)
+    runs, report = Path("runs"), Path("report")
+    for key in ("2000/cosine", "2000/optimized"):  # finished runs
+        (runs / key).mkdir(parents=True)
+        (runs / key / "summary.json").write_text(json.dumps({"status": "completed"}))
+    (runs / "2000/cyclic").mkdir(parents=True)  # begun again, not finished: its old time no longer holds
+    report.mkdir()
+    earlier = {"runs": "runs", "run_seconds": {"2000/cosine": 101.0, "2000/optimized": 180.6, "2000/cyclic": 99.0}}
+    (report / "report.json").write_text(json.dumps(earlier))
+    assert script.earlier_seconds(report, runs) == {"2000/cosine": 101.0, "2000/optimized": 180.6}
+    assert script.earlier_seconds(report, Path("other_runs")) == {}  # a report of other runs: none of its times
+    (report / "report.json").write_text("{not json")
+    assert script.earlier_seconds(report, runs) == {}
+    assert script.earlier_seconds(Path("nowhere"), runs) == {}
+
+
 def test_the_evaluation_predicts_each_unseen_run_and_reports_its_error_beside_the_seed_spread(tmp_path, monkeypatch):
     fitted_on = []
 
@@ -112,6 +134,8 @@ def test_the_evaluation_predicts_each_unseen_run_and_reports_its_error_beside_th
     extra = dict(curves["400/wsd_sqrt"])  # one more seed of an unseen schedule, 0.02 higher at the end
     extra.update(seed=1, losses=[*extra["losses"][:-1], extra["losses"][-1] + 0.02])
     curves["400/wsd_sqrt_s1"] = extra
+    two_stage = curves["400/two_stage"]  # a fitted run whose end the law misses by 0.02
+    two_stage["losses"] = [*two_stage["losses"][:-1], two_stage["losses"][-1] + 0.02]
     rows = study.evaluate(curves, [400], laws=("momentum",), procedures=("bounded",), restarts=2)
     assert [(r["fit_set"], r["fitted"]) for r in rows] == [(k, list(v)) for k, v in study.FIT_SETS.items()]
     assert fitted_on == [list(v) for v in study.FIT_SETS.values()]
@@ -122,6 +146,9 @@ def test_the_evaluation_predicts_each_unseen_run_and_reports_its_error_beside_th
         assert "seed_mean" not in row["errors"]["cyclic"]  # one seed only
         assert row["errors"]["wsd_sqrt"]["error_to_seed_mean"] == pytest.approx(row["errors"]["wsd_sqrt"]["error"] - 0.01)
         assert row["mean_abs_error"] == pytest.approx(np.mean([abs(row["errors"][n]["error"]) for n in study.UNSEEN]))
+        assert set(row["fitted_end_errors"]) == set(row["fitted"])  # each fitted run's own end
+        for name, error in row["fitted_end_errors"].items():
+            assert error == pytest.approx(-0.02 if name == "two_stage" else 0.0, abs=1e-6), (name, error)
     spread = study.seed_spread(curves, 400)
     # the std of x - 0.01, x, x + 0.01, and of y, y + 0.02
     assert spread == {"cosine": pytest.approx(0.01), "wsd_sqrt": pytest.approx(0.02 / 2**0.5)}
@@ -131,6 +158,8 @@ def test_the_evaluation_predicts_each_unseen_run_and_reports_its_error_beside_th
     lines = study.summary_lines(report)
     assert len(lines) == len(study.FIT_SETS) and lines[0].startswith("   400 momentum    bounded   2 runs: mean error ")
     assert "seed spread 0.0121" in lines[0]  # the mean of the two schedules' spreads
+    three = lines[list(study.FIT_SETS).index("3 runs")]
+    assert "fitted ends within 0.0200 (two_stage -0.0200)" in three
 
 
 def test_fits_in_two_processes_give_the_rows_one_process_gives_in_the_same_order():

@@ -52,13 +52,22 @@ def load_script():
 
 @pytest.mark.slow
 def test_fit_predict_optimize_from_the_command_line(tmp_path):
-    fake_run(tmp_path / "constant", SHORT + ["scheduler=constant_warmup"], seed=1)
+    constant_lrs = fake_run(tmp_path / "constant", SHORT + ["scheduler=constant_warmup"], seed=1)
     fake_run(tmp_path / "cosine", SHORT + ["scheduler=cosine_warmup"], seed=2)
     wsd_lrs = fake_run(tmp_path / "wsd", SHORT + ["scheduler=wsd"], seed=3)
     fit = run_script("fit", tmp_path / "constant", tmp_path / "cosine", "--law", "multi_power", "-o", "fit.json",
                      "--restarts", "4", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
-    assert json.loads((tmp_path / "fit.json").read_text())["rmse"] < 0.01 and (tmp_path / "fit.png").exists()
+    record = json.loads((tmp_path / "fit.json").read_text())
+    assert record["rmse"] < 0.01 and (tmp_path / "fit.png").exists()
+    # Each fitted run's end: the fit's prediction there minus the loss the run recorded at its last step.
+    ends = record["end_errors"]
+    assert [(e["label"], e["step"]) for e in ends] == [("constant", 200), ("cosine", 200)]
+    last = [json.loads(line) for line in (tmp_path / "constant" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 200 and len(constant_lrs) == 200
+    mine = loss_law.Fit.from_dict(record).predict(constant_lrs, [200])[0] - last["val/loss"]
+    assert ends[0]["error"] == pytest.approx(mine, abs=1e-12) and abs(ends[0]["error"]) < 0.02
+    assert f"constant {ends[0]['error']:+.4f}, cosine {ends[1]['error']:+.4f}" in fit.stdout
     # Given absolute paths, the JSON files name them relative to where the command ran.
     assert json.loads((tmp_path / "fit.json").read_text())["run_dirs"] == ["constant", "cosine"]
     predict = run_script("predict", tmp_path / "fit.json", "--scheduler", "wsd", "--scheduler", "cosine_warmup",

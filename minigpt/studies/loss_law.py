@@ -313,6 +313,13 @@ class Fit:
             steps = np.arange(1, len(lrs) + 1)
         return get_law(self.law)(self.params, lrs, steps)
 
+    def end_errors(self, curves: list[Curve]) -> list[tuple[str, int, float]]:
+        """(label, step, predicted minus measured) at each curve's last measured point. On the
+        curves the law was fitted on, a miss here is the law's shape, not an extrapolation: no
+        unseen end can be expected closer."""
+        return [(c.label, int(c.steps[-1]), float(self.predict(c.lrs, [int(c.steps[-1])])[0] - c.losses[-1]))
+                for c in curves]
+
     def band(self, lrs, steps=None, z: float = 1.96) -> np.ndarray | None:
         """Half the width of the prediction band at each step: z standard errors of the predicted
         loss, carried from the fit's covariance to the prediction by the delta method. It holds the

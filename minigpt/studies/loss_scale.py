@@ -233,8 +233,12 @@ def fit_row(task: tuple, curves: dict, restarts: int) -> dict:
         if warning:
             flags[name] = warning
     same_length = [abs(errors[n]["error"]) for n in UNSEEN]
+    # How well the law fits the end of its own fitted runs: a miss there is the law's shape, not an
+    # extrapolation, and bounds how well any unseen end can be predicted.
+    fitted_end = {name: error for name, (_, _, error) in zip(names, fitted.end_errors([curve(n) for n in names]))}
     return {"length": length, "law": law, "procedure": procedure, "fit_set": fit_set, "fitted": list(names),
-            "fit": fitted.to_dict(), "fit_seconds": seconds, "errors": errors, "outside_lr_range": flags,
+            "fit": fitted.to_dict(), "fit_seconds": seconds, "errors": errors, "fitted_end_errors": fitted_end,
+            "outside_lr_range": flags,
             "mean_abs_error": float(np.mean(same_length)), "max_abs_error": float(np.max(same_length)),
             "long_abs_error": abs(errors[LONG]["error"]), "within_target": bool(max(same_length) <= TARGET)}
 
@@ -282,6 +286,15 @@ def draw(report: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def fitted_end_text(row: dict) -> str:
+    """The largest miss on a fitted run's own end, for the summary (rows from before the key: none)."""
+    ends = row.get("fitted_end_errors")
+    if not ends:
+        return ""
+    name = max(ends, key=lambda n: abs(ends[n]))
+    return f", fitted ends within {abs(ends[name]):.4f} ({name} {ends[name]:+.4f})"
+
+
 def summary_lines(report: dict) -> list[str]:
     """The report as text: per length, each fit's mean and largest error and the seed spread."""
     lines = []
@@ -291,7 +304,8 @@ def summary_lines(report: dict) -> list[str]:
         flags = row["fit"]["unidentified"] + [f"{n} (bound)" for n in row["fit"]["at_bound"]]
         lines.append(f"{row['length']:>6} {row['law']:<11} {row['procedure']:<9} {row['fit_set']}: mean error "
                      f"{row['mean_abs_error']:.4f}, largest {row['max_abs_error']:.4f}, 2x-long "
-                     f"{row['long_abs_error']:.4f} (seed spread {noise}); flagged: {', '.join(flags) or 'none'}")
+                     f"{row['long_abs_error']:.4f} (seed spread {noise}){fitted_end_text(row)}; flagged: "
+                     f"{', '.join(flags) or 'none'}")
     if report.get("optimized_check"):
         lines.append(report["optimized_check"]["line"])
     return lines

@@ -43,7 +43,9 @@ def cmd_fit(args) -> int:
     out = Path(args.output or f"fit_{law.name}.json")
     figure = Path(args.figure) if args.figure else out.with_suffix(".png")
     record = fitted.to_dict()
-    record.update({"target": args.target, "start": args.start, "paper": law.paper,
+    ends = fitted.end_errors(curves)
+    record.update({"end_errors": [{"label": label, "step": step, "error": error} for label, step, error in ends],
+                   "target": args.target, "start": args.start, "paper": law.paper,
                    "run_dirs": [lp.relative_path(d) for d in args.run_dirs],
                    "overrides": lp.schedule_overrides(runs[0][1]),
                    "run_overrides": lp.comparable_overrides(Path(args.run_dirs[0]))})
@@ -56,6 +58,9 @@ def cmd_fit(args) -> int:
     print(lp.describe_fit(fitted))
     if fitted.warning():
         print(f"warning: {fitted.warning()}")
+    print("at the end of each fitted run, predicted minus measured: "
+          + ", ".join(f"{label} {error:+.4f}" for label, _, error in ends)
+          + " (a miss here bounds how well any unseen end is predicted)")
     print(f"RMSE {fitted.rmse:.4f} nats, largest error {fitted.max_error:.4f} on {fitted.n_points} points; "
           f"wrote {out} and {figure}")
     return 0
