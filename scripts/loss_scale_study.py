@@ -77,17 +77,29 @@ def load_known(path: str | None, runs: list[study.Run]) -> dict:
     return {key: curve for key, curve in earlier.items() if key in wanted} if isinstance(earlier, dict) else {}
 
 
-def earlier_seconds(report_dir: Path, runs_root: Path) -> dict[str, float]:
-    """The run times an earlier report in `report_dir` recorded for runs that are still finished in
-    `runs_root` (the same folder it names): a rerun that trains nothing keeps them, one that trains
-    a run again replaces its time."""
+def read_report(path: Path) -> dict:
+    """An earlier report.json as a dict ({} if there is none, or it is not one this script wrote)."""
     try:
-        earlier = json.loads((report_dir / "report.json").read_text())
+        report = json.loads(path.read_text())
     except (OSError, ValueError):
-        return {}  # no earlier report, or not one this script wrote: nothing to keep
-    if not isinstance(earlier, dict) or earlier.get("runs") != lp.relative_path(runs_root):
         return {}
-    return {key: s for key, s in (earlier.get("run_seconds") or {}).items() if study.finished(runs_root / key)}
+    return report if isinstance(report, dict) else {}
+
+
+def earlier_seconds(report_dir: Path, runs_root: Path, reuse_curves: str | None = None,
+                    reused=()) -> dict[str, float]:
+    """The run times earlier reports recorded for the runs this one does not train again: runs still
+    finished in `runs_root`, from the report in `report_dir` if it names that folder, and the runs
+    whose curves come from --reuse-curves (`reused`), from the report beside that curves.json. A run
+    trained again gets its new time."""
+    kept = {}
+    here = read_report(report_dir / "report.json")
+    if here.get("runs") == lp.relative_path(runs_root):
+        kept.update({key: s for key, s in (here.get("run_seconds") or {}).items() if study.finished(runs_root / key)})
+    if reuse_curves:
+        beside = read_report(Path(reuse_curves).parent / "report.json")
+        kept.update({key: s for key, s in (beside.get("run_seconds") or {}).items() if key in reused})
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in runs:  # every run's overrides composed and checked before anything runs
             compose(r.overrides)
         known = load_known(args.reuse_curves, runs)
-        kept = earlier_seconds(report_dir, runs_root)
+        kept = earlier_seconds(report_dir, runs_root, args.reuse_curves, known)
         seconds = {**kept, **study.train_runs(runs, runs_root, args.jobs, known=known)}
         curves = study.collect_curves(runs, runs_root, known=known)
         report = {"title": f"where each loss law holds ({', '.join(map(str, args.lengths))} steps, "

@@ -94,7 +94,7 @@ def law_curves(length: int) -> dict:
     return out
 
 
-def test_a_rerun_keeps_the_earlier_reports_time_of_every_run_it_does_not_train_again(tmp_path, monkeypatch):
+def test_a_rerun_keeps_the_earlier_time_of_every_run_it_does_not_train_again(tmp_path, monkeypatch):
     import json
 
     from helpers import load_script
@@ -111,6 +111,13 @@ def test_a_rerun_keeps_the_earlier_reports_time_of_every_run_it_does_not_train_a
     (report / "report.json").write_text(json.dumps(earlier))
     assert script.earlier_seconds(report, runs) == {"2000/cosine": 101.0, "2000/optimized": 180.6}
     assert script.earlier_seconds(report, Path("other_runs")) == {}  # a report of other runs: none of its times
+    # Curves taken from another report (--reuse-curves): those runs' times come from the report beside them.
+    old = Path("old")
+    old.mkdir()
+    (old / "report.json").write_text(json.dumps({"runs": "gone", "run_seconds": {"600/constant": 31.0,
+                                                                                  "600/cosine": 32.0}}))
+    assert script.earlier_seconds(Path("nowhere"), runs, str(old / "curves.json"), {"600/constant": {}}) == {
+        "600/constant": 31.0}
     (report / "report.json").write_text("{not json")
     assert script.earlier_seconds(report, runs) == {}
     assert script.earlier_seconds(Path("nowhere"), runs) == {}
