@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,22 @@ def pytest_collection_modifyitems(config, items):
     ranked = sorted(items, key=lambda item: 0 if item.name in LONGEST else 1 if item.get_closest_marker("slow") else 2)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     items[:] = [item for k in range(workers) for item in ranked[k::workers]]
+
+
+# What tools leave in the checkout while the tests run; anything else new there after the session
+# was written by a test (a default `multirun/` or `outputs/` in the working directory) and fails it,
+# so that a fresh clone stays as it was.
+LEFT_BY_TOOLS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_left_clean():
+    root = Path(__file__).resolve().parents[1]
+    before = set(os.listdir(root))
+    yield
+    new = set(os.listdir(root)) - before - LEFT_BY_TOOLS
+    assert not new, (f"the tests wrote {sorted(new)} into the checkout {root}: give the test a folder of its own "
+                     "(tmp_path, hydra.sweep.dir=..., monkeypatch.chdir)")
 
 
 def pytest_collection_finish(session):

@@ -73,7 +73,10 @@ def test_config_name_and_config_path(tmp_path):
         precheck(["-cp", "nowhere"])
 
 
-def test_multirun_flag_with_a_user_scheduler(user_confs):
+def test_multirun_flag_with_a_user_scheduler(user_confs, tmp_path, monkeypatch):
+    work = tmp_path / "cwd"  # the default sweep dir (multirun/...) is here: the precheck claims its job folders
+    work.mkdir()
+    monkeypatch.chdir(work)
     extras = precheck(["-m", "-cd", str(user_confs), "scheduler=mine,wsd", "optim.lr=1e-3"]).extras
     assert any(e.startswith("hydra.job.config.override_dirname.exclude_keys=") and "optim.lr" in e for e in extras)
     with pytest.raises(UserError, match="unknown scheduler 'nope'"):

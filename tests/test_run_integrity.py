@@ -167,10 +167,12 @@ def sweep_command(cache_dir, sweep_dir, *extra) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cache_dir, tmp_path):
+def test_a_sweep_job_whose_folder_holds_a_run_is_refused_before_hydra_writes(cache_dir, tmp_path, monkeypatch):
     """Job folders are named by number and overrides (0_optim.lr=0.001): the precheck names them
     as Hydra will and refuses a taken one, before Hydra rewrites its .hydra/."""
     from minigpt.launch.precheck import precheck
+
+    monkeypatch.chdir(tmp_path)  # the time-stamped sweep dir below (multirun/...) is claimed here, not in the checkout
 
     sweep = tmp_path / "sweep"
     taken = sweep / "1_optim.lr=0.003"
