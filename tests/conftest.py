@@ -6,11 +6,10 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
-from helpers import nested, tiny_overrides, write_job
+from helpers import ROOT, nested, tiny_overrides, write_job
 from minigpt.config import config_from_dict
 
 # Under pytest-xdist (the README's `-n auto`) each core runs a worker; a worker and the train.py
@@ -47,11 +46,10 @@ LEFT_BY_TOOLS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 
 @pytest.fixture(scope="session", autouse=True)
 def checkout_left_clean():
-    root = Path(__file__).resolve().parents[1]
-    before = set(os.listdir(root))
+    before = set(os.listdir(ROOT))
     yield
-    new = set(os.listdir(root)) - before - LEFT_BY_TOOLS
-    assert not new, (f"the tests wrote {sorted(new)} into the checkout {root}: give the test a folder of its own "
+    new = set(os.listdir(ROOT)) - before - LEFT_BY_TOOLS
+    assert not new, (f"the tests wrote {sorted(new)} into the checkout {ROOT}: give the test a folder of its own "
                      "(tmp_path, hydra.sweep.dir=..., monkeypatch.chdir)")
 
 

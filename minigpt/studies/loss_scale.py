@@ -217,7 +217,8 @@ def fit_row(task: tuple, curves: dict, restarts: int) -> dict:
 
     names = FIT_SETS[fit_set]
     start = time.perf_counter()
-    fitted = loss_law.fit(law, [curve(n) for n in names], procedure=procedure, restarts=restarts)
+    fitted_curves = [curve(n) for n in names]
+    fitted = loss_law.fit(law, fitted_curves, procedure=procedure, restarts=restarts)
     seconds = time.perf_counter() - start
     errors, flags = {}, {}
     for name in [*UNSEEN, LONG]:
@@ -235,7 +236,7 @@ def fit_row(task: tuple, curves: dict, restarts: int) -> dict:
     same_length = [abs(errors[n]["error"]) for n in UNSEEN]
     # How well the law fits the end of its own fitted runs: a miss there is the law's shape, not an
     # extrapolation, and bounds how well any unseen end can be predicted.
-    fitted_end = {name: error for name, (_, _, error) in zip(names, fitted.end_errors([curve(n) for n in names]))}
+    fitted_end = {name: error for name, (_, _, error) in zip(names, fitted.end_errors(fitted_curves))}
     return {"length": length, "law": law, "procedure": procedure, "fit_set": fit_set, "fitted": list(names),
             "fit": fitted.to_dict(), "fit_seconds": seconds, "errors": errors, "fitted_end_errors": fitted_end,
             "outside_lr_range": flags,
